@@ -1,0 +1,220 @@
+//! Per-layer evaluation over a text: the shared classifier's cross-entropy, perplexity and
+//! next-token accuracy at every layer, plus each layer's COS and CKA with the last layer.
+
+use super::similarity::StreamingCka;
+use crate::model::Gpt2;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Evaluate at most this many chunks.
+    pub max_chunks: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalReport {
+    pub layers: usize,
+    /// Number of predicted tokens (each chunk of `ctx` tokens predicts `ctx - 1`).
+    pub tokens: usize,
+    pub chunks: usize,
+    pub ctx: usize,
+    /// Per layer 0..=L: mean cross-entropy (nats), perplexity, top-1 accuracy.
+    pub ce: Vec<f64>,
+    pub ppl: Vec<f64>,
+    pub acc: Vec<f64>,
+    /// Per layer: centered COS and linear CKA with the last layer, over all positions of
+    /// the evaluated chunks.
+    pub cos_last: Vec<f64>,
+    pub cka_last: Vec<f64>,
+}
+
+impl EvalReport {
+    /// The shallowest layer whose accuracy reaches `frac` of the best accuracy over layers.
+    pub fn min_depth_reaching(&self, frac: f64) -> Option<usize> {
+        let best = self.acc.iter().copied().fold(0.0, f64::max);
+        if best <= 0.0 {
+            return None;
+        }
+        (1..self.acc.len()).find(|&l| self.acc[l] >= frac * best)
+    }
+}
+
+/// Consecutive non-overlapping chunks of `ctx` tokens from the start. A text shorter than
+/// one chunk (but with at least two tokens) is evaluated as a single shorter chunk.
+pub fn chunk_ranges(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<_> = (0..n_tokens / ctx).map(|i| i * ctx..(i + 1) * ctx).collect();
+    if out.is_empty() && n_tokens >= 2 {
+        out.push(0..n_tokens);
+    }
+    if let Some(m) = max_chunks {
+        out.truncate(m);
+    }
+    out
+}
+
+/// Sum of cross-entropies and number of correct top-1 predictions for rows of logits.
+fn ce_and_hits(logits: &[f32], vocab: usize, targets: &[(usize, u32)]) -> (f64, usize) {
+    targets
+        .par_iter()
+        .map(|&(row, target)| {
+            let r = &logits[row * vocab..(row + 1) * vocab];
+            let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
+            for (i, &x) in r.iter().enumerate() {
+                if x > best {
+                    best = x;
+                    arg = i;
+                }
+            }
+            let sum: f64 = r.iter().map(|&x| ((x - best) as f64).exp()).sum();
+            let ce = sum.ln() + best as f64 - r[target as usize] as f64;
+            (ce, (arg == target as usize) as usize)
+        })
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Chunk-centered first and second moments of one layer's features `x` (`[n, d]`),
+/// and co-moment with the reference features `r`.
+fn moments(x: &Tensor, r: &Tensor) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Tensor)> {
+    let mean = x.mean_keepdim(0)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let rc = r.broadcast_sub(&r.mean_keepdim(0)?)?;
+    let xt = xc.t()?.contiguous()?;
+    let c_self = xt.matmul(&xc)?.flatten_all()?.to_vec1::<f32>()?;
+    let c_ref = xt.matmul(&rc)?.flatten_all()?.to_vec1::<f32>()?;
+    let f = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<f64>>();
+    Ok((f(mean.flatten_all()?.to_vec1()?), f(c_self), f(c_ref), xc))
+}
+
+/// Evaluates `model` on the token sequence `ids`. `progress(done, total)` is called after
+/// each batch of chunks and may cancel the evaluation.
+pub fn evaluate(
+    model: &Gpt2,
+    ids: &[u32],
+    opts: &EvalOptions,
+    mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+) -> Result<EvalReport> {
+    let ctx = opts.ctx;
+    if ctx < 2 {
+        bail!("--ctx must be at least 2 tokens")
+    }
+    if ctx > model.config.n_positions {
+        bail!("--ctx {ctx} is longer than the model's context of {} tokens", model.config.n_positions)
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
+        bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
+    }
+    let ranges = chunk_ranges(ids.len(), ctx, opts.max_chunks);
+    if ranges.is_empty() {
+        bail!("the text has fewer than 2 tokens: nothing to evaluate")
+    }
+    let n_layer = model.n_layer();
+    let (d, vocab) = (model.config.n_embd, model.config.vocab_size);
+    // Batch chunks so that one layer's logits stay under ~128 MB.
+    let t_chunk = ranges[0].len();
+    let batch = (32_000_000 / (t_chunk * vocab)).clamp(1, 64);
+    let mut ce_sum = vec![0.0f64; n_layer + 1];
+    let mut hits = vec![0usize; n_layer + 1];
+    let mut n_pred = 0usize;
+    let mut cka = StreamingCka::new(n_layer + 1, d, n_layer);
+    // Centered COS needs the global means first; keep the features for a second pass while
+    // they fit in ~1 GB, recompute the rest.
+    let budget = 250_000_000usize;
+    let mut kept: Vec<Option<Vec<Tensor>>> = Vec::new();
+    let mut kept_floats = 0usize;
+    let batches: Vec<&[std::ops::Range<usize>]> = ranges.chunks(batch).collect();
+    let run = |rs: &[std::ops::Range<usize>]| -> Result<Vec<Tensor>> {
+        let flat: Vec<u32> = rs.iter().flat_map(|r| ids[r.clone()].iter().copied()).collect();
+        let x = Tensor::from_vec(flat, (rs.len(), rs[0].len()), model.device())?;
+        model.residuals(&x)
+    };
+    let mut done = 0;
+    for rs in &batches {
+        let t = rs[0].len();
+        let hs = run(rs)?;
+        let targets: Vec<(usize, u32)> =
+            rs.iter().enumerate().flat_map(|(b, r)| (0..t - 1).map(move |p| (b * t + p, ids[r.start + p + 1]))).collect();
+        n_pred += targets.len();
+        let feats: Vec<Tensor> = hs.iter().map(|h| h.reshape((rs.len() * t, d))).collect::<candle_core::Result<_>>()?;
+        let reference = &feats[n_layer];
+        let (mut means, mut c_self, mut c_ref) = (vec![], vec![], vec![]);
+        for (l, h) in hs.iter().enumerate() {
+            let logits = model.head(h)?.flatten_all()?.to_vec1::<f32>()?;
+            let (ce, hit) = ce_and_hits(&logits, vocab, &targets);
+            ce_sum[l] += ce;
+            hits[l] += hit;
+            let (m, cs, cr, _) = moments(&feats[l], reference)?;
+            means.push(m);
+            c_self.push(cs);
+            c_ref.push(cr);
+        }
+        cka.add_chunk(rs.len() * t, &means, &c_self, &c_ref);
+        let floats = feats.len() * rs.len() * t * d;
+        if kept_floats + floats <= budget {
+            kept_floats += floats;
+            kept.push(Some(feats.into_iter().map(|f| f.to_device(&Device::Cpu)).collect::<candle_core::Result<_>>()?));
+        } else {
+            kept.push(None);
+        }
+        done += rs.len();
+        if progress(done, ranges.len()).is_break() {
+            bail!("evaluation cancelled")
+        }
+    }
+    // Second pass: centered COS of each layer with the last, around the global means.
+    let means: Vec<Tensor> = cka
+        .means()
+        .iter()
+        .map(|m| Tensor::from_vec(m.iter().map(|&x| x as f32).collect::<Vec<_>>(), (1, d), &Device::Cpu))
+        .collect::<candle_core::Result<_>>()?;
+    let mut cos_sum = vec![0.0f64; n_layer + 1];
+    let mut n_samples = 0usize;
+    for (rs, k) in batches.iter().zip(kept) {
+        let feats = match k {
+            Some(f) => f,
+            None => run(rs)?
+                .iter()
+                .map(|h| h.reshape((rs.len() * rs[0].len(), d))?.to_device(&Device::Cpu))
+                .collect::<candle_core::Result<_>>()?,
+        };
+        let centered: Vec<Tensor> =
+            feats.iter().zip(&means).map(|(f, m)| f.broadcast_sub(m)).collect::<candle_core::Result<_>>()?;
+        let unit = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let n = x.sqr()?.sum_keepdim(1)?.sqrt()?;
+            // A zero row has cosine 0 with anything.
+            let n = n.maximum(1e-30)?;
+            x.broadcast_div(&n)
+        };
+        let last = unit(&centered[n_layer])?;
+        n_samples += last.dim(0)?;
+        for (l, c) in centered.iter().enumerate() {
+            let cos = (unit(c)? * &last)?.sum_all()?.to_scalar::<f32>()? as f64;
+            cos_sum[l] += cos;
+        }
+    }
+    let ce: Vec<f64> = ce_sum.iter().map(|s| s / n_pred as f64).collect();
+    Ok(EvalReport {
+        layers: n_layer,
+        tokens: n_pred,
+        chunks: ranges.len(),
+        ctx,
+        ppl: ce.iter().map(|c| c.exp()).collect(),
+        acc: hits.iter().map(|&h| h as f64 / n_pred as f64).collect(),
+        ce,
+        cos_last: cos_sum.iter().map(|s| s / n_samples as f64).collect(),
+        cka_last: cka.cka(),
+    })
+}
+
+/// Reads a UTF-8 text file for evaluation or training; a clear error otherwise.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read data file {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("data file {} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
+}

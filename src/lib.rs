@@ -1,0 +1,8 @@
+//! alignscope: look inside GPT-2-style transformers layer by layer, and train them so that
+//! every layer can exit through the one shared classifier.
+//!
+//! The library holds the engine (model, analysis, training); the `alignscope` binary's CLI
+//! and TUI are thin clients of it.
+pub mod model;
+pub mod ops;
+pub mod analysis;

@@ -1,0 +1,334 @@
+//! Checkpoints: HF-format folders (`config.json`, `model.safetensors` or a sharded index,
+//! `tokenizer.json`), found by name and loaded into a [`Gpt2`], or written back so that
+//! transformers can load what we train.
+
+use super::config::Gpt2Config;
+use super::gpt2::Gpt2;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Names that stand for a hub repository, as transformers' docs spell them.
+pub fn hub_alias(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "gpt2" => "openai-community/gpt2",
+        "gpt2-medium" => "openai-community/gpt2-medium",
+        "gpt2-large" => "openai-community/gpt2-large",
+        "gpt2-xl" => "openai-community/gpt2-xl",
+        "distilgpt2" => "distilbert/distilgpt2",
+        _ => return None,
+    })
+}
+
+/// The folders that hold named checkpoints, most specific first: `$ALIGNSCOPE_CHECKPOINTS`,
+/// `./checkpoints`, and the `checkpoints/` folder of the project this binary was built from.
+pub fn checkpoint_roots() -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(dir) = std::env::var_os("ALIGNSCOPE_CHECKPOINTS") {
+        roots.push(PathBuf::from(dir));
+    }
+    roots.push(PathBuf::from("checkpoints"));
+    roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints"));
+    let mut seen = BTreeSet::new();
+    roots.retain(|r| seen.insert(std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())));
+    roots
+}
+
+/// Names of the checkpoint folders under [`checkpoint_roots`] (those with a config.json).
+pub fn local_checkpoints() -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for root in checkpoint_roots() {
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                if e.path().join("config.json").is_file() {
+                    names.insert(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Where the project writes a named checkpoint: a path stays a path; a bare name goes
+/// to `$ALIGNSCOPE_CHECKPOINTS/NAME` or `./checkpoints/NAME`.
+pub fn output_dir(name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.components().count() > 1 || p.is_absolute() || name.starts_with('.') {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("ALIGNSCOPE_CHECKPOINTS") {
+        Some(root) => PathBuf::from(root).join(name),
+        None => {
+            let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints");
+            if Path::new("checkpoints").is_dir() || !project.is_dir() {
+                PathBuf::from("checkpoints").join(name)
+            } else {
+                project.join(name)
+            }
+        }
+    }
+}
+
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) => hf_hub::Cache::new(PathBuf::from(p)),
+        None => hf_hub::Cache::from_env(),
+    }
+}
+
+fn hub_offline() -> bool {
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
+/// Fetches (or finds in the hub cache) the files of a GPT-2 repository and returns the
+/// snapshot folder that holds them.
+fn from_hub(repo_id: &str) -> Result<PathBuf> {
+    let cache = hub_cache();
+    let cached = cache.model(repo_id.to_string());
+    let offline = hub_offline();
+    let api = if offline {
+        None
+    } else {
+        Some(
+            hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .build()
+                .map_err(|e| anyhow!("cannot reach the Hugging Face hub: {e}"))?,
+        )
+    };
+    let get = |file: &str| -> Result<PathBuf> {
+        if let Some(p) = cached.get(file) {
+            return Ok(p);
+        }
+        match &api {
+            None => bail!("{file} of {repo_id} is not in the hub cache and HF_HUB_OFFLINE is set"),
+            Some(api) => api
+                .model(repo_id.to_string())
+                .get(file)
+                .map_err(|e| anyhow!("cannot download {file} of {repo_id}: {e}")),
+        }
+    };
+    let config = get("config.json")?;
+    get("tokenizer.json")?;
+    match get("model.safetensors") {
+        Ok(_) => {}
+        Err(single) => {
+            let index = get("model.safetensors.index.json").map_err(|_| single)?;
+            for shard in shard_files(&index)? {
+                get(&shard)?;
+            }
+        }
+    }
+    Ok(config.parent().expect("snapshot folder").to_path_buf())
+}
+
+/// Resolves `--ckpt`: an existing folder; a named checkpoint under [`checkpoint_roots`];
+/// or a Hugging Face repository id (with the gpt2 family's short aliases).
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    if spec.trim().is_empty() {
+        bail!("no checkpoint given")
+    }
+    let p = Path::new(spec);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    if p.exists() {
+        bail!("checkpoint {spec} is a file, not a checkpoint folder (config.json, model.safetensors, tokenizer.json)")
+    }
+    for root in checkpoint_roots() {
+        let dir = root.join(spec);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+    }
+    let looks_like_repo = hub_alias(spec).is_some()
+        || (spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains("//"));
+    let local = local_checkpoints();
+    let listing = if local.is_empty() { "none".to_string() } else { local.join(", ") };
+    if !looks_like_repo {
+        bail!("checkpoint {spec:?} not found: no such folder, and not among the local checkpoints ({listing})")
+    }
+    let repo = hub_alias(spec).unwrap_or(spec);
+    from_hub(repo).map_err(|e| {
+        anyhow!("checkpoint {spec:?} not found locally ({listing}) and not available from the hub: {e:#}")
+    })
+}
+
+fn shard_files(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
+    let files: BTreeSet<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+    Ok(files.into_iter().collect())
+}
+
+/// The safetensors files of a checkpoint folder.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        return shard_files(&index).map(|fs| fs.into_iter().map(|f| dir.join(f)).collect());
+    }
+    bail!("checkpoint {} has no model.safetensors", dir.display())
+}
+
+/// Reads every tensor of the checkpoint under its canonical name (`transformer.` prefix),
+/// whichever of the two GPT-2 key layouts the file uses. Buffers are dropped.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for file in weight_files(dir)? {
+        if !file.is_file() {
+            bail!("checkpoint shard {} is missing", file.display());
+        }
+        // Safety: the file is only read; a checkpoint rewritten underneath us is replaced
+        // by rename, so the mapped inode stays intact.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }
+            .map_err(|e| anyhow!("{} is not a valid safetensors file (corrupt or truncated): {}", file.display(), first_line(&e.to_string())))?;
+        for (name, _) in st.tensors() {
+            let canonical = canonical_name(&name);
+            let Some(canonical) = canonical else { continue };
+            let t = st
+                .load(&name, device)
+                .map_err(|e| anyhow!("cannot read tensor {name} from {}: {}", file.display(), first_line(&e.to_string())))?;
+            let t = if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? };
+            out.insert(canonical, t);
+        }
+    }
+    Ok(out)
+}
+
+/// Maps a checkpoint key to our canonical name; `None` for buffers we recompute.
+fn canonical_name(name: &str) -> Option<String> {
+    if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+        return None;
+    }
+    if name == "lm_head.weight" || name.starts_with("transformer.") {
+        return Some(name.to_string());
+    }
+    Some(format!("transformer.{name}"))
+}
+
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        bail!("checkpoint {} has no tokenizer.json", dir.display())
+    }
+    Tokenizer::from_file(&path).map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", path.display()))
+}
+
+/// A loaded checkpoint: the model, its tokenizer, and where it came from.
+pub struct Checkpoint {
+    pub name: String,
+    pub dir: PathBuf,
+    pub model: Gpt2,
+    pub tokenizer: Tokenizer,
+}
+
+impl Checkpoint {
+    /// Resolves `spec` (see [`resolve`]) and loads it.
+    pub fn open(spec: &str, device: &Device) -> Result<Self> {
+        let dir = resolve(spec)?;
+        let mut ck = Self::load_dir(&dir, device)?;
+        ck.name = spec.to_string();
+        Ok(ck)
+    }
+
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            bail!("checkpoint {} has no config.json", dir.display())
+        }
+        let config = Gpt2Config::from_file(&config_path)?;
+        let tokenizer = load_tokenizer(dir)?;
+        let weights = read_weights(dir, device)?;
+        let model = Gpt2::from_tensors(config, weights)
+            .map_err(|e| anyhow!("checkpoint {}: config.json does not match the weights: {e:#}", dir.display()))?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > model.config.vocab_size {
+            bail!(
+                "checkpoint {}: tokenizer.json has {vocab} tokens but the model's vocab_size is {}",
+                dir.display(),
+                model.config.vocab_size
+            )
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Self { name, dir: dir.to_path_buf(), model, tokenizer })
+    }
+
+    /// The end-of-text token: the config's eos id, else the tokenizer's `<|endoftext|>`.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.model.config.eos_token_id.or_else(|| self.tokenizer.token_to_id("<|endoftext|>"))
+    }
+}
+
+/// Writes an HF-format model folder's files into `dir` (which must exist): config.json and
+/// model.safetensors with transformers 5's key layout (tied head omitted), plus the
+/// tokenizer. Files are fsynced so a rename of the folder publishes complete data.
+pub fn write_model_files(dir: &Path, model: &Gpt2, tokenizer_json: &str) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in model.params() {
+        tensors.insert(name, t.to_device(&Device::Cpu)?.detach());
+    }
+    let mut config = model.config.clone();
+    config.tie_word_embeddings = model.lm_head.is_none();
+    write_synced(&dir.join("config.json"), serde_json::to_string_pretty(&config.to_hf_json())?.as_bytes())?;
+    let st_path = dir.join("model.safetensors");
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let views: Vec<(String, Tensor)> = {
+        let mut v: Vec<_> = tensors.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let bytes = safetensors_bytes(&views, meta)?;
+    write_synced(&st_path, &bytes)?;
+    write_synced(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    Ok(())
+}
+
+fn safetensors_bytes(tensors: &[(String, Tensor)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Ok((n.clone(), bytes, t.dims().to_vec()))
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, b, s)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(views, Some(meta))?)
+}
+
+/// Writes safetensors of arbitrary named f32 tensors (optimizer state and the like).
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bytes = safetensors_bytes(tensors, HashMap::new())?;
+    write_synced(path, &bytes)
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The GPT-2 model, its configuration, checkpoints and devices.
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod gpt2;
+
+pub use checkpoint::Checkpoint;
+pub use config::Gpt2Config;
+pub use gpt2::{Gpt2, KvCache};
