@@ -6,3 +6,8 @@
 pub mod model;
 pub mod ops;
 pub mod analysis;
+pub mod train;
+pub mod bench;
+pub mod cli;
+pub mod tui;
+pub mod util;

@@ -1,0 +1,374 @@
+//! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
+//! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
+
+use crate::analysis::eval::{evaluate, read_text, EvalOptions, EvalReport};
+use crate::analysis::generate::{generate, generate_early_exit, GenerateOptions, Generation, Sampling};
+use crate::analysis::inspect::{analyze, LensAt};
+use crate::analysis::quality::{coherence, diversity};
+use crate::analysis::{decode, encode_prompt};
+use crate::model::device::parse_device;
+use crate::model::Checkpoint;
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// The checkpoint the explorer opens when none is named, and the one it compares with.
+pub const DEFAULT_CKPT: &str = "austen-aligned";
+pub const DEFAULT_COMPARE: &str = "austen-standard";
+/// The held-out text every default evaluation uses.
+pub const DEFAULT_EVAL_TEXT: &str = "assets/austen/persuasion.txt";
+
+#[derive(Parser, Debug)]
+#[command(name = "alignscope", version, about = "Look inside GPT-2 layer by layer, and train every layer to exit through the shared classifier.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub explore: ExploreArgs,
+}
+
+/// Options of the explorer (no subcommand).
+#[derive(Args, Debug, Clone)]
+pub struct ExploreArgs {
+    /// Checkpoint to explore: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    #[arg(long, global = false)]
+    pub ckpt: Option<String>,
+    /// Second checkpoint shown side by side (default: austen-standard when exploring the default)
+    #[arg(long)]
+    pub compare: Option<String>,
+    /// Show a single checkpoint even when the default pair is available
+    #[arg(long)]
+    pub single: bool,
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Text for the layer-metrics view (held-out evaluation)
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Initial prompt
+    #[arg(long)]
+    pub prompt: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Per-layer view of one prompt: COS / CKA matrices and the logit lens
+    Inspect(InspectArgs),
+    /// Generate from any exit layer (or all of them)
+    Generate(GenerateArgs),
+    /// Per-layer loss, perplexity, accuracy and similarity to the last layer over a text
+    Eval(EvalArgs),
+    /// Train or fine-tune (aligned, standard or ce-reg loss), or resume a run
+    Train(crate::train::cli::TrainArgs),
+    /// Tokenizer tools
+    Tokenizer {
+        #[command(subcommand)]
+        command: crate::train::cli::TokenizerCommand,
+    },
+    /// Speed benchmarks (forward + analysis, decode, training)
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Checkpoint: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    #[arg(long, default_value = DEFAULT_CKPT)]
+    pub ckpt: String,
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Token position for the lens (default: the last token)
+    #[arg(long)]
+    pub position: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long)]
+    pub prompt: String,
+    /// Exit layer 1..L, or `all` (default: L, the full model)
+    #[arg(long)]
+    pub exit_layer: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Greedy decoding (the default unless --top-p or --sample is given)
+    #[arg(long, conflicts_with_all = ["top_p", "sample"])]
+    pub greedy: bool,
+    /// Nucleus sampling with this p
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Nucleus sampling with p = 0.95
+    #[arg(long)]
+    pub sample: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Per-token early exit: leave at the first layer whose confidence reaches this
+    #[arg(long, conflicts_with = "exit_layer")]
+    pub early_exit: Option<f64>,
+    /// Keep generating past end-of-text
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// UTF-8 text to evaluate on
+    #[arg(long, default_value = DEFAULT_EVAL_TEXT)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub ctx: usize,
+    #[arg(long)]
+    pub max_chunks: Option<usize>,
+}
+
+/// Runs the command line; errors come back to `main`, which prints one line.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => crate::tui::run(cli.explore),
+        Some(Command::Inspect(a)) => inspect(a),
+        Some(Command::Generate(a)) => generate_cmd(a),
+        Some(Command::Eval(a)) => eval_cmd(a),
+        Some(Command::Train(a)) => crate::train::cli::train(a),
+        Some(Command::Tokenizer { command }) => crate::train::cli::tokenizer(command),
+        Some(Command::Bench(a)) => crate::bench::run(a),
+    }
+}
+
+fn open(common: &CommonArgs) -> Result<Checkpoint> {
+    let device = parse_device(&common.device)?;
+    Checkpoint::open(&common.ckpt, &device)
+}
+
+fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{s}");
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let ck = open(&a.common)?;
+    let ids = encode_prompt(&ck.tokenizer, &ck.model, &a.prompt)?;
+    let at = match a.position {
+        Some(p) => LensAt::Position(p),
+        None => LensAt::Last,
+    };
+    let r = analyze(&ck.model, &ck.tokenizer, &ids, a.top_k, at)?;
+    if a.common.json {
+        let lens: Vec<_> = r.lens.iter().enumerate().map(|(l, v)| json!({"layer": l, "top": v[0]})).collect();
+        out(&json!({
+            "layers": r.layers,
+            "input_ids": r.input_ids,
+            "tokens": r.tokens,
+            "position": r.lens_positions[0],
+            "cos": r.cos,
+            "cos_raw": r.cos_raw,
+            "cka": r.cka,
+            "adjacent_cos": crate::analysis::similarity::adjacent_cos(&r.cos),
+            "norm_ratio": r.steps.norm_ratio,
+            "cos_update": r.steps.cos_update,
+            "lens": lens,
+        })
+        .to_string());
+        return Ok(());
+    }
+    let pos = r.lens_positions[0];
+    out(&format!("{} · {} layers · {} tokens", ck.name, r.layers, ids.len()));
+    out(&format!("lens at position {pos} ({:?}):", r.tokens[pos]));
+    for (l, v) in r.lens.iter().enumerate() {
+        let tops: Vec<String> = v[0].iter().map(|t| format!("{:?} {:.3}", t.token, t.prob)).collect();
+        out(&format!("  layer {l:>2}: {}", tops.join("  ")));
+    }
+    for (title, m) in [("COS (centered)", &r.cos), ("COS (raw)", &r.cos_raw), ("linear CKA", &r.cka)] {
+        out(&format!("{title}:"));
+        out(&format_matrix(m));
+    }
+    Ok(())
+}
+
+pub fn format_matrix(m: &[Vec<f64>]) -> String {
+    let mut s = String::from("      ");
+    for j in 0..m.len() {
+        s += &format!("{j:>6}");
+    }
+    for (i, row) in m.iter().enumerate() {
+        s += &format!("\n  {i:>2}  ");
+        for v in row {
+            s += &format!("{v:>6.3}");
+        }
+    }
+    s
+}
+
+fn sampling_of(a: &GenerateArgs) -> Sampling {
+    match (a.top_p, a.sample) {
+        (Some(p), _) => Sampling::TopP { p, temperature: a.temperature, seed: a.seed },
+        (None, true) => Sampling::TopP { p: 0.95, temperature: a.temperature, seed: a.seed },
+        (None, false) => Sampling::Greedy,
+    }
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let ck = open(&a.common)?;
+    let ids = encode_prompt(&ck.tokenizer, &ck.model, &a.prompt)?;
+    let sampling = sampling_of(&a);
+    sampling.validate()?;
+    let n_layer = ck.model.n_layer();
+    let eos = if a.ignore_eos { None } else { ck.eos_id() };
+    if let Some(th) = a.early_exit {
+        if !(0.0..=1.0).contains(&th) {
+            bail!("--early-exit is a confidence threshold in [0, 1], got {th}")
+        }
+        let g = generate_early_exit(&ck.model, &ids, th, a.max_new_tokens, sampling, eos, |_, _| ControlFlow::Continue(()))?;
+        let text = decode(&ck.tokenizer, &g.ids);
+        if a.common.json {
+            out(&json!({"threshold": th, "ids": g.ids, "text": text, "exit_layers": g.exit_layers, "speedup": g.speedup, "stop": g.stop}).to_string());
+        } else {
+            out(&format!("{}{}", a.prompt, text));
+            out(&format!("-- exit layers {:?}, speedup {:.2}x over {} layers", g.exit_layers, g.speedup, n_layer));
+        }
+        return Ok(());
+    }
+    let layers: Vec<usize> = match a.exit_layer.as_deref() {
+        None => vec![n_layer],
+        Some("all") => (1..=n_layer).collect(),
+        Some(s) => match s.parse::<usize>() {
+            Ok(l) if (1..=n_layer).contains(&l) => vec![l],
+            Ok(l) => bail!("exit layer {l} is out of range: choose 1..={n_layer} or all"),
+            Err(_) => bail!("--exit-layer must be a layer number 1..={n_layer} or all, got {s:?}"),
+        },
+    };
+    let stream = !a.common.json && layers.len() == 1 && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut results = Vec::new();
+    for &l in &layers {
+        let opts = GenerateOptions { exit_layer: l, max_new_tokens: a.max_new_tokens, sampling, eos };
+        let g: Generation = if stream {
+            // Stream text as it is produced: print the decoded growth of the continuation.
+            print!("{}", a.prompt);
+            let mut so_far: Vec<u32> = Vec::new();
+            let mut shown = 0usize;
+            let g = generate(&ck.model, &ids, &opts, |t| {
+                so_far.push(t);
+                let text = decode(&ck.tokenizer, &so_far);
+                if !text.ends_with('\u{FFFD}') && text.len() >= shown {
+                    print!("{}", &text[shown..]);
+                    shown = text.len();
+                    let _ = std::io::stdout().flush();
+                }
+                ControlFlow::Continue(())
+            })?;
+            println!();
+            g
+        } else {
+            generate(&ck.model, &ids, &opts, |_| ControlFlow::Continue(()))?
+        };
+        results.push(g);
+    }
+    let objs: Vec<_> = results
+        .iter()
+        .map(|g| -> Result<serde_json::Value> {
+            Ok(json!({
+                "exit_layer": g.exit_layer,
+                "ids": g.ids,
+                "text": decode(&ck.tokenizer, &g.ids),
+                "stop": g.stop,
+                "diversity": diversity(&g.ids),
+                "coherence": coherence(&ck.model, &ids, &g.ids)?,
+            }))
+        })
+        .collect::<Result<_>>()?;
+    if a.common.json {
+        let mut head = json!({"prompt": a.prompt, "input_ids": ids, "sampling": sampling});
+        if a.exit_layer.as_deref() == Some("all") {
+            head["generations"] = json!(objs);
+        } else {
+            let mut one = objs.into_iter().next().expect("one layer");
+            for (k, v) in head.as_object().unwrap() {
+                one[k] = v.clone();
+            }
+            head = one;
+        }
+        out(&head.to_string());
+    } else if !stream {
+        for (g, o) in results.iter().zip(&objs) {
+            out(&format!("── exit layer {} (diversity {:.3}, coherence {:.3})", g.exit_layer, o["diversity"].as_f64().unwrap(), o["coherence"].as_f64().unwrap()));
+            out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
+        }
+    }
+    Ok(())
+}
+
+/// Tokenizes a whole text file with the checkpoint's tokenizer.
+pub fn tokenize_file(ck: &Checkpoint, path: &std::path::Path) -> Result<Vec<u32>> {
+    let text = read_text(path)?;
+    let enc = ck.tokenizer.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("cannot tokenize {}: {e}", path.display()))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let data = resolve_asset(&a.data);
+    let text = read_text(&data)?; // checked before the model loads: bad data fails fast
+    drop(text);
+    let ck = open(&a.common)?;
+    let ids = tokenize_file(&ck, &data)?;
+    let opts = EvalOptions { ctx: a.ctx, max_chunks: a.max_chunks };
+    let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let r = evaluate(&ck.model, &ids, &opts, |done, total| {
+        if show {
+            eprint!("\revaluating {done}/{total} chunks");
+        }
+        ControlFlow::Continue(())
+    })?;
+    if show {
+        eprintln!();
+    }
+    if a.common.json {
+        out(&serde_json::to_string(&r)?);
+    } else {
+        out(&format_eval(&ck.name, &data.display().to_string(), &r));
+    }
+    Ok(())
+}
+
+pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
+    let mut s = format!("{name} on {data}: {} chunks of {} tokens, {} predictions\n", r.chunks, r.ctx, r.tokens);
+    s += "layer        CE         ppl     acc   COS_last  CKA_last\n";
+    for l in 0..=r.layers {
+        s += &format!("{l:>5} {:>9.4} {:>11.2} {:>7.4} {:>10.4} {:>9.4}\n", r.ce[l], r.ppl[l], r.acc[l], r.cos_last[l], r.cka_last[l]);
+    }
+    if let Some(d) = r.min_depth_reaching(0.95) {
+        s += &format!("shallowest layer reaching 95% of the best accuracy: {d}");
+    }
+    s
+}
+
+/// Paths of shipped assets work from any directory: a relative path that does not exist
+/// here is looked up in the project folder.
+pub fn resolve_asset(p: &std::path::Path) -> PathBuf {
+    if p.exists() || p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let project = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    if project.exists() { project } else { p.to_path_buf() }
+}

@@ -1,0 +1,241 @@
+//! Training losses with the shared classifier applied after any layer.
+//!
+//! The head `lm_head(ln_f(h^l))` is the expensive part for large vocabularies, and the
+//! aligned loss applies it after every layer. So the head and its cross-entropy are
+//! differentiated by hand, chunk by chunk (softmax minus one-hot), and never hold more
+//! than one chunk of logits; the gradient reaching `ln_f(h^l)` is then pushed through the
+//! trunk with a single autograd pass on the surrogate `sum_l <ln_f(h^l), g_l>`.
+
+use crate::model::Gpt2;
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
+use rayon::prelude::*;
+
+/// `lambda_l = 2l / (L(L+1))` for l = 1..=L (index 0 = layer 1); they sum to 1.
+pub fn aligned_weights(n_layer: usize) -> Vec<f64> {
+    let denom = (n_layer * (n_layer + 1)) as f64;
+    (1..=n_layer).map(|l| 2.0 * l as f64 / denom).collect()
+}
+
+/// Weight 1 on the last layer only.
+pub fn standard_weights(n_layer: usize) -> Vec<f64> {
+    let mut w = vec![0.0; n_layer];
+    w[n_layer - 1] = 1.0;
+    w
+}
+
+/// What one forward/backward pass optimizes.
+#[derive(Debug, Clone)]
+pub struct Objective {
+    /// Weight of each layer's CE, layers 1..=L.
+    pub layer_weights: Vec<f64>,
+    /// ce-reg: `beta * sum_l lambda_l (1 - cos(h^l, h^L))` is added when > 0.
+    pub cos_beta: f64,
+    /// Per-layer CE of layers with zero weight is still measured (forward only) on at most
+    /// this many positions per micro-batch (0 = all), for the live per-layer curves.
+    pub monitor_positions: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LossValue {
+    pub loss: f64,
+    /// Mean CE per layer 1..=L.
+    pub layer_losses: Vec<f64>,
+}
+
+/// Rows of logits per head chunk: keeps one chunk's logits near 32 MB.
+fn chunk_rows(vocab: usize) -> usize {
+    (8_000_000 / vocab).max(16)
+}
+
+/// Sum of CE over rows of `logits` (`[n, V]`) and, if `grad_scale` is given, the gradient
+/// `grad_scale * (softmax - onehot)` of that sum.
+fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f64, Option<Tensor>)> {
+    let (n, v) = logits.dims2()?;
+    if matches!(logits.device(), Device::Cpu) {
+        let mut data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let ce: f64 = data
+            .par_chunks_mut(v)
+            .zip(targets.par_iter())
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for x in row.iter() {
+                    sum += ((x - max) as f64).exp();
+                }
+                let ce = sum.ln() + (max - row[t as usize]) as f64;
+                if let Some(s) = grad_scale {
+                    let inv = 1.0 / sum;
+                    for x in row.iter_mut() {
+                        *x = ((((*x - max) as f64).exp() * inv) * s) as f32;
+                    }
+                    row[t as usize] -= s as f32;
+                }
+                ce
+            })
+            .sum();
+        let grad = match grad_scale {
+            Some(_) => Some(Tensor::from_vec(data, (n, v), logits.device())?),
+            None => None,
+        };
+        return Ok((ce, grad));
+    }
+    // Other devices: the same math with tensor ops.
+    let t = Tensor::from_vec(targets.to_vec(), n, logits.device())?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&t.unsqueeze(1)?, 1)?;
+    let ce = -(picked.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    let grad = match grad_scale {
+        Some(s) => {
+            let onehot = Tensor::arange(0u32, v as u32, logits.device())?
+                .unsqueeze(0)?
+                .broadcast_eq(&t.unsqueeze(1)?)?
+                .to_dtype(DType::F32)?;
+            Some(((logp.exp()? - onehot)? * s)?)
+        }
+        None => None,
+    };
+    Ok((ce, grad))
+}
+
+/// CE of the head over features `z` (`[n, d]`, already `ln_f`-normalised) against
+/// `targets`; with `weight` the gradients w.r.t. `z` and the head matrix of
+/// `weight * mean CE`.
+pub fn head_loss(
+    z: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    weight: Option<f64>,
+) -> Result<(f64, Option<(Tensor, Tensor)>)> {
+    let n = z.dim(0)?;
+    let step = chunk_rows(head.dim(0)?);
+    let mut ce_sum = 0.0;
+    let mut dz_parts = Vec::new();
+    let mut dw: Option<Tensor> = None;
+    let scale = weight.map(|w| w / n as f64);
+    let mut start = 0;
+    while start < n {
+        let len = step.min(n - start);
+        let zc = z.narrow(0, start, len)?;
+        let logits = zc.matmul(&head.t()?)?;
+        let (ce, g) = xent(&logits, &targets[start..start + len], scale)?;
+        ce_sum += ce;
+        if let Some(g) = g {
+            dz_parts.push(g.matmul(head)?);
+            let part = g.t()?.matmul(&zc)?;
+            dw = Some(match dw {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+        start += len;
+    }
+    let grads = match (weight, dw) {
+        (Some(_), Some(dw)) => Some((Tensor::cat(&dz_parts, 0)?, dw)),
+        _ => None,
+    };
+    Ok((ce_sum, grads))
+}
+
+/// Mean raw cosine between matching rows of `a` and `b` (`[n, d]`), differentiable.
+fn mean_cos(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dot = (a * b)?.sum(D::Minus1)?;
+    let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
+    Ok((dot / ((na * nb)? + 1e-12)?)?.mean_all()?)
+}
+
+/// Loss and gradients of one micro-batch. `model` must hold the `vars`' tensors (see
+/// [`crate::train::trainer::Trainable`]). `inputs`, `targets`: `[b, t]` token ids.
+/// Gradients are scaled by `grad_scale` (1/accumulation steps).
+pub fn loss_and_grads(
+    model: &Gpt2,
+    inputs: &Tensor,
+    targets: &[u32],
+    obj: &Objective,
+    grad_scale: f64,
+) -> Result<(LossValue, GradStore, Tensor)> {
+    let n_layer = model.n_layer();
+    if obj.layer_weights.len() != n_layer {
+        bail!("objective has {} layer weights for {n_layer} layers", obj.layer_weights.len())
+    }
+    let (b, t) = inputs.dims2()?;
+    let n = b * t;
+    let d = model.config.n_embd;
+    let hs = model.residuals(inputs)?;
+    let head = model.head_weight().detach();
+    let mut surrogate: Option<Tensor> = None;
+    let mut head_grad: Option<Tensor> = None;
+    let mut layer_losses = Vec::with_capacity(n_layer);
+    let mut loss = 0.0;
+    let add = |acc: Option<Tensor>, x: Tensor| -> Result<Option<Tensor>> {
+        Ok(Some(match acc {
+            None => x,
+            Some(a) => (a + x)?,
+        }))
+    };
+    for l in 1..=n_layer {
+        let w = obj.layer_weights[l - 1];
+        let x = model.final_norm(&hs[l])?.reshape((n, d))?;
+        if w != 0.0 {
+            let z = x.detach();
+            let (ce, g) = head_loss(&z, &head, targets, Some(w * grad_scale))?;
+            let (dz, dw) = g.expect("gradients requested");
+            let mean = ce / n as f64;
+            layer_losses.push(mean);
+            loss += w * mean;
+            surrogate = add(surrogate, (x * dz)?.sum_all()?)?;
+            head_grad = add(head_grad, dw)?;
+        } else {
+            // Monitoring only: forward CE on (a prefix of) the positions, no gradient.
+            let m = if obj.monitor_positions == 0 { n } else { obj.monitor_positions.min(n) };
+            let z = x.detach().narrow(0, 0, m)?;
+            let (ce, _) = head_loss(&z, &head, &targets[..m], None)?;
+            layer_losses.push(ce / m as f64);
+        }
+    }
+    if obj.cos_beta > 0.0 {
+        let lambdas = aligned_weights(n_layer);
+        let last = hs[n_layer].reshape((n, d))?;
+        let mut reg: Option<Tensor> = None;
+        for l in 1..n_layer {
+            let c = mean_cos(&hs[l].reshape((n, d))?, &last)?;
+            let term = ((1.0 - c)? * lambdas[l - 1])?;
+            reg = add(reg, term)?;
+        }
+        if let Some(reg) = reg {
+            loss += obj.cos_beta * reg.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            surrogate = add(surrogate, (reg * (obj.cos_beta * grad_scale))?)?;
+        }
+    }
+    let surrogate = match surrogate {
+        Some(s) => s,
+        None => bail!("the objective has no trainable term"),
+    };
+    let grads = surrogate.backward()?;
+    let head_grad = head_grad.unwrap_or_else(|| head.zeros_like().expect("zeros"));
+    Ok((LossValue { loss, layer_losses }, grads, head_grad))
+}
+
+/// Gradients of every parameter (by name, `model.params()` order), the head's manual
+/// gradient folded into `wte` (tied) or `lm_head.weight`.
+pub fn collect_grads(model: &Gpt2, vars: &[Var], grads: &GradStore, head_grad: &Tensor) -> Result<Vec<Tensor>> {
+    let names = model.params();
+    let mut out = Vec::with_capacity(vars.len());
+    for ((name, _), var) in names.iter().zip(vars) {
+        let mut g = match grads.get(var.as_tensor()) {
+            Some(g) => g.clone(),
+            None => var.as_tensor().zeros_like()?,
+        };
+        let is_head = match &model.lm_head {
+            Some(_) => name == "lm_head.weight",
+            None => name == "transformer.wte.weight",
+        };
+        if is_head {
+            g = (g + head_grad)?;
+        }
+        out.push(g);
+    }
+    Ok(out)
+}

@@ -1,0 +1,15 @@
+//! The aligned training engine: losses, AdamW with saveable state, data, checkpoints that
+//! survive a kill at any moment, and a background job that speaks typed messages.
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod events;
+pub mod job;
+pub mod loss;
+pub mod optim;
+pub mod save;
+pub mod tokenizer;
+pub mod trainer;
+
+pub use config::{InitFrom, LossKind, TrainConfig};
+pub use events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};

@@ -1,0 +1,93 @@
+//! AdamW with state we can save and restore (candle_nn's keeps its moments private).
+//! The update is torch.optim.AdamW's, op for op: decoupled weight decay first, then the
+//! bias-corrected Adam step.
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, Var};
+
+#[derive(Debug, Clone)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Completed steps (torch's `state['step']`).
+    pub step: usize,
+    /// First and second moments, one per parameter.
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Whether each parameter is decayed.
+    pub decay: Vec<bool>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig, params: &[Var], decay: Vec<bool>) -> Result<Self> {
+        let m = params.iter().map(|p| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self { config, step: 0, m, v, decay })
+    }
+
+    /// One update with learning rate `lr` and gradients `grads` (same order as `params`).
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        if grads.len() != params.len() {
+            bail!("{} gradients for {} parameters", grads.len(), params.len())
+        }
+        self.step += 1;
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let step_size = lr / bc1;
+        let bc2_sqrt = bc2.sqrt();
+        for i in 0..params.len() {
+            let p = params[i].as_tensor();
+            let g = &grads[i];
+            let mut theta = p.detach();
+            if self.decay[i] && c.weight_decay != 0.0 {
+                theta = (theta * (1.0 - lr * c.weight_decay))?;
+            }
+            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+            let theta = (theta - ((&m / denom)? * step_size)?)?;
+            params[i].set(&theta)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm` (torch's
+/// `clip_grad_norm_`); returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for g in grads.iter() {
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Warmup then cosine decay (nanoGPT): linear from lr/(warmup+1) up to lr over `warmup`
+/// steps, then a half cosine from lr to `min_lr` at the last step. `it` is 0-based.
+pub fn lr_at(it: usize, total: usize, warmup: usize, lr: f64, min_lr: f64) -> f64 {
+    if it < warmup {
+        return lr * (it + 1) as f64 / (warmup + 1) as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let ratio = ((it - warmup) as f64 / span as f64).min(1.0);
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+    min_lr + coeff * (lr - min_lr)
+}

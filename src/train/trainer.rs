@@ -1,0 +1,105 @@
+//! One training step: micro-batches, loss, gradients, clipping, AdamW.
+
+use super::loss::{aligned_weights, collect_grads, loss_and_grads, standard_weights, LossValue, Objective};
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::model::Gpt2;
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+
+/// A model whose parameters are candle `Var`s, so autograd reaches them and the
+/// optimizer can update them in place.
+pub struct Trainable {
+    pub model: Gpt2,
+    pub vars: Vec<Var>,
+    pub names: Vec<String>,
+}
+
+impl Trainable {
+    pub fn new(mut model: Gpt2) -> Result<Self> {
+        let names = model.params().into_iter().map(|(n, _)| n).collect();
+        let mut vars = Vec::new();
+        model.map_params(|t| {
+            let v = Var::from_tensor(t)?;
+            let shared = v.as_tensor().clone();
+            vars.push(v);
+            Ok(shared)
+        })?;
+        Ok(Self { model, vars, names })
+    }
+
+    /// Which parameters get weight decay: all, or (nanoGPT) only the 2-D weight matrices
+    /// of the blocks, not biases, layer norms or embeddings.
+    pub fn decay_mask(&self, matrices_only: bool) -> Vec<bool> {
+        self.names
+            .iter()
+            .zip(&self.vars)
+            .map(|(n, v)| !matrices_only || (v.as_tensor().rank() == 2 && !n.contains(".wte.") && !n.contains(".wpe.") && n != "lm_head.weight"))
+            .collect()
+    }
+
+    /// A plain-tensor copy of the model for inference (no gradient tracking).
+    pub fn snapshot(&self) -> Result<Gpt2> {
+        let mut m = self.model.clone();
+        m.map_params(|t| Ok(t.detach().copy()?))?;
+        Ok(m)
+    }
+
+    pub fn optimizer(&self, cfg: AdamWConfig, matrices_only: bool) -> Result<AdamW> {
+        AdamW::new(cfg, &self.vars, self.decay_mask(matrices_only))
+    }
+}
+
+/// The objective of a loss kind at a given step.
+pub fn objective_for(kind: super::LossKind, aligned_step: bool, n_layer: usize, beta: f64, monitor: usize) -> Objective {
+    use super::LossKind::*;
+    let (layer_weights, cos_beta) = match kind {
+        Aligned if aligned_step => (aligned_weights(n_layer), 0.0),
+        CeReg => (standard_weights(n_layer), beta),
+        _ => (standard_weights(n_layer), 0.0),
+    };
+    Objective { layer_weights, cos_beta, monitor_positions: monitor }
+}
+
+/// Result of one optimizer step.
+pub struct StepOutcome {
+    pub value: LossValue,
+    pub grad_norm: f64,
+}
+
+/// Computes the gradients of a batch split into micro-batches, clips them, and applies
+/// AdamW. Nothing is updated if the loss is not finite.
+pub fn train_step(
+    t: &Trainable,
+    opt: &mut AdamW,
+    micro_batches: &[(Tensor, Vec<u32>)],
+    obj: &Objective,
+    lr: f64,
+    grad_clip: f64,
+) -> Result<StepOutcome> {
+    let k = micro_batches.len();
+    let scale = 1.0 / k as f64;
+    let mut total: Option<Vec<Tensor>> = None;
+    let mut value = LossValue { loss: 0.0, layer_losses: vec![0.0; t.model.n_layer()] };
+    for (inputs, targets) in micro_batches {
+        let (v, grads, head_grad) = loss_and_grads(&t.model, inputs, targets, obj, scale)?;
+        let g = collect_grads(&t.model, &t.vars, &grads, &head_grad)?;
+        value.loss += v.loss * scale;
+        for (a, b) in value.layer_losses.iter_mut().zip(&v.layer_losses) {
+            *a += b * scale;
+        }
+        total = Some(match total {
+            None => g,
+            Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?,
+        });
+    }
+    let mut grads = total.expect("at least one micro-batch");
+    if !value.loss.is_finite() {
+        return Ok(StepOutcome { value, grad_norm: f64::NAN });
+    }
+    let grad_norm = clip_grad_norm(&mut grads, grad_clip)?;
+    if !grad_norm.is_finite() {
+        return Ok(StepOutcome { value, grad_norm });
+    }
+    opt.step(&t.vars, &grads, lr)?;
+    Ok(StepOutcome { value, grad_norm })
+}
