@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     alignscope::util::restore_sigpipe();
+    alignscope::util::tune_cpu_threads();
     match alignscope::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,3 +20,13 @@ pub fn restore_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// Candle's CPU thread pool spins up to 25,000 iterations waiting for work. On a small
+/// machine that spinning competes with the gemm threads for the same cores; a short spin
+/// measured faster here. Must run before any thread starts; a user's setting wins.
+pub fn tune_cpu_threads() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Safety: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000") };
+    }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `alignscope bench --what train`: tokens/s of the standard and the
+aligned loss for the same GPT-2 configuration, batch and context, on the CPU.
+
+    python3 scripts/pytorch_train_bench.py --threads 2 --layers 12 --d 128 --vocab 4096 --ctx 256 --batch 16
+
+Needs torch and transformers (pip install torch transformers).
+"""
+import argparse
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=a.layers, n_embd=a.d, n_head=a.heads, vocab_size=a.vocab, n_positions=a.ctx,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    L = a.layers
+    lambdas = [2 * l / (L * (L + 1)) for l in range(1, L + 1)]
+    print(f"PyTorch {torch.__version__}, {a.threads} threads: {L} layers, d {a.d}, vocab {a.vocab}, batch {a.batch} x ctx {a.ctx}")
+    for kind in ["standard", "aligned"]:
+        model = GPT2LMHeadModel(cfg)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+        def step():
+            ids = torch.randint(0, a.vocab, (a.batch, a.ctx + 1))
+            x, y = ids[:, :-1], ids[:, 1:]
+            if kind == "standard":
+                out = model(x)
+                loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab), y.reshape(-1))
+            else:
+                out = model(x, output_hidden_states=True)
+                hs = out.hidden_states  # [emb, block 1 .. block L-1, ln_f(block L)]
+                loss = 0.0
+                for l in range(1, L + 1):
+                    logits = out.logits if l == L else model.lm_head(model.transformer.ln_f(hs[l]))
+                    loss = loss + lambdas[l - 1] * torch.nn.functional.cross_entropy(logits.reshape(-1, a.vocab), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        step()  # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(a.steps):
+            step()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        toks = a.steps * a.batch * a.ctx
+        print(f"  {kind:>8} loss: {toks / wall:.0f} tokens/s ({wall / a.steps:.2f} s/step wall, {cpu / a.steps:.2f} s/step CPU over {a.steps} steps)")
+
+
+if __name__ == "__main__":
+    main()
