@@ -161,8 +161,7 @@ impl Column {
     /// The name for titles: the last component of a path (`tests/fixtures/tiny-gpt2` →
     /// `tiny-gpt2`), a name or hub id as it is.
     pub fn short_name(&self) -> &str {
-        let n = self.name().trim_end_matches('/');
-        if std::path::Path::new(n).exists() { n.rsplit('/').next().unwrap_or(n) } else { n }
+        self.info.as_ref().map_or(self.spec.as_str(), |i| i.short_name.as_str())
     }
 
     pub fn n_layer(&self) -> usize {
@@ -843,6 +842,20 @@ impl App {
                     c.generating = false;
                     self.say(format!("{tag}: {message}"), true);
                 }
+            }
+            WorkerReply::Crashed { req, message } => {
+                let c = &mut self.columns[i];
+                if req == c.analysis_req {
+                    c.analyzing = false;
+                    c.error = Some(message.clone());
+                }
+                if req == c.gen_req {
+                    c.generating = false;
+                }
+                if req == c.eval_req && matches!(c.eval, EvalState::Running { .. }) {
+                    c.eval = EvalState::Failed(message.clone());
+                }
+                self.say(format!("{tag}: {message}"), true);
             }
             WorkerReply::EvalProgress { req, done, total } => {
                 let c = &mut self.columns[i];

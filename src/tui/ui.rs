@@ -51,7 +51,7 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame) {
         _ => frame.render_widget(Paragraph::new(hints(app, theme, footer.width as usize)), footer),
     }
     match &app.mode {
-        Mode::Help { scroll } => panels::help::render(*scroll, theme, frame, body),
+        Mode::Help { scroll } => panels::help::render(*scroll, theme, frame, body.union(status)),
         Mode::TrainMenu(menu) => panels::train_menu::render(menu.as_ref(), theme, frame, body),
         _ => {}
     }
@@ -70,13 +70,8 @@ fn tab_line<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
         let style = if *v == app.view { theme.tab_active() } else { Style::new() };
         spans.push(Span::styled(format!(" {} {name} ", i + 1), style));
     }
-    let right = format!(
-        "layer {}/{} · pos {}/{} ",
-        app.layer,
-        app.max_layer(),
-        app.position,
-        app.n_positions().saturating_sub(1)
-    );
+    let (l, pos) = if short { ("L", "pos ") } else { ("layer ", "position ") };
+    let right = format!("{l}{}/{} · {pos}{}/{} ", app.layer, app.max_layer(), app.position, app.n_positions().saturating_sub(1));
     let used: usize = spans.iter().map(|s| s.width()).sum();
     let gap = width.saturating_sub(used + right.len());
     spans.push(Span::raw(" ".repeat(gap)));
@@ -145,6 +140,9 @@ fn status_line<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
         let names: Vec<String> = app.columns.iter().enumerate().map(|(i, c)| format!("{} {}", column_tag(i), c.short_name())).collect();
         left.push(Span::styled(format!("{} · {}", names.join(" vs "), app.device), theme.dim()));
     }
+    if !right.is_empty() {
+        right = format!(" │ {right}");
+    }
     let right_w = text_width(&right);
     let left_w = width.saturating_sub(right_w);
     // Cut the left part to its room, keeping its styles.
@@ -187,4 +185,31 @@ fn hints<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
         used += w;
     }
     Line::from(spans)
+}
+
+/// The screen as text, drawn off-screen at `width`×`height`: for tests and README
+/// screenshots. Trailing spaces are kept, so columns line up.
+pub fn render_to_text(app: &App, theme: &Theme, width: u16, height: u16) -> String {
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height)).expect("a test terminal");
+    term.draw(|f| render(app, theme, f)).expect("drawing to a test terminal");
+    buffer_text(term.backend().buffer())
+}
+
+/// The symbols of a buffer, row by row (wide characters once).
+pub fn buffer_text(buf: &ratatui::buffer::Buffer) -> String {
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let mut skip = 0usize;
+        for x in 0..buf.area.width {
+            let cell = &buf[(x, y)];
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            out.push_str(cell.symbol());
+            skip = text_width(cell.symbol()).saturating_sub(1);
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -25,7 +25,10 @@ use std::thread;
 /// What the UI needs to know about a loaded checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// The checkpoint as it was asked for (a name, a path or a hub id).
     pub name: String,
+    /// The name for titles: a path's last component, else the name itself.
+    pub short_name: String,
     pub dir: PathBuf,
     pub n_layer: usize,
     pub n_positions: usize,
@@ -35,7 +38,13 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn of(ck: &Checkpoint) -> Self {
+        let spec = std::path::Path::new(ck.name.trim_end_matches('/'));
+        let short_name = match spec.file_name() {
+            Some(f) if spec.is_dir() => f.to_string_lossy().into_owned(),
+            _ => ck.name.clone(),
+        };
         Self {
+            short_name,
             name: ck.name.clone(),
             dir: ck.dir.clone(),
             n_layer: ck.model.n_layer(),
@@ -58,6 +67,16 @@ pub enum WorkerCommand {
     Eval { req: u64, data: PathBuf, ctx: usize, max_chunks: usize },
 }
 
+impl WorkerCommand {
+    /// The request id the replies carry (0 for `Load`, whose replies need none).
+    pub fn req(&self) -> u64 {
+        match self {
+            WorkerCommand::Load { .. } => 0,
+            WorkerCommand::Analyze { req, .. } | WorkerCommand::Generate { req, .. } | WorkerCommand::Eval { req, .. } => *req,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum WorkerReply {
     Loaded(ModelInfo),
@@ -69,6 +88,8 @@ pub enum WorkerReply {
     GenerateFailed { req: u64, message: String },
     EvalProgress { req: u64, done: usize, total: usize },
     EvalDone { req: u64, data: PathBuf, result: Result<EvalReport, String> },
+    /// The engine panicked on command `req`; the worker goes on with the next.
+    Crashed { req: u64, message: String },
 }
 
 /// The UI's end of a worker. Dropping it ends the worker (and cancels its work).
@@ -167,57 +188,7 @@ impl Worker {
             return true; // nothing loaded yet (a failed load); the UI already said so
         };
         match cmd {
-            WorkerCommand::Load { .. } => unreachable!(),
-            WorkerCommand::Analyze { req, prompt, top_k } => {
-                let result = analyze_prompt(ck, &prompt, top_k).map_err(|e| crate::util::one_line(&e));
-                self.reply(WorkerReply::Analysis { req, result })
-            }
-            WorkerCommand::Generate { req, prompt_ids, layers, max_new_tokens, sampling } => {
-                let eos = ck.eos_id();
-                for layer in layers {
-                    if self.epoch.load(Ordering::SeqCst) != epoch {
-                        return true;
-                    }
-                    let opts = GenerateOptions { exit_layer: layer, max_new_tokens, sampling, eos };
-                    let mut ids: Vec<u32> = Vec::new();
-                    let events = &self.events;
-                    let current = &self.epoch;
-                    let id = self.id;
-                    let mut gone = false;
-                    let result = generate(&ck.model, &prompt_ids, &opts, |t| {
-                        if current.load(Ordering::SeqCst) != epoch {
-                            return ControlFlow::Break(());
-                        }
-                        ids.push(t);
-                        let text = crate::analysis::decode(&ck.tokenizer, &ids);
-                        // A token can end inside a multi-byte character: wait for the rest.
-                        if !text.ends_with('\u{FFFD}') {
-                            let reply = WorkerReply::Token { req, layer, text, tokens: ids.len() };
-                            if events.send(Event::Worker { worker: id, reply }).is_err() {
-                                gone = true;
-                                return ControlFlow::Break(());
-                            }
-                        }
-                        ControlFlow::Continue(())
-                    });
-                    if gone {
-                        return false;
-                    }
-                    match result {
-                        Ok(g) if g.stop == StopReason::Cancelled => return true,
-                        Ok(g) => {
-                            let text = crate::analysis::decode(&ck.tokenizer, &g.ids);
-                            let done = WorkerReply::LayerDone { req, layer, text, tokens: g.ids.len(), stop: g.stop };
-                            if !self.reply(done) {
-                                return false;
-                            }
-                        }
-                        Err(e) => return self.reply(WorkerReply::GenerateFailed { req, message: crate::util::one_line(&e) }),
-                    }
-                }
-                true
-            }
-            WorkerCommand::Eval { req, data, ctx, max_chunks } => {
+            WorkerCommand::Eval { .. } => {
                 // The copy shares the weights' storage; it only lets the evaluation run
                 // beside analysis and generation.
                 let copy = Checkpoint { name: ck.name.clone(), dir: ck.dir.clone(), model: ck.model.clone(), tokenizer: ck.tokenizer.clone() };
@@ -227,20 +198,105 @@ impl Worker {
                 thread::Builder::new()
                     .name(format!("eval-{id}"))
                     .spawn(move || {
-                        let send = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
-                        let result = evaluate_file(&copy, &data, ctx, max_chunks, |done, total| {
-                            if current.load(Ordering::SeqCst) != epoch || !send(WorkerReply::EvalProgress { req, done, total }) {
-                                return ControlFlow::Break(());
-                            }
-                            ControlFlow::Continue(())
-                        });
-                        if current.load(Ordering::SeqCst) == epoch {
-                            send(WorkerReply::EvalDone { req, data, result: result.map_err(|e| crate::util::one_line(&e)) });
-                        }
+                        let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                        let stale = || current.load(Ordering::SeqCst) != epoch;
+                        guarded(&copy, &cmd, &mut emit, &stale);
                     })
                     .expect("spawn an evaluation thread");
                 true
             }
+            cmd => {
+                let events = &self.events;
+                let id = self.id;
+                let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                let stale = || self.epoch.load(Ordering::SeqCst) != epoch;
+                guarded(ck, &cmd, &mut emit, &stale)
+            }
+        }
+    }
+}
+
+/// [`execute`], with a panic in the engine turned into an error reply instead of a dead
+/// worker and a silent column.
+fn guarded(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(WorkerReply) -> bool, stale: &dyn Fn() -> bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ck, cmd, emit, stale))) {
+        Ok(alive) => alive,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            emit(WorkerReply::Crashed { req: cmd.req(), message: format!("the engine panicked: {what}") })
+        }
+    }
+}
+
+/// Carries out one command on a loaded checkpoint, synchronously: the worker threads run
+/// this, and so can tests. Replies go to `emit` (false: nobody listens, stop); `stale()`
+/// turns true when a newer command supersedes this one, and cancels it. Returns false when
+/// nobody listens any more.
+pub fn execute(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(WorkerReply) -> bool, stale: &dyn Fn() -> bool) -> bool {
+    match cmd {
+        // Loading replaces the worker's checkpoint: the worker does it.
+        WorkerCommand::Load { .. } => true,
+        WorkerCommand::Analyze { req, prompt, top_k } => {
+            let result = analyze_prompt(ck, prompt, *top_k).map_err(|e| crate::util::one_line(&e));
+            emit(WorkerReply::Analysis { req: *req, result })
+        }
+        WorkerCommand::Generate { req, prompt_ids, layers, max_new_tokens, sampling } => {
+            let req = *req;
+            let eos = ck.eos_id();
+            for &layer in layers {
+                if stale() {
+                    return true;
+                }
+                let opts = GenerateOptions { exit_layer: layer, max_new_tokens: *max_new_tokens, sampling: *sampling, eos };
+                let mut ids: Vec<u32> = Vec::new();
+                let mut gone = false;
+                let result = generate(&ck.model, prompt_ids, &opts, |t| {
+                    if stale() {
+                        return ControlFlow::Break(());
+                    }
+                    ids.push(t);
+                    let text = crate::analysis::decode(&ck.tokenizer, &ids);
+                    // A token can end inside a multi-byte character: wait for the rest.
+                    if !text.ends_with('\u{FFFD}') && !emit(WorkerReply::Token { req, layer, text, tokens: ids.len() }) {
+                        gone = true;
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                });
+                if gone {
+                    return false;
+                }
+                match result {
+                    Ok(g) if g.stop == StopReason::Cancelled => return true,
+                    Ok(g) => {
+                        let text = crate::analysis::decode(&ck.tokenizer, &g.ids);
+                        if !emit(WorkerReply::LayerDone { req, layer, text, tokens: g.ids.len(), stop: g.stop }) {
+                            return false;
+                        }
+                    }
+                    Err(e) => return emit(WorkerReply::GenerateFailed { req, message: crate::util::one_line(&e) }),
+                }
+            }
+            true
+        }
+        WorkerCommand::Eval { req, data, ctx, max_chunks } => {
+            let req = *req;
+            let mut alive = true;
+            let result = evaluate_file(ck, data, *ctx, *max_chunks, |done, total| {
+                if stale() || !emit(WorkerReply::EvalProgress { req, done, total }) {
+                    alive = false;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if !alive || stale() {
+                return alive;
+            }
+            emit(WorkerReply::EvalDone { req, data: data.clone(), result: result.map_err(|e| crate::util::one_line(&e)) })
         }
     }
 }

@@ -55,11 +55,23 @@ fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Re
         let keep = (inner.width as usize * 2).max(20);
         if chars.len() > keep { format!("…{}", chars[chars.len() - keep..].iter().collect::<String>()) } else { app.prompt.clone() }
     };
-    let mut spans = vec![Span::styled(prompt_tail, theme.dim())];
+    // The prompt's last line, then the continuation with its own line breaks.
+    let mut lines: Vec<Line> = Vec::new();
+    let mut spans = vec![Span::styled(prompt_tail.rsplit('\n').next().unwrap_or("").to_string(), theme.dim())];
     let mut footer = String::new();
     match c.outputs.get(&layer) {
         Some(o) => {
-            spans.push(Span::styled(o.text.clone(), theme.title()));
+            // Line breaks are shown (⏎, one per newline) and break the line once per run,
+            // so that a model that emits many newlines does not push its text off screen.
+            let mut rest = o.text.as_str();
+            while let Some(i) = rest.find('\n') {
+                spans.push(Span::styled(rest[..i].to_string(), theme.title()));
+                let run = rest[i..].chars().take_while(|&c| c == '\n').count();
+                spans.push(Span::styled("⏎".repeat(run), theme.dim()));
+                lines.push(Line::from(std::mem::take(&mut spans)));
+                rest = &rest[i + run..];
+            }
+            spans.push(Span::styled(rest.to_string(), theme.title()));
             if o.stop.is_none() {
                 spans.push(Span::styled("▌", theme.busy()));
             }
@@ -68,7 +80,7 @@ fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Re
         None if c.generating || app.gen_due.is_some() => spans.push(Span::styled(format!(" {}", spinner(app.ticks)), theme.busy())),
         None => {}
     }
-    let mut lines = vec![Line::from(spans)];
+    lines.push(Line::from(spans));
     if !footer.is_empty() {
         lines.push(Line::raw(""));
         lines.push(Line::styled(footer, theme.dim()));

@@ -23,9 +23,11 @@ pub fn lines<'a>(theme: &Theme) -> Vec<Line<'a>> {
 }
 
 pub fn render(scroll: u16, theme: &Theme, frame: &mut Frame, area: Rect) {
-    let w = area.width.saturating_sub(4).min(78);
-    let h = area.height.saturating_sub(2);
-    let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
+    // Over the whole body, so that no view shows through at the sides.
+    frame.render_widget(Clear, area);
+    let w = area.width.min(80);
+    let r = Rect { x: area.x + (area.width - w) / 2, width: w, ..area };
+    let h = r.height;
     let text = lines(theme);
     let max_scroll = (text.len() as u16).saturating_sub(h.saturating_sub(2));
     let title = Line::from(vec![Span::styled(" Keys ", theme.title()), Span::styled("↑↓ scroll · ? or Esc closes ", theme.dim())]);

@@ -54,7 +54,7 @@ fn plan(app: &App, width: u16, n: usize) -> (bool, bool) {
 
 pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let n = app.max_layer() + 1;
-    let [maps_area, legend_area, _] =
+    let [maps_area, legend_area, profile_area] =
         Layout::vertical([Constraint::Max(n as u16 + 4), Constraint::Length(1), Constraint::Min(0)]).areas(area);
     let (show_b, show_diff) = plan(app, maps_area.width, n);
     let mut maps: Vec<Result<Map, (Line, String, bool)>> = Vec::new();
@@ -104,6 +104,55 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         }
     }
     frame.render_widget(Paragraph::new(legend(app, theme, diff_scale, legend_area.width as usize)), legend_area);
+    let profile = profile_lines(app, theme, profile_area.width as usize);
+    if !profile.is_empty() && profile.len() <= profile_area.height as usize {
+        frame.render_widget(Paragraph::new(profile), profile_area);
+    }
+}
+
+/// Below the maps when there is room: per layer, similarity to the previous and to the
+/// last layer, and the residual step size ‖h‖/‖Δh‖ into the layer, for each checkpoint.
+fn profile_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
+    const CELL: usize = 6;
+    const LABEL_W: usize = 11;
+    let n = app.max_layer() + 1;
+    if LABEL_W + n * CELL > width {
+        return vec![]; // too narrow: leave it out
+    }
+    let mut lines = vec![Line::raw("")];
+    let mut header = vec![Span::styled(format!("{:<w$}", " layer", w = LABEL_W), theme.dim())];
+    for l in 0..n {
+        let style = if l == app.layer { theme.selected() } else { theme.dim() };
+        header.push(Span::styled(format!("{l:>w$}", w = CELL), style));
+    }
+    lines.push(Line::from(header));
+    for (i, c) in app.columns.iter().enumerate() {
+        let Some(a) = &c.analysis else { continue };
+        let m = app.metric.matrix(a);
+        let last = m.len() - 1;
+        let rows: [(&str, Vec<Option<f64>>, usize); 3] = [
+            ("↔prev", (0..=last).map(|l| (l > 0).then(|| m[l][l - 1])).collect(), 2),
+            ("↔last", (0..=last).map(|l| Some(m[l][last])).collect(), 2),
+            ("‖h‖/‖Δh‖", (0..=last).map(|l| if l > 0 { a.steps.norm_ratio.get(l - 1).copied() } else { None }).collect(), 1),
+        ];
+        for (name, values, decimals) in rows {
+            let mut spans = vec![
+                Span::styled(format!(" {} ", crate::tui::app::column_tag(i)), theme.series(i)),
+                Span::styled(format!("{:<w$}", name, w = LABEL_W - 3), theme.dim()),
+            ];
+            for (l, v) in values.iter().enumerate() {
+                let text = match v {
+                    Some(v) if v.is_finite() => format!("{v:>w$.d$}", w = CELL, d = decimals),
+                    Some(_) => format!("{:>w$}", "∞", w = CELL),
+                    None => " ".repeat(CELL),
+                };
+                let style = if l == app.layer { theme.title() } else { Style::new() };
+                spans.push(Span::styled(text, style));
+            }
+            lines.push(Line::from(spans));
+        }
+    }
+    lines
 }
 
 /// A value in three characters: ".93", "1.0", "-.2".

@@ -8,7 +8,7 @@ use crate::tui::train::TrainStatus;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Chart, Dataset, Gauge, GraphType, Paragraph, Wrap};
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, LineGauge, Paragraph, Wrap};
 use ratatui::Frame;
 
 /// "1h02m", "3m05s", "42s".
@@ -42,8 +42,14 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).block(block), area);
         return;
     }
-    let [head, gauge_area, charts, foot] =
-        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(6), Constraint::Length(3)]).areas(area);
+    let [head, gauge_area, info_area, charts, foot] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(6),
+        Constraint::Length(2),
+    ])
+    .areas(area);
     let (state, style) = match &t.status {
         TrainStatus::Idle => ("", theme.dim()),
         TrainStatus::Starting => ("starting", theme.busy()),
@@ -64,29 +70,34 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
 
     let step = t.step();
     let ratio = if t.total_steps == 0 { 0.0 } else { step as f64 / t.total_steps as f64 };
-    let label = match &t.last {
+    let gauge = LineGauge::default()
+        .filled_style(theme.series(0))
+        .unfilled_style(theme.dim())
+        .label(format!(" step {step}/{} ", t.total_steps))
+        .ratio(ratio.clamp(0.0, 1.0));
+    frame.render_widget(gauge, gauge_area);
+    let info = match &t.last {
         Some(m) => format!(
-            "step {}/{} · {} tok/s · ETA {} · loss {:.3} ({}) · lr {:.1e}",
-            m.step,
-            m.total_steps,
+            " {} tok/s · ETA {} · loss {:.3} ({}) · lr {:.1e} · grad {:.2}",
             rate(m.tokens_per_sec),
             duration(m.eta_secs),
             m.loss,
             m.objective,
-            m.lr
+            m.lr,
+            m.grad_norm
         ),
-        None => format!("step {step}/{}", t.total_steps),
+        None => " loading the data and the model…".to_string(),
     };
-    frame.render_widget(Gauge::default().gauge_style(theme.series(0)).ratio(ratio.clamp(0.0, 1.0)).label(clip(&label, gauge_area.width as usize)), gauge_area);
+    match &t.status {
+        TrainStatus::Failed(e) => frame.render_widget(Paragraph::new(Line::styled(clip(&format!(" {e}"), info_area.width as usize), theme.error())), info_area),
+        _ => frame.render_widget(Paragraph::new(clip(&info, info_area.width as usize)), info_area),
+    }
 
     let [left, right] = Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(charts);
     draw_total_loss(app, theme, frame, left);
     draw_layer_losses(app, theme, frame, right);
 
     let mut lines = Vec::new();
-    if let TrainStatus::Failed(e) = &t.status {
-        lines.push(Line::styled(clip(e.as_str(), foot.width as usize), theme.error()));
-    }
     match &t.last_eval {
         Some(e) => {
             let mut spans = vec![Span::styled(format!(" eval @{} acc: ", e.step), theme.dim())];
