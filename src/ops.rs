@@ -1,16 +1,14 @@
 //! Tensor operations shared by inference and training.
+//!
+//! Candle's CPU backend runs each elementwise op as its own pass with a fresh allocation,
+//! which dominates training time for GPT-2's attention and layer norms. Two fused CPU ops
+//! with hand-written backward passes replace those chains: causal self-attention straight
+//! from the packed `c_attn` output, and layer norm. Other devices take the differentiable
+//! basic-op path.
 
-use candle_core::{Result, Tensor, D};
-
-/// Layer norm from basic ops, so that autograd reaches x, weight and bias (candle's
-/// fused `layer_norm` has no backward pass).
-pub fn layer_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    xn.broadcast_mul(weight)?.broadcast_add(bias)
-}
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// `x @ w + b` for `x: [n, in]`, `w: [in, out]`, `b: [out]`.
 pub fn matmul_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -20,4 +18,300 @@ pub fn matmul_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `x @ w^T` for `x: [n, d]`, `w: [v, d]` (the classifier against the embedding matrix).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)
+}
+
+fn is_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+// ---------------------------------------------------------------- layer norm
+
+/// Layer norm over the last dimension, differentiable w.r.t. x, weight and bias.
+pub fn layer_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if is_cpu_f32(&[x, weight, bias]) {
+        return x.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps });
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Mean and 1/std of one row, in f64 like the reference's f32 kernels accumulate.
+fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "alignscope-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "layer norm input")?;
+        let w = cpu_slice(s2, l2, "layer norm weight")?;
+        let b = cpu_slice(s3, l3, "layer norm bias")?;
+        let d = w.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * 64).zip(x.par_chunks(d * 64)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for i in 0..d {
+                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let n = x.elem_count() / d;
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, 1)?.reshape(d)?;
+        let db = packed.narrow(0, n + 1, 1)?.reshape(d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Gradients of layer norm, packed as rows `[dx (n rows); dw; db]`.
+struct LayerNormBackward {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "alignscope-layer-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "layer norm input")?;
+        let w = cpu_slice(s2, l2, "layer norm weight")?;
+        let dy = cpu_slice(s3, l3, "layer norm gradient")?;
+        let d = w.len();
+        let n = x.len() / d;
+        let mut out = vec![0f32; (n + 2) * d];
+        let (dx, rest) = out.split_at_mut(n * d);
+        let rows = 64;
+        let (dw, db) = dx
+            .par_chunks_mut(d * rows)
+            .zip(x.par_chunks(d * rows).zip(dy.par_chunks(d * rows)))
+            .map(|(dxc, (xc, dyc))| {
+                let mut dw = vec![0f64; d];
+                let mut db = vec![0f64; d];
+                let mut xhat = vec![0f32; d];
+                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for i in 0..d {
+                        xhat[i] = (xr[i] - mean) * rstd;
+                        let g = (dyr[i] * w[i]) as f64;
+                        s1 += g;
+                        s2 += g * xhat[i] as f64;
+                        dw[i] += (dyr[i] * xhat[i]) as f64;
+                        db[i] += dyr[i] as f64;
+                    }
+                    let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
+                    for i in 0..d {
+                        dxr[i] = (dyr[i] * w[i] - m1 - xhat[i] * m2) * rstd;
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f64; d], vec![0f64; d]),
+                |mut a, b| {
+                    a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+                    a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        for i in 0..d {
+            rest[i] = dw[i] as f32;
+            rest[d + i] = db[i] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+/// Causal self-attention from the packed projection `qkv: [b, t, 3c]` (q | k | v, heads
+/// side by side as GPT-2 lays them out) to the merged heads `[b, t, c]`, or `None` when
+/// the fused CPU kernel does not apply (other devices).
+pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Option<Tensor>> {
+    if !is_cpu_f32(&[qkv]) {
+        return Ok(None);
+    }
+    let op = CausalAttention { n_head, scale: scale as f32 };
+    let qkv = qkv.contiguous()?;
+    Ok(Some(if qkv.track_op() { qkv.apply_op1(op)? } else { qkv.apply_op1_no_bwd(&op)? }))
+}
+
+#[derive(Clone, Copy)]
+struct CausalAttention {
+    n_head: usize,
+    scale: f32,
+}
+
+/// A raw pointer that may cross into rayon tasks writing disjoint regions.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst[m x n] = beta * lhs[m x k] @ rhs[k x n]`, all given by (pointer, row stride,
+/// column stride); single-threaded (the callers parallelise over heads).
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, dst_cs: usize, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, beta: f32) {
+    unsafe {
+        gemm::gemm(
+            m, n, k, dst, dst_cs as isize, dst_rs as isize, false, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize,
+            rhs_rs as isize, 0.0, beta, false, false, false, gemm::Parallelism::None,
+        )
+    }
+}
+
+impl CausalAttention {
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (b, t, c3) = l.shape().dims3()?;
+        if c3 % (3 * self.n_head) != 0 {
+            candle_core::bail!("qkv width {c3} is not 3 x n_head x head_dim")
+        }
+        Ok((b, t, c3 / 3, c3 / 3 / self.n_head))
+    }
+
+    /// Softmax probabilities `p[t x t]` of head `(bi, h)`; entries above the diagonal are 0.
+    unsafe fn probs(&self, qkv: *const f32, bi: usize, h: usize, t: usize, c: usize, hd: usize, p: &mut [f32]) {
+        let base = unsafe { qkv.add(bi * t * 3 * c) };
+        let q = unsafe { base.add(h * hd) };
+        let k = unsafe { base.add(c + h * hd) };
+        // p = scale * q k^T
+        unsafe { mm(t, t, hd, p.as_mut_ptr(), t, 1, q, 3 * c, 1, k, 1, 3 * c, self.scale) };
+        for i in 0..t {
+            let row = &mut p[i * t..(i + 1) * t];
+            let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for v in row[..=i].iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            row[..=i].iter_mut().for_each(|v| *v *= inv);
+            row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+impl CustomOp1 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "alignscope-causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = cpu_slice(s, l, "qkv")?;
+        let (b, t, c, hd) = self.dims(l)?;
+        let mut y = vec![0f32; b * t * c];
+        let yp = SendPtr(y.as_mut_ptr());
+        let qp = SendPtr(qkv.as_ptr() as *mut f32);
+        (0..b * self.n_head).into_par_iter().for_each(|task| {
+            let (bi, h) = (task / self.n_head, task % self.n_head);
+            let (yp, qp) = (yp, qp);
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < t * t {
+                    s.resize(t * t, 0.0);
+                }
+                let p = &mut s[..t * t];
+                unsafe {
+                    self.probs(qp.0, bi, h, t, c, hd, p);
+                    let v = qp.0.add(bi * t * 3 * c + 2 * c + h * hd);
+                    let out = yp.0.add(bi * t * c + h * hd);
+                    mm(t, hd, t, out, c, 1, p.as_ptr(), t, 1, v, 3 * c, 1, 1.0);
+                }
+            });
+        });
+        Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&dy.contiguous()?, &CausalAttentionBackward(*self))?))
+    }
+}
+
+/// d qkv of [`CausalAttention`] given d y, recomputing the probabilities per head.
+struct CausalAttentionBackward(CausalAttention);
+
+impl CustomOp2 for CausalAttentionBackward {
+    fn name(&self) -> &'static str {
+        "alignscope-causal-attention-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let a = self.0;
+        let qkv = cpu_slice(s1, l1, "qkv")?;
+        let dy = cpu_slice(s2, l2, "attention gradient")?;
+        let (b, t, c, hd) = a.dims(l1)?;
+        let mut dqkv = vec![0f32; qkv.len()];
+        let dp_out = SendPtr(dqkv.as_mut_ptr());
+        let qp = SendPtr(qkv.as_ptr() as *mut f32);
+        let dyp = SendPtr(dy.as_ptr() as *mut f32);
+        (0..b * a.n_head).into_par_iter().for_each(|task| {
+            let (bi, h) = (task / a.n_head, task % a.n_head);
+            let (dp_out, qp, dyp) = (dp_out, qp, dyp);
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < 2 * t * t {
+                    s.resize(2 * t * t, 0.0);
+                }
+                let (p, dp) = s[..2 * t * t].split_at_mut(t * t);
+                unsafe {
+                    a.probs(qp.0, bi, h, t, c, hd, p);
+                    let base = qp.0.add(bi * t * 3 * c);
+                    let (q, k, v) = (base.add(h * hd), base.add(c + h * hd), base.add(2 * c + h * hd));
+                    let gbase = dp_out.0.add(bi * t * 3 * c);
+                    let (dq, dk, dv) = (gbase.add(h * hd), gbase.add(c + h * hd), gbase.add(2 * c + h * hd));
+                    let g = dyp.0.add(bi * t * c + h * hd);
+                    // dv = p^T dy
+                    mm(t, hd, t, dv, 3 * c, 1, p.as_ptr(), 1, t, g, c, 1, 1.0);
+                    // dp = dy v^T
+                    mm(t, t, hd, dp.as_mut_ptr(), t, 1, g, c, 1, v, 1, 3 * c, 1.0);
+                    // ds = p * (dp - rowsum(dp * p)) * scale, in place in dp
+                    for i in 0..t {
+                        let (pr, dr) = (&p[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
+                        let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(x, y)| x * y).sum();
+                        for j in 0..=i {
+                            dr[j] = pr[j] * (dr[j] - dot) * a.scale;
+                        }
+                        dr[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                    // dq = ds k ; dk = ds^T q
+                    mm(t, hd, t, dq, 3 * c, 1, dp.as_ptr(), t, 1, k, 3 * c, 1, 1.0);
+                    mm(t, hd, t, dk, 3 * c, 1, dp.as_ptr(), 1, t, q, 3 * c, 1, 1.0);
+                }
+            });
+        });
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
 }

@@ -42,7 +42,7 @@ pub fn local_checkpoints() -> Vec<String> {
     for root in checkpoint_roots() {
         if let Ok(entries) = std::fs::read_dir(&root) {
             for e in entries.flatten() {
-                if e.path().join("config.json").is_file() {
+                if e.path().join("config.json").is_file() && !e.file_name().to_string_lossy().starts_with('.') {
                     names.insert(e.file_name().to_string_lossy().into_owned());
                 }
             }
@@ -127,6 +127,25 @@ fn from_hub(repo_id: &str) -> Result<PathBuf> {
     Ok(config.parent().expect("snapshot folder").to_path_buf())
 }
 
+/// A hidden sibling of a checkpoint folder used while saving (`.NAME.saving`, `.NAME.old`).
+pub fn save_sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Puts back a checkpoint folder that a save left aside when it was killed between its
+/// two renames (only where the atomic exchange is unavailable), and drops a stale copy.
+pub fn recover_interrupted_save(dir: &Path) {
+    let old = save_sibling(dir, "old");
+    if old.is_dir() {
+        if !dir.exists() {
+            let _ = std::fs::rename(&old, dir);
+        } else {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
+}
+
 /// Resolves `--ckpt`: an existing folder; a named checkpoint under [`checkpoint_roots`];
 /// or a Hugging Face repository id (with the gpt2 family's short aliases).
 pub fn resolve(spec: &str) -> Result<PathBuf> {
@@ -134,6 +153,10 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         bail!("no checkpoint given")
     }
     let p = Path::new(spec);
+    recover_interrupted_save(p);
+    for root in checkpoint_roots() {
+        recover_interrupted_save(&root.join(spec));
+    }
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }

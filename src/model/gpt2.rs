@@ -97,6 +97,11 @@ impl Attention {
         let h = self.n_head;
         let hd = c / h;
         let qkv = self.c_attn.forward(x)?;
+        if cache.is_none() {
+            if let Some(y) = crate::ops::causal_attention(&qkv, h, self.scale)? {
+                return self.c_proj.forward(&y);
+            }
+        }
         let split = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, i * c, c)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()
         };

@@ -1,4 +1,275 @@
-#[derive(clap::Args, Debug)] pub struct TrainArgs {}
-#[derive(clap::Subcommand, Debug)] pub enum TokenizerCommand { Train }
-pub fn train(_a: TrainArgs) -> anyhow::Result<()> { Ok(()) }
-pub fn tokenizer(_a: TokenizerCommand) -> anyhow::Result<()> { Ok(()) }
+//! `alignscope train` and `alignscope tokenizer train`: the terminal front of the
+//! training engine (a progress line on stderr, Ctrl-C saves and stops).
+
+use super::config::{InitFrom, LossKind, TrainConfig};
+use super::data::collect_files;
+use super::job::{RunPlan, TrainJob};
+use super::events::TrainEvent;
+use crate::model::checkpoint::output_dir;
+use crate::model::device::parse_device;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Base checkpoint to fine-tune (a folder, a name under checkpoints/, or a hub id)
+    #[arg(long, conflicts_with_all = ["resume", "init"])]
+    pub ckpt: Option<String>,
+    /// Start from random weights with this GPT-2 config.json (needs --tokenizer)
+    #[arg(long, requires = "tokenizer", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Folder (or tokenizer.json) of the tokenizer for --init
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (name or folder)
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Output checkpoint: a name under checkpoints/ or a path
+    #[arg(long)]
+    pub out: Option<String>,
+    /// Replace an existing output checkpoint
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long, default_value = "aligned")]
+    pub loss: LossKind,
+    /// Aligned loss on every step instead of alternating with last-layer CE
+    #[arg(long)]
+    pub no_alternate: bool,
+    /// ce-reg: weight of the cosine term
+    #[arg(long, default_value_t = 1.0)]
+    pub beta: f64,
+    /// Training text files or folders (repeatable; default: the five Austen novels)
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
+    /// Held-out text files or folders for evaluation (repeatable; default: persuasion.txt
+    /// when training on the default data)
+    #[arg(long)]
+    pub eval_data: Vec<PathBuf>,
+    /// Total steps of the run (a resume trains up to this)
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Gradient accumulation: micro-batches per step
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 256)]
+    pub ctx: usize,
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Final learning rate of the cosine schedule (default: lr / 10)
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Decay every parameter (default: only the blocks' weight matrices)
+    #[arg(long)]
+    pub decay_all: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Held-out batches per evaluation
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print a line per step instead of a progress bar
+    #[arg(long)]
+    pub log_lines: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE (like GPT-2's) on text files
+    Train {
+        #[arg(long, default_value_t = 4096)]
+        vocab: usize,
+        /// Text files or folders (repeatable; default: the five Austen training novels)
+        #[arg(long)]
+        data: Vec<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        /// Output folder (tokenizer.json is written inside)
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // Second Ctrl-C: leave now.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_sigint() {
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
+    let init = match (&a.ckpt, &a.init) {
+        (Some(c), None) => InitFrom::Checkpoint(c.clone()),
+        (None, Some(cfg)) => InitFrom::Random {
+            config: cfg.clone(),
+            tokenizer: a.tokenizer.clone().expect("clap requires --tokenizer"),
+        },
+        _ => bail!("give --ckpt BASE (fine-tune), --init CONFIG.json --tokenizer DIR (from scratch), or --resume NAME"),
+    };
+    let Some(out) = &a.out else { bail!("give --out NAME for the new checkpoint") };
+    let out = output_dir(out);
+    if out.exists() && !a.overwrite {
+        bail!("{} already exists: continue it with --resume, pick another --out, or pass --overwrite", out.display())
+    }
+    let default_data = a.data.is_empty();
+    let data = if default_data { super::data::default_training_files() } else { a.data.clone() };
+    let eval_data = if a.eval_data.is_empty() && default_data { vec![super::data::default_eval_file()] } else { a.eval_data.clone() };
+    let mut c = TrainConfig::finetune(init, out, a.loss, data);
+    c.eval_data = eval_data;
+    c.alternate = !a.no_alternate;
+    c.beta = a.beta;
+    c.steps = a.steps.unwrap_or(1000);
+    c.batch = a.batch;
+    c.accum = a.accum;
+    c.ctx = a.ctx;
+    c.lr = a.lr;
+    c.min_lr = a.min_lr.unwrap_or(a.lr / 10.0);
+    c.warmup = a.warmup;
+    c.weight_decay = a.weight_decay;
+    c.decay_matrices_only = !a.decay_all;
+    c.grad_clip = a.grad_clip;
+    c.beta1 = a.beta1;
+    c.beta2 = a.beta2;
+    c.eval_every = a.eval_every;
+    c.eval_batches = a.eval_batches;
+    c.save_every = a.save_every;
+    c.seed = a.seed;
+    collect_files(&c.data)?;
+    collect_files(&c.eval_data)?;
+    Ok(c)
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, s / 60 % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+}
+
+/// The progress line: bar, step/total, loss (and which), a few layers' CE, lr, speed, ETA.
+pub fn progress_line(m: &crate::train::StepMetrics, width: usize) -> String {
+    let frac = m.step as f64 / m.total_steps.max(1) as f64;
+    let bar_w = 20;
+    let filled = (frac * bar_w as f64).round() as usize;
+    let bar: String = "█".repeat(filled) + &"░".repeat(bar_w - filled);
+    let l = m.layer_losses.len();
+    let picks: Vec<usize> = if l <= 4 { (1..=l).collect() } else { vec![1, l / 4, l / 2, 3 * l / 4, l] };
+    let layers: Vec<String> = picks.iter().map(|&i| format!("L{i} {:.2}", m.layer_losses[i - 1])).collect();
+    let s = format!(
+        "{bar} {}/{} loss {:.4} ({}) | {} | lr {:.2e} | {:.0} tok/s | ETA {}",
+        m.step, m.total_steps, m.loss, m.objective, layers.join(" "), m.lr, m.tokens_per_sec, fmt_secs(m.eta_secs)
+    );
+    s.chars().take(width.max(40)).collect()
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let plan = match &a.resume {
+        Some(name) => {
+            if a.ckpt.is_some() || a.init.is_some() {
+                bail!("--resume continues a saved run: do not combine it with --ckpt or --init")
+            }
+            RunPlan::Resume { dir: PathBuf::from(name), steps: a.steps }
+        }
+        None => RunPlan::New(config_from(&a)?),
+    };
+    install_sigint();
+    let job = TrainJob::spawn(plan, device, Some(&INTERRUPTED));
+    let tty = std::io::stderr().is_terminal() && !a.log_lines;
+    let width = terminal_width();
+    let mut failed = None;
+    let mut last_progress_print = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    for ev in job.events().iter() {
+        let mut err = std::io::stderr().lock();
+        match ev {
+            TrainEvent::Started { start_step, total_steps, out, n_layer } => {
+                let _ = writeln!(err, "training {} layers → {} (steps {}..{})", n_layer, out.display(), start_step + 1, total_steps);
+            }
+            TrainEvent::Progress(m) => {
+                if tty {
+                    let _ = write!(err, "\r\x1b[2K{}", progress_line(&m, width));
+                } else if last_progress_print.elapsed().as_secs_f64() >= 10.0 || m.step == m.total_steps || m.step <= 1 {
+                    last_progress_print = std::time::Instant::now();
+                    let _ = writeln!(err, "{}", progress_line(&m, 200));
+                }
+            }
+            TrainEvent::Eval(e) => {
+                let l = e.layer_losses.len();
+                let cells: Vec<String> = (0..l).map(|i| format!("{:.2}/{:.1}%", e.layer_losses[i], 100.0 * e.layer_acc[i])).collect();
+                let _ = writeln!(err, "{}eval @ {}: held-out CE/acc per layer 1..{l}: {}", if tty { "\r\x1b[2K" } else { "" }, e.step, cells.join(" "));
+            }
+            TrainEvent::CheckpointSaved { step, dir } => {
+                if !tty {
+                    let _ = writeln!(err, "saved step {step} → {}", dir.display());
+                }
+            }
+            TrainEvent::Finished { step, dir, stopped_early } => {
+                let _ = writeln!(
+                    err,
+                    "{}{} at step {step}: {}",
+                    if tty { "\r\x1b[2K" } else { "" },
+                    if stopped_early { "stopped" } else { "finished" },
+                    dir.display()
+                );
+            }
+            TrainEvent::Failed { message } => {
+                if tty {
+                    let _ = writeln!(err);
+                }
+                failed = Some(message);
+            }
+        }
+    }
+    job.join();
+    if let Some(m) = failed {
+        bail!("{m}")
+    }
+    Ok(())
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).or_else(|| crossterm::terminal::size().ok().map(|(w, _)| w as usize)).unwrap_or(120)
+}
+
+pub fn tokenizer(c: TokenizerCommand) -> Result<()> {
+    match c {
+        TokenizerCommand::Train { vocab, data, min_frequency, out } => {
+            let files = if data.is_empty() { super::data::default_training_files() } else { collect_files(&data)? };
+            let tok = super::tokenizer::train_bpe(&files, vocab, min_frequency)?;
+            std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            let path = out.join("tokenizer.json");
+            let tmp = out.join(".tokenizer.json.tmp");
+            tok.save(&tmp, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)?;
+            println!("tokenizer with {} tokens → {}", tok.get_vocab_size(true), path.display());
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,324 @@
-//! (in progress)
+//! A training run, in a background thread that speaks typed messages: commands in
+//! ([`TrainCommand`]), events out ([`TrainEvent`]). The CLI and the TUI both drive runs
+//! through [`TrainJob`].
+
+use super::config::{InitFrom, LossKind, TrainConfig};
+use super::data::{collect_files, load_tokens, Batcher};
+use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
+use super::optim::{lr_at, AdamWConfig};
+use super::save::{read_metrics, read_optimizer, read_state, save_checkpoint, SaveContents, TrainState};
+use super::trainer::{objective_for, train_step, Trainable};
+use crate::analysis::eval::{evaluate, EvalOptions};
+use crate::model::checkpoint::{load_tokenizer, resolve};
+use crate::model::{Checkpoint, Gpt2, Gpt2Config};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to run: a new run from its config, or the continuation of a saved one.
+#[derive(Debug, Clone)]
+pub enum RunPlan {
+    New(TrainConfig),
+    Resume { dir: PathBuf, steps: Option<usize> },
+}
+
+/// A training run in a background thread.
+pub struct TrainJob {
+    commands: Sender<TrainCommand>,
+    events: Receiver<TrainEvent>,
+    running: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TrainJob {
+    pub fn start(config: TrainConfig) -> Self {
+        Self::spawn(RunPlan::New(config), Device::Cpu, None)
+    }
+
+    pub fn resume(dir: PathBuf, steps: Option<usize>) -> Self {
+        Self::spawn(RunPlan::Resume { dir, steps }, Device::Cpu, None)
+    }
+
+    /// Runs `plan` on `device`. `interrupt` (e.g. set by Ctrl-C) acts like a Stop command.
+    pub fn spawn(plan: RunPlan, device: Device, interrupt: Option<&'static AtomicBool>) -> Self {
+        let (cmd_tx, cmd_rx) = channel();
+        let (ev_tx, ev_rx) = channel();
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        let handle = std::thread::Builder::new()
+            .name("alignscope-train".into())
+            .spawn(move || {
+                let ctl = Control { commands: cmd_rx, events: ev_tx.clone(), interrupt };
+                if let Err(e) = run(plan, &device, &ctl) {
+                    let _ = ev_tx.send(TrainEvent::Failed { message: crate::util::one_line(&e) });
+                }
+                flag.store(false, Ordering::SeqCst);
+            })
+            .expect("spawn training thread");
+        Self { commands: cmd_tx, events: ev_rx, running, handle: Some(handle) }
+    }
+
+    /// Asks the run to save a checkpoint and stop.
+    pub fn stop(&self) {
+        let _ = self.commands.send(TrainCommand::Stop);
+    }
+
+    pub fn try_recv(&self) -> Option<TrainEvent> {
+        self.events.try_recv().ok()
+    }
+
+    pub fn events(&self) -> &Receiver<TrainEvent> {
+        &self.events
+    }
+
+    /// False once the run has finished, failed or stopped (its last events may still be
+    /// waiting in the channel).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The worker's side of the channels.
+pub struct Control {
+    pub commands: Receiver<TrainCommand>,
+    pub events: Sender<TrainEvent>,
+    pub interrupt: Option<&'static AtomicBool>,
+}
+
+impl Control {
+    fn send(&self, e: TrainEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn stop_requested(&self) -> bool {
+        if self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            return true;
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(TrainCommand::Stop) => return true,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+}
+
+/// Everything a run needs, set up from a new config or a saved checkpoint.
+struct Setup {
+    config: TrainConfig,
+    model: Gpt2,
+    tokenizer_json: String,
+    tokenizer: tokenizers::Tokenizer,
+    eos: u32,
+    start_step: usize,
+    resume: Option<(PathBuf, TrainState)>,
+    metrics: Vec<String>,
+}
+
+fn eos_of(tok: &tokenizers::Tokenizer, cfg: &Gpt2Config) -> Result<u32> {
+    cfg.eos_token_id
+        .or_else(|| tok.token_to_id(super::tokenizer::END_OF_TEXT))
+        .ok_or_else(|| anyhow!("the tokenizer has no {} token and the config no eos_token_id", super::tokenizer::END_OF_TEXT))
+}
+
+fn validate(cfg: &TrainConfig, model: &Gpt2) -> Result<()> {
+    if cfg.steps == 0 {
+        bail!("--steps must be at least 1")
+    }
+    if cfg.batch == 0 || cfg.accum == 0 || cfg.batch % cfg.accum != 0 {
+        bail!("--batch {} must be a positive multiple of --accum {}", cfg.batch, cfg.accum)
+    }
+    if cfg.ctx < 2 || cfg.ctx > model.config.n_positions {
+        bail!("--ctx {} must be between 2 and the model's context of {} tokens", cfg.ctx, model.config.n_positions)
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) || cfg.min_lr < 0.0 || cfg.min_lr > cfg.lr {
+        bail!("--lr must be positive and --min-lr between 0 and --lr")
+    }
+    if cfg.data.is_empty() {
+        bail!("no training data: give --data FILE or FOLDER")
+    }
+    Ok(())
+}
+
+fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
+    match plan {
+        RunPlan::New(config) => {
+            let (model, tokenizer_json, tokenizer) = match &config.init {
+                InitFrom::Checkpoint(spec) => {
+                    let ck = Checkpoint::open(spec, device)?;
+                    let json = std::fs::read_to_string(ck.dir.join("tokenizer.json"))?;
+                    (ck.model, json, ck.tokenizer)
+                }
+                InitFrom::Random { config: cfg_path, tokenizer } => {
+                    let mut cfg = Gpt2Config::from_file(cfg_path)?;
+                    let tok_dir = if tokenizer.is_dir() { tokenizer.clone() } else { tokenizer.parent().map(Path::to_path_buf).unwrap_or_default() };
+                    let tok = load_tokenizer(&tok_dir)?;
+                    let n_vocab = tok.get_vocab_size(true);
+                    if n_vocab > cfg.vocab_size {
+                        bail!("{} has vocab_size {} but the tokenizer has {n_vocab} tokens", cfg_path.display(), cfg.vocab_size)
+                    }
+                    let eos = tok.token_to_id(super::tokenizer::END_OF_TEXT);
+                    cfg.eos_token_id = cfg.eos_token_id.or(eos);
+                    cfg.bos_token_id = cfg.bos_token_id.or(eos);
+                    let json = std::fs::read_to_string(tok_dir.join("tokenizer.json"))?;
+                    (Gpt2::random(cfg, config.seed, device)?, json, tok)
+                }
+            };
+            validate(&config, &model)?;
+            let eos = eos_of(&tokenizer, &model.config)?;
+            Ok(Setup { config, model, tokenizer_json, tokenizer, eos, start_step: 0, resume: None, metrics: vec![] })
+        }
+        RunPlan::Resume { dir, steps } => {
+            let dir = resolve(&dir.to_string_lossy())?;
+            let state = read_state(&dir)?;
+            let mut config = state.config.clone();
+            if let Some(s) = steps {
+                config.steps = s;
+            }
+            // The run keeps writing where it was found.
+            config.out = dir.clone();
+            if state.step >= config.steps {
+                bail!("{} is already at step {} of {}: give a larger --steps to continue", dir.display(), state.step, config.steps)
+            }
+            let ck = Checkpoint::load_dir(&dir, device)?;
+            let tokenizer_json = std::fs::read_to_string(dir.join("tokenizer.json"))?;
+            validate(&config, &ck.model)?;
+            let eos = eos_of(&ck.tokenizer, &ck.model.config)?;
+            let metrics = read_metrics(&dir)?;
+            Ok(Setup { config, model: ck.model, tokenizer_json, tokenizer: ck.tokenizer, eos, start_step: state.step, resume: Some((dir, state)), metrics })
+        }
+    }
+}
+
+/// Runs a plan to the end (or until stopped), reporting through `ctl`.
+pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
+    let s = setup(plan, device)?;
+    let cfg = s.config.clone();
+    let n_layer = s.model.n_layer();
+    let out = cfg.out.clone();
+    let files = collect_files(&cfg.data)?;
+    let tokens = Arc::new(load_tokens(&s.tokenizer, &files, s.eos)?);
+    let eval_files = collect_files(&cfg.eval_data)?;
+    for f in &eval_files {
+        if files.iter().any(|t| std::fs::canonicalize(t).ok() == std::fs::canonicalize(f).ok()) {
+            bail!("{} is both training and evaluation data", f.display())
+        }
+    }
+    let eval_tokens = if eval_files.is_empty() { vec![] } else { load_tokens(&s.tokenizer, &eval_files, s.eos)? };
+    let mut batcher = Batcher::new(tokens, cfg.ctx, cfg.seed)?;
+    let trainable = Trainable::new(s.model)?;
+    let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+    let mut opt = trainable.optimizer(adam, cfg.decay_matrices_only)?;
+    let mut metrics = s.metrics;
+    let (mut tokens_seen, mut elapsed_before) = (0u64, 0.0);
+    if let Some((dir, state)) = &s.resume {
+        read_optimizer(dir, &trainable.names, &mut opt, state.step)?;
+        let pos: u128 = state.data_rng_position.parse().context("invalid data_rng_position in the training state")?;
+        batcher.set_position(pos);
+        tokens_seen = state.tokens_seen;
+        elapsed_before = state.elapsed_secs;
+    }
+    ctl.send(TrainEvent::Started { start_step: s.start_step, total_steps: cfg.steps, out: out.clone(), n_layer });
+
+    let started = Instant::now();
+    let mut last_saved = s.resume.as_ref().map(|(_, st)| st.step);
+    let micro = cfg.batch / cfg.accum;
+    let save = |step: usize, opt: &super::optim::AdamW, metrics: &[String], batcher: &Batcher, tokens_seen: u64| -> Result<()> {
+        let snapshot = trainable.snapshot()?;
+        let state = TrainState {
+            alignscope_version: env!("CARGO_PKG_VERSION").to_string(),
+            step,
+            data_rng_position: batcher.position().to_string(),
+            tokens_seen,
+            elapsed_secs: elapsed_before + started.elapsed().as_secs_f64(),
+            config: cfg.clone(),
+        };
+        save_checkpoint(
+            &out,
+            &SaveContents { model: &snapshot, tokenizer_json: &s.tokenizer_json, optimizer: opt, param_names: &trainable.names, state: &state, metrics },
+        )
+        .with_context(|| format!("saving the checkpoint {}", out.display()))
+    };
+    let mut recent: std::collections::VecDeque<(f64, usize)> = Default::default();
+    let mut step = s.start_step;
+    let mut stopped_early = false;
+    while step < cfg.steps {
+        if ctl.stop_requested() {
+            stopped_early = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+        let aligned = cfg.step_is_aligned(step + 1);
+        let obj = objective_for(cfg.loss, aligned, n_layer, cfg.beta, 1024);
+        let mut batches = Vec::with_capacity(cfg.accum);
+        for _ in 0..cfg.accum {
+            let (x, y) = batcher.next_batch(micro);
+            batches.push((Tensor::from_vec(x, (micro, cfg.ctx), device)?, y));
+        }
+        let outcome = train_step(&trainable, &mut opt, &batches, &obj, lr, cfg.grad_clip)?;
+        let loss = outcome.value.loss;
+        if !loss.is_finite() || !outcome.grad_norm.is_finite() {
+            let kept = match last_saved {
+                Some(k) => format!("the last good checkpoint (step {k}) is kept in {}", out.display()),
+                None => "no checkpoint had been saved yet".to_string(),
+            };
+            bail!("the loss became {} at step {}: stopping; {kept}", if loss.is_nan() { "NaN" } else { "infinite" }, step + 1)
+        }
+        step += 1;
+        let n_tok = cfg.batch * cfg.ctx;
+        tokens_seen += n_tok as u64;
+        let dt = t0.elapsed().as_secs_f64();
+        recent.push_back((dt, n_tok));
+        if recent.len() > 20 {
+            recent.pop_front();
+        }
+        let (sum_t, sum_n) = recent.iter().fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
+        let per_step = sum_t / recent.len() as f64;
+        let m = StepMetrics {
+            step,
+            total_steps: cfg.steps,
+            loss,
+            objective: if aligned { "aligned".into() } else if cfg.loss == LossKind::CeReg { "ce-reg".into() } else { "standard".into() },
+            layer_losses: outcome.value.layer_losses.clone(),
+            lr,
+            grad_norm: outcome.grad_norm,
+            tokens_per_sec: sum_n as f64 / sum_t.max(1e-9),
+            eta_secs: per_step * (cfg.steps - step) as f64,
+        };
+        metrics.push(serde_json::to_string(&m)?);
+        ctl.send(TrainEvent::Progress(m));
+        if !eval_tokens.is_empty() && cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps) {
+            let snapshot = trainable.snapshot()?;
+            let opts = EvalOptions { ctx: cfg.ctx, max_chunks: Some(cfg.eval_batches.max(1) * cfg.batch) };
+            let r = evaluate(&snapshot, &eval_tokens, &opts, |_, _| ControlFlow::Continue(()))?;
+            let e = EvalMetrics { step, layer_losses: r.ce[1..].to_vec(), layer_acc: r.acc[1..].to_vec() };
+            metrics.push(json!({ "step": step, "eval": e, "eval_tokens": r.tokens }).to_string());
+            ctl.send(TrainEvent::Eval(e));
+        }
+        if (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
+            save(step, &opt, &metrics, &batcher, tokens_seen)?;
+            last_saved = Some(step);
+            ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
+        }
+    }
+    if stopped_early && last_saved != Some(step) && step > 0 {
+        save(step, &opt, &metrics, &batcher, tokens_seen)?;
+        ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
+    }
+    ctl.send(TrainEvent::Finished { step, dir: out, stopped_early });
+    Ok(())
+}
