@@ -289,7 +289,7 @@ pub struct App {
     pub status: Option<StatusMessage>,
     pub training: TrainingState,
     pub device: String,
-    /// Advances while something runs, for the busy spinner.
+    /// Tenths of a second since the start, set by the event loop: the spinner's frame.
     pub ticks: u64,
     pub should_quit: bool,
     next_req: u64,
@@ -894,7 +894,6 @@ impl App {
 
     /// Time passes: fires the debounced generation.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
-        self.ticks = self.ticks.wrapping_add(1);
         match self.gen_due {
             Some(due) if due <= now => {
                 self.gen_due = None;

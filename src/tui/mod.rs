@@ -58,13 +58,13 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     if !eval_data.is_file() {
         bail!("the eval text {} does not exist (--eval-data)", eval_data.display())
     }
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        bail!("the explorer needs a terminal; for scripts use the subcommands (inspect, generate, eval; see --help)")
-    }
     // Load before touching the screen, so that a bad checkpoint is one clear line.
     let mut loaded = vec![Checkpoint::open(&spec_a, &device)?];
     if let Some(b) = &spec_b {
         loaded.push(Checkpoint::open(b, &device)?);
+    }
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("the explorer needs a terminal; for scripts use the subcommands (inspect, generate, eval; see --help)")
     }
     let (tx, rx) = mpsc::channel();
     let mut runtime = Runtime { workers: HashMap::new(), device: device.clone(), events: tx.clone(), job: None };

@@ -293,8 +293,10 @@ pub struct TrainingState {
     pub out: Option<PathBuf>,
     pub n_layer: usize,
     pub last: Option<StepMetrics>,
-    /// (step, loss) of every step, and per layer 1..=L (index 0 = layer 1).
-    pub loss_curve: Vec<(f64, f64)>,
+    /// (step, loss) of every step, one curve per objective ("aligned", "standard"): the
+    /// aligned recipe alternates them, and their values are not comparable.
+    pub loss_curves: Vec<(String, Vec<(f64, f64)>)>,
+    /// (step, CE) per layer 1..=L (index 0 = layer 1).
     pub layer_curves: Vec<Vec<(f64, f64)>>,
     pub last_eval: Option<EvalMetrics>,
     /// The latest saved checkpoint: (step, folder).
@@ -311,7 +313,7 @@ impl Default for TrainingState {
             out: None,
             n_layer: 0,
             last: None,
-            loss_curve: vec![],
+            loss_curves: vec![],
             layer_curves: vec![],
             last_eval: None,
             saved: None,
@@ -350,7 +352,10 @@ impl TrainingState {
             }
             TrainEvent::Progress(m) => {
                 let s = m.step as f64;
-                self.loss_curve.push((s, m.loss));
+                match self.loss_curves.iter_mut().find(|(o, _)| *o == m.objective) {
+                    Some((_, c)) => c.push((s, m.loss)),
+                    None => self.loss_curves.push((m.objective.clone(), vec![(s, m.loss)])),
+                }
                 if self.layer_curves.len() < m.layer_losses.len() {
                     self.layer_curves.resize(m.layer_losses.len(), vec![]);
                 }
@@ -373,6 +378,10 @@ impl TrainingState {
             TrainEvent::Finished { step, dir, stopped_early } => {
                 self.status = TrainStatus::Finished { stopped_early };
                 let how = if stopped_early { "stopped" } else { "finished" };
+                // A run stopped before its first step has saved nothing.
+                if step == 0 {
+                    return Some((format!("training {how} before the first step: nothing saved"), false));
+                }
                 let msg = format!("training {how} at step {step}, saved to {} — r loads it", dir.display());
                 self.saved = Some((step, dir));
                 Some((msg, false))

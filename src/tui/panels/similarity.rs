@@ -160,6 +160,10 @@ fn short_value(v: f64) -> String {
     if !v.is_finite() {
         return "nan".into();
     }
+    // Rounding noise around zero (a diagonal of differences) must not flicker as "-.0".
+    if v.abs() < 0.005 {
+        return ".00".into();
+    }
     if v >= 0.995 {
         "1.0".into()
     } else if v >= 0.0 {

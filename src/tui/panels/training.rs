@@ -144,9 +144,18 @@ fn axes<'a>(x: [f64; 2], y: [f64; 2], theme: &Theme) -> (Axis<'a>, Axis<'a>) {
 
 fn draw_total_loss(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let t = &app.training;
-    let (x, y) = axes(x_bounds(app), y_bounds(t.loss_curve.iter()), theme);
-    let data = [Dataset::default().graph_type(GraphType::Line).marker(Marker::Braille).style(theme.series(0)).data(&t.loss_curve)];
-    let chart = Chart::new(data.to_vec()).block(panel(Span::styled(" loss ", theme.title()), theme)).legend_position(None).x_axis(x).y_axis(y);
+    let (x, y) = axes(x_bounds(app), y_bounds(t.loss_curves.iter().flat_map(|(_, c)| c)), theme);
+    let data: Vec<Dataset> = t
+        .loss_curves
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| Dataset::default().graph_type(GraphType::Line).marker(Marker::Braille).style(theme.series(i)).data(c))
+        .collect();
+    let mut title = vec![Span::styled(" loss ", theme.title())];
+    for (i, (objective, _)) in t.loss_curves.iter().enumerate() {
+        title.push(Span::styled(format!("{objective} "), theme.series(i)));
+    }
+    let chart = Chart::new(data).block(panel(Line::from(title), theme)).legend_position(None).x_axis(x).y_axis(y);
     frame.render_widget(chart, area);
 }
 
