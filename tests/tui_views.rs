@@ -431,3 +431,32 @@ fn h_lines() -> String {
     let theme = alignscope::tui::theme::Theme::new(alignscope::tui::theme::ColorDepth::Mono);
     alignscope::tui::panels::help::lines(&theme).iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
 }
+
+#[test]
+fn scrubbing_frames_are_fast() {
+    // The budget is 16 ms a frame on a user's machine; this checks the median well under
+    // it, with room for a loaded CI runner.
+    let tmp = tempfile::tempdir().unwrap();
+    let a = random_checkpoint(tmp.path(), "random-12l", 12, 1);
+    let b = random_checkpoint(tmp.path(), "random-12l-b", 12, 2);
+    let mut h = Harness::new(&[&a, &b]);
+    let theme = alignscope::tui::theme::Theme::new(alignscope::tui::theme::ColorDepth::Indexed256);
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 50)).unwrap();
+    for view in ['1', '2', '3', '4', '5'] {
+        h.press(KeyCode::Char(view));
+        h.settle();
+        let mut times = Vec::new();
+        for i in 0..40 {
+            let key = if i % 10 < 5 { KeyCode::Left } else { KeyCode::Right };
+            let t0 = std::time::Instant::now();
+            let fx = h.app.handle_key(ratatui::crossterm::event::KeyEvent::new(key, KeyModifiers::NONE), h.now);
+            term.draw(|f| alignscope::tui::ui::render(&h.app, &theme, f)).unwrap();
+            times.push(t0.elapsed());
+            assert!(fx.is_empty());
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        eprintln!("view {view}: median {median:?}, max {:?}", times.last().unwrap());
+        assert!(median < std::time::Duration::from_millis(8), "view {view}: median frame {median:?}");
+    }
+}

@@ -234,3 +234,30 @@ impl Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ckpt: Option<&str>, compare: Option<&str>, single: bool) -> ExploreArgs {
+        ExploreArgs {
+            ckpt: ckpt.map(String::from),
+            compare: compare.map(String::from),
+            single,
+            device: "cpu".into(),
+            eval_data: None,
+            prompt: None,
+        }
+    }
+
+    #[test]
+    fn checkpoint_choice_follows_the_flags() {
+        let pair = |a: &str, b: Option<&str>| (a.to_string(), b.map(String::from));
+        assert_eq!(choose_checkpoints(&args(None, None, false)), pair(DEFAULT_CKPT, Some(DEFAULT_COMPARE)));
+        assert_eq!(choose_checkpoints(&args(None, None, true)), pair(DEFAULT_CKPT, None));
+        assert_eq!(choose_checkpoints(&args(Some("x"), None, false)), pair("x", None));
+        assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), false)), pair("x", Some("y")));
+        assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), true)), pair("x", None));
+        assert_eq!(choose_checkpoints(&args(None, Some("y"), false)), pair(DEFAULT_CKPT, Some("y")));
+    }
+}

@@ -46,7 +46,8 @@ fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Re
     let a = c.analysis.as_ref().unwrap();
     let layer = c.layer_at(app.layer);
     let pos = c.position_at(app.position);
-    let k = top_rows(area.height, a.layers);
+    // The deepest column sets the split, so that side-by-side columns line up.
+    let k = top_rows(area.height, app.max_layer());
     let [top_area, grid_area] = Layout::vertical([Constraint::Length(k as u16 + 2), Constraint::Min(3)]).areas(area);
 
     // Top-k at (layer, position).

@@ -229,7 +229,8 @@ fn draw_map(m: &Map, theme: &Theme, frame: &mut Frame, area: Rect) {
 fn info_line<'a>(m: &Map, theme: &Theme, width: usize) -> Line<'a> {
     let l = m.layer;
     let last = m.matrix.len() - 1;
-    let row = &m.matrix[l];
+    // Rounding noise around zero shows as 0, not as a flickering -0.00.
+    let row: Vec<f64> = m.matrix[l].iter().map(|&v| if v.abs() < 0.005 { 0.0 } else { v }).collect();
     let mut parts = Vec::new();
     if l > 0 {
         parts.push(format!("{l}↔{} {:+.2}", l - 1, row[l - 1]));
