@@ -460,3 +460,43 @@ fn scrubbing_frames_are_fast() {
         assert!(median < std::time::Duration::from_millis(8), "view {view}: median frame {median:?}");
     }
 }
+
+#[test]
+fn a_new_generation_cancels_the_running_one_in_the_worker_thread() {
+    use alignscope::tui::event::Event;
+    use alignscope::tui::worker::{WorkerHandle, WorkerReply};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let ck = alignscope::model::Checkpoint::open("tests/fixtures/tiny-gpt2", &candle_core::Device::Cpu).unwrap();
+    let ids = alignscope::analysis::encode_prompt(&ck.tokenizer, &ck.model, "It is a truth").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let worker = WorkerHandle::spawn(1, Some(ck), candle_core::Device::Cpu, tx);
+    let generate = |req, layers: Vec<usize>| WorkerCommand::Generate {
+        req,
+        prompt_ids: ids.clone(),
+        layers,
+        max_new_tokens: 32,
+        sampling: alignscope::analysis::generate::Sampling::Greedy,
+    };
+    worker.send(generate(1, vec![1, 2, 3, 4]));
+    let reply = |rx: &mpsc::Receiver<Event>| match rx.recv_timeout(Duration::from_secs(30)).expect("a reply") {
+        Event::Worker { reply, .. } => reply,
+        other => panic!("{other:?}"),
+    };
+    // The first token streams, then a newer request supersedes the run.
+    assert!(matches!(reply(&rx), WorkerReply::Token { req: 1, layer: 1, tokens: 1, .. }));
+    worker.send(generate(2, vec![2]));
+    let mut first_done = vec![];
+    loop {
+        match reply(&rx) {
+            WorkerReply::LayerDone { req: 1, layer, .. } => first_done.push(layer),
+            WorkerReply::LayerDone { req: 2, layer: 2, tokens, .. } => {
+                assert_eq!(tokens, 32);
+                break;
+            }
+            WorkerReply::Token { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!first_done.contains(&4), "the superseded generation ran to the end: {first_done:?}");
+}

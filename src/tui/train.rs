@@ -393,3 +393,65 @@ impl TrainingState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults(resumable: Vec<(String, PathBuf)>) -> MenuDefaults {
+        MenuDefaults { base: "tests/fixtures/tiny-gpt2".into(), n_positions: 1024, data: vec![], eval_data: PathBuf::from("e.txt"), resumable }
+    }
+
+    #[test]
+    fn prefill_names_the_output_after_the_base_and_caps_the_context() {
+        let m = TrainMenu::new(defaults(vec![]));
+        assert_eq!(m.output.text, "tiny-gpt2-ft");
+        assert_eq!(m.ctx.text, "256");
+        assert_eq!((m.steps.text.as_str(), m.lr.text.as_str(), m.batch.text.as_str()), ("200", "1e-4", "8"));
+    }
+
+    #[test]
+    fn continuing_a_run_asks_for_its_folder_and_optional_steps() {
+        let mut m = TrainMenu::new(defaults(vec![("a-ft".into(), PathBuf::from("/x/a-ft")), ("b-ft".into(), PathBuf::from("/x/b-ft"))]));
+        m.choice(-1); // aligned -> continue (wraps)
+        assert_eq!(m.run_kind(), RunKind::Continue);
+        assert_eq!(m.fields(), vec![Field::Kind, Field::Run, Field::Steps]);
+        m.move_field(1);
+        m.choice(1);
+        m.steps.set("");
+        assert_eq!(m.request(), Ok(TrainRequest::Resume { dir: PathBuf::from("/x/b-ft"), steps: None }));
+        m.steps.set("500");
+        assert_eq!(m.request(), Ok(TrainRequest::Resume { dir: PathBuf::from("/x/b-ft"), steps: Some(500) }));
+        let mut none = TrainMenu::new(defaults(vec![]));
+        none.choice(-1);
+        assert!(none.request().unwrap_err().contains("no saved run"));
+    }
+
+    #[test]
+    fn events_fold_into_curves_per_objective_and_layer() {
+        let mut t = TrainingState::starting("run".into());
+        t.apply(TrainEvent::Started { start_step: 0, total_steps: 4, out: PathBuf::from("o"), n_layer: 2 });
+        for step in 1..=4 {
+            let objective = if step % 2 == 1 { "aligned" } else { "standard" };
+            t.apply(TrainEvent::Progress(StepMetrics {
+                step,
+                total_steps: 4,
+                loss: 1.0,
+                objective: objective.into(),
+                layer_losses: vec![2.0, 1.0],
+                lr: 1e-4,
+                grad_norm: 1.0,
+                tokens_per_sec: 1.0,
+                eta_secs: 0.0,
+            }));
+        }
+        assert_eq!(t.loss_curves.len(), 2);
+        assert_eq!(t.loss_curves[0].1.len(), 2);
+        assert_eq!(t.layer_curves.len(), 2);
+        assert_eq!(t.layer_curves[1].len(), 4);
+        assert_eq!(t.status, TrainStatus::Running);
+        let msg = t.apply(TrainEvent::Failed { message: "disk full".into() });
+        assert_eq!(msg, Some(("training failed: disk full".into(), true)));
+        assert!(!t.is_active());
+    }
+}
