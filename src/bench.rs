@@ -1,1 +1,209 @@
-#[derive(clap::Args, Debug)] pub struct BenchArgs {} pub fn run(_a: BenchArgs) -> anyhow::Result<()> { Ok(()) }
+//! `alignscope bench`: speed of the engine on this machine. Inference: all-layer forward +
+//! analysis of a 64-token prompt, and batch-1 greedy decode at full depth and at an exit
+//! layer. Training: tokens/s of the standard and aligned losses. Run on the fixture model
+//! and on GPT-2-sized random models (shapes only, no download).
+
+use crate::analysis::generate::{generate, GenerateOptions, Sampling};
+use crate::analysis::inspect::{analyze, LensAt};
+use crate::model::{Checkpoint, Gpt2, Gpt2Config};
+use crate::train::loss::{aligned_weights, standard_weights, Objective};
+use crate::train::optim::AdamWConfig;
+use crate::train::trainer::{train_step, Trainable};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use rand::{RngExt, SeedableRng};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure: inference, train or all
+    #[arg(long, default_value = "all")]
+    pub what: String,
+    /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
+    /// repeatable (default: fixture and gpt2 for inference; fixture and the 12-layer d128
+    /// vocab-4096 config for training)
+    #[arg(long)]
+    pub model: Vec<String>,
+    /// Timed repetitions of the prompt analysis
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Tokens per decode measurement
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Timed training steps per loss
+    #[arg(long, default_value_t = 5)]
+    pub train_steps: usize,
+    /// Training batch size (default: 16 for the 12-layer model, 8 for the fixture)
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn project(p: &str) -> PathBuf {
+    crate::cli::resolve_asset(Path::new(p))
+}
+
+/// CPU time (user + system) of this process, seconds.
+fn cpu_time() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Subject {
+    label: String,
+    model: Gpt2,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+fn subject(name: &str, device: &Device) -> Result<Subject> {
+    match name {
+        "fixture" => {
+            let ck = Checkpoint::load_dir(&project("tests/fixtures/tiny-gpt2"), device)?;
+            Ok(Subject { label: "fixture (4 layers, d 64, vocab 512)".into(), model: ck.model, tokenizer: ck.tokenizer })
+        }
+        "gpt2" | "gpt2-124m" => {
+            let cfg = Gpt2Config::preset("gpt2").expect("preset");
+            let tok = crate::model::checkpoint::load_tokenizer(&project("assets/gpt2-tokenizer"))?;
+            Ok(Subject { label: "GPT-2-124M (random weights, 12 layers, d 768, vocab 50257)".into(), model: Gpt2::random(cfg, 0, device)?, tokenizer: tok })
+        }
+        "austen12" => {
+            let cfg = Gpt2Config::new(12, 128, 4, 4096, 256);
+            let tok = crate::model::checkpoint::load_tokenizer(&project("tests/fixtures/tiny-gpt2"))?;
+            Ok(Subject { label: "12 layers, d 128, vocab 4096, ctx 256 (random)".into(), model: Gpt2::random(cfg, 0, device)?, tokenizer: tok })
+        }
+        spec => {
+            let ck = Checkpoint::open(spec, device)?;
+            let c = &ck.model.config;
+            Ok(Subject { label: format!("{spec} ({} layers, d {}, vocab {})", c.n_layer, c.n_embd, c.vocab_size), model: ck.model, tokenizer: ck.tokenizer })
+        }
+    }
+}
+
+/// The first `n` tokens of the held-out text (repeated if the model's vocabulary is smaller).
+fn prompt_ids(s: &Subject, n: usize) -> Result<Vec<u32>> {
+    let text = crate::analysis::eval::read_text(&project(crate::cli::DEFAULT_EVAL_TEXT))?;
+    let ids = s.tokenizer.encode(&text[..20_000], false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec();
+    let v = s.model.config.vocab_size as u32;
+    Ok(ids.into_iter().map(|i| i % v).take(n).collect())
+}
+
+fn bench_inference(s: &Subject, a: &BenchArgs) -> Result<()> {
+    let m = &s.model;
+    let n_layer = m.n_layer();
+    let ids = prompt_ids(s, 64.min(m.config.n_positions))?;
+    println!("{}", s.label);
+    analyze(m, &s.tokenizer, &ids, 5, LensAt::Last)?; // warm-up
+    let mut times = vec![];
+    for _ in 0..a.reps {
+        let t = Instant::now();
+        analyze(m, &s.tokenizer, &ids, 5, LensAt::Last)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    println!("  analysis of a {}-token prompt (all {} layers: residuals, lens top-5, COS, CKA): median {:.1} ms over {} runs", ids.len(), n_layer, 1e3 * median(times), a.reps);
+    for exit in [n_layer, n_layer.div_ceil(2)] {
+        let opts = GenerateOptions { exit_layer: exit, max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
+        let prompt = &ids[..8];
+        generate(m, prompt, &GenerateOptions { max_new_tokens: 4, ..opts.clone() }, |_| ControlFlow::Continue(()))?;
+        // Time only the decode steps: from the first generated token to the last.
+        let mut first = None;
+        let mut count = 0usize;
+        generate(m, prompt, &opts, |_| {
+            count += 1;
+            if first.is_none() {
+                first = Some(Instant::now());
+            }
+            ControlFlow::Continue(())
+        })?;
+        let secs = first.expect("tokens").elapsed().as_secs_f64();
+        let rate = (count - 1) as f64 / secs;
+        let weights_mb = exit_weight_bytes(m, exit) as f64 / 1e6;
+        println!(
+            "  greedy decode, batch 1, exit layer {exit}/{n_layer}: {rate:.1} tokens/s ({:.1} ms/token; {:.0} MB of weights read per token → {:.1} GB/s)",
+            1e3 / rate,
+            weights_mb,
+            weights_mb * rate / 1e3
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of f32 weights one decode step reads when exiting at `exit`.
+fn exit_weight_bytes(m: &Gpt2, exit: usize) -> usize {
+    let c = &m.config;
+    let per_block = 12 * c.n_embd * c.n_embd + 13 * c.n_embd; // c_attn, c_proj, c_fc, c_proj, norms, biases (n_inner = 4d)
+    4 * (exit * per_block + c.vocab_size * c.n_embd)
+}
+
+fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Result<()> {
+    let n_layer = s.model.n_layer();
+    let ctx = s.model.config.n_positions.min(256);
+    let vocab = s.model.config.vocab_size as u32;
+    println!("{}: training, batch {batch} x ctx {ctx}", s.label);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for (name, weights) in [("standard", standard_weights(n_layer)), ("aligned", aligned_weights(n_layer))] {
+        let t = Trainable::new(s.model.clone())?;
+        let mut opt = t.optimizer(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }, true)?;
+        // Per-layer monitoring of the standard loss as in real runs (1024 positions).
+        let obj = Objective { layer_weights: weights, cos_beta: 0.0, monitor_positions: 1024 };
+        let mut batch_data = || -> Result<Vec<(Tensor, Vec<u32>)>> {
+            let ids: Vec<u32> = (0..batch * (ctx + 1)).map(|_| rng.random_range(0..vocab)).collect();
+            let (mut x, mut y) = (vec![], vec![]);
+            for r in ids.chunks(ctx + 1) {
+                x.extend_from_slice(&r[..ctx]);
+                y.extend_from_slice(&r[1..]);
+            }
+            Ok(vec![(Tensor::from_vec(x, (batch, ctx), device)?, y)])
+        };
+        train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?; // warm-up
+        let (w0, c0) = (Instant::now(), cpu_time());
+        for _ in 0..a.train_steps {
+            train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
+        }
+        let (wall, cpu) = (w0.elapsed().as_secs_f64(), cpu_time() - c0);
+        let toks = (a.train_steps * batch * ctx) as f64;
+        println!(
+            "  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {:.2} s/step CPU over {} steps)",
+            toks / wall,
+            wall / a.train_steps as f64,
+            cpu / a.train_steps as f64,
+            a.train_steps
+        );
+    }
+    Ok(())
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = crate::model::device::parse_device(&a.device)?;
+    let threads = candle_core::utils::get_num_threads();
+    println!("alignscope bench · {} · {threads} threads · device {}", std::env::consts::ARCH, crate::model::device::device_name(&device));
+    let what = a.what.as_str();
+    if !["all", "inference", "train"].contains(&what) {
+        bail!("--what must be inference, train or all")
+    }
+    if what != "train" {
+        let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
+        for m in &models {
+            bench_inference(&subject(m, &device)?, &a)?;
+        }
+    }
+    if what != "inference" {
+        let models = if a.model.is_empty() { vec!["fixture".to_string(), "austen12".to_string()] } else { a.model.clone() };
+        for m in &models {
+            let s = subject(m, &device)?;
+            let batch = a.batch.unwrap_or(if s.model.config.n_embd >= 128 { 16 } else { 8 });
+            bench_train(s, &a, &device, batch)?;
+        }
+    }
+    Ok(())
+}

@@ -11,3 +11,4 @@ pub mod bench;
 pub mod cli;
 pub mod tui;
 pub mod util;
+pub mod kernels;

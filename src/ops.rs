@@ -12,7 +12,23 @@ use std::cell::RefCell;
 
 /// `x @ w + b` for `x: [n, in]`, `w: [in, out]`, `b: [out]`.
 pub fn matmul_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(&[x, w, b]) {
+        let x = x.contiguous()?;
+        return if tracked(&[&x, w, b]) { x.apply_op3(w, b, Linear) } else { x.apply_op3_no_bwd(w, b, &Linear) };
+    }
     x.matmul(w)?.broadcast_add(b)
+}
+
+/// GPT-2's tanh-approximated GELU, fused (candle's backward for it takes a dozen passes).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(&[x]) && x.track_op() {
+        return x.contiguous()?.apply_op1(GeluTanh);
+    }
+    x.gelu()
+}
+
+fn tracked(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
 }
 
 /// `x @ w^T` for `x: [n, d]`, `w: [v, d]` (the classifier against the embedding matrix).
@@ -211,14 +227,7 @@ impl CausalAttention {
         unsafe { mm(t, t, hd, p.as_mut_ptr(), t, 1, q, 3 * c, 1, k, 1, 3 * c, self.scale) };
         for i in 0..t {
             let row = &mut p[i * t..(i + 1) * t];
-            let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for v in row[..=i].iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            row[..=i].iter_mut().for_each(|v| *v *= inv);
+            crate::kernels::softmax_row(&mut row[..=i]);
             row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
         }
     }
@@ -313,5 +322,83 @@ impl CustomOp2 for CausalAttentionBackward {
             });
         });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- linear
+
+/// `y = x w + b` in one gemm that accumulates onto the broadcast bias.
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "alignscope-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "linear input")?;
+        let w = cpu_slice(s2, l2, "linear weight")?;
+        let b = cpu_slice(s3, l3, "linear bias")?;
+        let (n, k) = l1.shape().dims2()?;
+        let (k2, m) = l2.shape().dims2()?;
+        if k != k2 || b.len() != m {
+            candle_core::bail!("linear: [{n}, {k}] x [{k2}, {m}] + [{}]", b.len())
+        }
+        let mut y = Vec::with_capacity(n * m);
+        for _ in 0..n {
+            y.extend_from_slice(b);
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 && n * m * k > 64 * 1024 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        unsafe {
+            gemm::gemm(n, m, k, y.as_mut_ptr(), 1, m as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr(), 1, m as isize, 1.0, 1.0, false, false, false, par);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, m))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = dy.matmul(&w.t()?)?;
+        let dw = x.t()?.matmul(dy)?;
+        let db = dy.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+// ---------------------------------------------------------------- gelu
+
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "alignscope-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "gelu input")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(yc, xc)| crate::kernels::gelu(xc, yc));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluTanhBackward)?))
+    }
+}
+
+struct GeluTanhBackward;
+
+impl CustomOp2 for GeluTanhBackward {
+    fn name(&self) -> &'static str {
+        "alignscope-gelu-tanh-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "gelu input")?;
+        let dy = cpu_slice(s2, l2, "gelu gradient")?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
+            .for_each(|(dc, (xc, gc))| crate::kernels::gelu_backward(xc, gc, dc));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

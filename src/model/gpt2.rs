@@ -154,7 +154,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let hdn = self.c_fc.forward(x)?;
         let hdn = match self.activation {
-            Activation::GeluTanh => hdn.gelu()?,
+            Activation::GeluTanh => crate::ops::gelu_tanh(&hdn)?,
             Activation::GeluErf => hdn.gelu_erf()?,
             Activation::Relu => hdn.relu()?,
             Activation::Silu => hdn.silu()?,

@@ -58,22 +58,7 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
         let ce: f64 = data
             .par_chunks_mut(v)
             .zip(targets.par_iter())
-            .map(|(row, &t)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f64;
-                for x in row.iter() {
-                    sum += ((x - max) as f64).exp();
-                }
-                let ce = sum.ln() + (max - row[t as usize]) as f64;
-                if let Some(s) = grad_scale {
-                    let inv = 1.0 / sum;
-                    for x in row.iter_mut() {
-                        *x = ((((*x - max) as f64).exp() * inv) * s) as f32;
-                    }
-                    row[t as usize] -= s as f32;
-                }
-                ce
-            })
+            .map(|(row, &t)| crate::kernels::xent_row(row, t as usize, grad_scale.unwrap_or(0.0) as f32))
             .sum();
         let grad = match grad_scale {
             Some(_) => Some(Tensor::from_vec(data, (n, v), logits.device())?),
