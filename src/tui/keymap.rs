@@ -112,7 +112,7 @@ pub const BINDINGS: &[Binding] = &[
     b(S::Global, &[k(KeyCode::Up), c('k')], "↑/k", A::PositionPrev, "previous token position", "pos"),
     b(S::Global, &[k(KeyCode::Down), c('j')], "↓/j", A::PositionNext, "next token position", ""),
     b(S::Global, &[k(KeyCode::Tab)], "Tab", A::NextView, "next view", "view"),
-    b(S::Global, &[k(KeyCode::BackTab), Key { code: KeyCode::BackTab, mods: KeyModifiers::SHIFT }], "S-Tab", A::PrevView, "previous view", ""),
+    b(S::Global, &[k(KeyCode::BackTab)], "S-Tab", A::PrevView, "previous view", ""),
     b(S::Global, &[c('1')], "1", A::ShowView(View::Similarity), "Similarity view", ""),
     b(S::Global, &[c('2')], "2", A::ShowView(View::Predictions), "Predictions view", ""),
     b(S::Global, &[c('3')], "3", A::ShowView(View::Generation), "Depth-wise generation view", ""),
@@ -125,7 +125,7 @@ pub const BINDINGS: &[Binding] = &[
     b(S::Global, &[c('?')], "?", A::ToggleHelp, "this help", "help"),
     b(S::Global, &[c('q'), k(KeyCode::Esc)], "q,Esc", A::Quit, "quit", "quit"),
     b(S::View(View::Similarity), &[c('m')], "m", A::CycleMetric, "cycle centered COS / raw COS / linear CKA", "metric"),
-    b(S::View(View::Similarity), &[c('d')], "d", A::ToggleDifference, "show or hide the difference A−B", "diff"),
+    b(S::View(View::Similarity), &[c('d')], "d", A::ToggleDifference, "the difference A−B: show/hide (wide), in place of B (narrow)", "diff"),
     b(S::View(View::Generation), &[c('a')], "a", A::ToggleAllLayers, "current exit layer / all layers at once", "all"),
     b(S::View(View::Generation), &[c('s')], "s", A::ToggleSampling, "greedy / top-p sampling", "sampling"),
     b(S::View(View::Generation), &[c('n')], "n", A::NewSeed, "new sampling seed", "seed"),
@@ -139,7 +139,7 @@ pub const BINDINGS: &[Binding] = &[
     b(S::Input, &[k(KeyCode::Esc)], "Esc", A::Cancel, "cancel", "cancel"),
     b(S::Input, &[k(KeyCode::Up)], "↑", A::HistoryPrev, "earlier entry in the history", "history"),
     b(S::Input, &[k(KeyCode::Down)], "↓", A::HistoryNext, "later entry in the history", ""),
-    b(S::TrainMenu, &[k(KeyCode::Up), Key { code: KeyCode::BackTab, mods: KeyModifiers::SHIFT }, k(KeyCode::BackTab)], "↑", A::FieldPrev, "previous field", "field"),
+    b(S::TrainMenu, &[k(KeyCode::Up), k(KeyCode::BackTab)], "↑,S-Tab", A::FieldPrev, "previous field", "field"),
     b(S::TrainMenu, &[k(KeyCode::Down), k(KeyCode::Tab)], "↓,Tab", A::FieldNext, "next field", ""),
     b(S::TrainMenu, &[k(KeyCode::Left)], "←", A::ChoicePrev, "previous choice (mode, run)", "choice"),
     b(S::TrainMenu, &[k(KeyCode::Right)], "→", A::ChoiceNext, "next choice", ""),
@@ -222,7 +222,7 @@ pub fn key_table_markdown() -> String {
         }
         s += "\n";
     }
-    s += "In the input line and the training menu, other keys edit the text (←/→, Home/End, Backspace, Delete).\n";
+    s += "In the input line and the training menu, other keys edit the text (←/→, Home/End, Backspace, Delete, Ctrl-U). Ctrl-C quits from anywhere.\n";
     s
 }
 
