@@ -15,10 +15,11 @@ use ratatui::Frame;
 /// Width of the row labels ("12 ").
 const LABEL: usize = 3;
 
-/// The widest cell (1..=4 columns) that fits `n` cells in a panel `panel_w` wide; 0 if none.
+/// The widest cell (1..=6 columns) that fits `n` cells in a panel `panel_w` wide; 0 if none.
+/// Cells of 4 or more show the value, of 6 with two decimals.
 pub fn cell_width(panel_w: u16, n: usize) -> usize {
     let inner = (panel_w as usize).saturating_sub(2 + LABEL);
-    (1..=4).rev().find(|&w| w * n <= inner).unwrap_or(0)
+    (1..=6).rev().find(|&w| w * n <= inner).unwrap_or(0)
 }
 
 enum MapKind {
@@ -215,7 +216,12 @@ fn draw_map(m: &Map, theme: &Theme, frame: &mut Frame, area: Rect) {
                 MapKind::Similarity => theme.heat(v),
                 MapKind::Difference { scale } => theme.diverging(v / scale),
             };
-            let text = if cw >= 4 { format!("{:>w$}", short_value(v), w = cw) } else { glyph.repeat(cw) };
+            let v = if v.abs() < 0.005 { 0.0 } else { v };
+            let text = match cw {
+                6.. => format!("{v:>w$.2}", w = cw),
+                4.. => format!("{:>w$}", short_value(v), w = cw),
+                _ => glyph.repeat(cw),
+            };
             let style = if i == m.layer || j == m.layer { style.patch(cross) } else { style };
             spans.push(Span::styled(text, style));
         }
@@ -280,6 +286,7 @@ mod tests {
     fn thirteen_layers_get_two_column_cells_in_half_of_80_columns() {
         assert_eq!(cell_width(40, 13), 2);
         assert_eq!(cell_width(26, 5), 4);
+        assert_eq!(cell_width(100, 5), 6);
         assert_eq!(cell_width(26, 13), 1);
     }
 
