@@ -1,1 +1,263 @@
-pub fn run(_a: crate::cli::ExploreArgs) -> anyhow::Result<()> { anyhow::bail!("tui in progress") }
+//! The explorer: a full-screen terminal client of the engine. It loads the checkpoints
+//! (errors end the program with one line before the screen is touched), starts a model
+//! worker per checkpoint, and runs the event loop: keys become actions, the app's `update`
+//! changes the state and returns effects, the runtime carries them out (worker commands,
+//! the training job), and every event is followed by a redraw. The model never runs on
+//! this thread.
+
+pub mod app;
+pub mod event;
+pub mod keymap;
+pub mod panels;
+pub mod text;
+pub mod theme;
+pub mod train;
+pub mod ui;
+pub mod worker;
+
+mod training_job;
+
+pub use keymap::key_table_markdown;
+pub use training_job::menu_defaults;
+
+use crate::cli::{resolve_asset, ExploreArgs, DEFAULT_CKPT, DEFAULT_COMPARE, DEFAULT_EVAL_TEXT};
+use crate::model::device::{device_name, parse_device};
+use crate::model::Checkpoint;
+use anyhow::{bail, Context, Result};
+use app::{App, AppOptions, Effect};
+use candle_core::Device;
+use event::Event;
+use ratatui::crossterm::{execute, terminal};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use worker::{ModelInfo, WorkerCommand, WorkerHandle};
+
+/// The checkpoints to show: (A, optional B). With no `--ckpt` the default pair (A alone
+/// with `--single`); with `--ckpt` alone, one column.
+pub fn choose_checkpoints(args: &ExploreArgs) -> (String, Option<String>) {
+    let a = args.ckpt.clone().unwrap_or_else(|| DEFAULT_CKPT.to_string());
+    let b = if args.single {
+        None
+    } else {
+        match (&args.ckpt, &args.compare) {
+            (_, Some(b)) => Some(b.clone()),
+            (None, None) => Some(DEFAULT_COMPARE.to_string()),
+            (Some(_), None) => None,
+        }
+    };
+    (a, b)
+}
+
+pub fn run(args: ExploreArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let (spec_a, spec_b) = choose_checkpoints(&args);
+    let eval_data = resolve_asset(&args.eval_data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_EVAL_TEXT)));
+    if !eval_data.is_file() {
+        bail!("the eval text {} does not exist (--eval-data)", eval_data.display())
+    }
+    // Load before touching the screen, so that a bad checkpoint is one clear line.
+    let mut loaded = vec![Checkpoint::open(&spec_a, &device)?];
+    if let Some(b) = &spec_b {
+        loaded.push(Checkpoint::open(b, &device)?);
+    }
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("the explorer needs a terminal; for scripts use the subcommands (inspect, generate, eval; see --help)")
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut runtime = Runtime { workers: HashMap::new(), device: device.clone(), events: tx.clone(), job: None };
+    let mut columns = Vec::new();
+    for (i, ck) in loaded.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        columns.push((id, ModelInfo::of(&ck)));
+        runtime.workers.insert(id, WorkerHandle::spawn(id, Some(ck), device.clone(), tx.clone()));
+    }
+    let prompt = args.prompt.clone().unwrap_or_else(|| app::DEFAULT_PROMPT.to_string());
+    let mut app = App::new(columns, AppOptions { prompt, eval_data, device: device_name(&device) });
+    let theme = theme::Theme::detect();
+
+    let mut term = enter_terminal().context("cannot set up the terminal")?;
+    event::spawn_input_reader(tx);
+    let result = event_loop(&mut term, &mut app, &mut runtime, &rx, &theme);
+    leave_terminal();
+    if let Some(job) = &runtime.job {
+        if job.is_running() {
+            // Quitting while a run trains: save what it has (the job saves on stop).
+            job.stop();
+            eprintln!("stopping the training run (saving a checkpoint)…");
+            job.wait();
+        }
+    }
+    result
+}
+
+type Term = ratatui::Terminal<ratatui::backend::CrosstermBackend<std::io::Stdout>>;
+
+/// Raw mode and the alternate screen, with a panic hook that restores the terminal when
+/// the UI thread panics. A panicking worker thread prints nothing over the screen: the
+/// worker reports it in the status line.
+fn enter_terminal() -> Result<Term> {
+    let ui_thread = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == ui_thread {
+            leave_terminal();
+            previous(info);
+        }
+    }));
+    terminal::enable_raw_mode()?;
+    if let Err(e) = execute!(std::io::stdout(), terminal::EnterAlternateScreen) {
+        leave_terminal();
+        return Err(e.into());
+    }
+    match ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout())) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            leave_terminal();
+            Err(e.into())
+        }
+    }
+}
+
+fn leave_terminal() {
+    ratatui::restore();
+}
+
+/// The loop of the explorer: draw, wait for an event (or the next deadline), fold it in.
+fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Event>, theme: &theme::Theme) -> Result<()> {
+    let started = Instant::now();
+    let fx = app.start();
+    rt.apply(app, fx);
+    loop {
+        app.ticks = (started.elapsed().as_millis() / 100) as u64;
+        term.draw(|f| ui::render(app, theme, f))?;
+        if app.should_quit {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut timeout = if app.busy() || app.training.is_active() { Duration::from_millis(100) } else { Duration::from_secs(1) };
+        if let Some(due) = app.next_deadline() {
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(ev) => {
+                handle(app, rt, ev)?;
+                // Fold in whatever else is queued (streamed tokens, key repeats) before the
+                // next frame.
+                for ev in rx.try_iter().take(512) {
+                    handle(app, rt, ev)?;
+                    if app.should_quit {
+                        break;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("the event channel closed"),
+        }
+        rt.poll_training(app);
+        let fx = app.tick(Instant::now());
+        rt.apply(app, fx);
+    }
+}
+
+fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
+    let now = Instant::now();
+    let fx = match ev {
+        Event::Key(k) => app.handle_key(k, now),
+        Event::Resize => vec![],
+        Event::Worker { worker, reply } => app.on_worker(worker, reply, now),
+        Event::InputFailed(e) => bail!("cannot read the terminal: {e}"),
+    };
+    rt.apply(app, fx);
+    Ok(())
+}
+
+/// What the UI thread owns besides the state: the workers and the training job.
+struct Runtime {
+    workers: HashMap<u64, WorkerHandle>,
+    device: Device,
+    events: Sender<Event>,
+    job: Option<training_job::Job>,
+}
+
+impl Runtime {
+    fn apply(&mut self, app: &mut App, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Worker { worker, cmd } => {
+                    if let Some(w) = self.workers.get(&worker) {
+                        w.send(cmd);
+                    }
+                }
+                Effect::SpawnWorker { worker, spec } => {
+                    let w = WorkerHandle::spawn(worker, None, self.device.clone(), self.events.clone());
+                    w.send(WorkerCommand::Load { spec });
+                    self.workers.insert(worker, w);
+                }
+                Effect::DropWorker { worker } => {
+                    self.workers.remove(&worker);
+                }
+                Effect::OpenTrainMenu => app.open_train_menu(menu_defaults(app)),
+                Effect::StartTraining(cfg) => match training_job::Job::start(*cfg, &self.device) {
+                    Ok(job) => self.job = Some(job),
+                    Err(e) => app.on_train_error(crate::util::one_line(&e)),
+                },
+                Effect::ResumeTraining { dir, steps } => match training_job::Job::resume(dir, steps, &self.device) {
+                    Ok(job) => self.job = Some(job),
+                    Err(e) => app.on_train_error(crate::util::one_line(&e)),
+                },
+                Effect::StopTraining => {
+                    if let Some(job) = &self.job {
+                        job.stop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds the training job's events in; a job that ended without saying so failed.
+    fn poll_training(&mut self, app: &mut App) {
+        let Some(job) = &self.job else { return };
+        while let Some(ev) = job.try_recv() {
+            app.on_train(ev);
+        }
+        if app.training.is_active() && !job.is_running() {
+            // Events sent just before the end may still be queued.
+            while let Some(ev) = job.try_recv() {
+                app.on_train(ev);
+            }
+            if app.training.is_active() {
+                app.on_train_error("the training job ended without a result".into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ckpt: Option<&str>, compare: Option<&str>, single: bool) -> ExploreArgs {
+        ExploreArgs {
+            ckpt: ckpt.map(String::from),
+            compare: compare.map(String::from),
+            single,
+            device: "cpu".into(),
+            eval_data: None,
+            prompt: None,
+        }
+    }
+
+    #[test]
+    fn checkpoint_choice_follows_the_flags() {
+        let pair = |a: &str, b: Option<&str>| (a.to_string(), b.map(String::from));
+        assert_eq!(choose_checkpoints(&args(None, None, false)), pair(DEFAULT_CKPT, Some(DEFAULT_COMPARE)));
+        assert_eq!(choose_checkpoints(&args(None, None, true)), pair(DEFAULT_CKPT, None));
+        assert_eq!(choose_checkpoints(&args(Some("x"), None, false)), pair("x", None));
+        assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), false)), pair("x", Some("y")));
+        assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), true)), pair("x", None));
+        assert_eq!(choose_checkpoints(&args(None, Some("y"), false)), pair(DEFAULT_CKPT, Some("y")));
+    }
+}

@@ -1,0 +1,941 @@
+//! The explorer's state and its one `update`. Keys become [`Action`]s through the keymap;
+//! worker replies and training events are folded in; every change that needs the model is
+//! returned as an [`Effect`] for the runtime to carry out. Nothing here blocks or touches
+//! the model, so the state can be driven and checked without a terminal.
+//!
+//! Scrubbing (layer and position keys) only changes indices into the analysis that was
+//! computed once per prompt with the lens at every position.
+
+use super::keymap::{self, Action, Scope};
+use super::text::TextField;
+use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
+use super::worker::{eval_ctx, ModelInfo, WorkerCommand, WorkerReply};
+use crate::analysis::eval::EvalReport;
+use crate::analysis::generate::{Sampling, StopReason};
+use crate::analysis::inspect::PromptAnalysis;
+use crate::train::{TrainConfig, TrainEvent};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The prompt on start: the opening of Pride and Prejudice, whose continuation (" wife")
+/// every layer of an aligned model should know.
+pub const DEFAULT_PROMPT: &str =
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a";
+/// Tokens listed by the lens at each layer and position.
+pub const TOP_K: usize = 10;
+/// New tokens per generation: short, so scrubbing through layers stays quick.
+pub const GEN_TOKENS: usize = 32;
+/// Chunks of the eval text (of `min(256, n_positions)` tokens) for the metrics view.
+pub const EVAL_CHUNKS: usize = 24;
+/// Scrubbing through the generation view starts a generation only once the layer rests.
+pub const GEN_DEBOUNCE: Duration = Duration::from_millis(150);
+pub const TOP_P: f64 = 0.9;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View {
+    Similarity,
+    Predictions,
+    Generation,
+    Metrics,
+    Training,
+}
+
+impl View {
+    pub const ALL: [View; 5] = [View::Similarity, View::Predictions, View::Generation, View::Metrics, View::Training];
+
+    pub fn title(&self) -> &'static str {
+        match self {
+            View::Similarity => "Similarity",
+            View::Predictions => "Predictions",
+            View::Generation => "Generation",
+            View::Metrics => "Layer metrics",
+            View::Training => "Training",
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        View::ALL.iter().position(|v| v == self).unwrap()
+    }
+}
+
+/// Which layer-similarity matrix the heatmaps show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimMetric {
+    CenteredCos,
+    RawCos,
+    Cka,
+}
+
+impl SimMetric {
+    pub fn label(&self) -> &'static str {
+        match self {
+            SimMetric::CenteredCos => "centered COS",
+            SimMetric::RawCos => "raw COS",
+            SimMetric::Cka => "linear CKA",
+        }
+    }
+
+    fn next(self) -> Self {
+        match self {
+            SimMetric::CenteredCos => SimMetric::RawCos,
+            SimMetric::RawCos => SimMetric::Cka,
+            SimMetric::Cka => SimMetric::CenteredCos,
+        }
+    }
+
+    pub fn matrix<'a>(&self, a: &'a PromptAnalysis) -> &'a [Vec<f64>] {
+        match self {
+            SimMetric::CenteredCos => &a.cos,
+            SimMetric::RawCos => &a.cos_raw,
+            SimMetric::Cka => &a.cka,
+        }
+    }
+}
+
+/// The continuation generated from one exit layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerOutput {
+    pub text: String,
+    pub tokens: usize,
+    /// `None` while it is still streaming.
+    pub stop: Option<StopReason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalState {
+    NotStarted,
+    Running { done: usize, total: usize },
+    Done { report: EvalReport, data: PathBuf },
+    Failed(String),
+}
+
+/// One checkpoint shown in a column (A, B), and what its worker has answered.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub worker: u64,
+    /// `None` while the checkpoint loads.
+    pub info: Option<ModelInfo>,
+    /// What was asked for when loading (a name or a path).
+    pub spec: String,
+    pub analysis: Option<PromptAnalysis>,
+    pub analysis_req: u64,
+    pub analyzing: bool,
+    pub gen_req: u64,
+    pub generating: bool,
+    /// The last exit layer of the running generation request.
+    pub gen_last_layer: usize,
+    /// Continuations of the current prompt and sampling, by exit layer.
+    pub outputs: BTreeMap<usize, LayerOutput>,
+    pub eval_req: u64,
+    pub eval: EvalState,
+    /// The last engine error of this column, shown in its panels.
+    pub error: Option<String>,
+}
+
+impl Column {
+    pub fn new(worker: u64, spec: &str, info: Option<ModelInfo>) -> Self {
+        Self {
+            worker,
+            info,
+            spec: spec.to_string(),
+            analysis: None,
+            analysis_req: 0,
+            analyzing: false,
+            gen_req: 0,
+            generating: false,
+            gen_last_layer: 0,
+            outputs: BTreeMap::new(),
+            eval_req: 0,
+            eval: EvalState::NotStarted,
+            error: None,
+        }
+    }
+
+    /// The checkpoint as it was asked for (a name, a path or a hub id).
+    pub fn name(&self) -> &str {
+        self.info.as_ref().map_or(self.spec.as_str(), |i| i.name.as_str())
+    }
+
+    /// The name for titles: the last component of a path (`tests/fixtures/tiny-gpt2` →
+    /// `tiny-gpt2`), a name or hub id as it is.
+    pub fn short_name(&self) -> &str {
+        self.info.as_ref().map_or(self.spec.as_str(), |i| i.short_name.as_str())
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.info.as_ref().map_or(0, |i| i.n_layer)
+    }
+
+    pub fn loading(&self) -> bool {
+        self.info.is_none()
+    }
+
+    /// The layer this column shows when the explorer is at `layer` (a shallower model
+    /// stops at its last layer).
+    pub fn layer_at(&self, layer: usize) -> usize {
+        layer.min(self.n_layer())
+    }
+
+    pub fn position_at(&self, position: usize) -> usize {
+        match &self.analysis {
+            Some(a) => position.min(a.input_ids.len().saturating_sub(1)),
+            None => position,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputPurpose {
+    Prompt,
+    EvalFile,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputLine {
+    pub purpose: InputPurpose,
+    pub field: TextField,
+    /// Position in the history while browsing it (`None`: the draft being typed).
+    pub history_pos: Option<usize>,
+    pub draft: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Normal,
+    Help { scroll: u16 },
+    Input(InputLine),
+    TrainMenu(Box<TrainMenu>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingMode {
+    Greedy,
+    TopP,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenSettings {
+    pub all_layers: bool,
+    pub mode: SamplingMode,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+}
+
+impl GenSettings {
+    pub fn sampling(&self) -> Sampling {
+        match self.mode {
+            SamplingMode::Greedy => Sampling::Greedy,
+            SamplingMode::TopP => Sampling::TopP { p: TOP_P, temperature: 1.0, seed: self.seed },
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self.mode {
+            SamplingMode::Greedy => "greedy".to_string(),
+            SamplingMode::TopP => format!("top-p {TOP_P} · seed {}", self.seed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMessage {
+    pub text: String,
+    pub error: bool,
+}
+
+/// Something only the runtime can do: talk to workers and the training job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Worker { worker: u64, cmd: WorkerCommand },
+    /// Start a worker with this id that loads `spec`.
+    SpawnWorker { worker: u64, spec: String },
+    /// End a worker that no column uses any more.
+    DropWorker { worker: u64 },
+    /// The runtime answers with [`App::open_train_menu`] and what is on disk.
+    OpenTrainMenu,
+    StartTraining(Box<TrainConfig>),
+    ResumeTraining { dir: PathBuf, steps: Option<usize> },
+    StopTraining,
+}
+
+/// How the explorer starts.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub prompt: String,
+    pub eval_data: PathBuf,
+    pub device: String,
+}
+
+pub struct App {
+    pub columns: Vec<Column>,
+    pub view: View,
+    /// The current layer 0..=L (0 = embeddings).
+    pub layer: usize,
+    /// The selected token position in the prompt.
+    pub position: usize,
+    pub mode: Mode,
+    pub prompt: String,
+    pub prompt_history: Vec<String>,
+    pub eval_history: Vec<String>,
+    pub metric: SimMetric,
+    /// `d`: on wide screens hide the A−B heatmap; on narrow ones show it instead of B.
+    pub diff_toggled: bool,
+    pub decoding: GenSettings,
+    /// When a debounced generation is due.
+    pub gen_due: Option<Instant>,
+    pub eval_data: PathBuf,
+    pub status: Option<StatusMessage>,
+    pub training: TrainingState,
+    pub device: String,
+    /// Tenths of a second since the start, set by the event loop: the spinner's frame.
+    pub ticks: u64,
+    pub should_quit: bool,
+    next_req: u64,
+    next_worker: u64,
+}
+
+impl App {
+    /// An explorer over loaded checkpoints, given as (worker id, info). Call [`App::start`]
+    /// for the first analysis.
+    pub fn new(columns: Vec<(u64, ModelInfo)>, opts: AppOptions) -> Self {
+        let next_worker = columns.iter().map(|c| c.0).max().unwrap_or(0) + 1;
+        let columns = columns.into_iter().map(|(w, info)| Column::new(w, &info.name.clone(), Some(info))).collect();
+        Self {
+            columns,
+            view: View::Similarity,
+            layer: 0,
+            position: 0,
+            mode: Mode::Normal,
+            prompt: opts.prompt,
+            prompt_history: vec![],
+            eval_history: vec![],
+            metric: SimMetric::CenteredCos,
+            diff_toggled: false,
+            decoding: GenSettings { all_layers: false, mode: SamplingMode::Greedy, seed: 0, max_new_tokens: GEN_TOKENS },
+            gen_due: None,
+            eval_data: opts.eval_data,
+            status: None,
+            training: TrainingState::default(),
+            device: opts.device,
+            ticks: 0,
+            should_quit: false,
+            next_req: 1,
+            next_worker,
+        }
+    }
+
+    /// The first analysis of the start prompt; the layer starts at the last layer, where the
+    /// model's own prediction is.
+    pub fn start(&mut self) -> Vec<Effect> {
+        self.layer = self.max_layer();
+        if !self.prompt.is_empty() {
+            self.prompt_history.push(self.prompt.clone());
+        }
+        self.analyze_all()
+    }
+
+    // ---- queries used by the panels ----
+
+    /// The deepest layer over the columns.
+    pub fn max_layer(&self) -> usize {
+        self.columns.iter().map(Column::n_layer).max().unwrap_or(0)
+    }
+
+    /// Token positions of the prompt (of the longest tokenization over the columns).
+    pub fn n_positions(&self) -> usize {
+        self.columns.iter().filter_map(|c| c.analysis.as_ref()).map(|a| a.input_ids.len()).max().unwrap_or(0)
+    }
+
+    /// The tokens of the prompt as the first analyzed column splits it.
+    pub fn tokens(&self) -> Option<&[String]> {
+        self.columns.iter().find_map(|c| c.analysis.as_ref()).map(|a| a.tokens.as_slice())
+    }
+
+    pub fn busy(&self) -> bool {
+        self.columns.iter().any(|c| c.loading() || c.analyzing || c.generating || matches!(c.eval, EvalState::Running { .. }))
+            || self.gen_due.is_some()
+    }
+
+    /// What is running, for the status line ("analyzing A", ...).
+    pub fn busy_text(&self) -> String {
+        let mut parts = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let tag = column_tag(i);
+            if c.loading() {
+                parts.push(format!("loading {tag}"));
+            }
+            if c.analyzing {
+                parts.push(format!("analyzing {tag}"));
+            }
+            if c.generating {
+                parts.push(format!("generating {tag}"));
+            }
+            if let EvalState::Running { done, total } = c.eval {
+                parts.push(format!("evaluating {tag} {done}/{total}"));
+            }
+        }
+        parts.join(" · ")
+    }
+
+    /// Where keys are looked up now, most specific first.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let modal = match &self.mode {
+            Mode::Normal => None,
+            Mode::Help { .. } => Some(Scope::Help),
+            Mode::Input(_) => Some(Scope::Input),
+            Mode::TrainMenu(_) => Some(Scope::TrainMenu),
+        };
+        keymap::scopes_for(modal, self.view)
+    }
+
+    /// The wait until the next debounced job, for the event loop's timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.gen_due
+    }
+
+    // ---- input ----
+
+    pub fn handle_key(&mut self, key: KeyEvent, now: Instant) -> Vec<Effect> {
+        // Ctrl-C quits from anywhere, whatever is open.
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            self.should_quit = true;
+            return vec![];
+        }
+        if let Some(action) = keymap::lookup(&self.scopes(), &key) {
+            return self.update(action, now);
+        }
+        match &mut self.mode {
+            Mode::Input(line) => {
+                if line.field.edit(&key) {
+                    line.history_pos = None;
+                }
+            }
+            Mode::TrainMenu(menu) => {
+                let f = menu.selected_field();
+                if let Some(t) = menu.text_mut(f) {
+                    if t.edit(&key) {
+                        menu.error = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        vec![]
+    }
+
+    /// The one place where actions change the state.
+    pub fn update(&mut self, action: Action, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match action {
+            Action::Quit => self.should_quit = true,
+            Action::ToggleHelp => {
+                self.mode = match self.mode {
+                    Mode::Help { .. } => Mode::Normal,
+                    _ => Mode::Help { scroll: 0 },
+                }
+            }
+            Action::ScrollUp => {
+                if let Mode::Help { scroll } = &mut self.mode {
+                    *scroll = scroll.saturating_sub(1);
+                }
+            }
+            Action::ScrollDown => {
+                if let Mode::Help { scroll } = &mut self.mode {
+                    *scroll = scroll.saturating_add(1);
+                }
+            }
+            Action::LayerPrev => self.set_layer(self.layer.saturating_sub(1), now),
+            Action::LayerNext => self.set_layer((self.layer + 1).min(self.max_layer()), now),
+            Action::LayerFirst => self.set_layer(0, now),
+            Action::LayerLast => self.set_layer(self.max_layer(), now),
+            Action::PositionPrev => self.position = self.position.saturating_sub(1),
+            Action::PositionNext => self.position = (self.position + 1).min(self.n_positions().saturating_sub(1)),
+            Action::NextView => fx.extend(self.show_view(View::ALL[(self.view.index() + 1) % View::ALL.len()], now)),
+            Action::PrevView => fx.extend(self.show_view(View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()], now)),
+            Action::ShowView(v) => fx.extend(self.show_view(v, now)),
+            Action::EditPrompt => self.open_input(InputPurpose::Prompt),
+            Action::EditEvalFile => self.open_input(InputPurpose::EvalFile),
+            Action::CycleMetric => self.metric = self.metric.next(),
+            Action::ToggleDifference => {
+                if self.columns.len() < 2 {
+                    self.say("the difference needs two checkpoints: start with --compare", false);
+                } else {
+                    self.diff_toggled = !self.diff_toggled;
+                }
+            }
+            Action::ToggleAllLayers => {
+                self.decoding.all_layers = !self.decoding.all_layers;
+                self.gen_due = Some(now);
+            }
+            Action::ToggleSampling => {
+                self.decoding.mode = match self.decoding.mode {
+                    SamplingMode::Greedy => SamplingMode::TopP,
+                    SamplingMode::TopP => SamplingMode::Greedy,
+                };
+                self.restart_generation(now);
+            }
+            Action::NewSeed => {
+                if self.decoding.mode == SamplingMode::Greedy {
+                    self.say("greedy decoding has no seed: press s for top-p sampling", false);
+                } else {
+                    self.decoding.seed = self.decoding.seed.wrapping_add(1);
+                    self.restart_generation(now);
+                }
+            }
+            Action::Regenerate => self.restart_generation(now),
+            Action::RerunEval => fx.extend(self.start_eval(true)),
+            Action::OpenTrainMenu => {
+                if self.training.is_active() {
+                    self.say("a run is in progress: x stops it", false);
+                    self.view = View::Training;
+                } else {
+                    fx.push(Effect::OpenTrainMenu);
+                }
+            }
+            Action::StopTraining => {
+                if self.training.is_active() {
+                    self.training.status = super::train::TrainStatus::Stopping;
+                    self.say("stopping: saving the checkpoint first…", false);
+                    fx.push(Effect::StopTraining);
+                } else {
+                    self.say("no training is running", false);
+                }
+            }
+            Action::ReloadTrained => fx.extend(self.reload_trained()),
+            Action::Submit => fx.extend(self.submit(now)),
+            Action::Cancel => self.mode = Mode::Normal,
+            Action::HistoryPrev => self.browse_history(-1),
+            Action::HistoryNext => self.browse_history(1),
+            Action::FieldPrev | Action::FieldNext | Action::ChoicePrev | Action::ChoiceNext => {
+                if let Mode::TrainMenu(menu) = &mut self.mode {
+                    match action {
+                        Action::FieldPrev => menu.move_field(-1),
+                        Action::FieldNext => menu.move_field(1),
+                        Action::ChoicePrev => menu.choice(-1),
+                        _ => menu.choice(1),
+                    }
+                }
+            }
+        }
+        fx
+    }
+
+    fn set_layer(&mut self, layer: usize, now: Instant) {
+        if layer == self.layer {
+            return;
+        }
+        self.layer = layer;
+        if self.view == View::Generation && !self.decoding.all_layers {
+            self.gen_due = Some(now + GEN_DEBOUNCE);
+        }
+    }
+
+    fn show_view(&mut self, v: View, now: Instant) -> Vec<Effect> {
+        self.view = v;
+        match v {
+            View::Generation => {
+                self.gen_due = Some(now);
+                vec![]
+            }
+            View::Metrics => self.start_eval(false),
+            _ => vec![],
+        }
+    }
+
+    fn say(&mut self, text: impl Into<String>, error: bool) {
+        self.status = Some(StatusMessage { text: text.into(), error });
+    }
+
+    fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn analyze_all(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for i in 0..self.columns.len() {
+            fx.extend(self.analyze_column(i));
+        }
+        fx
+    }
+
+    fn analyze_column(&mut self, i: usize) -> Vec<Effect> {
+        if self.columns[i].loading() {
+            return vec![]; // analyzed when it has loaded
+        }
+        let req = self.req();
+        let c = &mut self.columns[i];
+        c.analysis_req = req;
+        c.analyzing = true;
+        // The running generation is for the old prompt: the worker drops it.
+        c.gen_req = 0;
+        c.generating = false;
+        vec![Effect::Worker { worker: c.worker, cmd: WorkerCommand::Analyze { req, prompt: self.prompt.clone(), top_k: TOP_K } }]
+    }
+
+    fn restart_generation(&mut self, now: Instant) {
+        for c in &mut self.columns {
+            c.outputs.clear();
+        }
+        self.gen_due = Some(now);
+    }
+
+    /// Requests the continuations the generation view shows and does not have yet.
+    fn request_generation(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for i in 0..self.columns.len() {
+            let (n_layer, ids) = match (&self.columns[i].info, &self.columns[i].analysis) {
+                (Some(info), Some(a)) => (info.n_layer, a.input_ids.clone()),
+                _ => continue,
+            };
+            let wanted: Vec<usize> = if self.decoding.all_layers {
+                (1..=n_layer).collect()
+            } else if self.columns[i].layer_at(self.layer) == 0 {
+                vec![] // layer 0 has no blocks to exit from
+            } else {
+                vec![self.columns[i].layer_at(self.layer)]
+            };
+            let c = &mut self.columns[i];
+            // A half-streamed continuation is cancelled by the new request: drop it.
+            c.outputs.retain(|_, o| o.stop.is_some());
+            let missing: Vec<usize> = wanted.into_iter().filter(|l| !c.outputs.contains_key(l)).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            self.next_req += 1;
+            let req = self.next_req;
+            let c = &mut self.columns[i];
+            c.gen_req = req;
+            c.generating = true;
+            c.gen_last_layer = *missing.last().unwrap();
+            let cmd = WorkerCommand::Generate { req, prompt_ids: ids, layers: missing, max_new_tokens: self.decoding.max_new_tokens, sampling: self.decoding.sampling() };
+            fx.push(Effect::Worker { worker: c.worker, cmd });
+        }
+        fx
+    }
+
+    /// Evaluates every column on the eval text (once, unless `again`).
+    fn start_eval(&mut self, again: bool) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for i in 0..self.columns.len() {
+            let c = &self.columns[i];
+            let Some(info) = &c.info else { continue };
+            let needed = again || matches!(c.eval, EvalState::NotStarted);
+            if !needed {
+                continue;
+            }
+            let ctx = eval_ctx(info.n_positions);
+            let worker = c.worker;
+            let req = self.req();
+            let c = &mut self.columns[i];
+            c.eval_req = req;
+            c.eval = EvalState::Running { done: 0, total: EVAL_CHUNKS };
+            let cmd = WorkerCommand::Eval { req, data: self.eval_data.clone(), ctx, max_chunks: EVAL_CHUNKS };
+            fx.push(Effect::Worker { worker, cmd });
+        }
+        fx
+    }
+
+    fn open_input(&mut self, purpose: InputPurpose) {
+        let text = match purpose {
+            InputPurpose::Prompt => self.prompt.clone(),
+            InputPurpose::EvalFile => self.eval_data.display().to_string(),
+        };
+        self.mode = Mode::Input(InputLine { purpose, field: TextField::new(&text), history_pos: None, draft: String::new() });
+    }
+
+    fn browse_history(&mut self, delta: isize) {
+        let Mode::Input(line) = &mut self.mode else { return };
+        let history = match line.purpose {
+            InputPurpose::Prompt => &self.prompt_history,
+            InputPurpose::EvalFile => &self.eval_history,
+        };
+        if history.is_empty() {
+            return;
+        }
+        let next = match (line.history_pos, delta < 0) {
+            (None, true) => {
+                line.draft = line.field.text.clone();
+                Some(history.len() - 1)
+            }
+            (None, false) => None,
+            (Some(0), true) => Some(0),
+            (Some(p), true) => Some(p - 1),
+            (Some(p), false) if p + 1 < history.len() => Some(p + 1),
+            (Some(_), false) => None,
+        };
+        line.history_pos = next;
+        let text = match next {
+            Some(p) => history[p].clone(),
+            None => line.draft.clone(),
+        };
+        line.field.set(&text);
+    }
+
+    fn submit(&mut self, now: Instant) -> Vec<Effect> {
+        match std::mem::replace(&mut self.mode, Mode::Normal) {
+            Mode::Input(line) => {
+                let text = line.field.text;
+                match line.purpose {
+                    InputPurpose::Prompt => {
+                        if text.trim().is_empty() {
+                            self.say("the prompt is empty: type some text, Enter runs it", true);
+                            self.mode = Mode::Input(InputLine { purpose: InputPurpose::Prompt, field: TextField::new(&text), history_pos: None, draft: String::new() });
+                            return vec![];
+                        }
+                        remember(&mut self.prompt_history, &text);
+                        self.prompt = text;
+                        self.status = None;
+                        for c in &mut self.columns {
+                            c.outputs.clear();
+                        }
+                        let _ = now;
+                        self.analyze_all()
+                    }
+                    InputPurpose::EvalFile => {
+                        let path = crate::cli::resolve_asset(std::path::Path::new(text.trim()));
+                        if !path.is_file() {
+                            self.say(format!("{} is not a file", text.trim()), true);
+                            return vec![];
+                        }
+                        remember(&mut self.eval_history, text.trim());
+                        self.eval_data = path;
+                        self.start_eval(true)
+                    }
+                }
+            }
+            Mode::TrainMenu(menu) => match menu.request() {
+                Ok(req) => {
+                    let description = describe_request(&req);
+                    self.training = TrainingState::starting(description);
+                    self.view = View::Training;
+                    self.say("starting training…", false);
+                    vec![match req {
+                        TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
+                        TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
+                    }]
+                }
+                Err(e) => {
+                    let mut menu = menu;
+                    menu.error = Some(e);
+                    self.mode = Mode::TrainMenu(menu);
+                    vec![]
+                }
+            },
+            other => {
+                self.mode = other;
+                vec![]
+            }
+        }
+    }
+
+    /// Opens the training menu prefilled with `defaults` (the runtime's answer to
+    /// [`Effect::OpenTrainMenu`]).
+    pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
+        self.mode = Mode::TrainMenu(Box::new(TrainMenu::new(defaults)));
+    }
+
+    /// Loads the last saved checkpoint of the run into column A; the checkpoint it was
+    /// trained from moves to column B, so the two can be compared layer by layer.
+    fn reload_trained(&mut self) -> Vec<Effect> {
+        let Some((step, dir)) = self.training.saved.clone() else {
+            self.say("no training checkpoint has been saved yet", false);
+            return vec![];
+        };
+        let spec = dir.display().to_string();
+        let same = |c: &Column| c.info.as_ref().is_some_and(|i| same_dir(&i.dir, &dir)) || c.spec == spec;
+        if let Some(i) = self.columns.iter().position(same) {
+            // Already shown: load the newer weights in place.
+            let c = &mut self.columns[i];
+            let worker = c.worker;
+            *c = Column::new(worker, &spec, None);
+            self.say(format!("reloading {} (step {step})…", dir.display()), false);
+            return vec![Effect::Worker { worker, cmd: WorkerCommand::Load { spec } }];
+        }
+        let mut fx = Vec::new();
+        let worker = self.next_worker;
+        self.next_worker += 1;
+        fx.push(Effect::SpawnWorker { worker, spec: spec.clone() });
+        let new = Column::new(worker, &spec, None);
+        if self.columns.len() >= 2 {
+            let dropped = self.columns.pop().unwrap();
+            fx.push(Effect::DropWorker { worker: dropped.worker });
+        }
+        self.columns.insert(0, new);
+        self.say(format!("loading {} (step {step}) next to {}…", dir.display(), self.columns[1].name()), false);
+        fx
+    }
+
+    // ---- replies ----
+
+    /// Folds a worker's reply in.
+    pub fn on_worker(&mut self, worker: u64, reply: WorkerReply, now: Instant) -> Vec<Effect> {
+        let Some(i) = self.columns.iter().position(|c| c.worker == worker) else {
+            return vec![]; // a worker that was replaced
+        };
+        let tag = column_tag(i);
+        let mut fx = Vec::new();
+        match reply {
+            WorkerReply::Loaded(info) => {
+                let c = &mut self.columns[i];
+                c.spec = info.name.clone();
+                c.info = Some(info);
+                c.error = None;
+                self.layer = self.layer.min(self.max_layer());
+                self.say(format!("loaded {} into {tag}", self.columns[i].name()), false);
+                fx.extend(self.analyze_column(i));
+                if self.view == View::Metrics {
+                    fx.extend(self.start_eval(false));
+                }
+            }
+            WorkerReply::LoadFailed(e) => {
+                self.say(format!("{tag}: {e}"), true);
+                self.columns[i].error = Some(e);
+                // Keep the column so the user sees what failed; it answers nothing.
+                self.columns[i].info = None;
+                self.columns[i].spec = format!("{} (failed)", self.columns[i].spec);
+                self.columns[i].analyzing = false;
+            }
+            WorkerReply::Analysis { req, result } => {
+                let c = &mut self.columns[i];
+                if req != c.analysis_req {
+                    return vec![];
+                }
+                c.analyzing = false;
+                match result {
+                    Ok(a) => {
+                        c.analysis = Some(a);
+                        c.outputs.clear();
+                        c.error = None;
+                        // Point at the last token, where the next-token prediction is.
+                        self.position = self.n_positions().saturating_sub(1);
+                        if self.view == View::Generation {
+                            self.gen_due = Some(now);
+                        }
+                    }
+                    Err(e) => {
+                        c.error = Some(e.clone());
+                        self.say(format!("{tag}: {e}"), true);
+                    }
+                }
+            }
+            WorkerReply::Token { req, layer, text, tokens } => {
+                let c = &mut self.columns[i];
+                if req == c.gen_req {
+                    c.outputs.insert(layer, LayerOutput { text, tokens, stop: None });
+                }
+            }
+            WorkerReply::LayerDone { req, layer, text, tokens, stop } => {
+                let c = &mut self.columns[i];
+                if req == c.gen_req {
+                    c.outputs.insert(layer, LayerOutput { text, tokens, stop: Some(stop) });
+                    if layer == c.gen_last_layer {
+                        c.generating = false;
+                    }
+                }
+            }
+            WorkerReply::GenerateFailed { req, message } => {
+                let c = &mut self.columns[i];
+                if req == c.gen_req {
+                    c.generating = false;
+                    self.say(format!("{tag}: {message}"), true);
+                }
+            }
+            WorkerReply::Crashed { req, message } => {
+                let c = &mut self.columns[i];
+                if req == c.analysis_req {
+                    c.analyzing = false;
+                    c.error = Some(message.clone());
+                }
+                if req == c.gen_req {
+                    c.generating = false;
+                }
+                if req == c.eval_req && matches!(c.eval, EvalState::Running { .. }) {
+                    c.eval = EvalState::Failed(message.clone());
+                }
+                self.say(format!("{tag}: {message}"), true);
+            }
+            WorkerReply::EvalProgress { req, done, total } => {
+                let c = &mut self.columns[i];
+                if req == c.eval_req {
+                    c.eval = EvalState::Running { done, total };
+                }
+            }
+            WorkerReply::EvalDone { req, data, result } => {
+                let c = &mut self.columns[i];
+                if req == c.eval_req {
+                    match result {
+                        Ok(report) => c.eval = EvalState::Done { report, data },
+                        Err(e) => {
+                            c.eval = EvalState::Failed(e.clone());
+                            self.say(format!("{tag}: {e}"), true);
+                        }
+                    }
+                }
+            }
+        }
+        fx
+    }
+
+    /// Folds a training event in.
+    pub fn on_train(&mut self, ev: TrainEvent) {
+        if let Some((msg, error)) = self.training.apply(ev) {
+            self.say(msg, error);
+        }
+    }
+
+    /// The runtime could not start the job (or it vanished).
+    pub fn on_train_error(&mut self, message: String) {
+        self.training.status = super::train::TrainStatus::Failed(message.clone());
+        self.say(format!("training: {message}"), true);
+    }
+
+    /// Time passes: fires the debounced generation.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        match self.gen_due {
+            Some(due) if due <= now => {
+                self.gen_due = None;
+                if self.view == View::Generation { self.request_generation() } else { vec![] }
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// "A", "B".
+pub fn column_tag(i: usize) -> &'static str {
+    ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
+}
+
+fn remember(history: &mut Vec<String>, entry: &str) {
+    history.retain(|h| h != entry);
+    history.push(entry.to_string());
+    if history.len() > 100 {
+        history.remove(0);
+    }
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn describe_request(req: &TrainRequest) -> String {
+    match req {
+        TrainRequest::Start(cfg) => {
+            let base = match &cfg.init {
+                crate::train::InitFrom::Checkpoint(s) => s.clone(),
+                crate::train::InitFrom::Random { .. } => "random weights".to_string(),
+            };
+            format!("{} fine-tune of {base} → {} · {} steps · lr {:e}", cfg.loss, cfg.out.display(), cfg.steps, cfg.lr)
+        }
+        TrainRequest::Resume { dir, steps } => match steps {
+            Some(s) => format!("continuing {} to step {s}", dir.display()),
+            None => format!("continuing {}", dir.display()),
+        },
+    }
+}

@@ -1,0 +1,327 @@
+//! A model worker: one thread per checkpoint column that owns the loaded [`Checkpoint`]
+//! and answers typed commands (analyze a prompt, generate from exit layers, evaluate a
+//! text, load another checkpoint) with typed replies on the UI's event channel. The UI
+//! never touches the model.
+//!
+//! Generation is cancellable: every command that makes a running generation stale bumps
+//! an epoch that the generation checks after each token. Evaluation runs on a thread of
+//! its own (the model's tensors are shared, not copied) so that a long evaluation never
+//! holds up analysis or generation, and is cancelled the same way.
+
+use super::event::Event;
+use crate::analysis::encode_prompt;
+use crate::analysis::eval::{evaluate, EvalOptions, EvalReport};
+use crate::analysis::generate::{generate, GenerateOptions, Sampling, StopReason};
+use crate::analysis::inspect::{analyze, LensAt, PromptAnalysis};
+use crate::model::Checkpoint;
+use candle_core::Device;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+
+/// What the UI needs to know about a loaded checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// The checkpoint as it was asked for (a name, a path or a hub id).
+    pub name: String,
+    /// The name for titles: a path's last component, else the name itself.
+    pub short_name: String,
+    pub dir: PathBuf,
+    pub n_layer: usize,
+    pub n_positions: usize,
+    pub vocab_size: usize,
+    pub n_embd: usize,
+}
+
+impl ModelInfo {
+    pub fn of(ck: &Checkpoint) -> Self {
+        let spec = std::path::Path::new(ck.name.trim_end_matches('/'));
+        let short_name = match spec.file_name() {
+            Some(f) if spec.is_dir() => f.to_string_lossy().into_owned(),
+            _ => ck.name.clone(),
+        };
+        Self {
+            short_name,
+            name: ck.name.clone(),
+            dir: ck.dir.clone(),
+            n_layer: ck.model.n_layer(),
+            n_positions: ck.model.config.n_positions,
+            vocab_size: ck.model.config.vocab_size,
+            n_embd: ck.model.config.n_embd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerCommand {
+    /// Replace the model with another checkpoint.
+    Load { spec: String },
+    /// Tokenize and analyze a prompt, with the lens at every position.
+    Analyze { req: u64, prompt: String, top_k: usize },
+    /// Generate from each of `layers` in turn, streaming tokens.
+    Generate { req: u64, prompt_ids: Vec<u32>, layers: Vec<usize>, max_new_tokens: usize, sampling: Sampling },
+    /// Evaluate per layer on a text file.
+    Eval { req: u64, data: PathBuf, ctx: usize, max_chunks: usize },
+}
+
+impl WorkerCommand {
+    /// The request id the replies carry (0 for `Load`, whose replies need none).
+    pub fn req(&self) -> u64 {
+        match self {
+            WorkerCommand::Load { .. } => 0,
+            WorkerCommand::Analyze { req, .. } | WorkerCommand::Generate { req, .. } | WorkerCommand::Eval { req, .. } => *req,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum WorkerReply {
+    Loaded(ModelInfo),
+    LoadFailed(String),
+    Analysis { req: u64, result: Result<PromptAnalysis, String> },
+    /// The continuation from `layer` so far (decoded text of `tokens` new tokens).
+    Token { req: u64, layer: usize, text: String, tokens: usize },
+    LayerDone { req: u64, layer: usize, text: String, tokens: usize, stop: StopReason },
+    GenerateFailed { req: u64, message: String },
+    EvalProgress { req: u64, done: usize, total: usize },
+    EvalDone { req: u64, data: PathBuf, result: Result<EvalReport, String> },
+    /// The engine panicked on command `req`; the worker goes on with the next.
+    Crashed { req: u64, message: String },
+}
+
+/// The UI's end of a worker. Dropping it ends the worker (and cancels its work).
+pub struct WorkerHandle {
+    pub id: u64,
+    tx: Sender<(u64, WorkerCommand)>,
+    epoch: Arc<AtomicU64>,
+    eval_epoch: Arc<AtomicU64>,
+}
+
+impl WorkerHandle {
+    /// Starts a worker with an already loaded checkpoint, or empty (then send `Load`).
+    pub fn spawn(id: u64, ck: Option<Checkpoint>, device: Device, events: Sender<Event>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let eval_epoch = Arc::new(AtomicU64::new(0));
+        let worker = Worker { id, ck, device, events, epoch: epoch.clone(), eval_epoch: eval_epoch.clone() };
+        thread::Builder::new().name(format!("model-{id}")).spawn(move || worker.run(rx)).expect("spawn a model worker");
+        Self { id, tx, epoch, eval_epoch }
+    }
+
+    /// Sends a command. A new analysis, generation or model makes any running generation
+    /// stale, so it is cancelled at its next token; a new evaluation cancels the last one.
+    pub fn send(&self, cmd: WorkerCommand) {
+        let e = match cmd {
+            WorkerCommand::Eval { .. } => self.eval_epoch.fetch_add(1, Ordering::SeqCst) + 1,
+            WorkerCommand::Load { .. } => {
+                self.eval_epoch.fetch_add(1, Ordering::SeqCst);
+                self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+            }
+            _ => self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        // A closed channel means the worker is gone; its replies stop and the UI keeps
+        // running.
+        let _ = self.tx.send((e, cmd));
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.eval_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Worker {
+    id: u64,
+    ck: Option<Checkpoint>,
+    device: Device,
+    events: Sender<Event>,
+    epoch: Arc<AtomicU64>,
+    eval_epoch: Arc<AtomicU64>,
+}
+
+fn same_kind(a: &WorkerCommand, b: &WorkerCommand) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+impl Worker {
+    fn reply(&self, reply: WorkerReply) -> bool {
+        self.events.send(Event::Worker { worker: self.id, reply }).is_ok()
+    }
+
+    fn run(mut self, rx: Receiver<(u64, WorkerCommand)>) {
+        while let Ok(first) = rx.recv() {
+            // Take everything queued; of several commands of one kind only the last counts
+            // (scrubbing quickly queues generations nobody will see).
+            let mut queue = vec![first];
+            queue.extend(rx.try_iter());
+            let n = queue.len();
+            for i in 0..n {
+                if queue[i + 1..].iter().any(|(_, later)| same_kind(&queue[i].1, later)) {
+                    continue;
+                }
+                let (epoch, cmd) = queue[i].clone();
+                if !self.handle(epoch, cmd) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs one command; false when the UI is gone.
+    fn handle(&mut self, epoch: u64, cmd: WorkerCommand) -> bool {
+        if let WorkerCommand::Load { spec } = &cmd {
+            return match Checkpoint::open(spec, &self.device) {
+                Ok(ck) => {
+                    let info = ModelInfo::of(&ck);
+                    self.ck = Some(ck);
+                    self.reply(WorkerReply::Loaded(info))
+                }
+                Err(e) => self.reply(WorkerReply::LoadFailed(crate::util::one_line(&e))),
+            };
+        }
+        let Some(ck) = &self.ck else {
+            return true; // nothing loaded yet (a failed load); the UI already said so
+        };
+        match cmd {
+            WorkerCommand::Eval { .. } => {
+                // The copy shares the weights' storage; it only lets the evaluation run
+                // beside analysis and generation.
+                let copy = Checkpoint { name: ck.name.clone(), dir: ck.dir.clone(), model: ck.model.clone(), tokenizer: ck.tokenizer.clone() };
+                let events = self.events.clone();
+                let current = self.eval_epoch.clone();
+                let id = self.id;
+                thread::Builder::new()
+                    .name(format!("eval-{id}"))
+                    .spawn(move || {
+                        let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                        let stale = || current.load(Ordering::SeqCst) != epoch;
+                        guarded(&copy, &cmd, &mut emit, &stale);
+                    })
+                    .expect("spawn an evaluation thread");
+                true
+            }
+            cmd => {
+                let events = &self.events;
+                let id = self.id;
+                let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                let stale = || self.epoch.load(Ordering::SeqCst) != epoch;
+                guarded(ck, &cmd, &mut emit, &stale)
+            }
+        }
+    }
+}
+
+/// [`execute`], with a panic in the engine turned into an error reply instead of a dead
+/// worker and a silent column.
+fn guarded(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(WorkerReply) -> bool, stale: &dyn Fn() -> bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ck, cmd, emit, stale))) {
+        Ok(alive) => alive,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            emit(WorkerReply::Crashed { req: cmd.req(), message: format!("the engine panicked: {what}") })
+        }
+    }
+}
+
+/// Carries out one command on a loaded checkpoint, synchronously: the worker threads run
+/// this, and so can tests. Replies go to `emit` (false: nobody listens, stop); `stale()`
+/// turns true when a newer command supersedes this one, and cancels it. Returns false when
+/// nobody listens any more.
+pub fn execute(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(WorkerReply) -> bool, stale: &dyn Fn() -> bool) -> bool {
+    match cmd {
+        // Loading replaces the worker's checkpoint: the worker does it.
+        WorkerCommand::Load { .. } => true,
+        WorkerCommand::Analyze { req, prompt, top_k } => {
+            let result = analyze_prompt(ck, prompt, *top_k).map_err(|e| crate::util::one_line(&e));
+            emit(WorkerReply::Analysis { req: *req, result })
+        }
+        WorkerCommand::Generate { req, prompt_ids, layers, max_new_tokens, sampling } => {
+            let req = *req;
+            let eos = ck.eos_id();
+            for &layer in layers {
+                if stale() {
+                    return true;
+                }
+                let opts = GenerateOptions { exit_layer: layer, max_new_tokens: *max_new_tokens, sampling: *sampling, eos };
+                let mut ids: Vec<u32> = Vec::new();
+                let mut gone = false;
+                let result = generate(&ck.model, prompt_ids, &opts, |t| {
+                    if stale() {
+                        return ControlFlow::Break(());
+                    }
+                    ids.push(t);
+                    let text = crate::analysis::decode(&ck.tokenizer, &ids);
+                    // A token can end inside a multi-byte character: wait for the rest.
+                    if !text.ends_with('\u{FFFD}') && !emit(WorkerReply::Token { req, layer, text, tokens: ids.len() }) {
+                        gone = true;
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                });
+                if gone {
+                    return false;
+                }
+                match result {
+                    Ok(g) if g.stop == StopReason::Cancelled => return true,
+                    Ok(g) => {
+                        let text = crate::analysis::decode(&ck.tokenizer, &g.ids);
+                        if !emit(WorkerReply::LayerDone { req, layer, text, tokens: g.ids.len(), stop: g.stop }) {
+                            return false;
+                        }
+                    }
+                    Err(e) => return emit(WorkerReply::GenerateFailed { req, message: crate::util::one_line(&e) }),
+                }
+            }
+            true
+        }
+        WorkerCommand::Eval { req, data, ctx, max_chunks } => {
+            let req = *req;
+            let mut alive = true;
+            let result = evaluate_file(ck, data, *ctx, *max_chunks, |done, total| {
+                if stale() || !emit(WorkerReply::EvalProgress { req, done, total }) {
+                    alive = false;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if !alive || stale() {
+                return alive;
+            }
+            emit(WorkerReply::EvalDone { req, data: data.clone(), result: result.map_err(|e| crate::util::one_line(&e)) })
+        }
+    }
+}
+
+/// Tokenizes and analyzes a prompt with the lens at every position: everything the views
+/// show about a prompt, computed once, so scrubbing layers and positions only indexes.
+pub fn analyze_prompt(ck: &Checkpoint, prompt: &str, top_k: usize) -> anyhow::Result<PromptAnalysis> {
+    let ids = encode_prompt(&ck.tokenizer, &ck.model, prompt)?;
+    analyze(&ck.model, &ck.tokenizer, &ids, top_k, LensAt::All)
+}
+
+/// The evaluation context the explorer uses: 256 tokens, or the model's whole context
+/// when that is shorter.
+pub fn eval_ctx(n_positions: usize) -> usize {
+    n_positions.min(256)
+}
+
+/// Evaluates a checkpoint per layer on the start of a text file.
+pub fn evaluate_file(
+    ck: &Checkpoint,
+    data: &std::path::Path,
+    ctx: usize,
+    max_chunks: usize,
+    progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+) -> anyhow::Result<EvalReport> {
+    let ids = crate::cli::tokenize_file(ck, data)?;
+    evaluate(&ck.model, &ids, &EvalOptions { ctx, max_chunks: Some(max_chunks) }, progress)
+}
