@@ -49,6 +49,5 @@ done
 
 echo "== held-out evaluation on persuasion.txt"
 for NAME in austen-base austen-standard austen-aligned; do
-  "$BIN" eval --ckpt "$OUT/$NAME" --data assets/austen/persuasion.txt --ctx "$CTX" --json > "$OUT/$NAME/eval_persuasion.json"
-  "$BIN" eval --ckpt "$OUT/$NAME" --data assets/austen/persuasion.txt --ctx "$CTX"
+  "$BIN" eval --ckpt "$OUT/$NAME" --data assets/austen/persuasion.txt --ctx "$CTX" --save "$OUT/$NAME/eval_persuasion.json"
 done

@@ -141,6 +141,9 @@ pub struct EvalArgs {
     pub ctx: usize,
     #[arg(long)]
     pub max_chunks: Option<usize>,
+    /// Also write the JSON report to this file (the text table still goes to stdout)
+    #[arg(long)]
+    pub save: Option<PathBuf>,
 }
 
 /// Runs the command line; errors come back to `main`, which prints one line.
@@ -342,6 +345,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     })?;
     if show {
         eprintln!();
+    }
+    if let Some(path) = &a.save {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&r)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if a.common.json {
         out(&serde_json::to_string(&r)?);
