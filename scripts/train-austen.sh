@@ -15,11 +15,12 @@ BASE_STEPS=${BASE_STEPS:-1800}
 FT_STEPS=${FT_STEPS:-600}
 BATCH=${BATCH:-16}
 CTX=${CTX:-256}
-BIN=target/release/alignscope
-
 cargo build --release --quiet
 WORK=target/austen-build
 mkdir -p "$WORK" "$OUT"
+# Run a copy, so rebuilding the project during the hours this takes changes nothing here.
+BIN="$WORK/alignscope"
+cp target/release/alignscope "$BIN"
 
 TRAIN=(--data assets/austen/emma.txt --data assets/austen/mansfield_park.txt \
        --data assets/austen/northanger_abbey.txt --data assets/austen/pride_and_prejudice.txt \

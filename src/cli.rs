@@ -137,8 +137,9 @@ pub struct EvalArgs {
     /// UTF-8 text to evaluate on
     #[arg(long, default_value = DEFAULT_EVAL_TEXT)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 256)]
-    pub ctx: usize,
+    /// Tokens per chunk (default: 256, or the model's context if shorter)
+    #[arg(long)]
+    pub ctx: Option<usize>,
     #[arg(long)]
     pub max_chunks: Option<usize>,
     /// Also write the JSON report to this file (the text table still goes to stdout)
@@ -335,7 +336,8 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     drop(text);
     let ck = open(&a.common)?;
     let ids = tokenize_file(&ck, &data)?;
-    let opts = EvalOptions { ctx: a.ctx, max_chunks: a.max_chunks };
+    let ctx = a.ctx.unwrap_or(256.min(ck.model.config.n_positions));
+    let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = evaluate(&ck.model, &ids, &opts, |done, total| {
         if show {

@@ -178,7 +178,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     }
     let repo = hub_alias(spec).unwrap_or(spec);
     from_hub(repo).map_err(|e| {
-        anyhow!("checkpoint {spec:?} not found locally ({listing}) and not available from the hub: {e:#}")
+        anyhow!("checkpoint {spec:?} is not among the local checkpoints ({listing}) and not available from the hub: {e:#}")
     })
 }
 

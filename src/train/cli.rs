@@ -56,8 +56,9 @@ pub struct TrainArgs {
     /// Gradient accumulation: micro-batches per step
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
-    #[arg(long, default_value_t = 256)]
-    pub ctx: usize,
+    /// Tokens per training window (default: 256, or the model's context if shorter)
+    #[arg(long)]
+    pub ctx: Option<usize>,
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
     /// Final learning rate of the cosine schedule (default: lr / 10)
@@ -150,7 +151,7 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     c.steps = a.steps.unwrap_or(1000);
     c.batch = a.batch;
     c.accum = a.accum;
-    c.ctx = a.ctx;
+    c.ctx = a.ctx.unwrap_or(0);
     c.lr = a.lr;
     c.min_lr = a.min_lr.unwrap_or(a.lr / 10.0);
     c.warmup = a.warmup;

@@ -67,6 +67,7 @@ pub struct TrainConfig {
     /// Sequences per optimizer step (split into `accum` micro-batches).
     pub batch: usize,
     pub accum: usize,
+    /// Tokens per window; 0 = 256, or the model's context if shorter.
     pub ctx: usize,
     pub lr: f64,
     /// Learning rate at the end of the cosine schedule.

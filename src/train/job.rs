@@ -134,7 +134,10 @@ fn eos_of(tok: &tokenizers::Tokenizer, cfg: &Gpt2Config) -> Result<u32> {
         .ok_or_else(|| anyhow!("the tokenizer has no {} token and the config no eos_token_id", super::tokenizer::END_OF_TEXT))
 }
 
-fn validate(cfg: &TrainConfig, model: &Gpt2) -> Result<()> {
+fn validate(cfg: &mut TrainConfig, model: &Gpt2) -> Result<()> {
+    if cfg.ctx == 0 {
+        cfg.ctx = 256.min(model.config.n_positions);
+    }
     if cfg.steps == 0 {
         bail!("--steps must be at least 1")
     }
@@ -155,7 +158,7 @@ fn validate(cfg: &TrainConfig, model: &Gpt2) -> Result<()> {
 
 fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
     match plan {
-        RunPlan::New(config) => {
+        RunPlan::New(mut config) => {
             let (model, tokenizer_json, tokenizer) = match &config.init {
                 InitFrom::Checkpoint(spec) => {
                     let ck = Checkpoint::open(spec, device)?;
@@ -177,7 +180,7 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
                     (Gpt2::random(cfg, config.seed, device)?, json, tok)
                 }
             };
-            validate(&config, &model)?;
+            validate(&mut config, &model)?;
             let eos = eos_of(&tokenizer, &model.config)?;
             Ok(Setup { config, model, tokenizer_json, tokenizer, eos, start_step: 0, resume: None, metrics: vec![] })
         }
@@ -195,7 +198,7 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
             }
             let ck = Checkpoint::load_dir(&dir, device)?;
             let tokenizer_json = std::fs::read_to_string(dir.join("tokenizer.json"))?;
-            validate(&config, &ck.model)?;
+            validate(&mut config, &ck.model)?;
             let eos = eos_of(&ck.tokenizer, &ck.model.config)?;
             let metrics = read_metrics(&dir)?;
             Ok(Setup { config, model: ck.model, tokenizer_json, tokenizer: ck.tokenizer, eos, start_step: state.step, resume: Some((dir, state)), metrics })

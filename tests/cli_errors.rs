@@ -1,0 +1,159 @@
+//! Bad input: one clear error line naming the problem, a non-zero exit, no panic, no
+//! backtrace — for every case the issue lists, run through the real binary.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn alignscope(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alignscope"));
+    cmd.args(args).env("RUST_BACKTRACE", "1").env("HF_HUB_OFFLINE", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run alignscope");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Asserts a failure with exactly one `error:` line that mentions every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, _out, err) = alignscope(args, &[]);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert!(!err.contains("panicked") && !err.contains("stack backtrace"), "{args:?} panicked:\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+}
+
+fn fixture_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_checkpoint() {
+    fails_with(&["inspect", "--ckpt", "no-such-checkpoint", "--prompt", "Hi"], &["no-such-checkpoint", "not found"]);
+    fails_with(&["inspect", "--ckpt", "/definitely/not/here", "--prompt", "Hi"], &["/definitely/not/here"]);
+}
+
+#[test]
+fn truncated_or_corrupt_weights() {
+    let dir = fixture_copy();
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["model.safetensors", "corrupt or truncated"]);
+    std::fs::write(&st, b"not a safetensors file at all").unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["model.safetensors", "corrupt or truncated"]);
+}
+
+#[test]
+fn config_that_does_not_match_the_weights() {
+    let dir = fixture_copy();
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["n_embd"] = serde_json::json!(32);
+    cfg["n_head"] = serde_json::json!(4);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["does not match", "transformer.wte.weight"]);
+    cfg["n_embd"] = serde_json::json!(64);
+    cfg["n_layer"] = serde_json::json!(3);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["does not match", "block 3"]);
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["config.json"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = fixture_copy();
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    fails_with(&["inspect", "--ckpt", &s(dir.path()), "--prompt", "Hi"], &["tokenizer.json"]);
+}
+
+#[test]
+fn empty_prompt() {
+    let ck = s(&fixture_dir());
+    fails_with(&["inspect", "--ckpt", &ck, "--prompt", ""], &["prompt is empty"]);
+    fails_with(&["generate", "--ckpt", &ck, "--prompt", ""], &["prompt is empty"]);
+}
+
+#[test]
+fn exit_layer_out_of_range() {
+    let ck = s(&fixture_dir());
+    fails_with(&["generate", "--ckpt", &ck, "--prompt", "Hi", "--exit-layer", "0"], &["exit layer 0", "1..=4"]);
+    fails_with(&["generate", "--ckpt", &ck, "--prompt", "Hi", "--exit-layer", "5"], &["exit layer 5", "1..=4"]);
+    fails_with(&["generate", "--ckpt", &ck, "--prompt", "Hi", "--exit-layer", "deep"], &["--exit-layer"]);
+}
+
+#[test]
+fn position_out_of_range() {
+    let ck = s(&fixture_dir());
+    fails_with(&["inspect", "--ckpt", &ck, "--prompt", "The ", "--position", "3"], &["position 3", "out of range"]);
+}
+
+#[test]
+fn data_file_missing_or_not_utf8() {
+    let ck = s(&fixture_dir());
+    fails_with(&["eval", "--ckpt", &ck, "--data", "/no/such/file.txt"], &["/no/such/file.txt"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("latin1.txt");
+    std::fs::write(&bad, b"caf\xe9 au lait").unwrap();
+    fails_with(&["eval", "--ckpt", &ck, "--data", &s(&bad)], &["latin1.txt", "not UTF-8"]);
+    let out = s(&dir.path().join("run"));
+    fails_with(&["train", "--ckpt", &ck, "--out", &out, "--data", &s(&bad), "--steps", "1"], &["latin1.txt", "not UTF-8"]);
+    fails_with(&["train", "--ckpt", &ck, "--out", &out, "--data", "/no/such/dir", "--steps", "1"], &["/no/such/dir"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let ck = s(&fixture_dir());
+    let long = "word ".repeat(400);
+    fails_with(&["inspect", "--ckpt", &ck, "--prompt", &long], &["context"]);
+}
+
+#[test]
+fn resume_of_something_that_is_not_a_run() {
+    fails_with(&["train", "--resume", &s(&fixture_dir())], &["training state"]);
+    fails_with(&["train", "--resume", "no-such-run"], &["no-such-run"]);
+}
+
+/// `--ckpt gpt2` offline, with no hub cache: one line that lists the local checkpoints.
+#[test]
+fn hub_name_offline_without_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let (code, _o, err) = alignscope(&["inspect", "--ckpt", "gpt2", "--prompt", "Hi"], &[("HF_HOME", &s(home.path()))]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("openai-community/gpt2") && err.contains("HF_HUB_OFFLINE") && err.contains("local checkpoints"), "{err}");
+}
+
+/// A checkpoint already in the hub cache loads offline, by alias, through hf-hub's layout.
+#[test]
+fn hub_cache_is_read_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub").join("models--openai-community--gpt2");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), commit).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture_dir().join(f), snap.join(f)).unwrap();
+    }
+    let (code, out, err) = alignscope(&["inspect", "--ckpt", "gpt2", "--prompt", "The ", "--json"], &[("HF_HOME", &s(home.path()))]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["layers"], 4);
+}
