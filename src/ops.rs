@@ -126,7 +126,9 @@ impl CustomOp3 for LayerNormBackward {
         let mut out = vec![0f32; (n + 2) * d];
         let (dx, rest) = out.split_at_mut(n * d);
         let rows = 64;
-        let (dw, db) = dx
+        // Partial sums per fixed block of rows, added in order: the result must not depend
+        // on how rayon happened to split the work (resumed runs are bit-identical).
+        let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
             .par_chunks_mut(d * rows)
             .zip(x.par_chunks(d * rows).zip(dy.par_chunks(d * rows)))
             .map(|(dxc, (xc, dyc))| {
@@ -151,14 +153,12 @@ impl CustomOp3 for LayerNormBackward {
                 }
                 (dw, db)
             })
-            .reduce(
-                || (vec![0f64; d], vec![0f64; d]),
-                |mut a, b| {
-                    a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-                    a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+            .collect();
+        let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
+        for (pw, pb) in &partials {
+            dw.iter_mut().zip(pw).for_each(|(x, y)| *x += y);
+            db.iter_mut().zip(pb).for_each(|(x, y)| *x += y);
+        }
         for i in 0..d {
             rest[i] = dw[i] as f32;
             rest[d + i] = db[i] as f32;

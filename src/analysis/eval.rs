@@ -60,7 +60,7 @@ pub fn chunk_ranges(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> V
 
 /// Sum of cross-entropies and number of correct top-1 predictions for rows of logits.
 fn ce_and_hits(logits: &[f32], vocab: usize, targets: &[(usize, u32)]) -> (f64, usize) {
-    targets
+    let per_row: Vec<(f64, usize)> = targets
         .par_iter()
         .map(|&(row, target)| {
             let r = &logits[row * vocab..(row + 1) * vocab];
@@ -75,7 +75,9 @@ fn ce_and_hits(logits: &[f32], vocab: usize, targets: &[(usize, u32)]) -> (f64, 
             let ce = sum.ln() + best as f64 - r[target as usize] as f64;
             (ce, (arg == target as usize) as usize)
         })
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        .collect();
+    // Summed in order: the same text gives the same numbers however rayon splits the work.
+    per_row.iter().fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Chunk-centered first and second moments of one layer's features `x` (`[n, d]`),

@@ -55,11 +55,13 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
     let (n, v) = logits.dims2()?;
     if matches!(logits.device(), Device::Cpu) {
         let mut data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        let ce: f64 = data
+        let per_row: Vec<f64> = data
             .par_chunks_mut(v)
             .zip(targets.par_iter())
             .map(|(row, &t)| crate::kernels::xent_row(row, t as usize, grad_scale.unwrap_or(0.0) as f32))
-            .sum();
+            .collect();
+        // Summed in order, so the value does not depend on rayon's split.
+        let ce: f64 = per_row.iter().sum();
         let grad = match grad_scale {
             Some(_) => Some(Tensor::from_vec(data, (n, v), logits.device())?),
             None => None,
