@@ -73,6 +73,8 @@ fn three_adamw_steps_match_torch() {
         opt.step(&tr.vars, &g, a["lr"].as_f64().unwrap()).unwrap();
         step_grads.push(g);
     }
+    // The moments must not keep the step's autograd graph alive (that leaked ~1 GB a step).
+    assert!(opt.m.iter().chain(&opt.v).all(|t| !t.track_op()), "optimizer moments hold the autograd graph");
     let reference = candle_core::safetensors::load(fixture_dir().join("after_3_adamw_aligned.safetensors"), &Device::Cpu).unwrap();
     let torch_grads = candle_core::safetensors::load(fixture_dir().join("grads_aligned.safetensors"), &Device::Cpu).unwrap();
     let before = fixture().model.params();

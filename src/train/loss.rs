@@ -211,8 +211,10 @@ pub fn collect_grads(model: &Gpt2, vars: &[Var], grads: &GradStore, head_grad: &
     let names = model.params();
     let mut out = Vec::with_capacity(vars.len());
     for ((name, _), var) in names.iter().zip(vars) {
+        // Detached: candle's gradients still point into the forward graph, and the
+        // optimizer's moments would otherwise keep every step's graph alive.
         let mut g = match grads.get(var.as_tensor()) {
-            Some(g) => g.clone(),
+            Some(g) => g.detach(),
             None => var.as_tensor().zeros_like()?,
         };
         let is_head = match &model.lm_head {
@@ -220,7 +222,7 @@ pub fn collect_grads(model: &Gpt2, vars: &[Var], grads: &GradStore, head_grad: &
             None => name == "transformer.wte.weight",
         };
         if is_head {
-            g = (g + head_grad)?;
+            g = (g + head_grad.detach())?;
         }
         out.push(g);
     }

@@ -44,7 +44,7 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt();
         for i in 0..params.len() {
             let p = params[i].as_tensor();
-            let g = &grads[i];
+            let g = &grads[i].detach();
             let mut theta = p.detach();
             if self.decay[i] && c.weight_decay != 0.0 {
                 theta = (theta * (1.0 - lr * c.weight_decay))?;
@@ -54,8 +54,8 @@ impl AdamW {
             let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
             let theta = (theta - ((&m / denom)? * step_size)?)?;
             params[i].set(&theta)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
