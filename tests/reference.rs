@@ -106,3 +106,30 @@ fn eval_matches_transformers_on_persuasion() {
     }
     assert!((r.cos_last[4] - 1.0).abs() < 1e-5 && (r.cka_last[4] - 1.0).abs() < 1e-6);
 }
+
+/// A sharded checkpoint (model.safetensors.index.json + shards) loads to the same model.
+#[test]
+fn sharded_checkpoint_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture_dir();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (mut a, mut b) = (std::collections::HashMap::new(), std::collections::HashMap::new());
+    let mut map = serde_json::Map::new();
+    for (k, v) in tensors {
+        let shard = if k.contains(".h.0.") || k.contains(".h.1.") { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        map.insert(k.clone(), serde_json::json!(shard));
+        if shard.starts_with("model-00001") { a.insert(k, v) } else { b.insert(k, v) };
+    }
+    candle_core::safetensors::save(&a, tmp.path().join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    let sharded = Checkpoint::load_dir(tmp.path(), &Device::Cpu).unwrap();
+    let plain = fixture();
+    for ((na, ta), (nb, tb)) in plain.model.params().iter().zip(sharded.model.params().iter()) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(), tb.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+}
