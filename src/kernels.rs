@@ -39,8 +39,13 @@ macro_rules! dispatch {
             fn generic($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { generic($($arg),*) }
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                    return unsafe { avx512($($arg),*) };
+                }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     return unsafe { avx2($($arg),*) };
                 }
@@ -116,6 +121,71 @@ dispatch! {
             let t = tanh(GELU_C * (x + 0.044715 * x * x * x));
             let du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
             *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+        }
+    }
+}
+
+dispatch! {
+    /// `y[r, :] += x[r, rows] @ w[rows, :]` for a few rows `r` of `x` and a contiguous range
+    /// of rows of `w` (`[k, n]` row-major, `w` holds just that range): streams the range
+    /// once, sequentially, for all rows of `x` (batch-1 decode reads each weight once).
+    /// `x` is `[m, k]`; `y` is `[m, n]`.
+    pub fn rows_times_matrix_rows(x: &[f32], k: usize, row0: usize, w: &[f32], n: usize, y: &mut [f32]) -> () {
+        let m = y.len() / n;
+        let rows = w.len() / n;
+        // Four weight rows per pass over y: a quarter of the loads and stores of y.
+        let mut i = 0;
+        while i + 4 <= rows {
+            let (w0, w1, w2, w3) = (&w[i * n..(i + 1) * n], &w[(i + 1) * n..(i + 2) * n], &w[(i + 2) * n..(i + 3) * n], &w[(i + 3) * n..(i + 4) * n]);
+            for r in 0..m {
+                let xr = &x[r * k + row0 + i..r * k + row0 + i + 4];
+                let (a0, a1, a2, a3) = (xr[0], xr[1], xr[2], xr[3]);
+                let yr = &mut y[r * n..(r + 1) * n];
+                for j in 0..n {
+                    yr[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+                }
+            }
+            i += 4;
+        }
+        for (ii, wrow) in w.chunks_exact(n).enumerate().skip(i) {
+            for r in 0..m {
+                let a = x[r * k + row0 + ii];
+                let yr = &mut y[r * n..(r + 1) * n];
+                for (yv, &wv) in yr.iter_mut().zip(wrow) {
+                    *yv += a * wv;
+                }
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// `y[r, v] = dot(x[r, :], w[v, :])` for a few rows and a block of rows `v` of `w`
+    /// (`[v, d]` row-major: the classifier against the embedding matrix).
+    pub fn rows_dot_rows(x: &[f32], d: usize, w: &[f32], y: &mut [f32], n_w: usize) -> () {
+        let m = x.len() / d;
+        for v in 0..n_w {
+            let wv = &w[v * d..(v + 1) * d];
+            for r in 0..m {
+                let xr = &x[r * d..(r + 1) * d];
+                // 64 partial sums: four independent vector accumulators, so the FMAs
+                // pipeline instead of waiting on one another.
+                let mut acc = [0f32; 64];
+                let (xa, xt) = xr.split_at(d - d % 64);
+                let (wa, wt) = wv.split_at(d - d % 64);
+                for (xc, wc) in xa.chunks_exact(64).zip(wa.chunks_exact(64)) {
+                    let xc: &[f32; 64] = xc.try_into().expect("64");
+                    let wc: &[f32; 64] = wc.try_into().expect("64");
+                    for j in 0..64 {
+                        acc[j] += xc[j] * wc[j];
+                    }
+                }
+                let mut s: f32 = acc.iter().sum();
+                for (a, b) in xt.iter().zip(wt) {
+                    s += a * b;
+                }
+                y[r * n_w + v] = s;
+            }
         }
     }
 }

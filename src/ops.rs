@@ -33,7 +33,56 @@ fn tracked(ts: &[&Tensor]) -> bool {
 
 /// `x @ w^T` for `x: [n, d]`, `w: [v, d]` (the classifier against the embedding matrix).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.dim(0)? <= SMALL_ROWS && is_cpu_f32(&[x, w]) && !tracked(&[x, w]) {
+        return x.contiguous()?.apply_op2_no_bwd(w, &SmallRowsTimesTransposed);
+    }
     x.matmul(&w.t()?)
+}
+
+/// Below this many rows (batch-1 decoding, one lens position) a product is a stream over
+/// the weights: the kernels below read every weight once, on all cores, near memory
+/// bandwidth, where a general gemm is tuned for reuse.
+const SMALL_ROWS: usize = 8;
+
+/// Splits `n` columns into blocks for the threads, multiples of 16 floats.
+fn column_blocks(n: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let per = n.div_ceil(threads * 4).div_ceil(16) * 16;
+    (0..n).step_by(per.max(16)).map(|s| (s, per.max(16).min(n - s))).collect()
+}
+
+struct SmallRowsTimesTransposed;
+
+impl CustomOp2 for SmallRowsTimesTransposed {
+    fn name(&self) -> &'static str {
+        "alignscope-small-rows-times-transposed"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "classifier input")?;
+        let w = cpu_slice(s2, l2, "classifier weight")?;
+        let (m, d) = l1.shape().dims2()?;
+        let (v, d2) = l2.shape().dims2()?;
+        if d != d2 {
+            candle_core::bail!("classifier: [{m}, {d}] x [{v}, {d2}]^T")
+        }
+        let blocks = column_blocks(v);
+        let parts: Vec<Vec<f32>> = blocks
+            .par_iter()
+            .map(|&(s, len)| {
+                let mut y = vec![0f32; m * len];
+                crate::kernels::rows_dot_rows(x, d, &w[s * d..(s + len) * d], &mut y, len);
+                y
+            })
+            .collect();
+        let mut out = vec![0f32; m * v];
+        for ((s, len), part) in blocks.iter().zip(&parts) {
+            for r in 0..m {
+                out[r * v + s..r * v + s + len].copy_from_slice(&part[r * len..(r + 1) * len]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, v))))
+    }
 }
 
 fn is_cpu_f32(ts: &[&Tensor]) -> bool {
@@ -343,6 +392,31 @@ impl CustomOp3 for Linear {
         let (k2, m) = l2.shape().dims2()?;
         if k != k2 || b.len() != m {
             candle_core::bail!("linear: [{n}, {k}] x [{k2}, {m}] + [{}]", b.len())
+        }
+        if n <= SMALL_ROWS {
+            // Each thread streams a contiguous range of weight rows into its own partial
+            // sums; the partials are added in order (deterministic) onto the bias.
+            let threads = rayon::current_num_threads().max(1);
+            let per = k.div_ceil(threads);
+            let parts: Vec<Vec<f32>> = (0..k)
+                .step_by(per.max(1))
+                .collect::<Vec<_>>()
+                .par_iter()
+                .map(|&r0| {
+                    let r1 = (r0 + per).min(k);
+                    let mut y = vec![0f32; n * m];
+                    crate::kernels::rows_times_matrix_rows(x, k, r0, &w[r0 * m..r1 * m], m, &mut y);
+                    y
+                })
+                .collect();
+            let mut y = Vec::with_capacity(n * m);
+            for _ in 0..n {
+                y.extend_from_slice(b);
+            }
+            for part in &parts {
+                y.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+            }
+            return Ok((CpuStorage::F32(y), Shape::from((n, m))));
         }
         let mut y = Vec::with_capacity(n * m);
         for _ in 0..n {
