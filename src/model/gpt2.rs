@@ -95,19 +95,15 @@ impl Attention {
     fn forward(&self, x: &Tensor, cache: Option<&mut Option<(Tensor, Tensor)>>) -> candle_core::Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let h = self.n_head;
-        let hd = c / h;
         let qkv = self.c_attn.forward(x)?;
         if cache.is_none() {
             if let Some(y) = crate::ops::causal_attention(&qkv, h, self.scale)? {
                 return self.c_proj.forward(&y);
             }
         }
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * c, c)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let q = split(0)?;
-        let mut k = split(1)?;
-        let mut v = split(2)?;
+        let q = split_head(&qkv, 0, h)?;
+        let mut k = split_head(&qkv, 1, h)?;
+        let mut v = split_head(&qkv, 2, h)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -133,6 +129,14 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         self.c_proj.forward(&y)
     }
+}
+
+/// Part `i` (0 = q, 1 = k, 2 = v) of the packed projection `[b, t, 3c]`, as heads
+/// `[b, n_head, t, c / n_head]`.
+fn split_head(qkv: &Tensor, i: usize, n_head: usize) -> candle_core::Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    qkv.narrow(2, i * c, c)?.reshape((b, t, n_head, c / n_head))?.transpose(1, 2)?.contiguous()
 }
 
 /// Additive mask `[t, t_k]`: query `i` (absolute position `past + i`) sees keys `0..=past+i`.
@@ -446,13 +450,8 @@ impl Gpt2 {
     /// without running the block (early exit copies a token's state upwards this way).
     pub fn fill_kv(&self, i: usize, x: &Tensor, cache: &mut KvCache) -> Result<()> {
         let block = &self.blocks[i];
-        let (b, t, c) = x.dims3()?;
-        let h = block.attn.n_head;
         let qkv = block.attn.c_attn.forward(&block.ln_1.forward(x)?)?;
-        let split = |j: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, j * c, c)?.reshape((b, t, h, c / h))?.transpose(1, 2)?.contiguous()
-        };
-        let (mut k, mut v) = (split(1)?, split(2)?);
+        let (mut k, mut v) = (split_head(&qkv, 1, block.attn.n_head)?, split_head(&qkv, 2, block.attn.n_head)?);
         let slot = &mut cache.layers[i];
         if let Some((pk, pv)) = slot.as_ref() {
             k = Tensor::cat(&[pk, &k], 2)?;

@@ -33,6 +33,7 @@ pub struct TrainArgs {
     /// Replace an existing output checkpoint
     #[arg(long)]
     pub overwrite: bool,
+    /// Objective: aligned (all layers through the shared head), standard (last layer), ce-reg
     #[arg(long, default_value = "aligned")]
     pub loss: LossKind,
     /// Aligned loss on every step instead of alternating with last-layer CE
@@ -51,6 +52,7 @@ pub struct TrainArgs {
     /// Total steps of the run (a resume trains up to this)
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sequences per optimizer step
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Gradient accumulation: micro-batches per step
@@ -59,31 +61,38 @@ pub struct TrainArgs {
     /// Tokens per training window (default: 256, or the model's context if shorter)
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Peak learning rate (AdamW; the paper's GPT-2 fine-tuning uses 2e-5)
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
     /// Final learning rate of the cosine schedule (default: lr / 10)
     #[arg(long)]
     pub min_lr: Option<f64>,
+    /// Linear warmup steps before the cosine decay
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Decoupled weight decay
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
     /// Decay every parameter (default: only the blocks' weight matrices)
     #[arg(long)]
     pub decay_all: bool,
+    /// Clip the global gradient norm to this (0: off)
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
+    /// Evaluate on the held-out text every N steps (0: never)
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
     /// Held-out batches per evaluation
     #[arg(long, default_value_t = 8)]
     pub eval_batches: usize,
+    /// Save a checkpoint every N steps (and at the end, and on stop)
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
+    /// Seed of the batch order (and of random initialisation)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Device: auto, cpu, cuda or cuda:N
