@@ -94,12 +94,12 @@ fn from_hub(repo_id: &str) -> Result<PathBuf> {
     let api = if offline {
         None
     } else {
-        Some(
-            hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .build()
-                .map_err(|e| anyhow!("cannot reach the Hugging Face hub: {e}"))?,
-        )
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        Some(builder.build().map_err(|e| anyhow!("cannot reach the Hugging Face hub: {e}"))?)
     };
     let get = |file: &str| -> Result<PathBuf> {
         if let Some(p) = cached.get(file) {
