@@ -54,13 +54,16 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
+        w = time.perf_counter()
         step()  # warm-up
+        # At least --steps, and at least ~3 s of steps so small models time well (as alignscope bench).
+        steps = max(a.steps, int(3.0 / max(time.perf_counter() - w, 1e-3)))
         t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(a.steps):
+        for _ in range(steps):
             step()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        toks = a.steps * a.batch * a.ctx
-        print(f"  {kind:>8} loss: {toks / wall:.0f} tokens/s ({wall / a.steps:.2f} s/step wall, {cpu / a.steps:.2f} s/step CPU over {a.steps} steps)")
+        toks = steps * a.batch * a.ctx
+        print(f"  {kind:>8} loss: {toks / wall:.0f} tokens/s ({wall / steps:.2f} s/step wall, {cpu / steps:.2f} s/step CPU over {steps} steps)")
 
 
 if __name__ == "__main__":

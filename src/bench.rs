@@ -154,8 +154,8 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Resu
     for (name, weights) in [("standard", standard_weights(n_layer)), ("aligned", aligned_weights(n_layer))] {
         let t = Trainable::new(s.model.clone())?;
         let mut opt = t.optimizer(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }, true)?;
-        // Per-layer monitoring of the standard loss as in real runs (1024 positions).
-        let obj = Objective { layer_weights: weights, cos_beta: 0.0, monitor_positions: 1024 };
+        // Per-layer monitoring of the standard loss as in real runs.
+        let obj = Objective { layer_weights: weights, cos_beta: 0.0, monitor_positions: crate::train::job::MONITOR_POSITIONS };
         let mut batch_data = || -> Result<Vec<(Tensor, Vec<u32>)>> {
             let ids: Vec<u32> = (0..batch * (ctx + 1)).map(|_| rng.random_range(0..vocab)).collect();
             let (mut x, mut y) = (vec![], vec![]);
@@ -165,19 +165,22 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Resu
             }
             Ok(vec![(Tensor::from_vec(x, (batch, ctx), device)?, y)])
         };
+        let w = Instant::now();
         train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?; // warm-up
+        // At least --train-steps, and at least ~3 s of steps so small models time well.
+        let steps = a.train_steps.max((3.0 / w.elapsed().as_secs_f64().max(1e-3)) as usize);
         let (w0, c0) = (Instant::now(), cpu_time());
-        for _ in 0..a.train_steps {
+        for _ in 0..steps {
             train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
         }
         let (wall, cpu) = (w0.elapsed().as_secs_f64(), cpu_time() - c0);
-        let toks = (a.train_steps * batch * ctx) as f64;
+        let toks = (steps * batch * ctx) as f64;
         println!(
             "  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {:.2} s/step CPU over {} steps)",
             toks / wall,
-            wall / a.train_steps as f64,
-            cpu / a.train_steps as f64,
-            a.train_steps
+            wall / steps as f64,
+            cpu / steps as f64,
+            steps
         );
     }
     Ok(())

@@ -12,7 +12,10 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    // t holds round(x log2 e) in its low mantissa bits: no float-to-int conversion, so the
+    // loop stays vectorised.
+    let t = x * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -21,8 +24,51 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()).wrapping_add(127) << 23);
     e * scale
+}
+
+/// Lanes of the partial reductions below: wide enough for AVX-512, and independent, so
+/// the compiler vectorises them without reassociating a single running sum.
+const LANES: usize = 16;
+
+/// The largest element of a slice.
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            if c[j] > m[j] {
+                m[j] = c[j];
+            }
+        }
+    }
+    let mut best = tail.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in m {
+        best = best.max(v);
+    }
+    best
+}
+
+/// `row[i] = exp(row[i] - max)`, returning the sum.
+#[inline(always)]
+fn exp_shift_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            c[j] = exp(c[j] - max);
+            acc[j] += c[j];
+        }
+    }
+    let mut sum: f32 = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    sum + acc.iter().sum::<f32>()
 }
 
 /// tanh through exp: `1 - 2 / (exp(2x) + 1)`, accurate to ~1e-7 absolute.
@@ -59,44 +105,36 @@ dispatch! {
     /// Cross-entropy of one row of logits against `target`; when `grad_scale` is non-zero
     /// the row is overwritten with `grad_scale * (softmax - onehot)`.
     pub fn xent_row(row: &mut [f32], target: usize, grad_scale: f32) -> f64 {
-        let mut max = f32::NEG_INFINITY;
-        for &x in row.iter() {
-            max = max.max(x);
-        }
+        let max = max_of(row);
         let picked = row[target];
-        let mut sum = 0f32;
         if grad_scale != 0.0 {
-            for x in row.iter_mut() {
-                *x = exp(*x - max);
-                sum += *x;
-            }
+            let sum = exp_shift_sum(row, max);
             let k = grad_scale / sum;
             for x in row.iter_mut() {
                 *x *= k;
             }
             row[target] -= grad_scale;
+            (sum as f64).ln() + (max - picked) as f64
         } else {
-            for &x in row.iter() {
-                sum += exp(x - max);
+            let mut acc = [0f32; LANES];
+            let chunks = row.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for j in 0..LANES {
+                    acc[j] += exp(c[j] - max);
+                }
             }
+            let sum = acc.iter().sum::<f32>() + tail.iter().map(|&x| exp(x - max)).sum::<f32>();
+            (sum as f64).ln() + (max - picked) as f64
         }
-        (sum as f64).ln() + (max - picked) as f64
     }
 }
 
 dispatch! {
     /// In-place softmax of a row.
     pub fn softmax_row(row: &mut [f32]) -> () {
-        let mut max = f32::NEG_INFINITY;
-        for &x in row.iter() {
-            max = max.max(x);
-        }
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = exp(*x - max);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
+        let max = max_of(row);
+        let inv = 1.0 / exp_shift_sum(row, max);
         for x in row.iter_mut() {
             *x *= inv;
         }

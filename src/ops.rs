@@ -433,8 +433,38 @@ impl CustomOp3 for Linear {
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = dy.matmul(&w.t()?)?;
         let dw = x.t()?.matmul(dy)?;
-        let db = dy.sum(0)?;
+        let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSum)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Sums of the columns of `[n, m]` (a bias gradient): blocks of rows in parallel, their
+/// partial sums added in order (candle's reduction over dim 0 is one strided thread).
+struct ColumnSum;
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "alignscope-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "column-sum input")?;
+        let (_, m) = l.shape().dims2()?;
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(m * 128)
+            .map(|block| {
+                let mut acc = vec![0f32; m];
+                for row in block.chunks_exact(m) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; m];
+        for p in &partials {
+            out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(m)))
     }
 }
 

@@ -21,6 +21,10 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Positions of each batch on which non-aligned steps measure the per-layer CE (forward
+/// only) for the live curves: cheap next to the step, enough for a smooth curve.
+pub const MONITOR_POSITIONS: usize = 512;
+
 /// What to run: a new run from its config, or the continuation of a saved one.
 #[derive(Debug, Clone)]
 pub enum RunPlan {
@@ -266,7 +270,7 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
         let t0 = Instant::now();
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
         let aligned = cfg.step_is_aligned(step + 1);
-        let obj = objective_for(cfg.loss, aligned, n_layer, cfg.beta, 1024);
+        let obj = objective_for(cfg.loss, aligned, n_layer, cfg.beta, MONITOR_POSITIONS);
         let mut batches = Vec::with_capacity(cfg.accum);
         for _ in 0..cfg.accum {
             let (x, y) = batcher.next_batch(micro);

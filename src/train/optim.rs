@@ -33,9 +33,24 @@ impl AdamW {
 
     /// One update with learning rate `lr` and gradients `grads` (same order as `params`).
     pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(params, grads, lr, 1.0)
+    }
+
+    /// One update with the gradients multiplied by `grad_scale` (gradient clipping).
+    pub fn step_scaled(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         if grads.len() != params.len() {
             bail!("{} gradients for {} parameters", grads.len(), params.len())
         }
+        if params.iter().all(|p| matches!(p.device(), candle_core::Device::Cpu)) {
+            return self.step_cpu(params, grads, lr, grad_scale);
+        }
+        let scaled: Vec<Tensor>;
+        let grads = if grad_scale != 1.0 {
+            scaled = grads.iter().map(|g| g * grad_scale).collect::<candle_core::Result<_>>()?;
+            &scaled
+        } else {
+            grads
+        };
         self.step += 1;
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -61,23 +76,72 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// The same update as [`AdamW::step_scaled`], op for op, in one parallel pass per
+    /// parameter over host memory (candle would make a dozen single-threaded passes).
+    fn step_cpu(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+        use rayon::prelude::*;
+        self.step += 1;
+        let c = self.config.clone();
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let eps = c.eps as f32;
+        let gs = grad_scale as f32;
+        for i in 0..params.len() {
+            let shape = params[i].shape().clone();
+            let decay = if self.decay[i] { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let mut p: Vec<f32> = params[i].as_tensor().flatten_all()?.to_vec1()?;
+            let g: Vec<f32> = grads[i].flatten_all()?.to_vec1()?;
+            let mut m: Vec<f32> = self.m[i].flatten_all()?.to_vec1()?;
+            let mut v: Vec<f32> = self.v[i].flatten_all()?.to_vec1()?;
+            p.par_chunks_mut(4096)
+                .zip(m.par_chunks_mut(4096))
+                .zip(v.par_chunks_mut(4096))
+                .zip(g.par_chunks(4096))
+                .for_each(|(((p, m), v), g)| {
+                    for j in 0..p.len() {
+                        let g = if gs == 1.0 { g[j] } else { g[j] * gs };
+                        let theta = if decay == 1.0 { p[j] } else { p[j] * decay };
+                        m[j] = m[j] * b1 + g * (1.0 - b1);
+                        v[j] = v[j] * b2 + g * g * (1.0 - b2);
+                        let denom = v[j].sqrt() / bc2_sqrt + eps;
+                        p[j] = theta - m[j] / denom * step_size;
+                    }
+                });
+            let device = params[i].device().clone();
+            params[i].set(&Tensor::from_vec(p, shape.clone(), &device)?)?;
+            self.m[i] = Tensor::from_vec(m, shape.clone(), &device)?;
+            self.v[i] = Tensor::from_vec(v, shape, &device)?;
+        }
+        Ok(())
+    }
+}
+
 /// Scales gradients so their global L2 norm is at most `max_norm` (torch's
 /// `clip_grad_norm_`); returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for g in grads.iter() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    }
-    let norm = sq.sqrt();
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            for g in grads.iter_mut() {
-                *g = (&*g * coef)?;
-            }
+    let (norm, coef) = clip_coefficient(grads, max_norm)?;
+    if coef != 1.0 {
+        for g in grads.iter_mut() {
+            *g = (&*g * coef)?;
         }
     }
     Ok(norm)
+}
+
+/// The global L2 norm of the gradients and the factor torch's `clip_grad_norm_` would
+/// scale them by (1 when under `max_norm`, or when clipping is off).
+pub fn clip_coefficient(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
+    let mut sq = 0.0f64;
+    for g in grads {
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    let norm = sq.sqrt();
+    let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    Ok((norm, coef))
 }
 
 /// Warmup then cosine decay (nanoGPT): linear from lr/(warmup+1) up to lr over `warmup`

@@ -1,7 +1,7 @@
 //! One training step: micro-batches, loss, gradients, clipping, AdamW.
 
 use super::loss::{aligned_weights, collect_grads, loss_and_grads, standard_weights, LossValue, Objective};
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::optim::{clip_coefficient, AdamW, AdamWConfig};
 use crate::model::Gpt2;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
@@ -92,14 +92,15 @@ pub fn train_step(
             Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?,
         });
     }
-    let mut grads = total.expect("at least one micro-batch");
+    let grads = total.expect("at least one micro-batch");
     if !value.loss.is_finite() {
         return Ok(StepOutcome { value, grad_norm: f64::NAN });
     }
-    let grad_norm = clip_grad_norm(&mut grads, grad_clip)?;
+    // Clipping is folded into the update: the optimizer scales each gradient as it reads it.
+    let (grad_norm, coef) = clip_coefficient(&grads, grad_clip)?;
     if !grad_norm.is_finite() {
         return Ok(StepOutcome { value, grad_norm });
     }
-    opt.step(&t.vars, &grads, lr)?;
+    opt.step_scaled(&t.vars, &grads, lr, coef)?;
     Ok(StepOutcome { value, grad_norm })
 }
