@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The prompt on start: the opening of Pride and Prejudice, whose continuation (" wife")
-/// every layer of an aligned model should know.
+/// The prompt on start: the opening of Pride and Prejudice, line break included, as the
+/// shipped models read their (hard-wrapped, Project Gutenberg) texts.
 pub const DEFAULT_PROMPT: &str =
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a";
+    "It is a truth universally acknowledged, that a single man in possession\nof a good fortune, must be in want of a";
 /// Tokens listed by the lens at each layer and position.
 pub const TOP_K: usize = 10;
 /// New tokens per generation: short, so scrubbing through layers stays quick.

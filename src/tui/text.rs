@@ -41,6 +41,11 @@ impl TextField {
             }
             KeyCode::Char('a') if ctrl => self.cursor = 0,
             KeyCode::Char('e') if ctrl => self.cursor = self.text.len(),
+            // A line break inside the prompt (the shipped models learned hard-wrapped text).
+            KeyCode::Enter if key.modifiers.contains(KeyModifiers::ALT) => {
+                self.text.insert(self.cursor, '\n');
+                self.cursor += 1;
+            }
             KeyCode::Char(c) if !ctrl && !key.modifiers.contains(KeyModifiers::ALT) => {
                 self.text.insert(self.cursor, c);
                 self.cursor += c.len_utf8();
@@ -72,7 +77,8 @@ impl TextField {
         let cur = self.text[..self.cursor].chars().count();
         let width = width.max(1);
         let start = if cur >= width { cur + 1 - width } else { 0 };
-        let shown: String = chars[start..].iter().take(width).collect();
+        // Line breaks show as ⏎ (one column), so the field stays one line.
+        let shown: String = chars[start..].iter().take(width).map(|&c| if c == '\n' { '⏎' } else { c }).collect();
         (shown, cur - start)
     }
 }
@@ -83,6 +89,15 @@ mod tests {
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn alt_enter_inserts_a_line_break_shown_as_a_symbol() {
+        let mut t = TextField::new("ab");
+        t.edit(&key(KeyCode::Left));
+        assert!(t.edit(&KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT)));
+        assert_eq!(t.text, "a\nb");
+        assert_eq!(t.window(10), ("a⏎b".to_string(), 2));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub fn lines<'a>(theme: &Theme) -> Vec<Line<'a>> {
         }
         out.push(Line::raw(""));
     }
-    out.push(Line::styled("In the input line and the training menu other keys edit the text; Ctrl-C quits from anywhere.", theme.dim()));
+    out.push(Line::styled("In the input line and the training menu other keys edit the text (Alt-Enter inserts a line break); Ctrl-C quits from anywhere.", theme.dim()));
     out
 }
 
