@@ -87,7 +87,11 @@ fn headline<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
 }
 
 fn bounds(values: &[Vec<f64>], m: Metric) -> [f64; 2] {
-    let all = values.iter().flatten().copied().filter(|v| v.is_finite());
+    // The embedding layer's lens perplexity is orders of magnitude above the rest; scaling
+    // to it would flatten layers 1..L, so perplexity is scaled to those (layer 0 is
+    // clipped to the top edge).
+    let skip = if matches!(m, Metric::Perplexity) { 1 } else { 0 };
+    let all = values.iter().flat_map(|v| v.iter().skip(skip)).copied().filter(|v| v.is_finite());
     let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return [0.0, 1.0];
@@ -122,7 +126,8 @@ fn draw_chart(app: &App, reports: &[Option<&EvalReport>], m: Metric, theme: &The
     }
     let y = bounds(&values, m);
     let x_max = app.max_layer().max(1) as f64;
-    let points: Vec<Vec<(f64, f64)>> = values.iter().map(|v| v.iter().enumerate().map(|(l, &y)| (l as f64, y)).collect()).collect();
+    let points: Vec<Vec<(f64, f64)>> =
+        values.iter().map(|v| v.iter().enumerate().map(|(l, &val)| (l as f64, val.clamp(y[0], y[1]))).collect()).collect();
     let cursor = [(app.layer as f64, y[0]), (app.layer as f64, y[1])];
     let depth_points: Vec<Vec<(f64, f64)>> = reports
         .iter()
