@@ -1,0 +1,78 @@
+//! The shipped Austen checkpoints: HF-format folders under 20 MB that keep their run, and
+//! the paper's claims on the held-out persuasion.txt (standard vs aligned fine-tuning).
+
+mod common;
+use alignscope::analysis::eval::{evaluate, EvalOptions, EvalReport};
+use alignscope::model::Checkpoint;
+use candle_core::Device;
+use common::*;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+fn ckpt(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(name)
+}
+
+#[test]
+fn folders_are_hf_checkpoints_under_20_mb_with_their_run() {
+    for name in ["austen-base", "austen-standard", "austen-aligned"] {
+        let dir = ckpt(name);
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "training_state.json", "metrics.jsonl", "eval_persuasion.json"] {
+            assert!(dir.join(f).is_file(), "{name}/{f} missing");
+        }
+        let bytes: u64 = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+        assert!(bytes <= 20 * 1024 * 1024, "{name} is {bytes} bytes");
+        let ck = Checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
+        assert_eq!(ck.model.n_layer(), 12);
+        let state = alignscope::train::save::read_state(&dir).unwrap();
+        // Never trained on the held-out novel.
+        assert!(state.config.data.iter().all(|p| !p.to_string_lossy().contains("persuasion")), "{name} trained on persuasion.txt");
+    }
+    let s = alignscope::train::save::read_state(&ckpt("austen-standard")).unwrap().config;
+    let a = alignscope::train::save::read_state(&ckpt("austen-aligned")).unwrap().config;
+    // Same data, steps, batch order and learning rate; only the loss differs.
+    assert_eq!((&s.data, s.steps, s.seed, s.lr, s.batch, s.ctx), (&a.data, a.steps, a.seed, a.lr, a.batch, a.ctx));
+    assert_eq!(s.loss, alignscope::train::LossKind::Standard);
+    assert_eq!(a.loss, alignscope::train::LossKind::Aligned);
+}
+
+fn report(name: &str) -> EvalReport {
+    serde_json::from_str(&std::fs::read_to_string(ckpt(name).join("eval_persuasion.json")).unwrap()).unwrap()
+}
+
+/// The claims, as the README states them, on the whole of persuasion.txt (the stored
+/// `alignscope eval --ctx 256` reports).
+#[test]
+fn aligned_beats_standard_at_every_early_layer() {
+    let (s, a) = (report("austen-standard"), report("austen-aligned"));
+    assert_eq!((s.ctx, s.chunks, a.tokens), (256, 512, s.tokens));
+    for l in 1..12 {
+        assert!(a.ce[l] < s.ce[l], "layer {l}: aligned CE {} vs standard {}", a.ce[l], s.ce[l]);
+        assert!(a.cos_last[l] > s.cos_last[l], "layer {l}: COS with the last layer");
+    }
+    let mean = |r: &EvalReport| r.ce[1..=6].iter().sum::<f64>() / 6.0;
+    assert!(mean(&s) - mean(&a) >= 0.3, "mean CE over layers 1-6: {} vs {}", mean(&a), mean(&s));
+    assert!((a.ppl[12] / s.ppl[12] - 1.0).abs() <= 0.10, "layer 12 perplexity {} vs {}", a.ppl[12], s.ppl[12]);
+    assert!(a.acc[1..].windows(2).all(|w| w[1] >= w[0]), "aligned accuracy rises with depth: {:?}", a.acc);
+}
+
+/// The stored reports are what the shipped weights compute: a fresh evaluation of the
+/// first 32 chunks agrees with the claims' direction and with a stored-report rerun.
+#[test]
+fn the_shipped_weights_behave_as_reported() {
+    let text = alignscope::analysis::eval::read_text(&assets_dir().join("austen/persuasion.txt")).unwrap();
+    let eval = |name: &str| {
+        let ck = Checkpoint::load_dir(&ckpt(name), &Device::Cpu).unwrap();
+        let ids = ck.tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        evaluate(&ck.model, &ids, &EvalOptions { ctx: 256, max_chunks: Some(32) }, |_, _| ControlFlow::Continue(())).unwrap()
+    };
+    let (s, a) = (eval("austen-standard"), eval("austen-aligned"));
+    let mean = |r: &EvalReport| r.ce[1..=6].iter().sum::<f64>() / 6.0;
+    assert!(mean(&s) - mean(&a) >= 0.3);
+    for l in 1..=9 {
+        assert!(a.ce[l] < s.ce[l], "layer {l}");
+    }
+    // The first 32 chunks are part of the full evaluation: same order of magnitude.
+    let full = report("austen-aligned");
+    assert!((a.ce[12] - full.ce[12]).abs() < 0.5);
+}
