@@ -325,17 +325,19 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 
 /// Tokenizes a whole text file with the checkpoint's tokenizer.
 pub fn tokenize_file(ck: &Checkpoint, path: &std::path::Path) -> Result<Vec<u32>> {
-    let text = read_text(path)?;
-    let enc = ck.tokenizer.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("cannot tokenize {}: {e}", path.display()))?;
+    tokenize_text(ck, &read_text(path)?, path)
+}
+
+fn tokenize_text(ck: &Checkpoint, text: &str, path: &std::path::Path) -> Result<Vec<u32>> {
+    let enc = ck.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize {}: {e}", path.display()))?;
     Ok(enc.get_ids().to_vec())
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let data = resolve_asset(&a.data);
-    let text = read_text(&data)?; // checked before the model loads: bad data fails fast
-    drop(text);
+    let text = read_text(&data)?; // read before the model loads: bad data fails fast
     let ck = open(&a.common)?;
-    let ids = tokenize_file(&ck, &data)?;
+    let ids = tokenize_text(&ck, &text, &data)?;
     let ctx = a.ctx.unwrap_or(256.min(ck.model.config.n_positions));
     let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
