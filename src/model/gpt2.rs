@@ -12,7 +12,7 @@
 
 use super::config::{Activation, Gpt2Config};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 
 /// Whether a computation must stay differentiable: any tracked input makes it so.
@@ -487,11 +487,6 @@ impl Gpt2 {
             tensors.insert(name, Tensor::from_vec(data, shape, device)?);
         }
         Self::from_tensors(config, tensors).context("initialising a random GPT-2")
-    }
-
-    /// Rows of `t` for the given batch row, as a `[t, d]` tensor (helper for batch-1 analysis).
-    pub fn row(t: &Tensor, b: usize) -> Result<Tensor> {
-        Ok(t.i(b)?)
     }
 }
 

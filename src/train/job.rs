@@ -111,11 +111,10 @@ impl Control {
         if self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
             return true;
         }
-        loop {
-            match self.commands.try_recv() {
-                Ok(TrainCommand::Stop) => return true,
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return false,
-            }
+        // Stop is the only command; a closed channel (the client went away) is not one.
+        match self.commands.try_recv() {
+            Ok(TrainCommand::Stop) => true,
+            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => false,
         }
     }
 }
