@@ -255,7 +255,9 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(&path).map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", path.display()))
 }
 
-/// A loaded checkpoint: the model, its tokenizer, and where it came from.
+/// A loaded checkpoint: the model, its tokenizer, and where it came from. Cloning shares
+/// the weights' storage.
+#[derive(Clone)]
 pub struct Checkpoint {
     pub name: String,
     pub dir: PathBuf,

@@ -120,18 +120,6 @@ impl AdamW {
     }
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm` (torch's
-/// `clip_grad_norm_`); returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let (norm, coef) = clip_coefficient(grads, max_norm)?;
-    if coef != 1.0 {
-        for g in grads.iter_mut() {
-            *g = (&*g * coef)?;
-        }
-    }
-    Ok(norm)
-}
-
 /// The global L2 norm of the gradients and the factor torch's `clip_grad_norm_` would
 /// scale them by (1 when under `max_norm`, or when clipping is off).
 pub fn clip_coefficient(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {

@@ -191,7 +191,7 @@ impl Worker {
             WorkerCommand::Eval { .. } => {
                 // The copy shares the weights' storage; it only lets the evaluation run
                 // beside analysis and generation.
-                let copy = Checkpoint { name: ck.name.clone(), dir: ck.dir.clone(), model: ck.model.clone(), tokenizer: ck.tokenizer.clone() };
+                let copy = ck.clone();
                 let events = self.events.clone();
                 let current = self.eval_epoch.clone();
                 let id = self.id;
