@@ -3,13 +3,13 @@
 //! layer. Training: tokens/s of the standard and aligned losses. Run on the fixture model
 //! and on GPT-2-sized random models (shapes only, no download).
 
-use crate::analysis::generate::{generate, GenerateOptions, Sampling};
-use crate::analysis::inspect::{analyze, LensAt};
+use crate::analysis::generate::{GenerateOptions, Sampling, generate};
+use crate::analysis::inspect::{LensAt, analyze};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
-use crate::train::loss::{aligned_weights, standard_weights, Objective};
+use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
-use crate::train::trainer::{train_step, Trainable};
-use anyhow::{bail, Result};
+use crate::train::trainer::{Trainable, train_step};
+use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use rand::{RngExt, SeedableRng};
@@ -75,17 +75,29 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
         "gpt2" | "gpt2-124m" => {
             let cfg = Gpt2Config::preset("gpt2").expect("preset");
             let tok = crate::model::checkpoint::load_tokenizer(&project("assets/gpt2-tokenizer"))?;
-            Ok(Subject { label: "GPT-2-124M (random weights, 12 layers, d 768, vocab 50257)".into(), model: Gpt2::random(cfg, 0, device)?, tokenizer: tok })
+            Ok(Subject {
+                label: "GPT-2-124M (random weights, 12 layers, d 768, vocab 50257)".into(),
+                model: Gpt2::random(cfg, 0, device)?,
+                tokenizer: tok,
+            })
         }
         "austen12" => {
             let cfg = Gpt2Config::new(12, 128, 4, 4096, 256);
             let tok = crate::model::checkpoint::load_tokenizer(&project("tests/fixtures/tiny-gpt2"))?;
-            Ok(Subject { label: "12 layers, d 128, vocab 4096, ctx 256 (random)".into(), model: Gpt2::random(cfg, 0, device)?, tokenizer: tok })
+            Ok(Subject {
+                label: "12 layers, d 128, vocab 4096, ctx 256 (random)".into(),
+                model: Gpt2::random(cfg, 0, device)?,
+                tokenizer: tok,
+            })
         }
         spec => {
             let ck = Checkpoint::open(spec, device)?;
             let c = &ck.model.config;
-            Ok(Subject { label: format!("{spec} ({} layers, d {}, vocab {})", c.n_layer, c.n_embd, c.vocab_size), model: ck.model, tokenizer: ck.tokenizer })
+            Ok(Subject {
+                label: format!("{spec} ({} layers, d {}, vocab {})", c.n_layer, c.n_embd, c.vocab_size),
+                model: ck.model,
+                tokenizer: ck.tokenizer,
+            })
         }
     }
 }
@@ -110,7 +122,13 @@ fn bench_inference(s: &Subject, a: &BenchArgs) -> Result<()> {
         analyze(m, &s.tokenizer, &ids, 5, LensAt::Last)?;
         times.push(t.elapsed().as_secs_f64());
     }
-    println!("  analysis of a {}-token prompt (all {} layers: residuals, lens top-5, COS, CKA): median {:.1} ms over {} runs", ids.len(), n_layer, 1e3 * median(times), a.reps);
+    println!(
+        "  analysis of a {}-token prompt (all {} layers: residuals, lens top-5, COS, CKA): median {:.1} ms over {} runs",
+        ids.len(),
+        n_layer,
+        1e3 * median(times),
+        a.reps
+    );
     for exit in [n_layer, n_layer.div_ceil(2)] {
         let opts = GenerateOptions { exit_layer: exit, max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
         let prompt = &ids[..8];

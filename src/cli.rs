@@ -1,14 +1,14 @@
 //! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
 //! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
 
-use crate::analysis::eval::{evaluate, read_text, EvalOptions, EvalReport};
-use crate::analysis::generate::{generate, generate_early_exit, GenerateOptions, Generation, Sampling};
-use crate::analysis::inspect::{analyze, LensAt};
+use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
+use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
+use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::{decode, encode_prompt};
-use crate::model::device::parse_device;
 use crate::model::Checkpoint;
-use anyhow::{bail, Result};
+use crate::model::device::parse_device;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::io::Write;
@@ -22,7 +22,11 @@ pub const DEFAULT_COMPARE: &str = "austen-standard";
 pub const DEFAULT_EVAL_TEXT: &str = "assets/austen/persuasion.txt";
 
 #[derive(Parser, Debug)]
-#[command(name = "alignscope", version, about = "Look inside GPT-2 layer by layer, and train every layer to exit through the shared classifier.")]
+#[command(
+    name = "alignscope",
+    version,
+    about = "Look inside GPT-2 layer by layer, and train every layer to exit through the shared classifier."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -247,7 +251,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         let g = generate_early_exit(&ck.model, &ids, th, a.max_new_tokens, sampling, eos, |_, _| ControlFlow::Continue(()))?;
         let text = decode(&ck.tokenizer, &g.ids);
         if a.common.json {
-            out(&json!({"threshold": th, "ids": g.ids, "text": text, "exit_layers": g.exit_layers, "speedup": g.speedup, "stop": g.stop}).to_string());
+            out(&json!({"threshold": th, "ids": g.ids, "text": text, "exit_layers": g.exit_layers, "speedup": g.speedup, "stop": g.stop})
+                .to_string());
         } else {
             out(&format!("{}{}", a.prompt, text));
             out(&format!("-- exit layers {:?}, speedup {:.2}x over {} layers", g.exit_layers, g.speedup, n_layer));
@@ -316,7 +321,12 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         out(&head.to_string());
     } else if !stream {
         for (g, o) in results.iter().zip(&objs) {
-            out(&format!("── exit layer {} (diversity {:.3}, coherence {:.3})", g.exit_layer, o["diversity"].as_f64().unwrap(), o["coherence"].as_f64().unwrap()));
+            out(&format!(
+                "── exit layer {} (diversity {:.3}, coherence {:.3})",
+                g.exit_layer,
+                o["diversity"].as_f64().unwrap(),
+                o["coherence"].as_f64().unwrap()
+            ));
             out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
         }
     }

@@ -3,12 +3,12 @@
 //!
 //! The library holds the engine (model, analysis, training); the `alignscope` binary's CLI
 //! and TUI are thin clients of it.
-pub mod model;
-pub mod ops;
 pub mod analysis;
-pub mod train;
 pub mod bench;
 pub mod cli;
+pub mod kernels;
+pub mod model;
+pub mod ops;
+pub mod train;
 pub mod tui;
 pub mod util;
-pub mod kernels;

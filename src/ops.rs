@@ -6,7 +6,7 @@
 //! from the packed `c_attn` output, and layer norm. Other devices take the differentiable
 //! basic-op path.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -128,7 +128,15 @@ impl CustomOp3 for LayerNormOp {
         "alignscope-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "layer norm input")?;
         let w = cpu_slice(s2, l2, "layer norm weight")?;
         let b = cpu_slice(s3, l3, "layer norm bias")?;
@@ -145,7 +153,14 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let n = x.elem_count() / d;
         let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormBackward { eps: self.eps })?;
@@ -166,7 +181,15 @@ impl CustomOp3 for LayerNormBackward {
         "alignscope-layer-norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "layer norm input")?;
         let w = cpu_slice(s2, l2, "layer norm weight")?;
         let dy = cpu_slice(s3, l3, "layer norm gradient")?;
@@ -249,11 +272,42 @@ thread_local! {
 /// `dst[m x n] = beta * lhs[m x k] @ rhs[k x n]`, all given by (pointer, row stride,
 /// column stride); single-threaded (the callers parallelise over heads).
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, dst_cs: usize, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, beta: f32) {
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    beta: f32,
+) {
     unsafe {
         gemm::gemm(
-            m, n, k, dst, dst_cs as isize, dst_rs as isize, false, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize,
-            rhs_rs as isize, 0.0, beta, false, false, false, gemm::Parallelism::None,
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         )
     }
 }
@@ -384,7 +438,15 @@ impl CustomOp3 for Linear {
         "alignscope-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "linear input")?;
         let w = cpu_slice(s2, l2, "linear weight")?;
         let b = cpu_slice(s3, l3, "linear bias")?;
@@ -425,12 +487,39 @@ impl CustomOp3 for Linear {
         let threads = candle_core::utils::get_num_threads();
         let par = if threads > 1 && n * m * k > 64 * 1024 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         unsafe {
-            gemm::gemm(n, m, k, y.as_mut_ptr(), 1, m as isize, true, x.as_ptr(), 1, k as isize, w.as_ptr(), 1, m as isize, 1.0, 1.0, false, false, false, par);
+            gemm::gemm(
+                n,
+                m,
+                k,
+                y.as_mut_ptr(),
+                1,
+                m as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                m as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
         }
         Ok((CpuStorage::F32(y), Shape::from((n, m))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = dy.matmul(&w.t()?)?;
         let dw = x.t()?.matmul(dy)?;
         let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSum)?;

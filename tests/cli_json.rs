@@ -42,7 +42,20 @@ fn generate_json_every_exit_layer() {
     let exp = expected();
     let ck = fixture_dir().to_string_lossy().into_owned();
     for case in exp["cases"].as_array().unwrap() {
-        let v = run_json(&["generate", "--ckpt", &ck, "--prompt", case["prompt"].as_str().unwrap(), "--exit-layer", "all", "--greedy", "--max-new-tokens", "16", "--ignore-eos", "--json"]);
+        let v = run_json(&[
+            "generate",
+            "--ckpt",
+            &ck,
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--exit-layer",
+            "all",
+            "--greedy",
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ]);
         let gens = v["generations"].as_array().unwrap();
         assert_eq!(gens.len(), 4);
         for g in gens {
@@ -50,7 +63,19 @@ fn generate_json_every_exit_layer() {
             assert_eq!(g["ids"], case["greedy16_by_exit_layer"][&l], "exit layer {l}");
             assert!(g["text"].is_string());
         }
-        let one = run_json(&["generate", "--ckpt", &ck, "--prompt", case["prompt"].as_str().unwrap(), "--exit-layer", "2", "--max-new-tokens", "16", "--ignore-eos", "--json"]);
+        let one = run_json(&[
+            "generate",
+            "--ckpt",
+            &ck,
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--exit-layer",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ]);
         assert_eq!(one["exit_layer"], 2);
         assert_eq!(one["ids"], case["greedy16_by_exit_layer"]["2"]);
     }
@@ -59,7 +84,25 @@ fn generate_json_every_exit_layer() {
 #[test]
 fn sampling_is_reproducible_with_a_seed() {
     let ck = fixture_dir().to_string_lossy().into_owned();
-    let args = |seed: &str| run_json(&["generate", "--ckpt", &ck, "--prompt", "Mr. Darcy", "--top-p", "0.95", "--temperature", "1.0", "--seed", seed, "--max-new-tokens", "24", "--ignore-eos", "--json"]);
+    let args = |seed: &str| {
+        run_json(&[
+            "generate",
+            "--ckpt",
+            &ck,
+            "--prompt",
+            "Mr. Darcy",
+            "--top-p",
+            "0.95",
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+            "--json",
+        ])
+    };
     let (a, b, c) = (args("7"), args("7"), args("8"));
     assert_eq!(a["ids"], b["ids"]);
     assert_ne!(a["ids"], c["ids"]);
@@ -69,7 +112,19 @@ fn sampling_is_reproducible_with_a_seed() {
 #[test]
 fn early_exit_json() {
     let ck = fixture_dir().to_string_lossy().into_owned();
-    let v = run_json(&["generate", "--ckpt", &ck, "--prompt", "Mr. Darcy looked at Elizabeth and said", "--early-exit", "0.3", "--max-new-tokens", "16", "--ignore-eos", "--json"]);
+    let v = run_json(&[
+        "generate",
+        "--ckpt",
+        &ck,
+        "--prompt",
+        "Mr. Darcy looked at Elizabeth and said",
+        "--early-exit",
+        "0.3",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ]);
     let exits: Vec<u64> = v["exit_layers"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(exits.len(), 16);
     assert!(exits.iter().all(|&l| (1..=4).contains(&l)));
@@ -77,7 +132,19 @@ fn early_exit_json() {
     assert!((v["speedup"].as_f64().unwrap() - want).abs() < 1e-12);
     // Threshold 1: nothing is confident enough, every token runs all layers, and the text
     // is the plain greedy one.
-    let full = run_json(&["generate", "--ckpt", &ck, "--prompt", "Mr. Darcy looked at Elizabeth and said", "--early-exit", "1.0", "--max-new-tokens", "16", "--ignore-eos", "--json"]);
+    let full = run_json(&[
+        "generate",
+        "--ckpt",
+        &ck,
+        "--prompt",
+        "Mr. Darcy looked at Elizabeth and said",
+        "--early-exit",
+        "1.0",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert_eq!(full["speedup"].as_f64().unwrap(), 1.0);
     assert_eq!(full["ids"], expected()["cases"][1]["greedy16_by_exit_layer"]["4"]);
 }

@@ -2,9 +2,9 @@
 //! (`tests/fixtures/tiny-gpt2/expected.json`; its `conventions` define every number).
 
 mod common;
-use alignscope::analysis::eval::{evaluate, read_text, EvalOptions};
-use alignscope::analysis::generate::{generate, GenerateOptions, Sampling};
-use alignscope::analysis::inspect::{analyze, LensAt};
+use alignscope::analysis::eval::{EvalOptions, evaluate, read_text};
+use alignscope::analysis::generate::{GenerateOptions, Sampling, generate};
+use alignscope::analysis::inspect::{LensAt, analyze};
 use alignscope::analysis::{encode_prompt, ids_tensor};
 use alignscope::model::Checkpoint;
 use candle_core::Device;
@@ -67,10 +67,8 @@ fn hub_layout_gives_identical_results() {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut rekeyed: std::collections::HashMap<String, candle_core::Tensor> = tensors
-        .into_iter()
-        .map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v))
-        .collect();
+    let mut rekeyed: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.into_iter().map(|(k, v)| (k.strip_prefix("transformer.").unwrap_or(&k).to_string(), v)).collect();
     assert!(rekeyed.contains_key("wte.weight"));
     let n_ctx = 128;
     let mask = candle_core::Tensor::ones((1, 1, n_ctx, n_ctx), candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -119,13 +117,22 @@ fn sharded_checkpoint_loads() {
     let (mut a, mut b) = (std::collections::HashMap::new(), std::collections::HashMap::new());
     let mut map = serde_json::Map::new();
     for (k, v) in tensors {
-        let shard = if k.contains(".h.0.") || k.contains(".h.1.") { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        let shard = if k.contains(".h.0.") || k.contains(".h.1.") {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
         map.insert(k.clone(), serde_json::json!(shard));
-        if shard.starts_with("model-00001") { a.insert(k, v) } else { b.insert(k, v) };
+        if shard.starts_with("model-00001") {
+            a.insert(k, v)
+        } else {
+            b.insert(k, v)
+        };
     }
     candle_core::safetensors::save(&a, tmp.path().join("model-00001-of-00002.safetensors")).unwrap();
     candle_core::safetensors::save(&b, tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string())
+        .unwrap();
     let sharded = Checkpoint::load_dir(tmp.path(), &Device::Cpu).unwrap();
     let plain = fixture();
     for ((na, ta), (nb, tb)) in plain.model.params().iter().zip(sharded.model.params().iter()) {

@@ -2,7 +2,7 @@
 //! the paper's claims on the held-out persuasion.txt (standard vs aligned fine-tuning).
 
 mod common;
-use alignscope::analysis::eval::{evaluate, EvalOptions, EvalReport};
+use alignscope::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use alignscope::model::Checkpoint;
 use candle_core::Device;
 use common::*;

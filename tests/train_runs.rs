@@ -17,7 +17,12 @@ fn data_file() -> PathBuf {
 }
 
 fn config(out: &Path, steps: usize) -> TrainConfig {
-    let mut c = TrainConfig::finetune(InitFrom::Checkpoint(fixture_dir().to_string_lossy().into()), out.to_path_buf(), LossKind::Aligned, vec![data_file()]);
+    let mut c = TrainConfig::finetune(
+        InitFrom::Checkpoint(fixture_dir().to_string_lossy().into()),
+        out.to_path_buf(),
+        LossKind::Aligned,
+        vec![data_file()],
+    );
     c.steps = steps;
     c.batch = 4;
     c.ctx = 32;
@@ -246,7 +251,8 @@ fn tokenizer_and_training_from_scratch() {
     let ck = Checkpoint::load_dir(&out, &Device::Cpu).unwrap();
     assert_eq!(ck.model.n_layer(), 2);
     assert_eq!(ck.eos_id(), Some(0));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let first = lines.first().unwrap()["loss"].as_f64().unwrap();
     let last = lines.iter().rev().find_map(|l| l["loss"].as_f64()).unwrap();
     assert!(last < first - 0.5, "loss did not fall: {first} -> {last}");

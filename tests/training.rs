@@ -3,8 +3,8 @@
 //! `after_3_adamw_aligned.safetensors`).
 
 mod common;
-use alignscope::train::loss::{aligned_weights, collect_grads, loss_and_grads, standard_weights, Objective};
-use alignscope::train::optim::{AdamWConfig};
+use alignscope::train::loss::{Objective, aligned_weights, collect_grads, loss_and_grads, standard_weights};
+use alignscope::train::optim::AdamWConfig;
 use alignscope::train::trainer::Trainable;
 use candle_core::{Device, Tensor};
 use common::*;
@@ -61,7 +61,12 @@ fn three_adamw_steps_match_torch() {
     let a = &exp["train"]["adamw"];
     let tr = Trainable::new(fixture().model).unwrap();
     let betas = f64s(&a["betas"]);
-    let cfg = AdamWConfig { beta1: betas[0], beta2: betas[1], eps: a["eps"].as_f64().unwrap(), weight_decay: a["weight_decay"].as_f64().unwrap() };
+    let cfg = AdamWConfig {
+        beta1: betas[0],
+        beta2: betas[1],
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    };
     let mut opt = tr.optimizer(cfg, false).unwrap();
     let (inputs, targets, _, _) = batch();
     let obj = Objective { layer_weights: aligned_weights(4), cos_beta: 0.0, monitor_positions: 0 };
@@ -122,7 +127,6 @@ fn three_adamw_steps_match_torch() {
     // all but 1 in 10^4 within 1e-5.
     assert!(outliers.len() * 10_000 <= compared, "{} elements beyond 1e-5: {:?}", outliers.len(), outliers);
 }
-
 
 /// ce-reg = last-layer CE + beta * sum_{l<L} lambda_l (1 - mean_t cos(h^l_t, h^L_t)),
 /// recomputed here from the residual stream.

@@ -3,7 +3,7 @@
 //! a temporary ALIGNSCOPE_CHECKPOINTS), and quits, checking the screen at each step and
 //! that the terminal is restored.
 
-use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,8 @@ impl Session {
         drop(pty.slave);
         let mut reader = pty.master.try_clone_reader().unwrap();
         let writer = pty.master.take_writer().unwrap();
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(std::num::NonZero::new(ROWS).unwrap(), std::num::NonZero::new(COLS).unwrap(), 0)));
+        let screen =
+            Arc::new(Mutex::new(vt100::Parser::new(std::num::NonZero::new(ROWS).unwrap(), std::num::NonZero::new(COLS).unwrap(), 0)));
         let sink = screen.clone();
         std::thread::spawn(move || {
             // Keeps the master alive while the child runs.

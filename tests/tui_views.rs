@@ -5,10 +5,10 @@
 
 mod tui_support;
 
-use alignscope::tui::app::{EvalState, Mode, SamplingMode, View, DEFAULT_PROMPT};
+use alignscope::train::{EvalMetrics, LossKind, StepMetrics, TrainEvent};
 use alignscope::tui::app::Effect;
+use alignscope::tui::app::{DEFAULT_PROMPT, EvalState, Mode, SamplingMode, View};
 use alignscope::tui::worker::WorkerCommand;
-use alignscope::train::{StepMetrics, TrainEvent, EvalMetrics, LossKind};
 use ratatui::crossterm::event::{KeyCode, KeyModifiers};
 use tui_support::*;
 
@@ -148,7 +148,11 @@ fn training_view_snapshots() {
     for s in 1..=120 {
         h.app.on_train(TrainEvent::Progress(step(s, 200, 4)));
     }
-    h.app.on_train(TrainEvent::Eval(EvalMetrics { step: 100, layer_losses: vec![5.1, 4.6, 4.2, 3.9], layer_acc: vec![0.08, 0.11, 0.14, 0.17] }));
+    h.app.on_train(TrainEvent::Eval(EvalMetrics {
+        step: 100,
+        layer_losses: vec![5.1, 4.6, 4.2, 3.9],
+        layer_acc: vec![0.08, 0.11, 0.14, 0.17],
+    }));
     h.app.on_train(TrainEvent::CheckpointSaved { step: 100, dir: out.clone() });
     snap("training_running", &h);
 }
@@ -180,7 +184,18 @@ fn scrubbing_moves_indices_and_never_asks_the_model() {
     assert_eq!(h.app.position, n_tokens - 1, "starts at the last token");
     for view in ['1', '2', '4', '5'] {
         h.press(KeyCode::Char(view));
-        for key in [KeyCode::Left, KeyCode::Char('h'), KeyCode::Right, KeyCode::Char('l'), KeyCode::Home, KeyCode::End, KeyCode::Up, KeyCode::Char('k'), KeyCode::Down, KeyCode::Char('j')] {
+        for key in [
+            KeyCode::Left,
+            KeyCode::Char('h'),
+            KeyCode::Right,
+            KeyCode::Char('l'),
+            KeyCode::Home,
+            KeyCode::End,
+            KeyCode::Up,
+            KeyCode::Char('k'),
+            KeyCode::Down,
+            KeyCode::Char('j'),
+        ] {
             let fx = h.press(key);
             assert!(fx.is_empty(), "{key:?} in view {view} asked for {fx:?}");
             assert!(h.app.gen_due.is_none());
@@ -310,7 +325,10 @@ fn all_layers_mode_and_sampling_toggle() {
     h.press(KeyCode::Char('3'));
     h.press(KeyCode::Char('a'));
     let fx = h.settle();
-    assert!(fx.iter().any(|e| is_worker_cmd(e, |c| matches!(c, WorkerCommand::Generate { layers, .. } if layers == &vec![1, 2, 3, 4]))), "{fx:?}");
+    assert!(
+        fx.iter().any(|e| is_worker_cmd(e, |c| matches!(c, WorkerCommand::Generate { layers, .. } if layers == &vec![1, 2, 3, 4]))),
+        "{fx:?}"
+    );
     assert_eq!(h.app.columns[0].outputs.len(), 4);
     assert!(!h.app.columns[0].generating);
     h.press(KeyCode::Char('s'));

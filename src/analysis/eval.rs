@@ -3,7 +3,7 @@
 
 use super::similarity::StreamingCka;
 use crate::model::Gpt2;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -184,8 +184,7 @@ pub fn evaluate(
                 .map(|h| h.reshape((rs.len() * rs[0].len(), d))?.to_device(&Device::Cpu))
                 .collect::<candle_core::Result<_>>()?,
         };
-        let centered: Vec<Tensor> =
-            feats.iter().zip(&means).map(|(f, m)| f.broadcast_sub(m)).collect::<candle_core::Result<_>>()?;
+        let centered: Vec<Tensor> = feats.iter().zip(&means).map(|(f, m)| f.broadcast_sub(m)).collect::<candle_core::Result<_>>()?;
         let unit = |x: &Tensor| -> candle_core::Result<Tensor> {
             let n = x.sqr()?.sum_keepdim(1)?.sqrt()?;
             // A zero row has cosine 0 with anything.

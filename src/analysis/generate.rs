@@ -2,7 +2,7 @@
 //! `lm_head(ln_f(h^l))`, with a KV cache. Also per-token early exit by confidence.
 
 use crate::model::{Gpt2, KvCache};
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use serde::Serialize;
@@ -13,16 +13,18 @@ use std::ops::ControlFlow;
 pub enum Sampling {
     Greedy,
     /// Nucleus sampling: the smallest set of tokens whose probability reaches `p`.
-    TopP { p: f64, temperature: f64, seed: u64 },
+    TopP {
+        p: f64,
+        temperature: f64,
+        seed: u64,
+    },
 }
 
 impl Sampling {
     fn processor(&self) -> LogitsProcessor {
         match *self {
             Sampling::Greedy => LogitsProcessor::from_sampling(0, CandleSampling::ArgMax),
-            Sampling::TopP { p, temperature, seed } => {
-                LogitsProcessor::from_sampling(seed, CandleSampling::TopP { p, temperature })
-            }
+            Sampling::TopP { p, temperature, seed } => LogitsProcessor::from_sampling(seed, CandleSampling::TopP { p, temperature }),
         }
     }
 

@@ -1,11 +1,11 @@
 //! Everything alignscope shows about one prompt: residual similarity across layers and the
 //! logit lens at chosen positions.
 
-use super::lens::{lens_logits, top_tokens, token_text, TopToken};
-use super::similarity::{cka_matrix, cos_matrix, residual_steps, Features, ResidualSteps};
 use super::ids_tensor;
+use super::lens::{TopToken, lens_logits, token_text, top_tokens};
+use super::similarity::{Features, ResidualSteps, cka_matrix, cos_matrix, residual_steps};
 use crate::model::Gpt2;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::Tensor;
 use serde::Serialize;
 use tokenizers::Tokenizer;
@@ -69,10 +69,7 @@ pub fn analyze(model: &Gpt2, tok: &Tokenizer, ids: &[u32], top_k: usize, at: Len
     let residuals = model.residuals(&ids_tensor(model, ids)?)?;
     let feats = layer_features(&residuals)?;
     let logits = lens_logits(model, &residuals, &positions)?;
-    let lens = logits
-        .iter()
-        .map(|per_pos| per_pos.iter().map(|row| top_tokens(tok, row, top_k)).collect())
-        .collect();
+    let lens = logits.iter().map(|per_pos| per_pos.iter().map(|row| top_tokens(tok, row, top_k)).collect()).collect();
     Ok(PromptAnalysis {
         layers: model.n_layer(),
         input_ids: ids.to_vec(),

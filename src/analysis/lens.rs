@@ -43,10 +43,7 @@ pub fn token_text(tok: &Tokenizer, id: u32) -> String {
 /// The top-k tokens of a logits row.
 pub fn top_tokens(tok: &Tokenizer, logits: &[f32], k: usize) -> Vec<TopToken> {
     let probs = softmax(logits);
-    top_k_indices(&probs, k)
-        .into_iter()
-        .map(|i| TopToken { id: i as u32, token: token_text(tok, i as u32), prob: probs[i] })
-        .collect()
+    top_k_indices(&probs, k).into_iter().map(|i| TopToken { id: i as u32, token: token_text(tok, i as u32), prob: probs[i] }).collect()
 }
 
 /// Lens logits of every layer at the given positions: `[layer][position] -> logits row`.

@@ -8,7 +8,7 @@ pub mod quality;
 pub mod similarity;
 
 use crate::model::Gpt2;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 

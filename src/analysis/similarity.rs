@@ -90,20 +90,13 @@ fn unit_rows(x: &Features) -> Features {
 /// The (L+1)x(L+1) COS matrix: mean per-sample cosine between layers, after subtracting
 /// each layer's mean over samples when `centered`.
 pub fn cos_matrix(layers: &[Features], centered: bool) -> Vec<Vec<f64>> {
-    let units: Vec<Features> = layers
-        .iter()
-        .map(|f| unit_rows(&if centered { f.centered() } else { f.clone() }))
-        .collect();
+    let units: Vec<Features> = layers.iter().map(|f| unit_rows(&if centered { f.centered() } else { f.clone() })).collect();
     let k = units.len();
     let mut m = vec![vec![0.0; k]; k];
     for i in 0..k {
         for j in i..k {
             let n = units[i].n;
-            let v = if n == 0 {
-                0.0
-            } else {
-                (0..n).map(|s| dot(units[i].row(s), units[j].row(s))).sum::<f64>() / n as f64
-            };
+            let v = if n == 0 { 0.0 } else { (0..n).map(|s| dot(units[i].row(s), units[j].row(s))).sum::<f64>() / n as f64 };
             m[i][j] = v;
             m[j][i] = v;
         }
@@ -209,8 +202,7 @@ impl StreamingCka {
         let nt = na + nb;
         let f = if nt > 0.0 { na * nb / nt } else { 0.0 };
         let r = self.reference;
-        let delta: Vec<Vec<f64>> =
-            self.mean.iter().zip(means).map(|(a, b)| b.iter().zip(a).map(|(y, x)| y - x).collect()).collect();
+        let delta: Vec<Vec<f64>> = self.mean.iter().zip(means).map(|(a, b)| b.iter().zip(a).map(|(y, x)| y - x).collect()).collect();
         for l in 0..self.mean.len() {
             let d = self.d;
             for i in 0..d {

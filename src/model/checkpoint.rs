@@ -4,7 +4,7 @@
 
 use super::config::Gpt2Config;
 use super::gpt2::Gpt2;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -79,10 +79,7 @@ fn hub_cache() -> hf_hub::Cache {
 }
 
 fn hub_offline() -> bool {
-    matches!(
-        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(),
-        Ok("1" | "true" | "yes" | "on")
-    )
+    matches!(std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(), Ok("1" | "true" | "yes" | "on"))
 }
 
 /// Fetches (or finds in the hub cache) the files of a GPT-2 repository and returns the
@@ -94,8 +91,8 @@ fn from_hub(repo_id: &str) -> Result<PathBuf> {
     let api = if offline {
         None
     } else {
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
             builder = builder.with_endpoint(endpoint);
         }
@@ -107,10 +104,7 @@ fn from_hub(repo_id: &str) -> Result<PathBuf> {
         }
         match &api {
             None => bail!("{file} of {repo_id} is not in the hub cache and HF_HUB_OFFLINE is set"),
-            Some(api) => api
-                .model(repo_id.to_string())
-                .get(file)
-                .map_err(|e| anyhow!("cannot download {file} of {repo_id}: {e}")),
+            Some(api) => api.model(repo_id.to_string()).get(file).map_err(|e| anyhow!("cannot download {file} of {repo_id}: {e}")),
         }
     };
     let config = get("config.json")?;
@@ -169,27 +163,21 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    let looks_like_repo = hub_alias(spec).is_some()
-        || (spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains("//"));
+    let looks_like_repo = hub_alias(spec).is_some() || (spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains("//"));
     let local = local_checkpoints();
     let listing = if local.is_empty() { "none".to_string() } else { local.join(", ") };
     if !looks_like_repo {
         bail!("checkpoint {spec:?} not found: no such folder, and not among the local checkpoints ({listing})")
     }
     let repo = hub_alias(spec).unwrap_or(spec);
-    from_hub(repo).map_err(|e| {
-        anyhow!("checkpoint {spec:?} is not among the local checkpoints ({listing}) and not available from the hub: {e:#}")
-    })
+    from_hub(repo)
+        .map_err(|e| anyhow!("checkpoint {spec:?} is not among the local checkpoints ({listing}) and not available from the hub: {e:#}"))
 }
 
 fn shard_files(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
     let files: BTreeSet<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
     Ok(files.into_iter().collect())
 }
@@ -217,8 +205,9 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
         }
         // Safety: the file is only read; a checkpoint rewritten underneath us is replaced
         // by rename, so the mapped inode stays intact.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }
-            .map_err(|e| anyhow!("{} is not a valid safetensors file (corrupt or truncated): {}", file.display(), first_line(&e.to_string())))?;
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }.map_err(|e| {
+            anyhow!("{} is not a valid safetensors file (corrupt or truncated): {}", file.display(), first_line(&e.to_string()))
+        })?;
         for (name, _) in st.tensors() {
             let canonical = canonical_name(&name);
             let Some(canonical) = canonical else { continue };

@@ -1,6 +1,6 @@
 //! GPT-2 hyper-parameters, read from and written to an HF `config.json`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -56,12 +56,9 @@ pub enum Activation {
 
 impl Gpt2Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid GPT-2 config", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("{} is not a valid GPT-2 config", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text).with_context(|| format!("{} is not a valid GPT-2 config", path.display()))?;
+        cfg.validate().with_context(|| format!("{} is not a valid GPT-2 config", path.display()))?;
         Ok(cfg)
     }
 

@@ -1,6 +1,6 @@
 //! `--device auto|cpu|cuda[:N]`.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::Device;
 
 /// Parses a device spec. `auto` picks CUDA device 0 when alignscope was built with the
@@ -26,7 +26,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("CUDA device {ordinal} is not available: {}", super::checkpoint::first_line(&e.to_string())))
+    Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("CUDA device {ordinal} is not available: {}", super::checkpoint::first_line(&e.to_string())))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -11,8 +11,8 @@
 //! is tracked for gradients and, if so, takes the differentiable path built from basic ops.
 
 use super::config::{Activation, Gpt2Config};
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor};
 use std::collections::HashMap;
 
 /// Whether a computation must stay differentiable: any tracked input makes it so.
@@ -79,11 +79,7 @@ impl KvCache {
     }
     /// Number of cached positions (of the first block).
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -120,11 +116,7 @@ impl Attention {
         } else {
             att
         };
-        let att = if tracked(&[&att]) {
-            candle_nn::ops::softmax(&att, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&att)?
-        };
+        let att = if tracked(&[&att]) { candle_nn::ops::softmax(&att, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(&att)? };
         let y = att.matmul(&v)?; // [b, h, t, hd]
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         self.c_proj.forward(&y)
@@ -141,9 +133,7 @@ fn split_head(qkv: &Tensor, i: usize, n_head: usize) -> candle_core::Result<Tens
 
 /// Additive mask `[t, t_k]`: query `i` (absolute position `past + i`) sees keys `0..=past+i`.
 fn causal_mask(t: usize, t_k: usize, past: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t_k).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t_k).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, t_k), device)
 }
 
@@ -200,9 +190,18 @@ pub fn param_names(cfg: &Gpt2Config, untied_head: bool) -> Vec<String> {
     let mut names = vec!["transformer.wte.weight".to_string(), "transformer.wpe.weight".to_string()];
     for i in 0..cfg.n_layer {
         for p in [
-            "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-            "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-            "mlp.c_proj.weight", "mlp.c_proj.bias",
+            "ln_1.weight",
+            "ln_1.bias",
+            "attn.c_attn.weight",
+            "attn.c_attn.bias",
+            "attn.c_proj.weight",
+            "attn.c_proj.bias",
+            "ln_2.weight",
+            "ln_2.bias",
+            "mlp.c_fc.weight",
+            "mlp.c_fc.bias",
+            "mlp.c_proj.weight",
+            "mlp.c_proj.bias",
         ] {
             names.push(format!("transformer.h.{i}.{p}"));
         }
@@ -247,7 +246,14 @@ impl Gpt2 {
                 None => bail!("weight {name} is missing"),
                 Some(t) if t.dims() != want.as_slice() => bail!(
                     "weight {name} has shape {:?} but the config (n_layer {}, n_embd {}, n_head {}, n_inner {}, vocab {}, n_positions {}) needs {:?}",
-                    t.dims(), config.n_layer, config.n_embd, config.n_head, config.inner_dim(), config.vocab_size, config.n_positions, want
+                    t.dims(),
+                    config.n_layer,
+                    config.n_embd,
+                    config.n_head,
+                    config.inner_dim(),
+                    config.vocab_size,
+                    config.n_positions,
+                    want
                 ),
                 Some(t) if t.dtype() != DType::F32 => bail!("weight {name} is {:?}, expected f32", t.dtype()),
                 _ => {}
@@ -310,9 +316,18 @@ impl Gpt2 {
         f(&self.wpe);
         for b in &self.blocks {
             for t in [
-                &b.ln_1.weight, &b.ln_1.bias, &b.attn.c_attn.weight, &b.attn.c_attn.bias, &b.attn.c_proj.weight,
-                &b.attn.c_proj.bias, &b.ln_2.weight, &b.ln_2.bias, &b.mlp.c_fc.weight, &b.mlp.c_fc.bias,
-                &b.mlp.c_proj.weight, &b.mlp.c_proj.bias,
+                &b.ln_1.weight,
+                &b.ln_1.bias,
+                &b.attn.c_attn.weight,
+                &b.attn.c_attn.bias,
+                &b.attn.c_proj.weight,
+                &b.attn.c_proj.bias,
+                &b.ln_2.weight,
+                &b.ln_2.bias,
+                &b.mlp.c_fc.weight,
+                &b.mlp.c_fc.bias,
+                &b.mlp.c_proj.weight,
+                &b.mlp.c_proj.bias,
             ] {
                 f(t);
             }
@@ -330,9 +345,18 @@ impl Gpt2 {
         self.wpe = f(&self.wpe)?;
         for b in &mut self.blocks {
             for t in [
-                &mut b.ln_1.weight, &mut b.ln_1.bias, &mut b.attn.c_attn.weight, &mut b.attn.c_attn.bias,
-                &mut b.attn.c_proj.weight, &mut b.attn.c_proj.bias, &mut b.ln_2.weight, &mut b.ln_2.bias,
-                &mut b.mlp.c_fc.weight, &mut b.mlp.c_fc.bias, &mut b.mlp.c_proj.weight, &mut b.mlp.c_proj.bias,
+                &mut b.ln_1.weight,
+                &mut b.ln_1.bias,
+                &mut b.attn.c_attn.weight,
+                &mut b.attn.c_attn.bias,
+                &mut b.attn.c_proj.weight,
+                &mut b.attn.c_proj.bias,
+                &mut b.ln_2.weight,
+                &mut b.ln_2.bias,
+                &mut b.mlp.c_fc.weight,
+                &mut b.mlp.c_fc.bias,
+                &mut b.mlp.c_proj.weight,
+                &mut b.mlp.c_proj.bias,
             ] {
                 *t = f(t)?;
             }
@@ -362,11 +386,7 @@ impl Gpt2 {
     pub fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if offset + t > self.config.n_positions {
-            bail!(
-                "sequence of {} tokens is longer than the model's context of {} positions",
-                offset + t,
-                self.config.n_positions
-            )
+            bail!("sequence of {} tokens is longer than the model's context of {} positions", offset + t, self.config.n_positions)
         }
         let tok = self.wte.embedding(&ids.flatten_all()?)?.reshape((b, t, self.config.n_embd))?;
         let pos = self.wpe.narrow(0, offset, t)?;

@@ -3,11 +3,11 @@
 
 use super::config::{InitFrom, LossKind, TrainConfig};
 use super::data::collect_files;
-use super::job::{RunPlan, TrainJob};
 use super::events::TrainEvent;
+use super::job::{RunPlan, TrainJob};
 use crate::model::checkpoint::output_dir;
 use crate::model::device::parse_device;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -139,10 +139,7 @@ fn install_sigint() {
 fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     let init = match (&a.ckpt, &a.init) {
         (Some(c), None) => InitFrom::Checkpoint(c.clone()),
-        (None, Some(cfg)) => InitFrom::Random {
-            config: cfg.clone(),
-            tokenizer: a.tokenizer.clone().expect("clap requires --tokenizer"),
-        },
+        (None, Some(cfg)) => InitFrom::Random { config: cfg.clone(), tokenizer: a.tokenizer.clone().expect("clap requires --tokenizer") },
         _ => bail!("give --ckpt BASE (fine-tune), --init CONFIG.json --tokenizer DIR (from scratch), or --resume NAME"),
     };
     let Some(out) = &a.out else { bail!("give --out NAME for the new checkpoint") };
@@ -194,7 +191,14 @@ pub fn progress_line(m: &crate::train::StepMetrics, width: usize) -> String {
     let layers: Vec<String> = picks.iter().map(|&i| format!("L{i} {:.2}", m.layer_losses[i - 1])).collect();
     let s = format!(
         "{bar} {}/{} loss {:.4} ({}) | {} | lr {:.2e} | {:.0} tok/s | ETA {}",
-        m.step, m.total_steps, m.loss, m.objective, layers.join(" "), m.lr, m.tokens_per_sec, fmt_secs(m.eta_secs)
+        m.step,
+        m.total_steps,
+        m.loss,
+        m.objective,
+        layers.join(" "),
+        m.lr,
+        m.tokens_per_sec,
+        fmt_secs(m.eta_secs)
     );
     s.chars().take(width.max(40)).collect()
 }
@@ -233,7 +237,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
             TrainEvent::Eval(e) => {
                 let l = e.layer_losses.len();
                 let cells: Vec<String> = (0..l).map(|i| format!("{:.2}/{:.1}%", e.layer_losses[i], 100.0 * e.layer_acc[i])).collect();
-                let _ = writeln!(err, "{}eval @ {}: held-out CE/acc per layer 1..{l}: {}", if tty { "\r\x1b[2K" } else { "" }, e.step, cells.join(" "));
+                let _ = writeln!(
+                    err,
+                    "{}eval @ {}: held-out CE/acc per layer 1..{l}: {}",
+                    if tty { "\r\x1b[2K" } else { "" },
+                    e.step,
+                    cells.join(" ")
+                );
             }
             TrainEvent::CheckpointSaved { step, dir } => {
                 if !tty {
@@ -265,7 +275,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).or_else(|| crossterm::terminal::size().ok().map(|(w, _)| w as usize)).unwrap_or(120)
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .or_else(|| crossterm::terminal::size().ok().map(|(w, _)| w as usize))
+        .unwrap_or(120)
 }
 
 pub fn tokenizer(c: TokenizerCommand) -> Result<()> {

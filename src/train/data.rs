@@ -3,7 +3,7 @@
 //! position is saved with every checkpoint.
 
 use crate::analysis::eval::read_text;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};

@@ -3,22 +3,22 @@
 //! through [`TrainJob`].
 
 use super::config::{InitFrom, LossKind, TrainConfig};
-use super::data::{collect_files, load_tokens, Batcher};
+use super::data::{Batcher, collect_files, load_tokens};
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
-use super::optim::{lr_at, AdamWConfig};
-use super::save::{read_metrics, read_optimizer, read_state, save_checkpoint, SaveContents, TrainState};
-use super::trainer::{objective_for, train_step, Trainable};
-use crate::analysis::eval::{evaluate, EvalOptions};
+use super::optim::{AdamWConfig, lr_at};
+use super::save::{SaveContents, TrainState, read_metrics, read_optimizer, read_state, save_checkpoint};
+use super::trainer::{Trainable, objective_for, train_step};
+use crate::analysis::eval::{EvalOptions, evaluate};
 use crate::model::checkpoint::{load_tokenizer, resolve};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::Instant;
 
 /// Positions of each batch on which non-aligned steps measure the per-layer CE (forward
@@ -170,7 +170,8 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
                 }
                 InitFrom::Random { config: cfg_path, tokenizer } => {
                     let mut cfg = Gpt2Config::from_file(cfg_path)?;
-                    let tok_dir = if tokenizer.is_dir() { tokenizer.clone() } else { tokenizer.parent().map(Path::to_path_buf).unwrap_or_default() };
+                    let tok_dir =
+                        if tokenizer.is_dir() { tokenizer.clone() } else { tokenizer.parent().map(Path::to_path_buf).unwrap_or_default() };
                     let tok = load_tokenizer(&tok_dir)?;
                     let n_vocab = tok.get_vocab_size(true);
                     if n_vocab > cfg.vocab_size {
@@ -204,7 +205,16 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
             validate(&mut config, &ck.model)?;
             let eos = eos_of(&ck.tokenizer, &ck.model.config)?;
             let metrics = read_metrics(&dir)?;
-            Ok(Setup { config, model: ck.model, tokenizer_json, tokenizer: ck.tokenizer, eos, start_step: state.step, resume: Some((dir, state)), metrics })
+            Ok(Setup {
+                config,
+                model: ck.model,
+                tokenizer_json,
+                tokenizer: ck.tokenizer,
+                eos,
+                start_step: state.step,
+                resume: Some((dir, state)),
+                metrics,
+            })
         }
     }
 }
@@ -254,7 +264,14 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
         };
         save_checkpoint(
             &out,
-            &SaveContents { model: &snapshot, tokenizer_json: &s.tokenizer_json, optimizer: opt, param_names: &trainable.names, state: &state, metrics },
+            &SaveContents {
+                model: &snapshot,
+                tokenizer_json: &s.tokenizer_json,
+                optimizer: opt,
+                param_names: &trainable.names,
+                state: &state,
+                metrics,
+            },
         )
         .with_context(|| format!("saving the checkpoint {}", out.display()))
     };
@@ -298,7 +315,13 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             step,
             total_steps: cfg.steps,
             loss,
-            objective: if aligned { "aligned".into() } else if cfg.loss == LossKind::CeReg { "ce-reg".into() } else { "standard".into() },
+            objective: if aligned {
+                "aligned".into()
+            } else if cfg.loss == LossKind::CeReg {
+                "ce-reg".into()
+            } else {
+                "standard".into()
+            },
             layer_losses: outcome.value.layer_losses.clone(),
             lr,
             grad_norm: outcome.grad_norm,

@@ -7,9 +7,9 @@
 //! trunk with a single autograd pass on the surrogate `sum_l <ln_f(h^l), g_l>`.
 
 use crate::model::Gpt2;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{D, DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
 /// `lambda_l = 2l / (L(L+1))` for l = 1..=L (index 0 = layer 1); they sum to 1.
@@ -75,10 +75,8 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
     let ce = -(picked.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     let grad = match grad_scale {
         Some(s) => {
-            let onehot = Tensor::arange(0u32, v as u32, logits.device())?
-                .unsqueeze(0)?
-                .broadcast_eq(&t.unsqueeze(1)?)?
-                .to_dtype(DType::F32)?;
+            let onehot =
+                Tensor::arange(0u32, v as u32, logits.device())?.unsqueeze(0)?.broadcast_eq(&t.unsqueeze(1)?)?.to_dtype(DType::F32)?;
             Some(((logp.exp()? - onehot)? * s)?)
         }
         None => None,
@@ -89,12 +87,7 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
 /// CE of the head over features `z` (`[n, d]`, already `ln_f`-normalised) against
 /// `targets`; with `weight` the gradients w.r.t. `z` and the head matrix of
 /// `weight * mean CE`.
-pub fn head_loss(
-    z: &Tensor,
-    head: &Tensor,
-    targets: &[u32],
-    weight: Option<f64>,
-) -> Result<(f64, Option<(Tensor, Tensor)>)> {
+pub fn head_loss(z: &Tensor, head: &Tensor, targets: &[u32], weight: Option<f64>) -> Result<(f64, Option<(Tensor, Tensor)>)> {
     let n = z.dim(0)?;
     let step = chunk_rows(head.dim(0)?);
     let mut ce_sum = 0.0;

@@ -2,7 +2,7 @@
 //! The update is torch.optim.AdamW's, op for op: decoupled weight decay first, then the
 //! bias-corrected Adam step.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use candle_core::{Tensor, Var};
 
 #[derive(Debug, Clone)]
@@ -97,11 +97,8 @@ impl AdamW {
             let g: Vec<f32> = grads[i].flatten_all()?.to_vec1()?;
             let mut m: Vec<f32> = self.m[i].flatten_all()?.to_vec1()?;
             let mut v: Vec<f32> = self.v[i].flatten_all()?.to_vec1()?;
-            p.par_chunks_mut(4096)
-                .zip(m.par_chunks_mut(4096))
-                .zip(v.par_chunks_mut(4096))
-                .zip(g.par_chunks(4096))
-                .for_each(|(((p, m), v), g)| {
+            p.par_chunks_mut(4096).zip(m.par_chunks_mut(4096)).zip(v.par_chunks_mut(4096)).zip(g.par_chunks(4096)).for_each(
+                |(((p, m), v), g)| {
                     for j in 0..p.len() {
                         let g = if gs == 1.0 { g[j] } else { g[j] * gs };
                         let theta = if decay == 1.0 { p[j] } else { p[j] * decay };
@@ -110,7 +107,8 @@ impl AdamW {
                         let denom = v[j].sqrt() / bc2_sqrt + eps;
                         p[j] = theta - m[j] / denom * step_size;
                     }
-                });
+                },
+            );
             let device = params[i].device().clone();
             params[i].set(&Tensor::from_vec(p, shape.clone(), &device)?)?;
             self.m[i] = Tensor::from_vec(m, shape.clone(), &device)?;

@@ -8,9 +8,9 @@
 
 use super::config::TrainConfig;
 use super::optim::AdamW;
-use crate::model::checkpoint::{write_model_files, write_synced, write_tensors};
 use crate::model::Gpt2;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::model::checkpoint::{write_model_files, write_synced, write_tensors};
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! One training step: micro-batches, loss, gradients, clipping, AdamW.
 
-use super::loss::{aligned_weights, collect_grads, loss_and_grads, standard_weights, LossValue, Objective};
-use super::optim::{clip_coefficient, AdamW, AdamWConfig};
+use super::loss::{LossValue, Objective, aligned_weights, collect_grads, loss_and_grads, standard_weights};
+use super::optim::{AdamW, AdamWConfig, clip_coefficient};
 use crate::model::Gpt2;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
@@ -33,7 +33,9 @@ impl Trainable {
         self.names
             .iter()
             .zip(&self.vars)
-            .map(|(n, v)| !matrices_only || (v.as_tensor().rank() == 2 && !n.contains(".wte.") && !n.contains(".wpe.") && n != "lm_head.weight"))
+            .map(|(n, v)| {
+                !matrices_only || (v.as_tensor().rank() == 2 && !n.contains(".wte.") && !n.contains(".wpe.") && n != "lm_head.weight")
+            })
             .collect()
     }
 

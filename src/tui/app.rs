@@ -9,7 +9,7 @@
 use super::keymap::{self, Action, Scope};
 use super::text::TextField;
 use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
-use super::worker::{eval_ctx, ModelInfo, WorkerCommand, WorkerReply};
+use super::worker::{ModelInfo, WorkerCommand, WorkerReply, eval_ctx};
 use crate::analysis::eval::EvalReport;
 use crate::analysis::generate::{Sampling, StopReason};
 use crate::analysis::inspect::PromptAnalysis;
@@ -248,15 +248,26 @@ pub struct StatusMessage {
 /// Something only the runtime can do: talk to workers and the training job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Worker { worker: u64, cmd: WorkerCommand },
+    Worker {
+        worker: u64,
+        cmd: WorkerCommand,
+    },
     /// Start a worker with this id that loads `spec`.
-    SpawnWorker { worker: u64, spec: String },
+    SpawnWorker {
+        worker: u64,
+        spec: String,
+    },
     /// End a worker that no column uses any more.
-    DropWorker { worker: u64 },
+    DropWorker {
+        worker: u64,
+    },
     /// The runtime answers with [`App::open_train_menu`] and what is on disk.
     OpenTrainMenu,
     StartTraining(Box<TrainConfig>),
-    ResumeTraining { dir: PathBuf, steps: Option<usize> },
+    ResumeTraining {
+        dir: PathBuf,
+        steps: Option<usize>,
+    },
     StopTraining,
 }
 
@@ -610,7 +621,13 @@ impl App {
             c.gen_req = req;
             c.generating = true;
             c.gen_last_layer = *missing.last().unwrap();
-            let cmd = WorkerCommand::Generate { req, prompt_ids: ids, layers: missing, max_new_tokens: self.decoding.max_new_tokens, sampling: self.decoding.sampling() };
+            let cmd = WorkerCommand::Generate {
+                req,
+                prompt_ids: ids,
+                layers: missing,
+                max_new_tokens: self.decoding.max_new_tokens,
+                sampling: self.decoding.sampling(),
+            };
             fx.push(Effect::Worker { worker: c.worker, cmd });
         }
         fx
@@ -682,7 +699,12 @@ impl App {
                     InputPurpose::Prompt => {
                         if text.trim().is_empty() {
                             self.say("the prompt is empty: type some text, Enter runs it", true);
-                            self.mode = Mode::Input(InputLine { purpose: InputPurpose::Prompt, field: TextField::new(&text), history_pos: None, draft: String::new() });
+                            self.mode = Mode::Input(InputLine {
+                                purpose: InputPurpose::Prompt,
+                                field: TextField::new(&text),
+                                history_pos: None,
+                                draft: String::new(),
+                            });
                             return vec![];
                         }
                         remember(&mut self.prompt_history, &text);

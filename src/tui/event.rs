@@ -11,7 +11,10 @@ pub enum Event {
     Key(KeyEvent),
     Resize,
     /// A reply from the model worker with this id.
-    Worker { worker: u64, reply: WorkerReply },
+    Worker {
+        worker: u64,
+        reply: WorkerReply,
+    },
     /// The terminal input could not be read: the UI has to stop.
     InputFailed(String),
 }

@@ -101,11 +101,7 @@ fn short_name(spec: &str) -> String {
 fn display_paths(paths: &[PathBuf]) -> String {
     // Shipped files are shown relative to the project, as a user would type them.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    paths
-        .iter()
-        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl TrainMenu {
@@ -399,7 +395,13 @@ mod tests {
     use super::*;
 
     fn defaults(resumable: Vec<(String, PathBuf)>) -> MenuDefaults {
-        MenuDefaults { base: "tests/fixtures/tiny-gpt2".into(), n_positions: 1024, data: vec![], eval_data: PathBuf::from("e.txt"), resumable }
+        MenuDefaults {
+            base: "tests/fixtures/tiny-gpt2".into(),
+            n_positions: 1024,
+            data: vec![],
+            eval_data: PathBuf::from("e.txt"),
+            resumable,
+        }
     }
 
     #[test]

@@ -2,15 +2,15 @@
 //! active view, the status line and the footer of key hints; overlays on top. Reads the
 //! state only.
 
-use super::app::{column_tag, App, InputPurpose, Mode, View};
+use super::app::{App, InputPurpose, Mode, View, column_tag};
 use super::keymap::footer_hints;
 use super::panels::{self, clip, show_token, spinner, text_width};
 use super::theme::Theme;
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Position};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
-use ratatui::Frame;
 
 /// Below this the views cannot be drawn legibly; a message asks for a larger terminal.
 pub const MIN_WIDTH: u16 = 72;
@@ -19,12 +19,16 @@ pub const MIN_HEIGHT: u16 = 20;
 pub fn render(app: &App, theme: &Theme, frame: &mut Frame) {
     let area = frame.area();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        let text = format!("The terminal is {}×{}; alignscope needs at least {MIN_WIDTH}×{MIN_HEIGHT}. Enlarge it, or q quits.", area.width, area.height);
+        let text = format!(
+            "The terminal is {}×{}; alignscope needs at least {MIN_WIDTH}×{MIN_HEIGHT}. Enlarge it, or q quits.",
+            area.width, area.height
+        );
         panels::message(frame, area, &text, theme.title());
         return;
     }
     let [tabs, prompt, body, status, footer] =
-        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(10), Constraint::Length(1), Constraint::Length(1)]).areas(area);
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(10), Constraint::Length(1), Constraint::Length(1)])
+            .areas(area);
     frame.render_widget(Paragraph::new(tab_line(app, theme, tabs.width as usize)), tabs);
     frame.render_widget(Paragraph::new(prompt_line(app, theme, prompt.width as usize)), prompt);
     match app.view {

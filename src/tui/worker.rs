@@ -10,16 +10,16 @@
 
 use super::event::Event;
 use crate::analysis::encode_prompt;
-use crate::analysis::eval::{evaluate, EvalOptions, EvalReport};
-use crate::analysis::generate::{generate, GenerateOptions, Sampling, StopReason};
-use crate::analysis::inspect::{analyze, LensAt, PromptAnalysis};
+use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
+use crate::analysis::generate::{GenerateOptions, Sampling, StopReason, generate};
+use crate::analysis::inspect::{LensAt, PromptAnalysis, analyze};
 use crate::model::Checkpoint;
 use candle_core::Device;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
 use std::thread;
 
 /// What the UI needs to know about a loaded checkpoint.
@@ -81,15 +81,43 @@ impl WorkerCommand {
 pub enum WorkerReply {
     Loaded(ModelInfo),
     LoadFailed(String),
-    Analysis { req: u64, result: Result<PromptAnalysis, String> },
+    Analysis {
+        req: u64,
+        result: Result<PromptAnalysis, String>,
+    },
     /// The continuation from `layer` so far (decoded text of `tokens` new tokens).
-    Token { req: u64, layer: usize, text: String, tokens: usize },
-    LayerDone { req: u64, layer: usize, text: String, tokens: usize, stop: StopReason },
-    GenerateFailed { req: u64, message: String },
-    EvalProgress { req: u64, done: usize, total: usize },
-    EvalDone { req: u64, data: PathBuf, result: Result<EvalReport, String> },
+    Token {
+        req: u64,
+        layer: usize,
+        text: String,
+        tokens: usize,
+    },
+    LayerDone {
+        req: u64,
+        layer: usize,
+        text: String,
+        tokens: usize,
+        stop: StopReason,
+    },
+    GenerateFailed {
+        req: u64,
+        message: String,
+    },
+    EvalProgress {
+        req: u64,
+        done: usize,
+        total: usize,
+    },
+    EvalDone {
+        req: u64,
+        data: PathBuf,
+        result: Result<EvalReport, String>,
+    },
     /// The engine panicked on command `req`; the worker goes on with the next.
-    Crashed { req: u64, message: String },
+    Crashed {
+        req: u64,
+        message: String,
+    },
 }
 
 /// The UI's end of a worker. Dropping it ends the worker (and cancels its work).

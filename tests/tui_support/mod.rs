@@ -7,7 +7,7 @@ use alignscope::model::checkpoint::write_model_files;
 use alignscope::model::{Checkpoint, Gpt2, Gpt2Config};
 use alignscope::tui::app::{App, AppOptions, Effect};
 use alignscope::tui::theme::{ColorDepth, Theme};
-use alignscope::tui::worker::{execute, ModelInfo, WorkerCommand};
+use alignscope::tui::worker::{ModelInfo, WorkerCommand, execute};
 use candle_core::Device;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
@@ -89,10 +89,15 @@ impl Harness {
                     }
                     let ck = self.models.get(&worker).expect("a worker for the effect");
                     let mut replies = Vec::new();
-                    execute(ck, &cmd, &mut |r| {
-                        replies.push(r);
-                        true
-                    }, &|| false);
+                    execute(
+                        ck,
+                        &cmd,
+                        &mut |r| {
+                            replies.push(r);
+                            true
+                        },
+                        &|| false,
+                    );
                     for r in replies {
                         queue.extend(self.app.on_worker(worker, r, self.now));
                     }

@@ -6,10 +6,10 @@ use super::{clip, column_placeholder, column_title, columns, message, panel, sho
 use crate::analysis::generate::StopReason;
 use crate::tui::app::{App, LayerOutput};
 use crate::tui::theme::Theme;
+use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
-use ratatui::Frame;
 
 pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     for (i, r) in columns(area, app.columns.len()).into_iter().enumerate() {

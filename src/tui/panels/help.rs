@@ -1,12 +1,12 @@
 //! The help screen, generated from the keymap (the same table as the footer hints).
 
 use super::panel;
-use crate::tui::keymap::{all_scopes, BINDINGS};
+use crate::tui::keymap::{BINDINGS, all_scopes};
 use crate::tui::theme::Theme;
+use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
-use ratatui::Frame;
 
 /// The help text: one section per scope, one line per binding.
 pub fn lines<'a>(theme: &Theme) -> Vec<Line<'a>> {
@@ -18,7 +18,10 @@ pub fn lines<'a>(theme: &Theme) -> Vec<Line<'a>> {
         }
         out.push(Line::raw(""));
     }
-    out.push(Line::styled("In the input line and the training menu other keys edit the text (Alt-Enter inserts a line break); Ctrl-C quits from anywhere.", theme.dim()));
+    out.push(Line::styled(
+        "In the input line and the training menu other keys edit the text (Alt-Enter inserts a line break); Ctrl-C quits from anywhere.",
+        theme.dim(),
+    ));
     out
 }
 

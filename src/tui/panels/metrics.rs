@@ -4,13 +4,13 @@
 
 use super::{clip, panel, spinner};
 use crate::analysis::eval::EvalReport;
-use crate::tui::app::{column_tag, App, EvalState};
+use crate::tui::app::{App, EvalState, column_tag};
 use crate::tui::theme::Theme;
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, LineGauge, Paragraph};
-use ratatui::Frame;
 
 /// The fraction of the best accuracy that the marked minimal depth reaches.
 pub const DEPTH_FRACTION: f64 = 0.95;
@@ -120,7 +120,11 @@ fn draw_chart(app: &App, reports: &[Option<&EvalReport>], m: Metric, theme: &The
     if values.iter().all(Vec::is_empty) {
         let inner = block.inner(area);
         frame.render_widget(block, area);
-        let msg = if app.columns.iter().any(|c| matches!(c.eval, EvalState::Running { .. })) { "evaluating…" } else { "no evaluation yet (e runs it)" };
+        let msg = if app.columns.iter().any(|c| matches!(c.eval, EvalState::Running { .. })) {
+            "evaluating…"
+        } else {
+            "no evaluation yet (e runs it)"
+        };
         super::message(frame, inner, msg, theme.dim());
         return;
     }
@@ -143,7 +147,13 @@ fn draw_chart(app: &App, reports: &[Option<&EvalReport>], m: Metric, theme: &The
     }
     for (i, p) in depth_points.iter().enumerate() {
         if !p.is_empty() {
-            datasets.push(Dataset::default().graph_type(GraphType::Scatter).marker(Marker::Dot).style(theme.series(i).add_modifier(ratatui::style::Modifier::BOLD)).data(p));
+            datasets.push(
+                Dataset::default()
+                    .graph_type(GraphType::Scatter)
+                    .marker(Marker::Dot)
+                    .style(theme.series(i).add_modifier(ratatui::style::Modifier::BOLD))
+                    .data(p),
+            );
         }
     }
     let chart = Chart::new(datasets)

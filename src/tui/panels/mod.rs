@@ -6,8 +6,8 @@ pub mod help;
 pub mod metrics;
 pub mod predictions;
 pub mod similarity;
-pub mod training;
 pub mod train_menu;
+pub mod training;
 
 use super::theme::Theme;
 use ratatui::layout::{Constraint, Layout, Rect};

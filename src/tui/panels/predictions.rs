@@ -5,11 +5,11 @@
 use super::{clip, column_placeholder, column_title, columns, fit, message, panel, show_token};
 use crate::tui::app::{App, TOP_K};
 use crate::tui::theme::{ColorDepth, Theme};
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
-use ratatui::Frame;
 
 /// Width of the layer labels in the grid ("12 ").
 const LABEL: usize = 3;
@@ -101,11 +101,7 @@ pub fn bar(p: f64, width: usize) -> String {
 
 /// The first of `count` items shown in a window of `fit` around `selected`.
 pub fn window_start(selected: usize, count: usize, fit: usize) -> usize {
-    if fit >= count {
-        0
-    } else {
-        selected.saturating_sub(fit / 2).min(count - fit)
-    }
+    if fit >= count { 0 } else { selected.saturating_sub(fit / 2).min(count - fit) }
 }
 
 fn grid_lines<'a>(app: &App, i: usize, theme: &Theme, inner: Rect) -> Vec<Line<'a>> {

@@ -6,11 +6,11 @@
 use super::{column_placeholder, column_title, columns, fit, message, panel};
 use crate::tui::app::App;
 use crate::tui::theme::{ColorDepth, Theme};
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
-use ratatui::Frame;
 
 /// Width of the row labels ("12 ").
 const LABEL: usize = 3;

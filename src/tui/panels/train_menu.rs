@@ -3,10 +3,10 @@
 use super::panel;
 use crate::tui::theme::Theme;
 use crate::tui::train::{Field, TrainMenu};
+use ratatui::Frame;
 use ratatui::layout::{Position, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
-use ratatui::Frame;
 
 const LABEL: usize = 15;
 
@@ -35,7 +35,17 @@ pub fn render(menu: &TrainMenu, theme: &Theme, frame: &mut Frame, area: Rect) {
             None => format!("◂ {} ▸", menu.value(*f)),
         };
         let style = if is_sel { theme.selected() } else { ratatui::style::Style::new() };
-        lines.push(Line::from(vec![label, Span::styled(value, if matches!(f, Field::Kind | Field::Run) && is_sel { theme.key() } else { style.remove_modifier(ratatui::style::Modifier::REVERSED) })]));
+        lines.push(Line::from(vec![
+            label,
+            Span::styled(
+                value,
+                if matches!(f, Field::Kind | Field::Run) && is_sel {
+                    theme.key()
+                } else {
+                    style.remove_modifier(ratatui::style::Modifier::REVERSED)
+                },
+            ),
+        ]));
     }
     lines.push(Line::raw(""));
     match &menu.error {

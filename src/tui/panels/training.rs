@@ -5,11 +5,11 @@ use super::{clip, panel, spinner};
 use crate::tui::app::App;
 use crate::tui::theme::Theme;
 use crate::tui::train::TrainStatus;
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, LineGauge, Paragraph, Wrap};
-use ratatui::Frame;
 
 /// "1h02m", "3m05s", "42s".
 pub fn duration(secs: f64) -> String {
@@ -35,21 +35,20 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         let text = vec![
             Line::styled("No training run.", theme.title()),
             Line::raw(""),
-            Line::raw("t or F2 opens the training menu: an aligned (or standard) fine-tune of the loaded checkpoint, or continue a saved run."),
-            Line::raw("It runs in the background while you keep exploring; x stops it (saving first), and r loads the saved checkpoint into column A, next to the checkpoint it started from, to watch the layers align."),
+            Line::raw(
+                "t or F2 opens the training menu: an aligned (or standard) fine-tune of the loaded checkpoint, or continue a saved run.",
+            ),
+            Line::raw(
+                "It runs in the background while you keep exploring; x stops it (saving first), and r loads the saved checkpoint into column A, next to the checkpoint it started from, to watch the layers align.",
+            ),
         ];
         let block = panel(Span::styled(" Training ", theme.title()), theme);
         frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).block(block), area);
         return;
     }
-    let [head, gauge_area, info_area, charts, foot] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(1),
-        Constraint::Length(1),
-        Constraint::Min(6),
-        Constraint::Length(2),
-    ])
-    .areas(area);
+    let [head, gauge_area, info_area, charts, foot] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Length(1), Constraint::Min(6), Constraint::Length(2)])
+            .areas(area);
     let (state, style) = match &t.status {
         TrainStatus::Idle => ("", theme.dim()),
         TrainStatus::Starting => ("starting", theme.busy()),
@@ -89,7 +88,9 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         None => " loading the data and the model…".to_string(),
     };
     match &t.status {
-        TrainStatus::Failed(e) => frame.render_widget(Paragraph::new(Line::styled(clip(&format!(" {e}"), info_area.width as usize), theme.error())), info_area),
+        TrainStatus::Failed(e) => {
+            frame.render_widget(Paragraph::new(Line::styled(clip(&format!(" {e}"), info_area.width as usize), theme.error())), info_area)
+        }
         _ => frame.render_widget(Paragraph::new(clip(&info, info_area.width as usize)), info_area),
     }
 
@@ -122,7 +123,8 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
 }
 
 fn y_bounds<'a>(curves: impl Iterator<Item = &'a (f64, f64)>) -> [f64; 2] {
-    let (lo, hi) = curves.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, y)| if y.is_finite() { (a.min(y), b.max(y)) } else { (a, b) });
+    let (lo, hi) =
+        curves.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, y)| if y.is_finite() { (a.min(y), b.max(y)) } else { (a, b) });
     if !lo.is_finite() {
         return [0.0, 1.0];
     }
@@ -175,7 +177,8 @@ fn draw_layer_losses(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     if let Some(c) = t.layer_curves.get(current) {
         datasets.push(Dataset::default().graph_type(GraphType::Line).marker(Marker::Braille).style(theme.emphasis()).data(c));
     }
-    let title = Line::from(vec![Span::styled(" per-layer loss ", theme.title()), Span::styled(format!("L{} bright ", current + 1), theme.dim())]);
+    let title =
+        Line::from(vec![Span::styled(" per-layer loss ", theme.title()), Span::styled(format!("L{} bright ", current + 1), theme.dim())]);
     let chart = Chart::new(datasets).block(panel(title, theme)).legend_position(None).x_axis(x).y_axis(y);
     frame.render_widget(chart, area);
 }
