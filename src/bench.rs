@@ -44,7 +44,7 @@ pub struct BenchArgs {
 }
 
 fn project(p: &str) -> PathBuf {
-    crate::cli::resolve_asset(Path::new(p))
+    crate::paths::resolve_asset(Path::new(p))
 }
 
 /// CPU time (user + system) of this process, seconds.
@@ -74,7 +74,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
         }
         "gpt2" | "gpt2-124m" => {
             let cfg = Gpt2Config::preset("gpt2").expect("preset");
-            let tok = crate::model::checkpoint::load_tokenizer(&project("assets/gpt2-tokenizer"))?;
+            let tok = crate::model::checkpoint::load_tokenizer(&project(crate::paths::GPT2_TOKENIZER_DIR))?;
             Ok(Subject {
                 label: "GPT-2-124M (random weights, 12 layers, d 768, vocab 50257)".into(),
                 model: Gpt2::random(cfg, 0, device)?,
@@ -104,7 +104,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
 
 /// The first `n` tokens of the held-out text (repeated if the model's vocabulary is smaller).
 fn prompt_ids(s: &Subject, n: usize) -> Result<Vec<u32>> {
-    let text = crate::analysis::eval::read_text(&project(crate::cli::DEFAULT_EVAL_TEXT))?;
+    let text = crate::analysis::eval::read_text(&crate::paths::default_eval_file())?;
     let ids = s.tokenizer.encode(&text[..20_000], false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec();
     let v = s.model.config.vocab_size as u32;
     Ok(ids.into_iter().map(|i| i % v).take(n).collect())

@@ -1,14 +1,21 @@
 //! alignscope: look inside GPT-2-style transformers layer by layer, and train them so that
 //! every layer can exit through the one shared classifier.
 //!
-//! The library holds the engine (model, analysis, training); the `alignscope` binary's CLI
-//! and TUI are thin clients of it.
+//! The library is the engine, in layers that only point down: `paths` and `util` (policy
+//! and process helpers) → `kernels` → `ops` → `model` → `analysis` → `train`. The command
+//! line (`cli`), the explorer (`tui`) and the benchmarks (`bench`) are its clients.
+pub mod paths;
+pub mod util;
+
+pub mod kernels;
+pub mod ops;
+
+pub mod model;
+
 pub mod analysis;
+
+pub mod train;
+
 pub mod bench;
 pub mod cli;
-pub mod kernels;
-pub mod model;
-pub mod ops;
-pub mod train;
 pub mod tui;
-pub mod util;

@@ -37,6 +37,17 @@ pub fn ids_tensor(model: &Gpt2, ids: &[u32]) -> Result<Tensor> {
     Ok(Tensor::from_vec(ids.to_vec(), (1, ids.len()), model.device())?)
 }
 
+/// Tokenizes a text (read from `path`, named in errors) with a checkpoint's tokenizer.
+pub fn tokenize_text(tok: &Tokenizer, text: &str, path: &std::path::Path) -> Result<Vec<u32>> {
+    let enc = tok.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize {}: {e}", path.display()))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// Reads and tokenizes a whole text file.
+pub fn tokenize_file(tok: &Tokenizer, path: &std::path::Path) -> Result<Vec<u32>> {
+    tokenize_text(tok, &eval::read_text(path)?, path)
+}
+
 /// Decodes ids to text.
 pub fn decode(tok: &Tokenizer, ids: &[u32]) -> String {
     tok.decode(ids, false).unwrap_or_default()

@@ -4,6 +4,7 @@
 
 use super::config::Gpt2Config;
 use super::gpt2::Gpt2;
+use crate::paths::{checkpoint_roots, local_checkpoints};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
@@ -20,55 +21,6 @@ pub fn hub_alias(name: &str) -> Option<&'static str> {
         "distilgpt2" => "distilbert/distilgpt2",
         _ => return None,
     })
-}
-
-/// The folders that hold named checkpoints, most specific first: `$ALIGNSCOPE_CHECKPOINTS`,
-/// `./checkpoints`, and the `checkpoints/` folder of the project this binary was built from.
-pub fn checkpoint_roots() -> Vec<PathBuf> {
-    let mut roots = Vec::new();
-    if let Some(dir) = std::env::var_os("ALIGNSCOPE_CHECKPOINTS") {
-        roots.push(PathBuf::from(dir));
-    }
-    roots.push(PathBuf::from("checkpoints"));
-    roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints"));
-    let mut seen = BTreeSet::new();
-    roots.retain(|r| seen.insert(std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())));
-    roots
-}
-
-/// Names of the checkpoint folders under [`checkpoint_roots`] (those with a config.json).
-pub fn local_checkpoints() -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for root in checkpoint_roots() {
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for e in entries.flatten() {
-                if e.path().join("config.json").is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-                    names.insert(e.file_name().to_string_lossy().into_owned());
-                }
-            }
-        }
-    }
-    names.into_iter().collect()
-}
-
-/// Where the project writes a named checkpoint: a path stays a path; a bare name goes
-/// to `$ALIGNSCOPE_CHECKPOINTS/NAME` or `./checkpoints/NAME`.
-pub fn output_dir(name: &str) -> PathBuf {
-    let p = Path::new(name);
-    if p.components().count() > 1 || p.is_absolute() || name.starts_with('.') {
-        return p.to_path_buf();
-    }
-    match std::env::var_os("ALIGNSCOPE_CHECKPOINTS") {
-        Some(root) => PathBuf::from(root).join(name),
-        None => {
-            let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints");
-            if Path::new("checkpoints").is_dir() || !project.is_dir() {
-                PathBuf::from("checkpoints").join(name)
-            } else {
-                project.join(name)
-            }
-        }
-    }
 }
 
 fn hub_cache() -> hf_hub::Cache {

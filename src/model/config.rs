@@ -33,6 +33,10 @@ pub struct Gpt2Config {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Tokens per window for training and evaluation unless told otherwise: the paper's
+/// GPT-2 fine-tuning context (or the model's own context when that is shorter).
+pub const DEFAULT_CTX: usize = 256;
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -84,6 +88,11 @@ impl Gpt2Config {
 
     pub fn inner_dim(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// [`DEFAULT_CTX`], or the model's context when that is shorter.
+    pub fn default_ctx(&self) -> usize {
+        DEFAULT_CTX.min(self.n_positions)
     }
 
     pub fn head_dim(&self) -> usize {

@@ -5,5 +5,5 @@ pub mod device;
 pub mod gpt2;
 
 pub use checkpoint::Checkpoint;
-pub use config::Gpt2Config;
+pub use config::{DEFAULT_CTX, Gpt2Config};
 pub use gpt2::{Gpt2, KvCache};

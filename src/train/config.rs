@@ -67,7 +67,8 @@ pub struct TrainConfig {
     /// Sequences per optimizer step (split into `accum` micro-batches).
     pub batch: usize,
     pub accum: usize,
-    /// Tokens per window; 0 = 256, or the model's context if shorter.
+    /// Tokens per window; 0 = the model's default context ([`crate::model::DEFAULT_CTX`],
+    /// or its own context if shorter).
     pub ctx: usize,
     pub lr: f64,
     /// Learning rate at the end of the cosine schedule.
@@ -102,7 +103,7 @@ impl TrainConfig {
             steps: 1000,
             batch: 8,
             accum: 1,
-            ctx: 256,
+            ctx: crate::model::DEFAULT_CTX,
             lr: 2e-5,
             min_lr: 2e-6,
             warmup: 0,

@@ -6,27 +6,14 @@ use crate::analysis::eval::read_text;
 use anyhow::{Result, bail};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tokenizers::Tokenizer;
-
-/// The five Austen novels we train on (persuasion.txt is held out for evaluation).
-pub fn default_training_files() -> Vec<PathBuf> {
-    ["emma", "mansfield_park", "northanger_abbey", "pride_and_prejudice", "sense_and_sensibility"]
-        .iter()
-        .map(|n| crate::cli::resolve_asset(&Path::new("assets/austen").join(format!("{n}.txt"))))
-        .collect()
-}
-
-/// The held-out text.
-pub fn default_eval_file() -> PathBuf {
-    crate::cli::resolve_asset(Path::new(crate::cli::DEFAULT_EVAL_TEXT))
-}
 
 /// Expands files and folders (their `.txt` files, sorted) into a list of files.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        let p = crate::cli::resolve_asset(p);
+        let p = crate::paths::resolve_asset(p);
         if p.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&p)
                 .map_err(|e| anyhow::anyhow!("cannot read data folder {}: {e}", p.display()))?

@@ -139,7 +139,7 @@ fn eos_of(tok: &tokenizers::Tokenizer, cfg: &Gpt2Config) -> Result<u32> {
 
 fn validate(cfg: &mut TrainConfig, model: &Gpt2) -> Result<()> {
     if cfg.ctx == 0 {
-        cfg.ctx = 256.min(model.config.n_positions);
+        cfg.ctx = model.config.default_ctx();
     }
     if cfg.steps == 0 {
         bail!("--steps must be at least 1")

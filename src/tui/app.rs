@@ -9,7 +9,7 @@
 use super::keymap::{self, Action, Scope};
 use super::text::TextField;
 use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
-use super::worker::{ModelInfo, WorkerCommand, WorkerReply, eval_ctx};
+use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::eval::EvalReport;
 use crate::analysis::generate::{Sampling, StopReason};
 use crate::analysis::inspect::PromptAnalysis;
@@ -27,7 +27,7 @@ pub const DEFAULT_PROMPT: &str =
 pub const TOP_K: usize = 10;
 /// New tokens per generation: short, so scrubbing through layers stays quick.
 pub const GEN_TOKENS: usize = 32;
-/// Chunks of the eval text (of `min(256, n_positions)` tokens) for the metrics view.
+/// Chunks of the eval text (of the model's default context) for the metrics view.
 pub const EVAL_CHUNKS: usize = 24;
 /// Scrubbing through the generation view starts a generation only once the layer rests.
 pub const GEN_DEBOUNCE: Duration = Duration::from_millis(150);
@@ -643,7 +643,7 @@ impl App {
             if !needed {
                 continue;
             }
-            let ctx = eval_ctx(info.n_positions);
+            let ctx = crate::model::DEFAULT_CTX.min(info.n_positions);
             let worker = c.worker;
             let req = self.req();
             let c = &mut self.columns[i];
@@ -717,7 +717,7 @@ impl App {
                         self.analyze_all()
                     }
                     InputPurpose::EvalFile => {
-                        let path = crate::cli::resolve_asset(std::path::Path::new(text.trim()));
+                        let path = crate::paths::resolve_asset(std::path::Path::new(text.trim()));
                         if !path.is_file() {
                             self.say(format!("{} is not a file", text.trim()), true);
                             return vec![];

@@ -20,9 +20,10 @@ mod training_job;
 pub use keymap::key_table_markdown;
 pub use training_job::menu_defaults;
 
-use crate::cli::{DEFAULT_CKPT, DEFAULT_COMPARE, DEFAULT_EVAL_TEXT, ExploreArgs, resolve_asset};
+use crate::cli::ExploreArgs;
 use crate::model::Checkpoint;
 use crate::model::device::{device_name, parse_device};
+use crate::paths::{DEFAULT_CKPT, DEFAULT_COMPARE, DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Context, Result, bail};
 use app::{App, AppOptions, Effect};
 use candle_core::Device;

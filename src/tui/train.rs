@@ -90,32 +90,18 @@ pub enum TrainRequest {
     Resume { dir: PathBuf, steps: Option<usize> },
 }
 
-/// The last path component of a checkpoint spec (`checkpoints/x` → `x`).
-fn short_name(spec: &str) -> String {
-    std::path::Path::new(spec.trim_end_matches('/'))
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| spec.to_string())
-}
-
-fn display_paths(paths: &[PathBuf]) -> String {
-    // Shipped files are shown relative to the project, as a user would type them.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    paths.iter().map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string()).collect::<Vec<_>>().join(", ")
-}
-
 impl TrainMenu {
     pub fn new(d: MenuDefaults) -> Self {
         Self {
             kind: 0,
-            output: TextField::new(&format!("{}-ft", short_name(&d.base))),
+            output: TextField::new(&format!("{}-ft", crate::paths::short_name(&d.base))),
             base: TextField::new(&d.base),
-            data: TextField::new(&display_paths(&d.data)),
+            data: TextField::new(&d.data.iter().map(|p| crate::paths::display_path(p)).collect::<Vec<_>>().join(", ")),
             steps: TextField::new("200"),
             // The small Austen models fine-tune well at 1e-4; the paper's 2e-5 is for GPT-2.
             lr: TextField::new("1e-4"),
             batch: TextField::new("8"),
-            ctx: TextField::new(&d.n_positions.min(256).to_string()),
+            ctx: TextField::new(&crate::model::DEFAULT_CTX.min(d.n_positions).to_string()),
             run: 0,
             resumable: d.resumable,
             eval_data: d.eval_data,
@@ -232,7 +218,7 @@ impl TrainMenu {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| crate::cli::resolve_asset(std::path::Path::new(s)))
+            .map(|s| crate::paths::resolve_asset(std::path::Path::new(s)))
             .collect();
         if data.is_empty() {
             return Err("Data must list at least one text file or folder".into());
@@ -254,7 +240,7 @@ impl TrainMenu {
             return Err("Context must be at least 2 tokens".into());
         }
         let loss = if self.run_kind() == RunKind::AlignedFinetune { LossKind::Aligned } else { LossKind::Standard };
-        let mut cfg = TrainConfig::finetune(InitFrom::Checkpoint(base.to_string()), crate::model::checkpoint::output_dir(out), loss, data);
+        let mut cfg = TrainConfig::finetune(InitFrom::Checkpoint(base.to_string()), crate::paths::output_dir(out), loss, data);
         cfg.steps = steps;
         cfg.lr = lr;
         // Keep the paper's lr : min_lr ratio of 10 : 1 for the cosine schedule.

@@ -3,7 +3,8 @@
 
 use super::app::App;
 use super::train::MenuDefaults;
-use crate::model::checkpoint::{local_checkpoints, resolve};
+use crate::model::checkpoint::resolve;
+use crate::paths::local_checkpoints;
 use crate::train::job::{RunPlan, TrainJob};
 use crate::train::{TrainConfig, TrainEvent};
 use anyhow::Result;
@@ -60,8 +61,8 @@ pub fn menu_defaults(app: &App) -> MenuDefaults {
         .collect();
     MenuDefaults {
         base: a.name().to_string(),
-        n_positions: a.info.as_ref().map_or(256, |i| i.n_positions),
-        data: crate::train::data::default_training_files(),
+        n_positions: a.info.as_ref().map_or(crate::model::DEFAULT_CTX, |i| i.n_positions),
+        data: crate::paths::default_training_files(),
         eval_data: app.eval_data.clone(),
         resumable,
     }

@@ -38,13 +38,8 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn of(ck: &Checkpoint) -> Self {
-        let spec = std::path::Path::new(ck.name.trim_end_matches('/'));
-        let short_name = match spec.file_name() {
-            Some(f) if spec.is_dir() => f.to_string_lossy().into_owned(),
-            _ => ck.name.clone(),
-        };
         Self {
-            short_name,
+            short_name: crate::paths::short_name(&ck.name),
             name: ck.name.clone(),
             dir: ck.dir.clone(),
             n_layer: ck.model.n_layer(),
@@ -336,12 +331,6 @@ pub fn analyze_prompt(ck: &Checkpoint, prompt: &str, top_k: usize) -> anyhow::Re
     analyze(&ck.model, &ck.tokenizer, &ids, top_k, LensAt::All)
 }
 
-/// The evaluation context the explorer uses: 256 tokens, or the model's whole context
-/// when that is shorter.
-pub fn eval_ctx(n_positions: usize) -> usize {
-    n_positions.min(256)
-}
-
 /// Evaluates a checkpoint per layer on the start of a text file.
 pub fn evaluate_file(
     ck: &Checkpoint,
@@ -350,6 +339,6 @@ pub fn evaluate_file(
     max_chunks: usize,
     progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> anyhow::Result<EvalReport> {
-    let ids = crate::cli::tokenize_file(ck, data)?;
+    let ids = crate::analysis::tokenize_file(&ck.tokenizer, data)?;
     evaluate(&ck.model, &ids, &EvalOptions { ctx, max_chunks: Some(max_chunks) }, progress)
 }

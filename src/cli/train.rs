@@ -1,12 +1,12 @@
 //! `alignscope train` and `alignscope tokenizer train`: the terminal front of the
 //! training engine (a progress line on stderr, Ctrl-C saves and stops).
 
-use super::config::{InitFrom, LossKind, TrainConfig};
-use super::data::collect_files;
-use super::events::TrainEvent;
-use super::job::{RunPlan, TrainJob};
-use crate::model::checkpoint::output_dir;
 use crate::model::device::parse_device;
+use crate::paths::output_dir;
+use crate::train::config::{InitFrom, LossKind, TrainConfig};
+use crate::train::data::collect_files;
+use crate::train::events::TrainEvent;
+use crate::train::job::{RunPlan, TrainJob};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
@@ -148,8 +148,8 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
         bail!("{} already exists: continue it with --resume, pick another --out, or pass --overwrite", out.display())
     }
     let default_data = a.data.is_empty();
-    let data = if default_data { super::data::default_training_files() } else { a.data.clone() };
-    let eval_data = if a.eval_data.is_empty() && default_data { vec![super::data::default_eval_file()] } else { a.eval_data.clone() };
+    let data = if default_data { crate::paths::default_training_files() } else { a.data.clone() };
+    let eval_data = if a.eval_data.is_empty() && default_data { vec![crate::paths::default_eval_file()] } else { a.eval_data.clone() };
     let mut c = TrainConfig::finetune(init, out, a.loss, data);
     c.eval_data = eval_data;
     c.alternate = !a.no_alternate;
@@ -285,8 +285,8 @@ fn terminal_width() -> usize {
 pub fn tokenizer(c: TokenizerCommand) -> Result<()> {
     match c {
         TokenizerCommand::Train { vocab, data, min_frequency, out } => {
-            let files = if data.is_empty() { super::data::default_training_files() } else { collect_files(&data)? };
-            let tok = super::tokenizer::train_bpe(&files, vocab, min_frequency)?;
+            let files = if data.is_empty() { crate::paths::default_training_files() } else { collect_files(&data)? };
+            let tok = crate::train::tokenizer::train_bpe(&files, vocab, min_frequency)?;
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
             let path = out.join("tokenizer.json");
             let tmp = out.join(".tokenizer.json.tmp");

@@ -1,6 +1,8 @@
 //! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
 //! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
 
+pub mod train;
+
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
 use crate::analysis::inspect::{LensAt, analyze};
@@ -8,18 +10,13 @@ use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::{decode, encode_prompt};
 use crate::model::Checkpoint;
 use crate::model::device::parse_device;
+use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-
-/// The checkpoint the explorer opens when none is named, and the one it compares with.
-pub const DEFAULT_CKPT: &str = "austen-aligned";
-pub const DEFAULT_COMPARE: &str = "austen-standard";
-/// The held-out text every default evaluation uses.
-pub const DEFAULT_EVAL_TEXT: &str = "assets/austen/persuasion.txt";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,11 +63,11 @@ pub enum Command {
     /// Per-layer loss, perplexity, accuracy and similarity to the last layer over a text
     Eval(EvalArgs),
     /// Train or fine-tune (aligned, standard or ce-reg loss), or resume a run
-    Train(crate::train::cli::TrainArgs),
+    Train(train::TrainArgs),
     /// Tokenizer tools
     Tokenizer {
         #[command(subcommand)]
-        command: crate::train::cli::TokenizerCommand,
+        command: train::TokenizerCommand,
     },
     /// Speed benchmarks (forward + analysis, decode, training)
     Bench(crate::bench::BenchArgs),
@@ -159,8 +156,8 @@ pub fn run() -> Result<()> {
         Some(Command::Inspect(a)) => inspect(a),
         Some(Command::Generate(a)) => generate_cmd(a),
         Some(Command::Eval(a)) => eval_cmd(a),
-        Some(Command::Train(a)) => crate::train::cli::train(a),
-        Some(Command::Tokenizer { command }) => crate::train::cli::tokenizer(command),
+        Some(Command::Train(a)) => train::train(a),
+        Some(Command::Tokenizer { command }) => train::tokenizer(command),
         Some(Command::Bench(a)) => crate::bench::run(a),
     }
 }
@@ -333,22 +330,12 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Tokenizes a whole text file with the checkpoint's tokenizer.
-pub fn tokenize_file(ck: &Checkpoint, path: &std::path::Path) -> Result<Vec<u32>> {
-    tokenize_text(ck, &read_text(path)?, path)
-}
-
-fn tokenize_text(ck: &Checkpoint, text: &str, path: &std::path::Path) -> Result<Vec<u32>> {
-    let enc = ck.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize {}: {e}", path.display()))?;
-    Ok(enc.get_ids().to_vec())
-}
-
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let data = resolve_asset(&a.data);
     let text = read_text(&data)?; // read before the model loads: bad data fails fast
     let ck = open(&a.common)?;
-    let ids = tokenize_text(&ck, &text, &data)?;
-    let ctx = a.ctx.unwrap_or(256.min(ck.model.config.n_positions));
+    let ids = crate::analysis::tokenize_text(&ck.tokenizer, &text, &data)?;
+    let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
     let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = evaluate(&ck.model, &ids, &opts, |done, total| {
@@ -383,14 +370,4 @@ pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
         s += &format!("shallowest layer reaching 95% of the best accuracy: {d}");
     }
     s
-}
-
-/// Paths of shipped assets work from any directory: a relative path that does not exist
-/// here is looked up in the project folder.
-pub fn resolve_asset(p: &std::path::Path) -> PathBuf {
-    if p.exists() || p.is_absolute() {
-        return p.to_path_buf();
-    }
-    let project = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
-    if project.exists() { project } else { p.to_path_buf() }
 }
