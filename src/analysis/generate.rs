@@ -1,6 +1,7 @@
 //! Generation that exits at any layer: blocks `1..=l`, then the shared classifier
 //! `lm_head(ln_f(h^l))`, with a KV cache. Also per-token early exit by confidence.
 
+use crate::model::decoder::{self, CpuModel, Decoder};
 use crate::model::{Gpt2, KvCache};
 use anyhow::{Result, bail};
 use candle_core::Tensor;
@@ -21,7 +22,7 @@ pub enum Sampling {
 }
 
 impl Sampling {
-    fn processor(&self) -> LogitsProcessor {
+    pub(crate) fn processor(&self) -> LogitsProcessor {
         match *self {
             Sampling::Greedy => LogitsProcessor::from_sampling(0, CandleSampling::ArgMax),
             Sampling::TopP { p, temperature, seed } => LogitsProcessor::from_sampling(seed, CandleSampling::TopP { p, temperature }),
@@ -68,7 +69,7 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
-fn check_prompt(model: &Gpt2, prompt: &[u32]) -> Result<()> {
+pub(crate) fn check_prompt(model: &Gpt2, prompt: &[u32]) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty")
     }
@@ -80,18 +81,86 @@ fn check_prompt(model: &Gpt2, prompt: &[u32]) -> Result<()> {
 
 /// Generates from `prompt`, exiting at `opts.exit_layer`. `on_token` sees each new token as
 /// it is produced and may cancel.
-pub fn generate(
-    model: &Gpt2,
-    prompt: &[u32],
-    opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
-) -> Result<Generation> {
+pub fn generate(model: &Gpt2, prompt: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> ControlFlow<()>) -> Result<Generation> {
     check_prompt(model, prompt)?;
     opts.sampling.validate()?;
     let l = opts.exit_layer;
     if l == 0 || l > model.n_layer() {
         bail!("exit layer {l} is out of range: choose 1..={}", model.n_layer())
     }
+    if decoder::supported(model) {
+        decoder::with_cpu_model(model, |m| generate_cpu(m, prompt, opts, on_token))
+    } else {
+        generate_tensor(model, prompt, opts, on_token)
+    }
+}
+
+/// The next token from a row of logits: greedy is [`decoder::argmax`] (the same function
+/// the speculative decoder compares with), sampling goes through candle's processor.
+pub(crate) struct TokenPicker {
+    proc: Option<LogitsProcessor>,
+}
+
+impl TokenPicker {
+    pub(crate) fn new(sampling: &Sampling) -> Self {
+        Self { proc: matches!(sampling, Sampling::TopP { .. }).then(|| sampling.processor()) }
+    }
+
+    pub(crate) fn pick(&mut self, logits: &[f32]) -> Result<u32> {
+        match &mut self.proc {
+            None => Ok(decoder::argmax(logits)),
+            Some(p) => Ok(p.sample(&Tensor::from_slice(logits, logits.len(), &candle_core::Device::Cpu)?)?),
+        }
+    }
+}
+
+/// [`generate`] on the CPU engine: the prompt in one pass, then one row per token.
+fn generate_cpu(
+    m: &CpuModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    let l = opts.exit_layer;
+    let mut dec = Decoder::new(m);
+    let mut picker = TokenPicker::new(&opts.sampling);
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    let mut pos = 0;
+    let mut logits = Vec::new();
+    let mut stop = StopReason::MaxTokens;
+    while out.len() < opts.max_new_tokens {
+        if pos + input.len() > m.n_positions {
+            stop = StopReason::ContextFull;
+            break;
+        }
+        let mut x = dec.embed(&input, pos)?;
+        dec.blocks(0, l, &mut x, pos)?;
+        pos += input.len();
+        dec.logits(&x[x.len() - m.d..], &mut logits);
+        let next = picker.pick(&logits)?;
+        out.push(next);
+        if on_token(next).is_break() {
+            stop = StopReason::Cancelled;
+            break;
+        }
+        if Some(next) == opts.eos {
+            stop = StopReason::EndOfText;
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(Generation { exit_layer: l, ids: out, stop })
+}
+
+/// [`generate`] with candle tensors, for devices the CPU engine does not cover.
+fn generate_tensor(
+    model: &Gpt2,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    let l = opts.exit_layer;
     let mut proc = opts.sampling.processor();
     let mut cache = KvCache::new(model.n_layer());
     let mut out = Vec::new();

@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod lens;
 pub mod quality;
 pub mod similarity;
+pub mod speculative;
 
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
