@@ -5,6 +5,7 @@
 
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::inspect::{LensAt, analyze};
+use crate::analysis::speculative::{SpeculativeOptions, calibrate, generate_speculative};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
@@ -19,7 +20,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: inference, train or all
+    /// What to measure: inference, decode (plain greedy vs self-speculative decoding on the
+    /// shipped Austen pair), train or all
     #[arg(long, default_value = "all")]
     pub what: String,
     /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
@@ -41,6 +43,18 @@ pub struct BenchArgs {
     pub batch: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Decode benchmark: draft layer (default: picked by calibration, as `--speculative auto`)
+    #[arg(long)]
+    pub draft_layer: Option<usize>,
+    /// Decode benchmark: most tokens drafted per verification (default: picked by calibration)
+    #[arg(long)]
+    pub draft: Option<usize>,
+    /// Decode benchmark: draft confidence below which drafting stops (default: picked by calibration)
+    #[arg(long)]
+    pub draft_confidence: Option<f64>,
+    /// Decode benchmark: also time every draft layer (with the calibrated or given draft length)
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 fn project(p: &str) -> PathBuf {
@@ -209,16 +223,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     println!("alignscope bench · {} · {threads} threads · device {}", std::env::consts::ARCH, crate::model::device::device_name(&device));
     let what = a.what.as_str();
-    if !["all", "inference", "train"].contains(&what) {
-        bail!("--what must be inference, train or all")
+    if !["all", "inference", "decode", "train"].contains(&what) {
+        bail!("--what must be inference, decode, train or all")
     }
-    if what != "train" {
+    if what == "inference" || what == "all" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
         for m in &models {
             bench_inference(&subject(m, &device)?, &a)?;
         }
     }
-    if what != "inference" {
+    if what == "decode" || what == "all" {
+        let models = if a.model.is_empty() { vec!["austen-aligned".to_string(), "austen-standard".to_string()] } else { a.model.clone() };
+        println!(
+            "decode: plain greedy vs self-speculative decoding, {} prompts x {} new tokens (the same for both), wall clock, median of {} rounds",
+            DECODE_PROMPTS,
+            a.decode_tokens,
+            a.reps.clamp(3, 9)
+        );
+        for m in &models {
+            bench_decode(&subject(m, &device)?, &a)?;
+        }
+    }
+    if what == "train" || what == "all" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "austen12".to_string()] } else { a.model.clone() };
         for m in &models {
             let s = subject(m, &device)?;
@@ -226,5 +252,110 @@ pub fn run(a: BenchArgs) -> Result<()> {
             bench_train(s, &a, &device, batch)?;
         }
     }
+    Ok(())
+}
+
+/// Prompts of the decode benchmark: this many, of `DECODE_PROMPT_LEN` tokens, spread over the
+/// held-out text.
+const DECODE_PROMPTS: usize = 8;
+const DECODE_PROMPT_LEN: usize = 24;
+
+/// Plain greedy decoding vs self-speculative decoding on the same prompts and lengths.
+fn bench_decode(s: &Subject, a: &BenchArgs) -> Result<()> {
+    let m = &s.model;
+    let n_layer = m.n_layer();
+    let ids = prompt_ids(s, usize::MAX)?;
+    let room = m.config.n_positions.saturating_sub(a.decode_tokens);
+    let len = DECODE_PROMPT_LEN.min(room.max(1));
+    let step = (ids.len() - len) / (DECODE_PROMPTS + 1);
+    // The calibration prompt lies between the start of the text and the first timed prompt.
+    let calib: Vec<u32> = ids[step / 2..step / 2 + len].to_vec();
+    let prompts: Vec<Vec<u32>> = (1..=DECODE_PROMPTS).map(|i| ids[i * step..i * step + len].to_vec()).collect();
+    println!("{}", s.label);
+    let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
+        (Some(e), Some(k), Some(g)) => (e, k, g),
+        (e, k, g) => {
+            let c = calibrate(m, &calib, CALIBRATION_TOKENS)?;
+            println!(
+                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms; agreement with the last layer by layer: {}",
+                c.positions,
+                c.draft_layer,
+                c.draft_len,
+                c.draft_confidence,
+                c.predicted_acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+                c.predicted_speedup,
+                c.block_ms[0],
+                c.head_ms[0],
+                c.agreement[1..n_layer].iter().map(|v| format!("{:.0}%", 100.0 * v.unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" ")
+            );
+            (e.unwrap_or(c.draft_layer), k.unwrap_or(c.draft_len), g.unwrap_or(c.draft_confidence))
+        }
+    };
+    let layers: Vec<usize> = if a.sweep { (1..n_layer).collect() } else { vec![e] };
+    for e in layers {
+        decode_pair(m, &prompts, e, k, gamma, a)?;
+    }
+    Ok(())
+}
+
+/// Tokens of greedy continuation the decode benchmark calibrates on.
+const CALIBRATION_TOKENS: usize = 128;
+
+/// Times plain greedy and speculative decoding over the prompts, alternating rounds.
+fn decode_pair(m: &Gpt2, prompts: &[Vec<u32>], e: usize, k: usize, gamma: f64, a: &BenchArgs) -> Result<()> {
+    let plain_opts = GenerateOptions { exit_layer: m.n_layer(), max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
+    let spec_opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: gamma,
+        max_new_tokens: a.decode_tokens,
+        sampling: Sampling::Greedy,
+        eos: None,
+    };
+    let plain_all = || -> Result<(f64, Vec<Vec<u32>>)> {
+        let t = Instant::now();
+        let outs = prompts.iter().map(|p| Ok(generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids)).collect::<Result<_>>()?;
+        Ok((t.elapsed().as_secs_f64(), outs))
+    };
+    let spec_all = || -> Result<(f64, Vec<Vec<u32>>, usize, usize, usize)> {
+        let t = Instant::now();
+        let (mut outs, mut drafted, mut accepted, mut passes) = (vec![], 0, 0, 0);
+        for p in prompts {
+            let g = generate_speculative(m, p, &spec_opts, |_, _| ControlFlow::Continue(()))?;
+            drafted += g.drafted;
+            accepted += g.accepted;
+            passes += g.forward_passes;
+            outs.push(g.ids);
+        }
+        Ok((t.elapsed().as_secs_f64(), outs, drafted, accepted, passes))
+    };
+    plain_all()?; // warm-up
+    spec_all()?;
+    let rounds = a.reps.clamp(3, 9);
+    let (mut tp, mut ts, mut ratios) = (vec![], vec![], vec![]);
+    let mut same = true;
+    let mut last = (0, 0, 0, 0);
+    for _ in 0..rounds {
+        let (p_secs, p_out) = plain_all()?;
+        let (s_secs, s_out, drafted, accepted, passes) = spec_all()?;
+        same &= p_out == s_out;
+        let tokens: usize = p_out.iter().map(Vec::len).sum();
+        last = (tokens, drafted, accepted, passes);
+        tp.push(p_secs);
+        ts.push(s_secs);
+        ratios.push(p_secs / s_secs);
+    }
+    let (tokens, drafted, accepted, passes) = last;
+    let (p, s) = (median(tp), median(ts));
+    println!(
+        "  plain greedy: {:.0} tokens/s | speculative, draft layer {e}, up to {k} drafts, confidence {gamma}: {:.0} tokens/s, acceptance {:.1}% ({accepted}/{drafted}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
+        tokens as f64 / p,
+        tokens as f64 / s,
+        100.0 * accepted as f64 / drafted.max(1) as f64,
+        tokens as f64 / passes as f64,
+        p / s,
+        median(ratios),
+        if same { "yes" } else { "NO" }
+    );
     Ok(())
 }

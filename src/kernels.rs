@@ -270,23 +270,76 @@ dispatch! {
     }
 }
 
-/// Dot product in 16 independent lanes (vectorised, and the same order for the same length).
+/// Dot product: four vector accumulators of 16 lanes, reduced as a tree. Vectorised, with
+/// no long chain of dependent additions, and the same order for the same length.
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..LANES {
-            acc[j] += x[j] * y[j];
+    let mut acc = [[0f32; LANES]; 4];
+    let n = a.len().min(b.len());
+    let full = n - n % (4 * LANES);
+    for (ca, cb) in a[..full].chunks_exact(4 * LANES).zip(b[..full].chunks_exact(4 * LANES)) {
+        for u in 0..4 {
+            for j in 0..LANES {
+                acc[u][j] += ca[u * LANES + j] * cb[u * LANES + j];
+            }
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
+    let mut rest = full;
+    while rest + LANES <= n {
+        for j in 0..LANES {
+            acc[0][j] += a[rest + j] * b[rest + j];
+        }
+        rest += LANES;
+    }
+    let mut v = [0f32; LANES];
+    for j in 0..LANES {
+        v[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            v[j] += v[j + width];
+        }
+        width /= 2;
+    }
+    let mut s = v[0];
+    for i in rest..n {
+        s += a[i] * b[i];
     }
     s
+}
+
+dispatch! {
+    /// `y[r, v] = dot(x[r, :], w[v, :])` for the rows of `x` (`[m, d]`) and the `n_w` rows
+    /// of `w` (`[n_w, d]`: the classifier against the embedding matrix); `y` is `[m, n_w]`.
+    /// Each dot product is computed on its own: rows do not affect one another.
+    pub fn classify_rows(x: &[f32], d: usize, w: &[f32], y: &mut [f32], n_w: usize) -> () {
+        let m = x.len() / d;
+        for v in 0..n_w {
+            let wv = &w[v * d..(v + 1) * d];
+            for r in 0..m {
+                y[r * n_w + v] = dot_lanes(&x[r * d..(r + 1) * d], wv);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// The largest softmax probability of a row of logits, `1 / sum_j exp(z_j - max z)`
+    /// (the confidence of a prediction), without writing the probabilities.
+    pub fn max_prob(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        let mut acc = [0f32; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for j in 0..LANES {
+                acc[j] += exp(c[j] - max);
+            }
+        }
+        let sum = acc.iter().sum::<f32>() + tail.iter().map(|&x| exp(x - max)).sum::<f32>();
+        1.0 / sum
+    }
 }
 
 /// One head's slice of a KV cache: a row of `stride` floats per position, the head's

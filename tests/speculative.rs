@@ -17,8 +17,15 @@ fn plain(model: &Gpt2, prompt: &[u32], max_new: usize, eos: Option<u32>) -> Gene
     generate(model, prompt, &opts, |_| ControlFlow::Continue(())).unwrap()
 }
 
-fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
-    let opts = SpeculativeOptions { draft_layer: e, draft_len: k, max_new_tokens: max_new, sampling: Sampling::Greedy, eos };
+fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    let opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: gamma,
+        max_new_tokens: max_new,
+        sampling: Sampling::Greedy,
+        eos,
+    };
     let mut seen = Vec::new();
     let g = generate_speculative(model, prompt, &opts, |t, _| {
         seen.push(t);
@@ -29,14 +36,16 @@ fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: O
     g
 }
 
-/// Runs every (draft layer, draft length) pair against plain greedy decoding.
+/// Runs every (draft layer, draft length) pair against plain greedy decoding, with draft
+/// confidence thresholds from "always draft" to "rarely draft" spread over the pairs.
 fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize], max_new: usize, eos: Option<u32>) -> (usize, usize) {
     let want = plain(model, prompt, max_new, eos);
     let (mut drafted, mut accepted) = (0, 0);
     for &e in layers {
         for &k in lens {
-            let g = spec(model, prompt, e, k, max_new, eos);
-            assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts, prompt of {} tokens", prompt.len());
+            let gamma = [0.0, 0.3, 0.6, 0.9][(e + k) % 4];
+            let g = spec(model, prompt, e, k, gamma, max_new, eos);
+            assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts, confidence {gamma}, prompt of {} tokens", prompt.len());
             assert_eq!(g.stop, want.stop, "draft layer {e}, {k} drafts");
             assert_eq!(g.origins.len(), g.ids.len());
             let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
@@ -161,6 +170,7 @@ fn sampling_follows_the_full_model_distribution() {
         let opts = SpeculativeOptions {
             draft_layer: 1,
             draft_len: 3,
+            draft_confidence: 0.0,
             max_new_tokens: 3,
             sampling: Sampling::TopP { p: top_p, temperature, seed },
             eos: None,

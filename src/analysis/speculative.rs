@@ -26,8 +26,11 @@ use std::time::Instant;
 pub struct SpeculativeOptions {
     /// Blocks `1..=draft_layer` draft (1..L-1).
     pub draft_layer: usize,
-    /// Tokens drafted per verification (at least 1).
+    /// Most tokens drafted per verification (at least 1).
     pub draft_len: usize,
+    /// Drafting stops early when the draft's confidence (its largest probability) falls
+    /// below this (Draft & Verify's adaptive draft exit); 0 always drafts `draft_len`.
+    pub draft_confidence: f64,
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     /// Stop when this token is produced (it is kept in the output).
@@ -55,6 +58,7 @@ pub struct SpeculativeGeneration {
     pub stop: StopReason,
     pub draft_layer: usize,
     pub draft_len: usize,
+    pub draft_confidence: f64,
     /// Tokens drafted, and how many of them the full model accepted.
     pub drafted: usize,
     pub accepted: usize,
@@ -86,6 +90,9 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     }
     if opts.draft_len == 0 {
         bail!("the draft length must be at least 1")
+    }
+    if !(0.0..=1.0).contains(&opts.draft_confidence) {
+        bail!("the draft confidence is a probability in [0, 1], got {}", opts.draft_confidence)
     }
     if !decoder::supported(model) {
         bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
@@ -134,6 +141,16 @@ impl Picker {
             }
         }
     }
+
+    /// A draft and its confidence: the largest probability of the distribution drawn from.
+    fn draft(&mut self, logits: &[f32]) -> (u32, Option<Vec<f64>>, f64) {
+        let (t, dist) = self.draw(logits);
+        let conf = match &dist {
+            None => crate::kernels::max_prob(logits) as f64,
+            Some(q) => q.iter().copied().fold(0.0, f64::max),
+        };
+        (t, dist, conf)
+    }
 }
 
 fn run(
@@ -152,6 +169,7 @@ fn run(
         stop: StopReason::MaxTokens,
         draft_layer: e,
         draft_len: opts.draft_len,
+        draft_confidence: opts.draft_confidence,
         drafted: 0,
         accepted: 0,
         forward_passes: 0,
@@ -193,8 +211,9 @@ fn run(
         }
         let remaining = opts.max_new_tokens - g.ids.len();
         let k = opts.draft_len.min(remaining - 1).min(m.n_positions - 1 - n);
-        // Draft: k tokens through blocks 1..E and the shared head, one at a time; the last
-        // draft goes through blocks 1..E too, so the verification can score it.
+        // Draft: up to k tokens through blocks 1..E and the shared head, one at a time,
+        // while the draft is confident; each drafted token goes through blocks 1..E too, so
+        // the verification can score what follows it.
         rows.clear();
         drafts.clear();
         let mut tok = pending;
@@ -202,13 +221,18 @@ fn run(
             let mut x = dec.embed(&[tok], n + i)?;
             dec.blocks(0, e, &mut x, n + i)?;
             rows.extend_from_slice(&x);
-            if i < k {
-                dec.logits(&x, &mut logits);
-                let draft = picker.draw(&logits);
-                tok = draft.0;
-                drafts.push(draft);
+            if i == k {
+                break;
             }
+            dec.logits(&x, &mut logits);
+            let (t, q, conf) = picker.draft(&logits);
+            if conf < opts.draft_confidence {
+                break;
+            }
+            tok = t;
+            drafts.push((t, q));
         }
+        let k = drafts.len();
         // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
         dec.blocks(e, n_layer, &mut rows, n)?;
         g.forward_passes += 1;
@@ -330,6 +354,202 @@ pub fn emitted_distribution(p: &[f64], q: &[f64]) -> Vec<f64> {
     let rejected = 1.0 - accept.iter().sum::<f64>();
     let r = residual(p, q);
     accept.iter().zip(&r).map(|(a, r)| a + rejected * r).collect()
+}
+
+/// Longest draft `--speculative auto` considers.
+pub const MAX_AUTO_DRAFT: usize = 8;
+/// Draft confidences `--speculative auto` considers.
+pub const AUTO_CONFIDENCES: [f64; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// What `--speculative auto` measured and picked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Positions of the full model's greedy continuation the drafts were scored on.
+    pub positions: usize,
+    /// Per draft layer `E` (index = layer; 0 and L are `None`): how often the greedy token of
+    /// blocks `1..E` + the shared head equals the full model's.
+    pub agreement: Vec<Option<f64>>,
+    /// Measured milliseconds of one block and of the head on 1..=MAX_AUTO_DRAFT+1 rows.
+    pub block_ms: Vec<f64>,
+    pub head_ms: Vec<f64>,
+    pub draft_layer: usize,
+    pub draft_len: usize,
+    pub draft_confidence: f64,
+    /// The replay's prediction for the pick: acceptance, and speedup over plain greedy
+    /// decoding (below 1: speculation is not expected to pay on this model).
+    pub predicted_acceptance: Option<f64>,
+    pub predicted_speedup: f64,
+}
+
+/// What blocks `1..E` + the head predict at each position of a greedy continuation.
+struct DraftTrace {
+    /// `tokens[l][p]`, `conf[l][p]`: the argmax and largest probability of layer `l + 1`
+    /// at position `p`; `full[p]` is the full model's token.
+    tokens: Vec<Vec<u32>>,
+    conf: Vec<Vec<f32>>,
+    full: Vec<u32>,
+}
+
+/// Costs of the replay, in milliseconds: a block and the head on `r` rows are
+/// `block[r - 1]` and `head[r - 1]`.
+struct Costs<'a> {
+    block: &'a [f64],
+    head: &'a [f64],
+}
+
+/// Replays speculative decoding along the trace (greedy output is the trace's own tokens)
+/// and returns (tokens emitted, drafted, accepted, milliseconds). Drafts made after a wrong
+/// one are scored as if the context were right: they are rejected either way, only their
+/// number (cost) is approximate.
+fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: f64) -> (usize, usize, usize, f64) {
+    let (toks, conf) = (&t.tokens[e - 1], &t.conf[e - 1]);
+    let positions = t.full.len();
+    let (mut p, mut emitted, mut drafted, mut accepted, mut ms) = (0, 0, 0, 0, 0.0);
+    while p + k < positions {
+        let mut rows = 1;
+        let mut good = true;
+        let mut acc = 0;
+        ms += e as f64 * c.block[0];
+        for i in 0..k {
+            ms += c.head[0];
+            if (conf[p + i] as f64) < gamma {
+                break;
+            }
+            drafted += 1;
+            good &= toks[p + i] == t.full[p + i];
+            acc += good as usize;
+            rows += 1;
+            ms += e as f64 * c.block[0];
+        }
+        ms += (n_layer - e) as f64 * c.block[rows - 1] + c.head[rows - 1];
+        accepted += acc;
+        emitted += acc + 1;
+        p += acc + 1;
+    }
+    (emitted, drafted, accepted, ms)
+}
+
+/// Picks the draft layer, draft length and draft confidence for this model: runs the full
+/// model's greedy continuation of `prompt` for `positions` tokens, reading every layer's
+/// prediction and confidence on the way; times a block and the head on 1..=MAX_AUTO_DRAFT+1
+/// rows; then replays speculative decoding along the continuation for every choice and
+/// keeps the fastest.
+pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize) -> Result<Calibration> {
+    check_prompt(model, prompt)?;
+    if !decoder::supported(model) {
+        bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
+    }
+    if model.n_layer() < 2 {
+        bail!("speculative decoding needs at least 2 layers; the model has {}", model.n_layer())
+    }
+    decoder::with_cpu_model(model, |m| {
+        let n_layer = m.n_layer;
+        let trace = trace_drafts(m, prompt, positions)?;
+        let seen = trace.full.len();
+        if seen <= MAX_AUTO_DRAFT {
+            bail!(
+                "the prompt leaves room for {seen} new tokens in the model's context: too few to calibrate speculative decoding (it needs more than {MAX_AUTO_DRAFT})"
+            )
+        }
+        let agreement: Vec<Option<f64>> = (0..=n_layer)
+            .map(|l| {
+                (l >= 1 && l < n_layer)
+                    .then(|| trace.tokens[l - 1].iter().zip(&trace.full).filter(|(a, b)| a == b).count() as f64 / seen as f64)
+            })
+            .collect();
+        let (block_ms, head_ms) = measure_costs(m)?;
+        let costs = Costs { block: &block_ms, head: &head_ms };
+        let plain = n_layer as f64 * block_ms[0] + head_ms[0];
+        let mut best: Option<(f64, usize, usize, f64, Option<f64>)> = None;
+        for e in 1..n_layer {
+            for k in 1..=MAX_AUTO_DRAFT {
+                for gamma in AUTO_CONFIDENCES {
+                    let (emitted, drafted, accepted, ms) = replay(&trace, &costs, n_layer, e, k, gamma);
+                    let speedup = emitted as f64 * plain / ms;
+                    if best.as_ref().is_none_or(|b| speedup > b.0) {
+                        let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
+                        best = Some((speedup, e, k, gamma, acceptance));
+                    }
+                }
+            }
+        }
+        let (predicted_speedup, draft_layer, draft_len, draft_confidence, predicted_acceptance) = best.expect("at least one choice");
+        Ok(Calibration {
+            positions: seen,
+            agreement,
+            block_ms,
+            head_ms,
+            draft_layer,
+            draft_len,
+            draft_confidence,
+            predicted_acceptance,
+            predicted_speedup,
+        })
+    })
+}
+
+/// The full model's greedy continuation of `prompt` (`positions` tokens at most), with every
+/// layer's greedy token and confidence at each position.
+fn trace_drafts(m: &CpuModel, prompt: &[u32], positions: usize) -> Result<DraftTrace> {
+    let (n_layer, d) = (m.n_layer, m.d);
+    let mut dec = Decoder::new(m);
+    let mut t = DraftTrace { tokens: vec![Vec::new(); n_layer - 1], conf: vec![Vec::new(); n_layer - 1], full: Vec::new() };
+    let mut x = dec.embed(prompt, 0)?;
+    let mut logits = Vec::new();
+    dec.blocks(0, n_layer, &mut x, 0)?;
+    dec.logits(&x[x.len() - d..], &mut logits);
+    let mut next = decoder::argmax(&logits);
+    let mut pos = prompt.len();
+    while t.full.len() < positions && pos < m.n_positions {
+        let mut x = dec.embed(&[next], pos)?;
+        for l in 0..n_layer {
+            dec.block(l, &mut x, pos)?;
+            dec.logits(&x, &mut logits);
+            if l + 1 < n_layer {
+                t.tokens[l].push(decoder::argmax(&logits));
+                t.conf[l].push(crate::kernels::max_prob(&logits));
+            }
+        }
+        next = decoder::argmax(&logits);
+        t.full.push(next);
+        pos += 1;
+    }
+    Ok(t)
+}
+
+/// Median milliseconds of one block (averaged over the blocks) and of the head, for
+/// 1..=MAX_AUTO_DRAFT+1 rows after 32 cached positions.
+fn measure_costs(m: &CpuModel) -> Result<(Vec<f64>, Vec<f64>)> {
+    const REPS: usize = 15;
+    let ctx = 32.min(m.n_positions.saturating_sub(MAX_AUTO_DRAFT + 1));
+    let ids: Vec<u32> = (0..ctx + MAX_AUTO_DRAFT + 1).map(|i| (i * 7919 % m.vocab) as u32).collect();
+    let mut dec = Decoder::new(m);
+    let mut x = dec.embed(&ids[..ctx], 0)?;
+    dec.blocks(0, m.n_layer, &mut x, 0)?;
+    let (mut block_ms, mut head_ms) = (Vec::new(), Vec::new());
+    let mut logits = Vec::new();
+    for rows in 1..=MAX_AUTO_DRAFT + 1 {
+        let x0 = dec.embed(&ids[ctx..ctx + rows], ctx)?;
+        let (mut tb, mut th) = (Vec::with_capacity(REPS), Vec::with_capacity(REPS));
+        for _ in 0..REPS {
+            let mut x = x0.clone();
+            let t = Instant::now();
+            dec.blocks(0, m.n_layer, &mut x, ctx)?;
+            tb.push(t.elapsed().as_secs_f64() * 1e3 / m.n_layer as f64);
+            let t = Instant::now();
+            dec.logits(&x, &mut logits);
+            th.push(t.elapsed().as_secs_f64() * 1e3);
+            dec.truncate(ctx);
+        }
+        block_ms.push(median(tb));
+        head_ms.push(median(th));
+    }
+    Ok((block_ms, head_ms))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[cfg(test)]
