@@ -301,6 +301,15 @@ fn bench_decode(s: &Subject, a: &BenchArgs) -> Result<()> {
 /// Tokens of greedy continuation the decode benchmark calibrates on.
 const CALIBRATION_TOKENS: usize = 128;
 
+/// One pass over the decode benchmark's prompts.
+struct DecodeRun {
+    secs: f64,
+    outs: Vec<Vec<u32>>,
+    drafted: usize,
+    accepted: usize,
+    passes: usize,
+}
+
 /// Times plain greedy and speculative decoding over the prompts, alternating rounds.
 fn decode_pair(m: &Gpt2, prompts: &[Vec<u32>], e: usize, k: usize, gamma: f64, a: &BenchArgs) -> Result<()> {
     let plain_opts = GenerateOptions { exit_layer: m.n_layer(), max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
@@ -312,22 +321,23 @@ fn decode_pair(m: &Gpt2, prompts: &[Vec<u32>], e: usize, k: usize, gamma: f64, a
         sampling: Sampling::Greedy,
         eos: None,
     };
-    let plain_all = || -> Result<(f64, Vec<Vec<u32>>)> {
+    let plain_all = || -> Result<DecodeRun> {
         let t = Instant::now();
         let outs = prompts.iter().map(|p| Ok(generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids)).collect::<Result<_>>()?;
-        Ok((t.elapsed().as_secs_f64(), outs))
+        Ok(DecodeRun { secs: t.elapsed().as_secs_f64(), outs, drafted: 0, accepted: 0, passes: 0 })
     };
-    let spec_all = || -> Result<(f64, Vec<Vec<u32>>, usize, usize, usize)> {
+    let spec_all = || -> Result<DecodeRun> {
         let t = Instant::now();
-        let (mut outs, mut drafted, mut accepted, mut passes) = (vec![], 0, 0, 0);
+        let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, passes: 0 };
         for p in prompts {
             let g = generate_speculative(m, p, &spec_opts, |_, _| ControlFlow::Continue(()))?;
-            drafted += g.drafted;
-            accepted += g.accepted;
-            passes += g.forward_passes;
-            outs.push(g.ids);
+            r.drafted += g.drafted;
+            r.accepted += g.accepted;
+            r.passes += g.forward_passes;
+            r.outs.push(g.ids);
         }
-        Ok((t.elapsed().as_secs_f64(), outs, drafted, accepted, passes))
+        r.secs = t.elapsed().as_secs_f64();
+        Ok(r)
     };
     plain_all()?; // warm-up
     spec_all()?;
@@ -336,14 +346,14 @@ fn decode_pair(m: &Gpt2, prompts: &[Vec<u32>], e: usize, k: usize, gamma: f64, a
     let mut same = true;
     let mut last = (0, 0, 0, 0);
     for _ in 0..rounds {
-        let (p_secs, p_out) = plain_all()?;
-        let (s_secs, s_out, drafted, accepted, passes) = spec_all()?;
-        same &= p_out == s_out;
-        let tokens: usize = p_out.iter().map(Vec::len).sum();
-        last = (tokens, drafted, accepted, passes);
-        tp.push(p_secs);
-        ts.push(s_secs);
-        ratios.push(p_secs / s_secs);
+        let p = plain_all()?;
+        let s = spec_all()?;
+        same &= p.outs == s.outs;
+        let tokens: usize = p.outs.iter().map(Vec::len).sum();
+        last = (tokens, s.drafted, s.accepted, s.passes);
+        tp.push(p.secs);
+        ts.push(s.secs);
+        ratios.push(p.secs / s.secs);
     }
     let (tokens, drafted, accepted, passes) = last;
     let (p, s) = (median(tp), median(ts));
