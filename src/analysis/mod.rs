@@ -1,5 +1,6 @@
 //! Per-layer analysis: logit lens, representation similarity, generation from any exit
 //! layer, and evaluation over a text.
+pub mod early_exit;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -1,10 +1,12 @@
 //! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
 //! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
 
+pub mod decode;
 pub mod train;
 
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
-use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
+use crate::analysis::early_exit::ExitMeasure;
+use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::{decode, encode_prompt};
@@ -123,9 +125,24 @@ pub struct GenerateArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Per-token early exit: leave at the first layer whose confidence reaches this
-    #[arg(long, conflicts_with = "exit_layer")]
+    /// Per-token early exit: leave at the first layer whose exit measure reaches this
+    #[arg(long)]
     pub early_exit: Option<f64>,
+    /// Early exit measure: max-prob (the shared classifier's largest probability, a head per
+    /// layer) or saturation (cosine of the residual with the previous layer's, free)
+    #[arg(long, value_enum)]
+    pub exit_measure: Option<ExitMeasure>,
+    /// Lossless self-speculative decoding: draft with blocks 1..E and the shared head, verify
+    /// with the full model; E in 1..L-1, or auto (calibrated on this prompt)
+    #[arg(long)]
+    pub speculative: Option<String>,
+    /// Speculative decoding: most tokens drafted per verification (default 4, or calibrated)
+    #[arg(long)]
+    pub draft: Option<usize>,
+    /// Speculative decoding: stop drafting when the draft's largest probability is below this
+    /// (default 0: always draft --draft tokens, or calibrated)
+    #[arg(long)]
+    pub draft_confidence: Option<f64>,
     /// Keep generating past end-of-text
     #[arg(long)]
     pub ignore_eos: bool,
@@ -235,26 +252,18 @@ fn sampling_of(a: &GenerateArgs) -> Sampling {
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    decode::check_generate_flags(&a)?;
     let ck = open(&a.common)?;
     let ids = encode_prompt(&ck.tokenizer, &ck.model, &a.prompt)?;
     let sampling = sampling_of(&a);
     sampling.validate()?;
     let n_layer = ck.model.n_layer();
     let eos = if a.ignore_eos { None } else { ck.eos_id() };
-    if let Some(th) = a.early_exit {
-        if !(0.0..=1.0).contains(&th) {
-            bail!("--early-exit is a confidence threshold in [0, 1], got {th}")
-        }
-        let g = generate_early_exit(&ck.model, &ids, th, a.max_new_tokens, sampling, eos, |_, _| ControlFlow::Continue(()))?;
-        let text = decode(&ck.tokenizer, &g.ids);
-        if a.common.json {
-            out(&json!({"threshold": th, "ids": g.ids, "text": text, "exit_layers": g.exit_layers, "speedup": g.speedup, "stop": g.stop})
-                .to_string());
-        } else {
-            out(&format!("{}{}", a.prompt, text));
-            out(&format!("-- exit layers {:?}, speedup {:.2}x over {} layers", g.exit_layers, g.speedup, n_layer));
-        }
-        return Ok(());
+    if a.early_exit.is_some() {
+        return decode::early_exit_cmd(&a, &ck, &ids, sampling, eos);
+    }
+    if a.speculative.is_some() {
+        return decode::speculative_cmd(&a, &ck, &ids, sampling, eos);
     }
     let layers: Vec<usize> = match a.exit_layer.as_deref() {
         None => vec![n_layer],
