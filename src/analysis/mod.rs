@@ -2,6 +2,7 @@
 //! layer, and evaluation over a text.
 pub mod early_exit;
 pub mod eval;
+pub mod exits;
 pub mod generate;
 pub mod inspect;
 pub mod lens;

@@ -64,6 +64,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Per-layer loss, perplexity, accuracy and similarity to the last layer over a text
     Eval(EvalArgs),
+    /// Early-exit sweep over a text: accuracy, agreement with the last layer, mean exit layer,
+    /// layer and wall-clock speedup per threshold (the paper's Table 1)
+    Exits(decode::ExitsArgs),
     /// Train or fine-tune (aligned, standard or ce-reg loss), or resume a run
     Train(train::TrainArgs),
     /// Tokenizer tools
@@ -173,6 +176,7 @@ pub fn run() -> Result<()> {
         Some(Command::Inspect(a)) => inspect(a),
         Some(Command::Generate(a)) => generate_cmd(a),
         Some(Command::Eval(a)) => eval_cmd(a),
+        Some(Command::Exits(a)) => decode::exits_cmd(a),
         Some(Command::Train(a)) => train::train(a),
         Some(Command::Tokenizer { command }) => train::tokenizer(command),
         Some(Command::Bench(a)) => crate::bench::run(a),
