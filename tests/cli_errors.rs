@@ -98,6 +98,46 @@ fn exit_layer_out_of_range() {
 }
 
 #[test]
+fn bad_decoding_flags() {
+    let ck = s(&fixture_dir());
+    let g = |extra: &[&str]| -> Vec<String> {
+        ["generate", "--ckpt", ck.as_str(), "--prompt", "Hi"].iter().chain(extra).map(|x| x.to_string()).collect()
+    };
+    let fails_with = |args: &[String], needles: &[&str]| fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles);
+    fails_with(&g(&["--speculative", "0"]), &["--speculative 0", "1..=3"]);
+    fails_with(&g(&["--speculative", "4"]), &["--speculative 4", "1..=3"]);
+    fails_with(&g(&["--speculative", "half"]), &["--speculative", "auto", "half"]);
+    fails_with(&g(&["--speculative", "2", "--draft", "0"]), &["--draft", "at least 1"]);
+    fails_with(&g(&["--speculative", "2", "--draft-confidence", "1.5"]), &["--draft-confidence", "1.5"]);
+    fails_with(&g(&["--draft", "3"]), &["--draft needs --speculative"]);
+    fails_with(&g(&["--draft-confidence", "0.5"]), &["--draft-confidence needs --speculative"]);
+    fails_with(&g(&["--speculative", "2", "--exit-layer", "2"]), &["--speculative", "--exit-layer"]);
+    fails_with(&g(&["--speculative", "2", "--early-exit", "0.5"]), &["--speculative", "--early-exit"]);
+    fails_with(&g(&["--early-exit", "0.5", "--exit-layer", "2"]), &["--early-exit", "--exit-layer"]);
+    fails_with(&g(&["--early-exit", "1.5"]), &["--early-exit", "1.5"]);
+    fails_with(&g(&["--exit-measure", "saturation"]), &["--exit-measure needs --early-exit"]);
+    // auto needs room after the prompt to calibrate.
+    let long = "word ".repeat(41);
+    fails_with(
+        &[&["generate", "--ckpt", &ck, "--prompt", &long, "--speculative", "auto"][..]]
+            .concat()
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>(),
+        &["calibrate"],
+    );
+}
+
+#[test]
+fn bad_exit_sweeps() {
+    let ck = s(&fixture_dir());
+    fails_with(&["exits", "--ckpt", &ck, "--thresholds", "0.1,x"], &["--thresholds", "\"x\""]);
+    fails_with(&["exits", "--ckpt", &ck, "--thresholds", "0.5,2"], &["--thresholds", "2", "[0, 1]"]);
+    fails_with(&["exits", "--ckpt", &ck, "--data", "/no/such/text.txt"], &["/no/such/text.txt"]);
+    fails_with(&["exits", "--ckpt", &ck, "--ctx", "1000"], &["--ctx 1000", "context"]);
+}
+
+#[test]
 fn position_out_of_range() {
     let ck = s(&fixture_dir());
     fails_with(&["inspect", "--ckpt", &ck, "--prompt", "The ", "--position", "3"], &["position 3", "out of range"]);

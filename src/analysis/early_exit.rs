@@ -259,3 +259,25 @@ fn run_tensor(
     }
     Ok(out.g)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU engine and the tensor path (other devices) apply the same rule: the same
+    /// tokens leave at the same layers, with either measure.
+    #[test]
+    fn engine_and_tensor_paths_agree() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let ck = crate::model::Checkpoint::load_dir(&dir, &candle_core::Device::Cpu).unwrap();
+        let prompt = ck.tokenizer.encode("Mr. Darcy looked at Elizabeth and said", false).unwrap().get_ids().to_vec();
+        for (measure, threshold) in [(ExitMeasure::MaxProb, 0.3), (ExitMeasure::MaxProb, 0.15), (ExitMeasure::Saturation, 0.9)] {
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens: 24, sampling: Sampling::Greedy, eos: None };
+            let a = decoder::with_cpu_model(&ck.model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
+            let b = run_tensor(&ck.model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+            assert_eq!(a.ids, b.ids, "{measure:?} {threshold}");
+            assert_eq!(a.exit_layers, b.exit_layers, "{measure:?} {threshold}");
+            assert!(a.exit_layers.iter().any(|&l| l < 4), "{measure:?} {threshold}: some token leaves early");
+        }
+    }
+}

@@ -4,17 +4,17 @@
 use super::{CommonArgs, GenerateArgs, open, out};
 use crate::analysis::decode as decode_ids;
 use crate::analysis::early_exit::{EarlyExitGeneration, EarlyExitOptions, ExitMeasure, exit_speedup, generate_early_exit};
+use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::speculative::{Calibration, SpeculativeOptions, TokenOrigin, calibrate, generate_speculative};
-use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::model::Checkpoint;
 use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Result, bail};
 use clap::Args;
-use std::path::PathBuf;
 use serde_json::json;
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Tokens of the full model's continuation `--speculative auto` calibrates on.
@@ -174,7 +174,9 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
         (Some(c), _) => c.draft_layer,
         (None, Ok(e)) if e >= 1 && e < n_layer => e,
-        (None, Ok(e)) => bail!("--speculative {e} is out of range: the draft layer must be in 1..={} (the model has {n_layer} layers)", n_layer - 1),
+        (None, Ok(e)) => {
+            bail!("--speculative {e} is out of range: the draft layer must be in 1..={} (the model has {n_layer} layers)", n_layer - 1)
+        }
         (None, Err(_)) => bail!("--speculative must be a draft layer (a number) or auto, got {spec:?}"),
     };
     let draft_len = a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT);
@@ -339,7 +341,13 @@ fn sweep(ck: &Checkpoint, text: &str, data: &std::path::Path, a: &ExitsArgs, thr
         let row = trace.row(th);
         let wall = match th {
             Some(t) if !prompts.is_empty() => {
-                let opts = EarlyExitOptions { threshold: t, measure: a.measure, max_new_tokens: a.gen_tokens, sampling: Sampling::Greedy, eos: None };
+                let opts = EarlyExitOptions {
+                    threshold: t,
+                    measure: a.measure,
+                    max_new_tokens: a.gen_tokens,
+                    sampling: Sampling::Greedy,
+                    eos: None,
+                };
                 let (mut ee, mut full, mut exits) = (0.0, 0.0, vec![]);
                 for p in &prompts {
                     let (e, f, x) = time_against_full(ck, p, &opts, a.gen_tokens)?;

@@ -4,8 +4,8 @@
 pub mod decode;
 pub mod train;
 
-use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
 use crate::analysis::early_exit::ExitMeasure;
+use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherence, diversity};
