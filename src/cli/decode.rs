@@ -36,10 +36,10 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
     if a.exit_measure.is_some() && a.early_exit.is_none() {
         bail!("--exit-measure needs --early-exit")
     }
-    if let Some(th) = a.early_exit {
-        if !(0.0..=1.0).contains(&th) {
-            bail!("--early-exit is a threshold in [0, 1], got {th}")
-        }
+    if let Some(th) = a.early_exit
+        && !(0.0..=1.0).contains(&th)
+    {
+        bail!("--early-exit is a threshold in [0, 1], got {th}")
     }
     if a.speculative.is_none() {
         if a.draft.is_some() {
@@ -49,18 +49,19 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
             bail!("--draft-confidence needs --speculative")
         }
     }
-    if let Some(s) = &a.speculative {
-        if s != "auto" && s.parse::<usize>().is_err() {
-            bail!("--speculative must be a draft layer (a number) or auto, got {s:?}")
-        }
+    if let Some(s) = &a.speculative
+        && s != "auto"
+        && s.parse::<usize>().is_err()
+    {
+        bail!("--speculative must be a draft layer (a number) or auto, got {s:?}")
     }
     if a.draft == Some(0) {
         bail!("--draft must be at least 1")
     }
-    if let Some(g) = a.draft_confidence {
-        if !(0.0..=1.0).contains(&g) {
-            bail!("--draft-confidence is a probability in [0, 1], got {g}")
-        }
+    if let Some(g) = a.draft_confidence
+        && !(0.0..=1.0).contains(&g)
+    {
+        bail!("--draft-confidence is a probability in [0, 1], got {g}")
     }
     Ok(())
 }
