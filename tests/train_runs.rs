@@ -173,7 +173,7 @@ fn kill_dash_nine_at_any_moment_keeps_the_last_checkpoint() {
 fn ctrl_c_saves_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let mut child = cli_train(&out, &["--steps", "100000", "--save-every", "1000", "--lr", "1e-3"]).spawn().unwrap();
+    let child = cli_train(&out, &["--steps", "100000", "--save-every", "1000", "--lr", "1e-3"]).spawn().unwrap();
     // Wait until it trains, then interrupt like a terminal would.
     let start = std::time::Instant::now();
     while !out.exists() && start.elapsed().as_secs() < 60 {
@@ -273,8 +273,8 @@ fn a_checkpoint_folder_holds_the_model_and_the_run() {
     let n_layer = 4;
     let progress: Vec<_> = events.iter().filter_map(|e| if let TrainEvent::Progress(m) = e { Some(m) } else { None }).collect();
     assert_eq!(progress.len(), 3);
-    assert_eq!(progress[0].objective, "aligned");
-    assert_eq!(progress[1].objective, "standard");
+    assert_eq!(progress[0].objective, LossKind::Aligned);
+    assert_eq!(progress[1].objective, LossKind::Standard);
     assert!(progress.iter().all(|m| m.layer_losses.len() == n_layer && m.layer_losses.iter().all(|l| l.is_finite())));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::Eval(ev) if ev.layer_acc.len() == n_layer)));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::CheckpointSaved { step: 3, .. })));

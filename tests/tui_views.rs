@@ -7,7 +7,9 @@ mod tui_support;
 
 use alignscope::train::{EvalMetrics, LossKind, StepMetrics, TrainEvent};
 use alignscope::tui::app::Effect;
-use alignscope::tui::app::{DEFAULT_PROMPT, EvalState, Mode, SamplingMode, View};
+use alignscope::tui::app::{DEFAULT_PROMPT, Mode, SamplingMode};
+use alignscope::tui::column::EvalState;
+use alignscope::tui::view::View;
 use alignscope::tui::worker::WorkerCommand;
 use ratatui::crossterm::event::{KeyCode, KeyModifiers};
 use tui_support::*;
@@ -124,7 +126,7 @@ fn step(step: usize, total: usize, n_layer: usize) -> StepMetrics {
         step,
         total_steps: total,
         loss: layer_losses.iter().sum::<f64>() / n_layer as f64,
-        objective: if step % 2 == 1 { "aligned".into() } else { "standard".into() },
+        objective: if step % 2 == 1 { LossKind::Aligned } else { LossKind::Standard },
         layer_losses,
         lr: 1e-4,
         grad_norm: 1.0,

@@ -2,7 +2,7 @@
 //! ([`TrainCommand`]), events out ([`TrainEvent`]). The CLI and the TUI both drive runs
 //! through [`TrainJob`].
 
-use super::config::{InitFrom, LossKind, TrainConfig};
+use super::config::{InitFrom, TrainConfig};
 use super::data::{Batcher, collect_files, load_tokens};
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
 use super::optim::{AdamWConfig, lr_at};
@@ -285,8 +285,8 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
         }
         let t0 = Instant::now();
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-        let aligned = cfg.step_is_aligned(step + 1);
-        let obj = objective_for(cfg.loss, aligned, n_layer, cfg.beta, MONITOR_POSITIONS);
+        let objective = cfg.objective_at(step + 1);
+        let obj = objective_for(objective, n_layer, cfg.beta, MONITOR_POSITIONS);
         let mut batches = Vec::with_capacity(cfg.accum);
         for _ in 0..cfg.accum {
             let (x, y) = batcher.next_batch(micro);
@@ -315,13 +315,7 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             step,
             total_steps: cfg.steps,
             loss,
-            objective: if aligned {
-                "aligned".into()
-            } else if cfg.loss == LossKind::CeReg {
-                "ce-reg".into()
-            } else {
-                "standard".into()
-            },
+            objective,
             layer_losses: outcome.value.layer_losses.clone(),
             lr,
             grad_norm: outcome.grad_norm,

@@ -6,13 +6,16 @@
 //! this thread.
 
 pub mod app;
+pub mod column;
 pub mod event;
+pub mod input;
 pub mod keymap;
 pub mod panels;
 pub mod text;
 pub mod theme;
 pub mod train;
 pub mod ui;
+pub mod view;
 pub mod worker;
 
 mod training_job;

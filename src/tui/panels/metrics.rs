@@ -4,7 +4,8 @@
 
 use super::{clip, panel, spinner};
 use crate::analysis::eval::EvalReport;
-use crate::tui::app::{App, EvalState, column_tag};
+use crate::tui::app::{App, column_tag};
+use crate::tui::column::EvalState;
 use crate::tui::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
