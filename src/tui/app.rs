@@ -1,7 +1,9 @@
 //! The explorer's state and its one `update`. Keys become [`Action`]s through the keymap;
 //! worker replies and training events are folded in; every change that needs the model is
-//! returned as an [`Effect`] for the runtime to carry out. Nothing here blocks or touches
-//! the model, so the state can be driven and checked without a terminal.
+//! returned as an [`Effect`] for the runtime to carry out. Nothing here touches the model
+//! or waits for a worker (the only system calls are quick file checks on a path the user
+//! typed or a run being reloaded), so the state can be driven and checked without a
+//! terminal.
 //!
 //! Scrubbing (layer and position keys) only changes indices into the analysis that was
 //! computed once per prompt with the lens at every position.
@@ -250,19 +252,8 @@ impl App {
             return self.update(action, now);
         }
         match &mut self.mode {
-            Mode::Input(line) => {
-                if line.field.edit(&key) {
-                    line.history_pos = None;
-                }
-            }
-            Mode::TrainMenu(menu) => {
-                let f = menu.selected_field();
-                if let Some(t) = menu.text_mut(f) {
-                    if t.edit(&key) {
-                        menu.error = None;
-                    }
-                }
-            }
+            Mode::Input(line) => line.edit(&key),
+            Mode::TrainMenu(menu) => menu.edit(&key),
             _ => {}
         }
         vec![]

@@ -22,6 +22,13 @@ impl InputLine {
         Self { purpose, field: TextField::new(text), history_pos: None, draft: String::new() }
     }
 
+    /// Applies an editing key; an edit leaves the history (the text is a new draft).
+    pub fn edit(&mut self, key: &ratatui::crossterm::event::KeyEvent) {
+        if self.field.edit(key) {
+            self.history_pos = None;
+        }
+    }
+
     /// Moves through `history` (oldest first): `delta < 0` to earlier entries; past the
     /// newest entry the draft being typed comes back.
     pub fn browse(&mut self, history: &[String], delta: isize) {

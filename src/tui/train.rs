@@ -165,6 +165,16 @@ impl TrainMenu {
         }
     }
 
+    /// Applies an editing key to the selected text field; an edit clears the error.
+    pub fn edit(&mut self, key: &ratatui::crossterm::event::KeyEvent) {
+        let f = self.selected_field();
+        if let Some(t) = self.text_mut(f)
+            && t.edit(key)
+        {
+            self.error = None;
+        }
+    }
+
     pub fn move_field(&mut self, delta: isize) {
         let n = self.fields().len() as isize;
         self.selected = (self.selected as isize + delta).rem_euclid(n) as usize;

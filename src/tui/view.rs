@@ -77,7 +77,7 @@ impl SimMetric {
         }
     }
 
-    pub fn matrix<'a>(&self, a: &'a PromptAnalysis) -> &'a [Vec<f64>] {
+    pub fn matrix<'a>(&self, a: &'a PromptAnalysis) -> &'a [Vec<Option<f64>>] {
         match self {
             SimMetric::CenteredCos => &a.cos,
             SimMetric::RawCos => &a.cos_raw,
