@@ -276,9 +276,17 @@ fn torchrun_two_processes_equal_one_process() {
     let Some(py) = python() else { return };
     let one = torch_run(&py);
     let two = work().join("torch-2proc");
-    let mut args = vec![s("-m"), s("torch.distributed.run"), s("--standalone"), s("--nproc_per_node"), s("2")];
-    args.extend(torch_args(&two));
-    run_python(&py, &args);
+    // Started the way the explorer starts it: torchrun as a child, followed.
+    let mut o = options(&py);
+    o.nproc = 2;
+    let mut l = Launch::torch(&RunPlan::New(config(&two)), &o).unwrap();
+    assert!(l.command_line().contains("-m torch.distributed.run --standalone --nproc_per_node 2"), "{}", l.command_line());
+    l.env.push((s("HF_HUB_OFFLINE"), s("1")));
+    let f = RunFollower::launch(&l).unwrap();
+    let ev = drain(&f, Duration::from_secs(300));
+    assert!(matches!(ev.last(), Some(TrainEvent::Finished { step: 3, stopped_early: false, .. })), "{ev:?}\n{}", log(&f));
+    assert_eq!(progress_steps(&ev), vec![1, 2, 3]);
+    assert_eq!(saved_steps(&ev), vec![2, 3]);
     let status = read_status(&two).expect("run_status.json");
     assert_eq!(status.status, "finished");
     let state: Value = serde_json::from_str(&std::fs::read_to_string(two.join("training_state.json")).unwrap()).unwrap();
@@ -494,4 +502,36 @@ fn follower_follows_started_and_attached_torch_runs() {
     assert_eq!((status.status.as_str(), status.step), ("stopped", Some(step)));
     assert!(!long.join("stop").exists(), "the stop request is cleared");
     f.join();
+}
+
+/// The follower also follows alignscope's own CLI runs (no status file, metrics written at
+/// saves): this one needs no Python.
+#[test]
+fn follower_follows_an_alignscope_run_in_another_process() {
+    let dir = work().join("alignscope-followed");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_alignscope"));
+    let (train, eval) = texts();
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    #[rustfmt::skip]
+    let args = [
+        s("train"), s("--log-lines"), s("--ckpt"), p(&fixture_dir()), s("--out"), p(&dir),
+        s("--data"), p(&train), s("--eval-data"), p(&eval), s("--steps"), s("6"), s("--batch"), s("4"),
+        s("--ctx"), s("32"), s("--lr"), s("1e-4"), s("--eval-every"), s("2"), s("--eval-batches"), s("2"),
+        s("--save-every"), s("1"),
+    ];
+    let mut child = Command::new(bin).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join("training_state.json").exists() {
+        assert!(Instant::now() < deadline, "alignscope saved nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let f = RunFollower::attach(&dir).unwrap();
+    let ev = drain(&f, Duration::from_secs(120));
+    assert!(child.wait().unwrap().success());
+    assert!(matches!(&ev[0], TrainEvent::Started { total_steps: 6, n_layer: 4, .. }), "{:?}", ev[0]);
+    assert_eq!(progress_steps(&ev).last(), Some(&6));
+    let steps = progress_steps(&ev);
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "every step once, in order: {steps:?}");
+    assert_eq!(saved_steps(&ev).last(), Some(&6));
+    assert!(matches!(ev.last(), Some(TrainEvent::Finished { step: 6, stopped_early: false, .. })), "{:?}", ev.last());
 }

@@ -282,13 +282,18 @@ class Stop:
 def load_data_tokens(d: Dist, tokenizer, files, eos):
     """Rank 0 tokenizes, the others receive the tokens (an int32 tensor)."""
     import torch
+
+    def tokenize():
+        ids = load_tokens(tokenizer, files, eos)
+        return torch.frombuffer(ids, dtype=torch.int32).clone() if len(ids) else torch.zeros(0, dtype=torch.int32)
+
     if d.world == 1:
-        return torch.tensor(load_tokens(tokenizer, files, eos), dtype=torch.int32)
+        return tokenize()
     err, n = None, 0
     tokens = None
     if d.main:
         try:
-            tokens = torch.tensor(load_tokens(tokenizer, files, eos), dtype=torch.int32)
+            tokens = tokenize()
             n = tokens.numel()
         except DataError as e:
             err = str(e)
@@ -442,8 +447,9 @@ def run(args, d: Dist) -> int:
     eval_tokens = load_data_tokens(d, tok, eval_files, eos) if eval_files else None
     ctx = cfg["ctx"]
     batcher = Batcher(tokens.numel(), ctx, cfg["seed"])
-    if eval_tokens is not None and int(eval_tokens.max()) >= lm.config.vocab_size:
-        raise DataError(f"the evaluation text has a token id outside the model's vocabulary of {lm.config.vocab_size}")
+    for what, ids in (("training data", tokens), ("evaluation text", eval_tokens)):
+        if ids is not None and ids.numel() and int(ids.max()) >= lm.config.vocab_size:
+            raise DataError(f"the {what} has token id {int(ids.max())}, outside the model's vocabulary of {lm.config.vocab_size}")
 
     # ---- model, parallelism, optimizer
     from alignscope_torch.objective import (LayerwiseObjective, objective_for, objective_name,

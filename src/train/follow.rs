@@ -435,7 +435,10 @@ fn log_error(path: &Path) -> Option<String> {
         })
         .map(str::trim)
         .collect();
-    let exception = |l: &&&str| l.split_once(": ").is_some_and(|(head, _)| head.ends_with("Error") && !head.contains(' '));
+    // torchrun's own ChildFailedError only says that a process failed; the process said why.
+    let exception = |l: &&&str| {
+        l.split_once(": ").is_some_and(|(head, _)| head.ends_with("Error") && !head.contains(' ') && !head.ends_with("ChildFailedError"))
+    };
     lines
         .iter()
         .find(|l| l.starts_with("error: "))
@@ -561,7 +564,7 @@ impl Watcher {
             self.read_metrics()?;
             self.check_saved();
             self.finish(s);
-            self.reap();
+            self.release_child();
             return Ok(Poll::Done);
         }
         if let Some(code) = child_exit {
@@ -623,10 +626,6 @@ impl Watcher {
             Watch::Child { launched_at, .. } => s.updated_at.is_some_and(|t| t + 1.0 >= *launched_at),
             Watch::Attached => true,
         }
-    }
-
-    fn reap(&mut self) {
-        self.release_child();
     }
 
     fn start_from_status(&mut self, s: &RunStatus) {
@@ -734,4 +733,55 @@ impl Watcher {
 enum Poll {
     Continue,
     Done,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reason_from_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(LOG_FILE);
+        let write = |text: &str| std::fs::write(&log, text).unwrap();
+        write("training 4 layers\nerror: data file x.txt does not exist\n");
+        assert_eq!(log_error(&log).as_deref(), Some("error: data file x.txt does not exist"));
+        write(
+            "[rank1]: Traceback (most recent call last):\n[rank1]:   File \"t.py\"\n[rank1]: ValueError: bad shape\nE1128 failed\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n====\n",
+        );
+        assert_eq!(log_error(&log).as_deref(), Some("ValueError: bad shape"));
+        write("just output\n\n");
+        assert_eq!(log_error(&log).as_deref(), Some("just output"));
+        assert_eq!(log_error(&dir.path().join("none")), None);
+    }
+
+    #[test]
+    fn trainer_options_name_the_whole_config() {
+        let mut c = TrainConfig::finetune(
+            InitFrom::Random { config: "c.json".into(), tokenizer: "tok".into() },
+            "out/run".into(),
+            LossKind::CeReg,
+            vec!["a.txt".into(), "b".into()],
+        );
+        c.alternate = false;
+        c.decay_matrices_only = false;
+        c.ctx = 0;
+        let a = torch_args(&c).join(" ");
+        for want in [
+            "--init c.json --tokenizer tok",
+            "--out out/run",
+            "--loss ce-reg --beta 1",
+            "--data a.txt --data b",
+            "--steps 1000 --batch 8 --accum 1 --lr 0.00002 --min-lr 0.000002 --warmup 0",
+            "--eps 0.00000001",
+            "--no-alternate",
+            "--decay-all",
+        ] {
+            assert!(a.contains(want), "{want:?} missing from {a}");
+        }
+        assert!(!a.contains("--ctx"), "ctx 0 leaves the model's default: {a}");
+        let l = Launch::torch(&RunPlan::New(c), &TorchOptions { python: "py".into(), nproc: 1, overwrite: true, extra: vec![] }).unwrap();
+        assert!(l.args[0].ends_with("scripts/torch/train.py") && l.args.contains(&"--overwrite".to_string()), "{:?}", l.args);
+        assert_eq!(l.run_dir, PathBuf::from("out/run"));
+    }
 }

@@ -14,6 +14,7 @@ own slice, so the windows of a step do not depend on the number of processes.
 from __future__ import annotations
 
 import os
+from array import array
 from pathlib import Path
 
 MASK32 = 0xFFFFFFFF
@@ -157,10 +158,11 @@ def read_text(path: Path) -> str:
         raise DataError(f"data file {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
-def load_tokens(tokenizer, files: list[Path], eos: int) -> list[int]:
-    """Each file tokenized as one document (no special tokens added), followed by `eos`."""
+def load_tokens(tokenizer, files: list[Path], eos: int) -> array:
+    """Each file tokenized as one document (no special tokens added), followed by `eos`;
+    int32 ids, 4 bytes a token however large the corpus."""
     texts = [read_text(f) for f in files]
-    out: list[int] = []
+    out = array("i")
     for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
         out.extend(enc.ids)
         out.append(eos)
