@@ -57,7 +57,7 @@ def parse_args(argv=None):
     a("--tokenizer", type=Path, help="folder (or tokenizer.json) of the tokenizer for --init")
     a("--resume", help="continue the run saved in this checkpoint (name or folder), by either engine")
     a("--out", help="output checkpoint: a name under checkpoints/ or a path")
-    a("--overwrite", action="store_true", help="replace an existing output checkpoint")
+    a("--overwrite", action="store_true", help="replace an existing output checkpoint (removed when the new run starts)")
     a("--loss", default="aligned", choices=["aligned", "standard", "ce-reg"],
       help="objective: aligned (all layers through the shared head), standard (last layer), ce-reg")
     a("--no-alternate", action="store_true", help="aligned loss on every step instead of alternating with last-layer CE")
@@ -354,11 +354,13 @@ def main(argv=None) -> int:
         return run(args, d)
     except USER_ERRORS as e:
         say(d, f"error: {e}")
-        # A follower waiting on this folder learns why; a folder that holds someone
-        # else's checkpoint is left alone.
-        if d.main and d.out is not None and d.out.is_dir() and (d.owns_out or not ck.has_checkpoint(d.out)):
+        # A follower waiting on this folder learns why. A checkpoint folder that has no
+        # status yet (a finished run, someone else's) is left as it was.
+        out = d.out
+        if d.main and out is not None and out.is_dir() and d.owns_out \
+                and ((out / ck.STATUS_FILE).exists() or not ck.has_checkpoint(out)):
             with contextlib.suppress(OSError):
-                ck.write_status(d.out, ck.status_record("failed", message=str(e)))
+                ck.write_status(out, ck.status_record("failed", message=str(e)))
         return 1
     except KeyboardInterrupt:
         say(d, "error: interrupted before training started")

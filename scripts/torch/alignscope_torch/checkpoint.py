@@ -265,6 +265,9 @@ def read_metrics(d: Path, upto_step: int | None = None) -> list[str]:
 def read_optimizer(d: Path, names: list[str], shapes: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """AdamW moments by canonical name from optimizer.safetensors."""
     p = d / OPTIMIZER_FILE
+    if not p.is_file():
+        raise CheckpointError(f"{d} has no {OPTIMIZER_FILE} (AdamW moments): it cannot be continued; "
+                              f"start a new run from it with --ckpt")
     try:
         f = safe_open(str(p), framework="pt")
     except Exception as e:
