@@ -353,7 +353,12 @@ def main(argv=None) -> int:
     try:
         return run(args, d)
     except USER_ERRORS as e:
-        say(d, f"error: {e}")
+        # One line per machine: every process hits the same error on the same inputs, but
+        # a file missing on one machine is only seen there.
+        if d.main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        elif d.local_rank == 0:
+            print(f"error (rank {d.rank}): {e}", file=sys.stderr, flush=True)
         # A follower waiting on this folder learns why. A checkpoint folder that has no
         # status yet (a finished run, someone else's) is left as it was.
         out = d.out
