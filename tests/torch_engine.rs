@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -39,7 +40,10 @@ fn python() -> Option<PathBuf> {
         if required {
             panic!("ALIGNSCOPE_PYTHON={} lacks one of {MODULES:?} (run .ci/run to set up the environment)", py.display());
         }
-        eprintln!(
+        // Written to the stderr handle, not with eprintln!: the test harness would swallow
+        // that for a passing test, and this must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n{bar}\n  SKIPPED tests/torch_engine.rs: no Python with {MODULES:?} ({} has none).\n  \
              The PyTorch engine is NOT tested. Run .ci/run (it installs them into a venv) or\n  \
              set ALIGNSCOPE_PYTHON to an interpreter that has them.\n{bar}\n",
