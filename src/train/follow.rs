@@ -13,9 +13,13 @@
 //!   (when attached on the same machine) → `Failed` unless the status says it finished.
 //!
 //! [`RunFollower::stop`] asks the run to save and stop by creating the folder's `stop`
-//! file, which the trainer checks at every step (so it works for attached runs, and across
-//! machines sharing the folder). A started run outlives its follower: dropping the follower
-//! stops the watching, not the training; attach again to pick it up.
+//! file, which the PyTorch trainer checks at every step (so it works for attached runs, and
+//! across machines sharing the folder). A started run outlives its follower: dropping the
+//! follower stops the watching, not the training; attach again to pick it up.
+//!
+//! An `alignscope train` in another process is followed as far as its folder tells: it
+//! writes metrics only with each save, has no status file and no stop file, so its steps
+//! arrive save by save and `Finished` comes with the save of the last step.
 
 use super::events::{EvalMetrics, StepMetrics, TrainEvent};
 use super::job::RunPlan;
@@ -290,7 +294,7 @@ impl RunFollower {
         Self { events: rx, dir, quit, running, handle: Some(handle), pid: None }
     }
 
-    /// Asks the run to save a checkpoint and stop at its next step.
+    /// Asks the run (of the PyTorch engine) to save a checkpoint and stop at its next step.
     pub fn stop(&self) -> Result<()> {
         let p = self.dir.join(STOP_FILE);
         std::fs::write(&p, b"").with_context(|| format!("cannot write {}", p.display()))
