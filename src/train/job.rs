@@ -6,7 +6,7 @@ use super::config::{InitFrom, TrainConfig};
 use super::data::{Batcher, collect_files, load_tokens};
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
 use super::optim::{AdamWConfig, lr_at};
-use super::save::{SaveContents, TrainState, read_metrics, read_optimizer, read_state, save_checkpoint};
+use super::save::{ENGINE, SaveContents, TrainState, read_metrics_upto, read_optimizer, read_state, save_checkpoint};
 use super::trainer::{Trainable, objective_for, train_step};
 use crate::analysis::eval::{EvalOptions, evaluate};
 use crate::model::checkpoint::{load_tokenizer, resolve};
@@ -207,7 +207,7 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
             let tokenizer_json = std::fs::read_to_string(dir.join("tokenizer.json"))?;
             validate(&mut config, &ck.model)?;
             let eos = eos_of(&ck.tokenizer, &ck.model.config)?;
-            let metrics = read_metrics(&dir)?;
+            let metrics = read_metrics_upto(&dir, state.step)?;
             Ok(Setup {
                 config,
                 model: ck.model,
@@ -264,6 +264,7 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             tokens_seen,
             elapsed_secs: elapsed_before + started.elapsed().as_secs_f64(),
             config: cfg.clone(),
+            engine: ENGINE.to_string(),
         };
         save_checkpoint(
             &out,
