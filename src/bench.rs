@@ -342,7 +342,7 @@ fn decode_pair(m: &Gpt2, prompts: &[Vec<u32>], e: usize, k: usize, gamma: f64, a
         let t = Instant::now();
         let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, passes: 0 };
         for p in prompts {
-            let g = generate_speculative(m, p, &spec_opts, |_, _| ControlFlow::Continue(()))?;
+            let g = generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?;
             r.drafted += g.drafted;
             r.accepted += g.accepted;
             r.passes += g.forward_passes;

@@ -27,7 +27,7 @@ fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: u
         eos,
     };
     let mut seen = Vec::new();
-    let g = generate_speculative(model, prompt, &opts, |t, _| {
+    let g = generate_speculative(model, prompt, &opts, |t, _, _| {
         seen.push(t);
         ControlFlow::Continue(())
     })
@@ -175,7 +175,7 @@ fn sampling_follows_the_full_model_distribution() {
             sampling: Sampling::TopP { p: top_p, temperature, seed },
             eos: None,
         };
-        let g = generate_speculative(m, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+        let g = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
         counts[g.ids[1] as usize] += 1;
         drafted += g.drafted;
         accepted += g.accepted;

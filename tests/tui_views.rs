@@ -507,3 +507,122 @@ fn a_new_generation_cancels_the_running_one_in_the_worker_thread() {
     }
     assert!(!first_done.contains(&4), "the superseded generation ran to the end: {first_done:?}");
 }
+
+// ---------------------------------------------------------------- decoding modes
+
+/// Timings vary from run to run: fix them before a snapshot.
+fn fix_timings(h: &mut Harness) {
+    for c in &mut h.app.columns {
+        if let Some(d) = &mut c.decoded {
+            d.seconds = 0.5;
+            d.baseline = Some(0.6);
+        }
+    }
+}
+
+fn decode_cmds(fx: &[Effect]) -> Vec<alignscope::tui::worker::DecodeMethod> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Worker { cmd: WorkerCommand::Decode { method, .. }, .. } => Some(*method),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn decoding_mode_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = fixture_pair(tmp.path());
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    h.press(KeyCode::Char('e'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_early_exit", &h);
+    h.press(KeyCode::Char('c'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_early_exit_saturation", &h);
+    h.press(KeyCode::Char('v'));
+    h.press(KeyCode::Char('h'));
+    h.press(KeyCode::Char('h'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_speculative", &h);
+}
+
+#[test]
+fn decoding_keys_set_the_method_and_ask_the_workers() {
+    use alignscope::analysis::early_exit::ExitMeasure;
+    use alignscope::tui::app::GenMethod;
+    use alignscope::tui::worker::DecodeMethod;
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    // e: early exit at the max-prob threshold 0.3.
+    h.press(KeyCode::Char('e'));
+    assert_eq!(h.app.decoding.method, GenMethod::EarlyExit);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.3, measure: ExitMeasure::MaxProb }]);
+    let d = h.app.columns[0].decoded.clone().unwrap();
+    assert_eq!(d.tokens, 32);
+    assert_eq!(d.pieces.iter().filter(|p| matches!(p.kind, alignscope::tui::worker::PieceKind::Exit(_))).count(), 32);
+    assert!(d.stop.is_some() && d.baseline.is_some() && d.layer_speedup.unwrap() >= 1.0);
+    assert!(!h.app.columns[0].generating);
+    // The layer does not matter to early exit: scrubbing asks for nothing.
+    h.press(KeyCode::Left);
+    assert!(decode_cmds(&h.settle()).is_empty());
+    // +/- step the threshold (debounced), c switches the measure (and its threshold).
+    h.press(KeyCode::Char('+'));
+    h.press(KeyCode::Char('+'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.4, measure: ExitMeasure::MaxProb }]);
+    h.press(KeyCode::Char('-'));
+    h.press(KeyCode::Char('c'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.97, measure: ExitMeasure::Saturation }]);
+    // v: speculative, drafting from the explorer's layer (3 after the Left above).
+    h.press(KeyCode::Char('v'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4 }]);
+    h.press(KeyCode::Char('-'));
+    h.press(KeyCode::Left);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3 }]);
+    // The last layer cannot draft: the draft layer stays at L-1.
+    h.press(KeyCode::End);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3 }]);
+    // c outside early exit says so; v again leaves the mode; a goes to all layers.
+    h.press(KeyCode::Char('c'));
+    assert!(h.app.status.as_ref().unwrap().text.contains("press e"));
+    h.press(KeyCode::Char('v'));
+    assert_eq!(h.app.decoding.method, GenMethod::ExitLayer);
+    h.press(KeyCode::Char('e'));
+    h.press(KeyCode::Char('a'));
+    assert_eq!((h.app.decoding.method, h.app.decoding.all_layers), (GenMethod::ExitLayer, true));
+}
+
+/// Speculative decoding in the explorer is lossless too: its text is the full model's.
+#[test]
+fn speculative_text_is_the_full_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = fixture_pair(tmp.path());
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    let full: Vec<String> = h.app.columns.iter().map(|c| c.outputs[&4].text.clone()).collect();
+    h.press(KeyCode::Char('v'));
+    for layer in [1, 2, 3] {
+        while h.app.layer > layer {
+            h.press(KeyCode::Left);
+        }
+        h.settle();
+        for (c, want) in h.app.columns.iter().zip(&full) {
+            let d = c.decoded.as_ref().unwrap();
+            let text: String = d.pieces.iter().map(|p| p.text.as_str()).collect();
+            assert_eq!(&text, want, "draft layer {layer}");
+            assert!(d.drafts.accepted <= d.drafts.drafted);
+            assert_eq!(d.forward_passes.unwrap() - 1 + d.drafts.accepted, d.tokens - 1);
+        }
+    }
+}

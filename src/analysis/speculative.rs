@@ -100,13 +100,20 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     Ok(())
 }
 
+/// Drafts so far, and how many of them the full model accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DraftCounts {
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
 /// Generates with self-speculative decoding. `on_token` sees each token as it is emitted,
-/// with its origin, and may cancel.
+/// with its origin and the draft counts so far (its round's included), and may cancel.
 pub fn generate_speculative(
     model: &Gpt2,
     prompt: &[u32],
     opts: &SpeculativeOptions,
-    on_token: impl FnMut(u32, TokenOrigin) -> ControlFlow<()>,
+    on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
 ) -> Result<SpeculativeGeneration> {
     check_prompt(model, prompt)?;
     opts.sampling.validate()?;
@@ -157,7 +164,7 @@ fn run(
     m: &CpuModel,
     prompt: &[u32],
     opts: &SpeculativeOptions,
-    mut on_token: impl FnMut(u32, TokenOrigin) -> ControlFlow<()>,
+    mut on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
 ) -> Result<SpeculativeGeneration> {
     let start = Instant::now();
     let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
@@ -179,7 +186,7 @@ fn run(
     let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
         g.ids.push(t);
         g.origins.push(origin);
-        if on_token(t, origin).is_break() {
+        if on_token(t, origin, DraftCounts { drafted: g.drafted, accepted: g.accepted }).is_break() {
             g.stop = StopReason::Cancelled;
             return false;
         }

@@ -183,7 +183,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let draft_len = a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT);
     let draft_confidence = a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0);
     let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos };
-    let g = generate_speculative(m, ids, &opts, |_, _| ControlFlow::Continue(()))?;
+    let g = generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?;
     let text = decode_ids(&ck.tokenizer, &g.ids);
     let acceptance = g.acceptance();
     let tok_per_s = g.tokens_per_second();

@@ -8,13 +8,14 @@
 //! Scrubbing (layer and position keys) only changes indices into the analysis that was
 //! computed once per prompt with the lens at every position.
 
-use super::column::{Column, EvalState, Folded};
+use super::column::{Column, DecodeOutput, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
 use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
 use super::view::{SimMetric, View};
-use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
+use super::worker::{DecodeMethod, ModelInfo, WorkerCommand, WorkerReply};
+use crate::analysis::early_exit::ExitMeasure;
 use crate::analysis::generate::Sampling;
 use crate::train::{TrainConfig, TrainEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -49,12 +50,47 @@ pub enum SamplingMode {
     TopP,
 }
 
+/// How the generation view decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenMethod {
+    /// Exit at the current layer (or every layer at once).
+    ExitLayer,
+    /// Per-token early exit: each token coloured by the layer it left at.
+    EarlyExit,
+    /// Self-speculative decoding, drafting from the current layer.
+    Speculative,
+}
+
+/// Early-exit thresholds on start and per step of `+`/`-`, by measure: max-prob is a
+/// probability, saturation a cosine close to 1.
+pub fn default_threshold(m: ExitMeasure) -> f64 {
+    match m {
+        ExitMeasure::MaxProb => 0.3,
+        ExitMeasure::Saturation => 0.97,
+    }
+}
+
+fn threshold_step(m: ExitMeasure) -> f64 {
+    match m {
+        ExitMeasure::MaxProb => 0.05,
+        ExitMeasure::Saturation => 0.005,
+    }
+}
+
+/// Drafts per verification on start, and the most `+` allows.
+pub const DEFAULT_DRAFT: usize = 4;
+pub const MAX_DRAFT: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenSettings {
     pub all_layers: bool,
     pub mode: SamplingMode,
     pub seed: u64,
     pub max_new_tokens: usize,
+    pub method: GenMethod,
+    pub threshold: f64,
+    pub measure: ExitMeasure,
+    pub draft_len: usize,
 }
 
 impl GenSettings {
@@ -69,6 +105,20 @@ impl GenSettings {
         match self.mode {
             SamplingMode::Greedy => "greedy".to_string(),
             SamplingMode::TopP => format!("top-p {TOP_P} · seed {}", self.seed),
+        }
+    }
+
+    /// The decoding mode's method for a model of `n_layer` layers with the explorer at
+    /// `layer` (speculative drafts from that layer, kept within 1..L-1); `None` in the
+    /// exit-layer mode, or when a one-layer model cannot draft.
+    pub fn decode_method(&self, layer: usize, n_layer: usize) -> Option<DecodeMethod> {
+        match self.method {
+            GenMethod::ExitLayer => None,
+            GenMethod::EarlyExit => Some(DecodeMethod::EarlyExit { threshold: self.threshold, measure: self.measure }),
+            GenMethod::Speculative if n_layer >= 2 => {
+                Some(DecodeMethod::Speculative { draft_layer: layer.clamp(1, n_layer - 1), draft_len: self.draft_len })
+            }
+            GenMethod::Speculative => None,
         }
     }
 }
@@ -158,7 +208,16 @@ impl App {
             eval_history: vec![],
             metric: SimMetric::CenteredCos,
             diff_toggled: false,
-            decoding: GenSettings { all_layers: false, mode: SamplingMode::Greedy, seed: 0, max_new_tokens: GEN_TOKENS },
+            decoding: GenSettings {
+                all_layers: false,
+                mode: SamplingMode::Greedy,
+                seed: 0,
+                max_new_tokens: GEN_TOKENS,
+                method: GenMethod::ExitLayer,
+                threshold: default_threshold(ExitMeasure::MaxProb),
+                measure: ExitMeasure::MaxProb,
+                draft_len: DEFAULT_DRAFT,
+            },
             gen_due: None,
             eval_data: opts.eval_data,
             status: None,
@@ -300,8 +359,48 @@ impl App {
                 }
             }
             Action::ToggleAllLayers => {
-                self.decoding.all_layers = !self.decoding.all_layers;
+                if self.decoding.method != GenMethod::ExitLayer {
+                    self.decoding.method = GenMethod::ExitLayer;
+                    self.decoding.all_layers = true;
+                } else {
+                    self.decoding.all_layers = !self.decoding.all_layers;
+                }
                 self.gen_due = Some(now);
+            }
+            Action::ToggleEarlyExit => self.toggle_method(GenMethod::EarlyExit, now),
+            Action::ToggleSpeculative => self.toggle_method(GenMethod::Speculative, now),
+            Action::RaiseSetting | Action::LowerSetting => {
+                let up = action == Action::RaiseSetting;
+                match self.decoding.method {
+                    GenMethod::EarlyExit => {
+                        let step = threshold_step(self.decoding.measure);
+                        let t = self.decoding.threshold + if up { step } else { -step };
+                        // Rounded to the step, so that repeated steps land on round numbers.
+                        self.decoding.threshold = ((t / step).round() * step).clamp(0.0, 1.0);
+                    }
+                    GenMethod::Speculative => {
+                        let k = self.decoding.draft_len;
+                        self.decoding.draft_len = if up { (k + 1).min(MAX_DRAFT) } else { k.saturating_sub(1).max(1) };
+                    }
+                    GenMethod::ExitLayer => {
+                        self.say("+/- set the early-exit threshold (e) or the draft length (v)", false);
+                        return fx;
+                    }
+                }
+                self.clear_decoded();
+                self.gen_due = Some(now + GEN_DEBOUNCE);
+            }
+            Action::CycleExitMeasure => {
+                if self.decoding.method != GenMethod::EarlyExit {
+                    self.say("the exit measure is for early exit: press e first", false);
+                } else {
+                    self.decoding.measure = match self.decoding.measure {
+                        ExitMeasure::MaxProb => ExitMeasure::Saturation,
+                        ExitMeasure::Saturation => ExitMeasure::MaxProb,
+                    };
+                    self.decoding.threshold = default_threshold(self.decoding.measure);
+                    self.restart_generation(now);
+                }
             }
             Action::ToggleSampling => {
                 self.decoding.mode = match self.decoding.mode {
@@ -361,8 +460,26 @@ impl App {
             return;
         }
         self.layer = layer;
-        if self.view == View::Generation && !self.decoding.all_layers {
+        // The exit layer, or the draft layer, follows the explorer's layer; early exit
+        // does not depend on it.
+        let follows = match self.decoding.method {
+            GenMethod::ExitLayer => !self.decoding.all_layers,
+            GenMethod::Speculative => true,
+            GenMethod::EarlyExit => false,
+        };
+        if self.view == View::Generation && follows {
             self.gen_due = Some(now + GEN_DEBOUNCE);
+        }
+    }
+
+    fn toggle_method(&mut self, method: GenMethod, now: Instant) {
+        self.decoding.method = if self.decoding.method == method { GenMethod::ExitLayer } else { method };
+        self.restart_generation(now);
+    }
+
+    fn clear_decoded(&mut self) {
+        for c in &mut self.columns {
+            c.decoded = None;
         }
     }
 
@@ -412,12 +529,16 @@ impl App {
     fn restart_generation(&mut self, now: Instant) {
         for c in &mut self.columns {
             c.outputs.clear();
+            c.decoded = None;
         }
         self.gen_due = Some(now);
     }
 
     /// Requests the continuations the generation view shows and does not have yet.
     fn request_generation(&mut self) -> Vec<Effect> {
+        if self.decoding.method != GenMethod::ExitLayer {
+            return self.request_decoding();
+        }
         let mut fx = Vec::new();
         for i in 0..self.columns.len() {
             let (n_layer, ids) = match (&self.columns[i].info, &self.columns[i].analysis) {
@@ -448,6 +569,36 @@ impl App {
                 req,
                 prompt_ids: ids,
                 layers: missing,
+                max_new_tokens: self.decoding.max_new_tokens,
+                sampling: self.decoding.sampling(),
+            };
+            fx.push(Effect::Worker { worker: c.worker, cmd });
+        }
+        fx
+    }
+
+    /// Requests the decoding mode's continuation (early exit or speculative) of every column
+    /// that does not have it for the current settings.
+    fn request_decoding(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for i in 0..self.columns.len() {
+            let (n_layer, ids) = match (&self.columns[i].info, &self.columns[i].analysis) {
+                (Some(info), Some(a)) => (info.n_layer, a.input_ids.clone()),
+                _ => continue,
+            };
+            let Some(method) = self.decoding.decode_method(self.columns[i].layer_at(self.layer), n_layer) else { continue };
+            if self.columns[i].decoded.as_ref().is_some_and(|d| d.method == method && (d.stop.is_some() || self.columns[i].generating)) {
+                continue;
+            }
+            let req = self.req();
+            let c = &mut self.columns[i];
+            c.gen_req = req;
+            c.generating = true;
+            c.decoded = Some(DecodeOutput::new(method));
+            let cmd = WorkerCommand::Decode {
+                req,
+                prompt_ids: ids,
+                method,
                 max_new_tokens: self.decoding.max_new_tokens,
                 sampling: self.decoding.sampling(),
             };
@@ -511,6 +662,7 @@ impl App {
                         self.status = None;
                         for c in &mut self.columns {
                             c.outputs.clear();
+                            c.decoded = None;
                         }
                         let _ = now;
                         self.analyze_all()
