@@ -3,7 +3,7 @@
 //! layer. Training: tokens/s of the standard and aligned losses. Run on the fixture model
 //! and on GPT-2-sized random models (shapes only, no download).
 
-use crate::analysis::generate::{GenerateOptions, Sampling, generate};
+use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::speculative::{SpeculativeOptions, calibrate, generate_speculative};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
@@ -307,6 +307,25 @@ fn bench_decode(s: &Subject, a: &BenchArgs) -> Result<()> {
     for e in layers {
         decode_pair(m, &prompts, e, k, gamma, a)?;
     }
+    // What plain decoding cost before the CPU engine: the candle tensor path, one round.
+    let opts = GenerateOptions { exit_layer: n_layer, max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
+    let run = |f: &dyn Fn(&[u32]) -> Result<Vec<u32>>| -> Result<(f64, Vec<Vec<u32>>)> {
+        let t = Instant::now();
+        let outs = prompts.iter().map(|p| f(p)).collect::<Result<Vec<_>>>()?;
+        Ok((t.elapsed().as_secs_f64(), outs))
+    };
+    let tensor = |p: &[u32]| Ok(generate_tensor(m, p, &opts, |_| ControlFlow::Continue(()))?.ids);
+    let engine = |p: &[u32]| Ok(generate(m, p, &opts, |_| ControlFlow::Continue(()))?.ids);
+    let (t_tensor, out_tensor) = run(&tensor)?;
+    let (t_engine, out_engine) = run(&engine)?;
+    let tokens: usize = out_engine.iter().map(Vec::len).sum();
+    println!(
+        "  plain greedy on candle tensors (the path before the CPU engine): {:.0} tokens/s vs the engine's {:.0} tokens/s in the same run ({:.1}x); the same tokens: {}",
+        tokens as f64 / t_tensor,
+        tokens as f64 / t_engine,
+        t_tensor / t_engine,
+        if out_tensor == out_engine { "yes" } else { "no (rounding differs between the paths)" }
+    );
     Ok(())
 }
 

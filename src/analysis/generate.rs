@@ -153,14 +153,19 @@ fn generate_cpu(
     Ok(Generation { exit_layer: l, ids: out, stop })
 }
 
-/// [`generate`] with candle tensors, for devices the CPU engine does not cover.
-fn generate_tensor(
+/// [`generate`] with candle tensors: what runs on devices the CPU engine does not cover, and
+/// the path the engine is benchmarked against (`alignscope bench --what decode`).
+pub fn generate_tensor(
     model: &Gpt2,
     prompt: &[u32],
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    check_prompt(model, prompt)?;
     let l = opts.exit_layer;
+    if l == 0 || l > model.n_layer() {
+        bail!("exit layer {l} is out of range: choose 1..={}", model.n_layer())
+    }
     let mut proc = opts.sampling.processor();
     let mut cache = KvCache::new(model.n_layer());
     let mut out = Vec::new();

@@ -414,14 +414,17 @@ pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
 
 fn format_exits(sweeps: &[Sweep], data: &str, measure: ExitMeasure, prompts: usize, tokens: usize) -> String {
     let s0 = &sweeps[0];
+    let wall = if tokens == 0 {
+        "wall clock not measured (--gen-tokens 0)".to_string()
+    } else {
+        format!("wall clock: greedy generation of {prompts} x {tokens} tokens vs full depth, same run")
+    };
     let mut s = format!(
-        "early exit by {} on {data}: {} chunks of {} tokens, {} predictions (teacher-forced); wall clock: greedy generation of {} x {} tokens vs full depth\n",
+        "early exit by {} on {data}: {} chunks of {} tokens, {} predictions (teacher-forced); {wall}\n",
         measure.name(),
         s0.chunks,
         s0.ctx,
         s0.tokens,
-        prompts,
-        tokens
     );
     s += "(teacher-forced: accuracy, agreement with the last layer, mean exit layer, layer speedup | generation: layer and wall-clock speedup)\n";
     s += "threshold";
