@@ -38,14 +38,14 @@ fn cuda_error_text(e: &candle_core::Error) -> String {
     while let candle_core::Error::WithBacktrace { inner, .. } = e {
         e = inner;
     }
-    if let candle_core::Error::Cuda(inner) = e {
-        if let Some(CudaError::Cuda(driver)) = inner.downcast_ref::<CudaError>() {
-            let name = format!("{:?}", driver.0);
-            return match driver.error_string() {
-                Ok(text) => format!("{name} ({})", text.to_string_lossy()),
-                Err(_) => name,
-            };
-        }
+    if let candle_core::Error::Cuda(inner) = e
+        && let Some(CudaError::Cuda(driver)) = inner.downcast_ref::<CudaError>()
+    {
+        let name = format!("{:?}", driver.0);
+        return match driver.error_string() {
+            Ok(text) => format!("{name} ({})", text.to_string_lossy()),
+            Err(_) => name,
+        };
     }
     super::checkpoint::first_line(&e.to_string()).to_string()
 }
