@@ -84,8 +84,8 @@ impl AdamW {
         self.step += 1;
         let c = self.config.clone();
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-        // 1 - beta in f64, then rounded, as torch (and the tensor path) do: in f32,
-        // 1 - 0.999 is 1.3e-5 off.
+        // 1 - beta in f64, then rounded, as torch (and the tensor path) do: computed in
+        // f32, 1 - 0.999 is off by 1.3e-5 of itself.
         let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
