@@ -101,6 +101,10 @@ pub struct TrainArgs {
     /// Print a line per step instead of a progress bar
     #[arg(long)]
     pub log_lines: bool,
+    /// Also print each step's metrics (and each evaluation) as one JSON object per line on
+    /// stdout, as metrics.jsonl records them
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +233,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 let _ = writeln!(err, "training {} layers → {} (steps {}..{})", n_layer, out.display(), start_step + 1, total_steps);
             }
             TrainEvent::Progress(m) => {
+                if a.json {
+                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!(m));
+                }
                 if tty {
                     let _ = write!(err, "\r\x1b[2K{}", progress_line(&m, width));
                 } else if last_progress_print.elapsed().as_secs_f64() >= 10.0 || m.step == m.total_steps || m.step <= 1 {
@@ -237,6 +244,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 }
             }
             TrainEvent::Eval(e) => {
+                if a.json {
+                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!({ "step": e.step, "eval": e }));
+                }
                 let l = e.layer_losses.len();
                 let cells: Vec<String> = (0..l).map(|i| format!("{:.2}/{:.1}%", e.layer_losses[i], 100.0 * e.layer_acc[i])).collect();
                 let _ = writeln!(
