@@ -508,34 +508,59 @@ fn follower_follows_started_and_attached_torch_runs() {
     f.join();
 }
 
-/// The follower also follows alignscope's own CLI runs (no status file, metrics written at
-/// saves): this one needs no Python.
+/// alignscope's own CLI runs are followed live like the PyTorch engine's (this needs no
+/// Python): every step as it is trained, long before any save, and a stop through the
+/// folder's stop file saves and ends the run; attaching after the end replays it.
 #[test]
-fn follower_follows_an_alignscope_run_in_another_process() {
+fn follower_follows_an_alignscope_run_live_and_stops_it() {
     let dir = work().join("alignscope-followed");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_alignscope"));
     let (train, eval) = texts();
     let p = |p: &Path| p.to_string_lossy().into_owned();
+    // No save before the end or a stop (--save-every 0): whatever is seen is live.
     #[rustfmt::skip]
     let args = [
         s("train"), s("--log-lines"), s("--ckpt"), p(&fixture_dir()), s("--out"), p(&dir),
-        s("--data"), p(&train), s("--eval-data"), p(&eval), s("--steps"), s("6"), s("--batch"), s("4"),
-        s("--ctx"), s("32"), s("--lr"), s("1e-4"), s("--eval-every"), s("2"), s("--eval-batches"), s("2"),
-        s("--save-every"), s("1"),
+        s("--data"), p(&train), s("--eval-data"), p(&eval), s("--steps"), s("100000"), s("--batch"), s("4"),
+        s("--ctx"), s("32"), s("--lr"), s("1e-4"), s("--eval-every"), s("2"), s("--eval-batches"), s("1"),
+        s("--save-every"), s("0"),
     ];
     let mut child = Command::new(bin).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !dir.join("training_state.json").exists() {
-        assert!(Instant::now() < deadline, "alignscope saved nothing");
-        std::thread::sleep(Duration::from_millis(50));
+    while read_status(&dir).is_none() {
+        assert!(Instant::now() < deadline, "alignscope wrote no run status");
+        assert!(child.try_wait().unwrap().is_none(), "alignscope train ended early");
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let status = read_status(&dir).unwrap();
+    assert_eq!((status.engine.as_str(), status.status.as_str()), ("alignscope", "running"));
+    assert_eq!((status.pid, status.total_steps, status.n_layer), (Some(child.id() as i64), Some(100_000), Some(4)));
     let f = RunFollower::attach(&dir).unwrap();
-    let ev = drain(&f, Duration::from_secs(120));
+    let mut ev = vec![];
+    while progress_steps(&ev).last().is_none_or(|&s| s < 3) {
+        match f.events().recv_timeout(Duration::from_secs(60)).expect("steps arrive while the run trains") {
+            e @ TrainEvent::Failed { .. } => panic!("{e:?}"),
+            e => ev.push(e),
+        }
+    }
+    assert!(matches!(&ev[0], TrainEvent::Started { start_step: 0, total_steps: 100_000, n_layer: 4, .. }), "{:?}", ev[0]);
+    assert!(saved_steps(&ev).is_empty() && read_state(&dir).is_err(), "nothing was saved yet: the steps came live");
+    assert!(eval_steps(&ev).contains(&2), "{ev:?}");
+    f.stop().unwrap();
+    ev.extend(drain(&f, Duration::from_secs(120)));
     assert!(child.wait().unwrap().success());
-    assert!(matches!(&ev[0], TrainEvent::Started { total_steps: 6, n_layer: 4, .. }), "{:?}", ev[0]);
-    assert_eq!(progress_steps(&ev).last(), Some(&6));
-    let steps = progress_steps(&ev);
-    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "every step once, in order: {steps:?}");
-    assert_eq!(saved_steps(&ev).last(), Some(&6));
-    assert!(matches!(ev.last(), Some(TrainEvent::Finished { step: 6, stopped_early: false, .. })), "{:?}", ev.last());
+    let Some(TrainEvent::Finished { step, stopped_early: true, .. }) = ev.last() else { panic!("{:?}", ev.last()) };
+    let step = *step;
+    assert_eq!(saved_steps(&ev), vec![step], "a stop saves the step it stopped at");
+    assert_eq!(progress_steps(&ev), (1..=step).collect::<Vec<_>>(), "every step once, in order");
+    assert_eq!(read_state(&dir).unwrap().step, step);
+    let status = read_status(&dir).unwrap();
+    assert_eq!((status.status.as_str(), status.step), ("stopped", Some(step)));
+    assert!(!dir.join("stop").exists(), "the stop request is answered");
+
+    let a = RunFollower::attach(&dir).unwrap();
+    let replay = drain(&a, Duration::from_secs(30));
+    assert_eq!(progress_steps(&replay), (1..=step).collect::<Vec<_>>());
+    assert_eq!(saved_steps(&replay), vec![step]);
+    assert!(matches!(replay.last(), Some(TrainEvent::Finished { step: s2, stopped_early: true, .. }) if *s2 == step));
 }
