@@ -415,7 +415,7 @@ impl Run<'_> {
             };
             self.record(serde_json::to_string(&m)?)?;
             ctl.send(TrainEvent::Progress(m));
-            if !self.eval_tokens.is_empty() && cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps) {
+            if !self.eval_tokens.is_empty() && cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || step == cfg.steps) {
                 let snapshot = self.trainable.snapshot()?;
                 let opts = EvalOptions { ctx: cfg.ctx, max_chunks: Some(cfg.eval_batches.max(1) * cfg.batch) };
                 let r = evaluate(&snapshot, self.eval_tokens, &opts, |_, _| ControlFlow::Continue(()))?;
@@ -423,7 +423,7 @@ impl Run<'_> {
                 self.record(json!({ "step": step, "eval": e, "eval_tokens": r.tokens }).to_string())?;
                 ctl.send(TrainEvent::Eval(e));
             }
-            if (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
+            if (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) || step == cfg.steps {
                 self.save()?;
                 ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
             }

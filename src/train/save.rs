@@ -208,7 +208,7 @@ pub fn save_checkpoint(dir: &Path, c: &SaveContents) -> Result<()> {
 /// removes the previous contents.
 fn swap_in(tmp: &Path, dir: &Path, parent: &Path) -> Result<()> {
     if !dir.exists() {
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+        std::fs::rename(tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
     } else {
         match exchange(tmp, dir) {
             Ok(()) => {}
