@@ -308,3 +308,29 @@ fn a_checkpoint_folder_holds_the_model_and_the_run() {
     let st = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(!st.contains_key("lm_head.weight") && st.contains_key("transformer.h.0.attn.c_attn.weight"));
 }
+
+/// A new run into a folder that holds a checkpoint needs --overwrite, and replaces the
+/// checkpoint whole; a folder without one (here: a run killed before its first save, and
+/// a user's notes) is trained into. Files a save does not own are kept either way.
+#[test]
+fn overwrite_replaces_a_checkpoint_and_a_folder_without_one_is_trained_into() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{\"step\":9,\"loss\":1.0}\n").unwrap();
+    std::fs::write(out.join("run_status.json"), r#"{"engine":"alignscope","status":"running","pid":1,"host":"elsewhere"}"#).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let run = |extra: &[&str]| cli_train(&out, extra).output().unwrap();
+    let o = run(&["--steps", "2", "--save-every", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(step_lines(&out), vec![1, 2]);
+    let o = run(&["--steps", "3"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists: continue it with --resume"));
+    assert_eq!(read_state(&out).unwrap().step, 2, "a refused run leaves the checkpoint as it was");
+    let o = run(&["--steps", "3", "--overwrite"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!((read_state(&out).unwrap().step, step_lines(&out)), (3, vec![1, 2, 3]));
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(alignscope::train::follow::read_status(&out).unwrap().status, "finished");
+}

@@ -216,3 +216,40 @@ pub fn history_text(lines: &[String]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_begins_with_its_history_and_ends_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("run");
+        let history = vec![r#"{"step":1}"#.to_string(), r#"{"step":2}"#.to_string()];
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join(METRICS_FILE), "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"st").unwrap();
+        std::fs::write(d.join(STOP_FILE), b"").unwrap();
+        // A stop request from before the run started is stale.
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        let mut live = LiveRun::begin(&d, later, &history, 2, 10, 4).unwrap();
+        assert!(!live.stop_requested());
+        assert_eq!(std::fs::read_to_string(d.join(METRICS_FILE)).unwrap(), "{\"step\":1}\n{\"step\":2}\n", "the history it continues");
+        let s = read_status(&d).unwrap();
+        assert_eq!((s.engine.as_str(), s.status.as_str()), ("alignscope", "running"));
+        assert_eq!((s.pid, s.start_step, s.total_steps, s.n_layer), (Some(std::process::id() as i64), Some(2), Some(10), Some(4)));
+        assert_eq!(trainer_elsewhere(&d), None, "this process is not another trainer");
+        live.line(r#"{"step":3}"#).unwrap();
+        assert!(std::fs::read_to_string(d.join(METRICS_FILE)).unwrap().ends_with("{\"step\":2}\n{\"step\":3}\n"));
+        // One made while the run goes on stands, and is answered at the end.
+        std::fs::write(d.join(STOP_FILE), b"").unwrap();
+        assert!(live.stop_requested());
+        live.end("stopped", 3, None).unwrap();
+        assert!(!d.join(STOP_FILE).exists());
+        let s = read_status(&d).unwrap();
+        assert_eq!((s.status.as_str(), s.step, s.ended()), ("stopped", Some(3), true));
+        // A stop request made after the run started (while it set up) is kept.
+        std::fs::write(d.join(STOP_FILE), b"").unwrap();
+        let live = LiveRun::begin(&d, UNIX_EPOCH, &history, 2, 10, 4).unwrap();
+        assert!(live.stop_requested());
+    }
+}
