@@ -12,7 +12,7 @@ use super::column::{Column, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::train::{MenuDefaults, RunSource, TrainMenu, TrainRequest, TrainingState};
+use super::train::{MenuDefaults, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
 use super::view::{SimMetric, View};
 use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::generate::Sampling;
@@ -276,7 +276,9 @@ impl App {
             Action::Quit => {
                 // A PyTorch run started here goes on after the explorer (it is a process
                 // of its own): say so once, so that quitting never stops it unawares.
-                let child_trains = self.training.is_active() && matches!(self.training.source, RunSource::Child { .. });
+                // (One asked to stop, saving now, ends by itself.)
+                let child_trains = matches!(self.training.status, TrainStatus::Starting | TrainStatus::Running)
+                    && matches!(self.training.source, RunSource::Child { .. });
                 if child_trains && !quit_armed {
                     self.quit_armed = true;
                     self.say("the PyTorch run keeps training after you quit: q again quits · x stops it (saving first)", false);
