@@ -391,6 +391,7 @@ def check_not_running(out: Path) -> None:
 
 
 def run(args, d: Dist) -> int:
+    process_started = time.time()
     import torch
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -523,6 +524,11 @@ def run(args, d: Dist) -> int:
             for name in ck.OWNED - {ck.STOP_FILE}:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(out / name)
+        # A stop request from before this process started was left by a run killed before
+        # answering it: it is not meant for this one (alignscope's trainer does the same).
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(out / ck.STOP_FILE).st_mtime < process_started:
+                os.remove(out / ck.STOP_FILE)
         # The metrics file grows line by line between saves so that followers see every
         # step; a resume drops lines past the saved step (a kill may have left some).
         tmp = out / f".{ck.METRICS_FILE}.tmp"

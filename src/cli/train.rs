@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// Output checkpoint: a name under checkpoints/ or a path
     #[arg(long)]
     pub out: Option<String>,
-    /// Replace an existing output checkpoint
+    /// Replace an existing output checkpoint (it is cleared when the new run starts)
     #[arg(long)]
     pub overwrite: bool,
     /// Objective: aligned (all layers through the shared head), standard (last layer), ce-reg
@@ -150,7 +150,9 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     };
     let Some(out) = &a.out else { bail!("give --out NAME for the new checkpoint") };
     let out = output_dir(out);
-    if out.exists() && !a.overwrite {
+    // A folder without a checkpoint (a run killed before its first save, an empty folder)
+    // is simply trained into.
+    if (crate::train::save::has_checkpoint(&out) || out.is_file()) && !a.overwrite {
         bail!("{} already exists: continue it with --resume, pick another --out, or pass --overwrite", out.display())
     }
     let default_data = a.data.is_empty();
