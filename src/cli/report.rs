@@ -58,6 +58,9 @@ pub struct ReportArgs {
     /// Early-exit sweep to draw (the JSON of `alignscope exits --json`; repeatable)
     #[arg(long)]
     pub exits: Vec<PathBuf>,
+    /// PNG size as a multiple of the SVG's (2 for print; smaller files with less)
+    #[arg(long, default_value_t = crate::report::plot::PNG_SCALE)]
+    pub png_scale: f64,
     /// Device: auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -89,6 +92,9 @@ pub fn report(a: ReportArgs) -> Result<()> {
     }
     if a.max_chunks == Some(0) {
         bail!("--max-chunks must be at least 1")
+    }
+    if !(a.png_scale >= 0.5 && a.png_scale <= 8.0) {
+        bail!("--png-scale must be between 0.5 and 8, got {}", a.png_scale)
     }
     let sampling = match a.top_p {
         Some(p) => Sampling::TopP { p, temperature: a.temperature, seed: a.seed },
@@ -129,7 +135,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         bar.set_message(what.to_string());
     })?;
     bar.set_message("drawing the figures".to_string());
-    let files = write(&mut report, &a.out)?;
+    let files = write(&mut report, &a.out, a.png_scale)?;
     bar.finish_and_clear();
     println!("{}", super::embedder_line(&embedder));
     for m in &report.models {

@@ -50,8 +50,9 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "- generations: {} prompts of {} tokens drawn evenly from the text, {} new tokens each ({sampling}), at every exit layer",
+        "- generations: {} prompt{} of {} tokens drawn evenly from the text, {} new tokens each ({sampling}), at every exit layer",
         r.prompts.len(),
+        if r.prompts.len() == 1 { "" } else { "s" },
         r.prompt_set.prompt_tokens,
         r.prompt_set.max_new_tokens
     );

@@ -238,7 +238,7 @@ pub fn build(
 /// Writes the report into `out`: figures, report.json and report.md. Everything is made
 /// in a hidden sibling folder first and moved in only when all of it is written, so a
 /// failure leaves `out` as it was.
-pub fn write(report: &mut Report, out: &Path) -> Result<Vec<PathBuf>> {
+pub fn write(report: &mut Report, out: &Path, png_scale: f64) -> Result<Vec<PathBuf>> {
     if out.is_file() {
         bail!("--out {} is a file, not a folder", out.display())
     }
@@ -253,7 +253,7 @@ pub fn write(report: &mut Report, out: &Path) -> Result<Vec<PathBuf>> {
         let mut files = vec![];
         report.figures.clear();
         for (fname, fig) in figures::report_figures(report) {
-            plot::write_figure(&fig, &stage.join(&fname))?;
+            plot::write_figure(&fig, &stage.join(&fname), png_scale)?;
             report.figures.push(FigureFiles {
                 name: fname.clone(),
                 title: fig.title.clone(),
