@@ -27,6 +27,12 @@ fn png_size(path: &Path) -> (u32, u32) {
     (u32::from_be_bytes(b[16..20].try_into().unwrap()), u32::from_be_bytes(b[20..24].try_into().unwrap()))
 }
 
+fn eval_json(ck: &str, data: &str) -> Value {
+    let o = alignscope(&["eval", "--ckpt", ck, "--data", data, "--ctx", "128", "--max-chunks", "4", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -74,6 +80,8 @@ fn fixture_report_matches_the_reference_evaluation() {
     let cos = matrix(&m["similarity"]["cos"]);
     assert_eq!((cos.len(), m["similarity"]["positions"].as_u64()), (5, Some(512)));
     let last: Vec<f64> = cos.iter().map(|row| row[4]).collect();
+    // The same as `alignscope eval`'s COS with the last layer (computed another way).
+    assert_close("cos_last vs eval", &last, &f64s(&eval_json(&ck, &data)["cos_last"]), 1e-5);
     assert_close("cos_last", &f64s(&m["per_layer"]["cos_last"]), &last, 0.0);
     // Quality per exit layer: index 0 is not an exit layer (null), 1..4 are.
     for key in ["diversity", "coherence"] {

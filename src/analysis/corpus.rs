@@ -17,9 +17,10 @@ pub struct TextSimilarity {
     pub positions: usize,
     pub chunks: usize,
     pub ctx: usize,
-    /// `(L+1) x (L+1)`: centered COS and linear CKA, index = layer.
-    pub cos: Vec<Vec<f64>>,
-    pub cka: Vec<Vec<f64>>,
+    /// `(L+1) x (L+1)`: centered COS and linear CKA, index = layer (`None` where
+    /// undefined: features that do not vary over the positions).
+    pub cos: Vec<Vec<Option<f64>>>,
+    pub cka: Vec<Vec<Option<f64>>>,
 }
 
 /// Features kept between the two passes, in floats (~256 MB); chunks beyond it run the

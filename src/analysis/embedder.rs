@@ -270,7 +270,7 @@ impl SentenceEncoder {
                 .map(|t| {
                     let ids = tokenizer.encode(*t, false).map_err(|e| anyhow!("cannot tokenize for the self-embedding: {e}"))?;
                     let ids = ids.get_ids();
-                    if ids.is_empty() { Ok(None) } else { super::quality::sentence_embedding(model, ids).map(Some) }
+                    super::quality::sentence_embedding(model, ids)
                 })
                 .collect(),
         }

@@ -3,6 +3,7 @@
 
 use super::embedder::SentenceEncoder;
 use super::generate::{GenerateOptions, Sampling, generate};
+use super::similarity::mean_defined;
 use crate::model::Gpt2;
 use anyhow::Result;
 use serde::Serialize;
@@ -17,27 +18,26 @@ pub fn diversity(ids: &[u32]) -> Option<f64> {
     if ids.len() < 4 {
         return None;
     }
-    Some(
-        (2..=4)
-            .map(|n| {
-                let grams: Vec<&[u32]> = ids.windows(n).collect();
-                let unique: HashSet<&[u32]> = grams.iter().copied().collect();
-                unique.len() as f64 / grams.len() as f64
-            })
-            .product(),
-    )
+    let ratio = |n: usize| {
+        let grams: Vec<&[u32]> = ids.windows(n).collect();
+        let unique: HashSet<&[u32]> = grams.iter().copied().collect();
+        unique.len() as f64 / grams.len() as f64
+    };
+    Some((2..=4).map(ratio).product())
 }
 
 /// A GPT-2's sentence embedding: the mean over positions of its final normalised features
 /// `ln_f(h^L)` (the stand-in for a sentence encoder; see [`super::embedder`]). Longer
-/// inputs keep their last `n_positions` tokens; `ids` must not be empty.
-pub fn sentence_embedding(embedder: &Gpt2, ids: &[u32]) -> Result<Vec<f64>> {
-    anyhow::ensure!(!ids.is_empty(), "an empty text has no embedding");
+/// inputs keep their last `n_positions` tokens; `None` for an empty text.
+pub fn sentence_embedding(embedder: &Gpt2, ids: &[u32]) -> Result<Option<Vec<f64>>> {
     let n = embedder.config.n_positions;
     let ids = if ids.len() > n { &ids[ids.len() - n..] } else { ids };
+    if ids.is_empty() {
+        return Ok(None);
+    }
     let hs = embedder.residuals(&super::ids_tensor(embedder, ids)?)?;
     let x = embedder.final_norm(hs.last().expect("residuals"))?.squeeze(0)?.mean(0)?;
-    Ok(x.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect())
+    Ok(Some(x.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect()))
 }
 
 /// Coherence: cosine between the sentence embeddings of the prompt and the continuation;
@@ -54,16 +54,10 @@ pub fn coherences(encoder: &SentenceEncoder, prompt: &str, continuations: &[&str
     let p = vecs.next().flatten();
     Ok(vecs
         .map(|c| match (&p, c) {
-            (Some(a), Some(b)) => Some(super::similarity::cosine(a, &b)),
+            (Some(a), Some(b)) => super::similarity::cosine(a, &b),
             _ => None,
         })
         .collect())
-}
-
-/// The mean of the defined values; `None` when there are none.
-pub fn mean_defined(values: &[Option<f64>]) -> Option<f64> {
-    let v: Vec<f64> = values.iter().flatten().copied().collect();
-    if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) }
 }
 
 /// How the prompt set is drawn and continued.
@@ -170,8 +164,8 @@ pub fn layer_quality(
             let coh: Vec<Option<f64>> = s.iter().map(|x| x.coherence).collect();
             LayerQuality {
                 layer: i + 1,
-                diversity: mean_defined(&div),
-                coherence: mean_defined(&coh),
+                diversity: mean_defined(div.iter().copied()),
+                coherence: mean_defined(coh.iter().copied()),
                 diversity_n: div.iter().flatten().count(),
                 coherence_n: coh.iter().flatten().count(),
                 samples: s,
@@ -203,7 +197,5 @@ mod tests {
         assert_eq!((p[0][0], p[1][0], p[2][0], p[2][9]), (0, 45, 90, 99));
         assert!(prompt_set(&ids, 3, 101).is_empty());
         assert_eq!(prompt_set(&ids[..12], 5, 10).len(), 3);
-        assert_eq!(mean_defined(&[None, Some(1.0), Some(2.0)]), Some(1.5));
-        assert_eq!(mean_defined(&[None]), None);
     }
 }

@@ -5,6 +5,10 @@
 //! functions compute in f64 so that the numbers match the reference to ~1e-9; the
 //! whole-text [`CorpusSimilarity`] runs its per-chunk products as f32 gemms and accumulates
 //! in f64.
+//!
+//! A similarity that is not defined is `None`, never 0 (which would read as "orthogonal"):
+//! the cosine of a zero vector, and so centered COS and CKA of a single sample, whose
+//! centered features are all zero.
 
 use rayon::prelude::*;
 
@@ -62,45 +66,51 @@ fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
 
-/// Cosine of two vectors; 0 where either is zero (e.g. a single centered sample).
-pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+/// Cosine of two vectors; `None` where either is zero.
+pub fn cosine(a: &[f64], b: &[f64]) -> Option<f64> {
     let den = norm(a) * norm(b);
-    if den == 0.0 { 0.0 } else { dot(a, b) / den }
+    (den > 0.0).then(|| dot(a, b) / den)
 }
 
-/// Mean over samples of the cosine between matching rows.
-pub fn mean_row_cosine(x: &Features, y: &Features) -> f64 {
+/// Mean of the defined values; `None` when there is none.
+pub fn mean_defined(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let (sum, n) = values.into_iter().flatten().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Mean over samples of the cosine between matching rows, over the samples where it is
+/// defined; `None` when it is defined for none.
+pub fn mean_row_cosine(x: &Features, y: &Features) -> Option<f64> {
     assert_eq!((x.n, x.d), (y.n, y.d));
-    if x.n == 0 {
-        return 0.0;
-    }
-    (0..x.n).map(|i| cosine(x.row(i), y.row(i))).sum::<f64>() / x.n as f64
+    mean_defined((0..x.n).map(|i| cosine(x.row(i), y.row(i))))
 }
 
-/// Row-normalised copies, so a COS matrix costs one dot per sample and pair.
-fn unit_rows(x: &Features) -> Features {
-    let mut data = x.data.clone();
-    for row in data.chunks_mut(x.d) {
-        let n = norm(row);
-        if n > 0.0 {
-            row.iter_mut().for_each(|v| *v /= n);
-        } else {
-            row.iter_mut().for_each(|v| *v = 0.0);
-        }
-    }
-    Features::new(x.n, x.d, data)
+/// Row-normalised copies (`None` for a zero row), so a COS matrix costs one dot per sample
+/// and pair.
+fn unit_rows(x: &Features) -> Vec<Option<Vec<f64>>> {
+    x.data
+        .chunks(x.d)
+        .map(|row| {
+            let n = norm(row);
+            (n > 0.0).then(|| row.iter().map(|v| v / n).collect())
+        })
+        .collect()
 }
 
 /// The (L+1)x(L+1) COS matrix: mean per-sample cosine between layers, after subtracting
-/// each layer's mean over samples when `centered`.
-pub fn cos_matrix(layers: &[Features], centered: bool) -> Vec<Vec<f64>> {
-    let units: Vec<Features> = layers.iter().map(|f| unit_rows(&if centered { f.centered() } else { f.clone() })).collect();
+/// each layer's mean over samples when `centered`. Samples with a zero row in either layer
+/// have no cosine and are left out; an entry with none left is `None` (so are all centered
+/// entries of a single sample).
+pub fn cos_matrix(layers: &[Features], centered: bool) -> Vec<Vec<Option<f64>>> {
+    let units: Vec<Vec<Option<Vec<f64>>>> = layers.iter().map(|f| unit_rows(&if centered { f.centered() } else { f.clone() })).collect();
     let k = units.len();
-    let mut m = vec![vec![0.0; k]; k];
+    let mut m = vec![vec![None; k]; k];
     for i in 0..k {
         for j in i..k {
-            let n = units[i].n;
-            let v = if n == 0 { 0.0 } else { (0..n).map(|s| dot(units[i].row(s), units[j].row(s))).sum::<f64>() / n as f64 };
+            let v = mean_defined(units[i].iter().zip(&units[j]).map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Some(dot(a, b)),
+                _ => None,
+            }));
             m[i][j] = v;
             m[j][i] = v;
         }
@@ -124,15 +134,16 @@ fn gram(x: &Features) -> Vec<f64> {
 
 /// Linear CKA matrix: `||Xi^T Xj||_F^2 / (||Xi^T Xi||_F ||Xj^T Xj||_F)` on features centered
 /// over samples. Uses `||X^T Y||_F^2 = <X X^T, Y Y^T>_F`, so the cost is n^2 d per layer.
-pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<f64>> {
+/// `None` where a layer's centered features are all zero (a single sample).
+pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<Option<f64>>> {
     let grams: Vec<Vec<f64>> = layers.iter().map(|f| gram(&f.centered())).collect();
     let self_norm: Vec<f64> = grams.iter().map(|g| dot(g, g).sqrt()).collect();
     let k = grams.len();
-    let mut m = vec![vec![0.0; k]; k];
+    let mut m = vec![vec![None; k]; k];
     for i in 0..k {
         for j in i..k {
             let den = self_norm[i] * self_norm[j];
-            let v = if den == 0.0 { 0.0 } else { dot(&grams[i], &grams[j]) / den };
+            let v = (den > 0.0).then(|| dot(&grams[i], &grams[j]) / den);
             m[i][j] = v;
             m[j][i] = v;
         }
@@ -142,11 +153,12 @@ pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<f64>> {
 
 /// The paper's Appendix-B view of one residual step `h^{l+1} = h^l + f(h^l)`: for each
 /// l in 0..L, the mean over samples of `||h^l|| / ||h^{l+1} - h^l||` and of
-/// `cos(h^l, h^{l+1} - h^l)`.
+/// `cos(h^l, h^{l+1} - h^l)`, over the samples where they are defined (a block that
+/// leaves a sample unchanged defines neither for it).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ResidualSteps {
-    pub norm_ratio: Vec<f64>,
-    pub cos_update: Vec<f64>,
+    pub norm_ratio: Vec<Option<f64>>,
+    pub cos_update: Vec<Option<f64>>,
 }
 
 pub fn residual_steps(layers: &[Features]) -> ResidualSteps {
@@ -154,22 +166,18 @@ pub fn residual_steps(layers: &[Features]) -> ResidualSteps {
     let mut cos_update = Vec::new();
     for w in layers.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let n = a.n.max(1) as f64;
-        let (mut r, mut c) = (0.0, 0.0);
-        for s in 0..a.n {
-            let delta: Vec<f64> = b.row(s).iter().zip(a.row(s)).map(|(x, y)| x - y).collect();
-            let dn = norm(&delta);
-            r += if dn == 0.0 { f64::INFINITY } else { norm(a.row(s)) / dn };
-            c += cosine(a.row(s), &delta);
-        }
-        norm_ratio.push(r / n);
-        cos_update.push(c / n);
+        let deltas: Vec<Vec<f64>> = (0..a.n).map(|s| b.row(s).iter().zip(a.row(s)).map(|(x, y)| x - y).collect()).collect();
+        norm_ratio.push(mean_defined(deltas.iter().enumerate().map(|(s, d)| {
+            let dn = norm(d);
+            (dn > 0.0).then(|| norm(a.row(s)) / dn)
+        })));
+        cos_update.push(mean_defined(deltas.iter().enumerate().map(|(s, d)| cosine(a.row(s), d))));
     }
     ResidualSteps { norm_ratio, cos_update }
 }
 
 /// COS of adjacent layers, `cos(h^l, h^{l+1})` for l in 0..L (centered or raw).
-pub fn adjacent_cos(cos: &[Vec<f64>]) -> Vec<f64> {
+pub fn adjacent_cos(cos: &[Vec<Option<f64>>]) -> Vec<Option<f64>> {
     (0..cos.len().saturating_sub(1)).map(|l| cos[l][l + 1]).collect()
 }
 
@@ -209,29 +217,30 @@ impl StreamingCka {
         let delta: Vec<Vec<f64>> = self.mean.iter().zip(means).map(|(a, b)| b.iter().zip(a).map(|(y, x)| y - x).collect()).collect();
         for l in 0..self.mean.len() {
             let d = self.d;
-            for i in 0..d {
+            for (i, di) in delta[l].iter().enumerate() {
                 for j in 0..d {
-                    self.c_self[l][i * d + j] += c_self[l][i * d + j] + f * delta[l][i] * delta[l][j];
-                    self.c_ref[l][i * d + j] += c_ref[l][i * d + j] + f * delta[l][i] * delta[r][j];
+                    self.c_self[l][i * d + j] += c_self[l][i * d + j] + f * di * delta[l][j];
+                    self.c_ref[l][i * d + j] += c_ref[l][i * d + j] + f * di * delta[r][j];
                 }
             }
         }
-        for l in 0..self.mean.len() {
-            for i in 0..self.d {
-                self.mean[l][i] += delta[l][i] * nb / nt.max(1.0);
+        for (mean, dl) in self.mean.iter_mut().zip(&delta) {
+            for (m, di) in mean.iter_mut().zip(dl) {
+                *m += di * nb / nt.max(1.0);
             }
         }
         self.n = nt;
     }
 
-    /// CKA of every layer with the reference layer.
-    pub fn cka(&self) -> Vec<f64> {
+    /// CKA of every layer with the reference layer (`None` where a layer's centered
+    /// features are all zero).
+    pub fn cka(&self) -> Vec<Option<f64>> {
         let fro = |m: &[f64]| dot(m, m).sqrt();
         let rn = fro(&self.c_self[self.reference]);
         (0..self.mean.len())
             .map(|l| {
                 let den = fro(&self.c_self[l]) * rn;
-                if den == 0.0 { 0.0 } else { dot(&self.c_ref[l], &self.c_ref[l]) / den }
+                (den > 0.0).then(|| dot(&self.c_ref[l], &self.c_ref[l]) / den)
             })
             .collect()
     }
@@ -261,15 +270,26 @@ pub struct CorpusSimilarity {
     mean: Vec<f64>,
     /// Centered co-moment of the side-by-side features, `(layers d) x (layers d)`.
     comoment: Vec<f64>,
-    /// Second pass: per pair, the sum over positions of the centered cosine.
+    /// Second pass: per pair, the sum over positions of the defined centered cosines and
+    /// how many there are (a position at a layer's mean has no centered direction).
     cos_sum: Vec<f64>,
+    cos_count: Vec<f64>,
     cos_n: usize,
 }
 
 impl CorpusSimilarity {
     pub fn new(layers: usize, d: usize) -> Self {
         let w = layers * d;
-        Self { layers, d, n: 0.0, mean: vec![0.0; w], comoment: vec![0.0; w * w], cos_sum: vec![0.0; layers * layers], cos_n: 0 }
+        Self {
+            layers,
+            d,
+            n: 0.0,
+            mean: vec![0.0; w],
+            comoment: vec![0.0; w * w],
+            cos_sum: vec![0.0; layers * layers],
+            cos_count: vec![0.0; layers * layers],
+            cos_n: 0,
+        }
     }
 
     pub fn layers(&self) -> usize {
@@ -324,7 +344,8 @@ impl CorpusSimilarity {
     }
 
     /// Second pass: adds the centered cosines of one chunk (the same chunks as the first
-    /// pass, in any order). A zero row has cosine 0 with anything, as in [`cosine`].
+    /// pass, in any order). A zero row has no cosine (as in [`cosine`]) and is left out of
+    /// its pairs' means.
     pub fn add_cosines(&mut self, feats: &[candle_core::Tensor]) -> candle_core::Result<()> {
         let x = self.side_by_side(feats)?;
         let n = x.dim(0)?;
@@ -333,20 +354,25 @@ impl CorpusSimilarity {
         }
         let (k, d) = (self.layers, self.d);
         let xc = x.broadcast_sub(&self.mean_row(x.device())?)?.reshape((n, k, d))?;
-        let norms = xc.sqr()?.sum_keepdim(2)?.sqrt()?;
-        // Rows of norm 0 stay 0 after the division, so their cosines are 0.
+        let norms = xc.sqr()?.sum_keepdim(2)?.sqrt()?; // [n, k, 1]
+        // Rows of norm 0 stay 0 after the division: they add 0 to the sums, and the mask
+        // keeps them out of the counts.
         let unit = xc.broadcast_div(&norms.maximum(1e-30)?)?;
         let gram = unit.matmul(&unit.t()?.contiguous()?)?; // [n, k, k]
         let sums: Vec<f32> = gram.sum(0)?.flatten_all()?.to_vec1()?;
-        for (s, v) in self.cos_sum.iter_mut().zip(sums) {
+        let defined = norms.gt(0.0)?.to_dtype(candle_core::DType::F32)?.squeeze(2)?; // [n, k]
+        let counts: Vec<f32> = defined.t()?.contiguous()?.matmul(&defined)?.flatten_all()?.to_vec1()?;
+        for ((s, c), (v, m)) in self.cos_sum.iter_mut().zip(self.cos_count.iter_mut()).zip(sums.into_iter().zip(counts)) {
             *s += v as f64;
+            *c += m as f64;
         }
         self.cos_n += n;
         Ok(())
     }
 
-    /// Linear CKA of every layer pair over all positions of the first pass.
-    pub fn cka(&self) -> Vec<Vec<f64>> {
+    /// Linear CKA of every layer pair over all positions of the first pass; `None` where a
+    /// layer's centered features are all zero (a single position).
+    pub fn cka(&self) -> Vec<Vec<Option<f64>>> {
         let (k, d) = (self.layers, self.d);
         let w = k * d;
         // ||C_ij||_F^2 for every block of the co-moment.
@@ -362,21 +388,32 @@ impl CorpusSimilarity {
                 fro2[bj * k + bi] = s;
             }
         }
-        let mut m = vec![vec![0.0; k]; k];
-        for i in 0..k {
-            for j in 0..k {
-                let den = (fro2[i * k + i] * fro2[j * k + j]).sqrt();
-                m[i][j] = if den == 0.0 { 0.0 } else { fro2[i * k + j] / den };
-            }
-        }
-        m
+        (0..k)
+            .map(|i| {
+                (0..k)
+                    .map(|j| {
+                        let den = (fro2[i * k + i] * fro2[j * k + j]).sqrt();
+                        (den > 0.0).then(|| fro2[i * k + j] / den)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
-    /// Centered COS of every layer pair: the mean over positions of the second pass.
-    pub fn cos(&self) -> Vec<Vec<f64>> {
+    /// Centered COS of every layer pair: the mean over the positions of the second pass
+    /// where both layers' centered features are non-zero; `None` where there is none.
+    pub fn cos(&self) -> Vec<Vec<Option<f64>>> {
         let k = self.layers;
-        let n = self.cos_n.max(1) as f64;
-        (0..k).map(|i| (0..k).map(|j| if self.cos_n == 0 { 0.0 } else { self.cos_sum[i * k + j] / n }).collect()).collect()
+        (0..k)
+            .map(|i| {
+                (0..k)
+                    .map(|j| {
+                        let c = self.cos_count[i * k + j];
+                        (c > 0.0).then(|| self.cos_sum[i * k + j] / c)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Whether the second pass saw as many positions as the first.
@@ -406,6 +443,12 @@ pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
 }
 
 /// The off-diagonal entries `(i, j)`, `i < j`, of a symmetric matrix, in row order.
-pub fn upper_triangle(m: &[Vec<f64>]) -> Vec<f64> {
+pub fn upper_triangle<T: Copy>(m: &[Vec<T>]) -> Vec<T> {
     (0..m.len()).flat_map(|i| (i + 1..m.len()).map(move |j| m[i][j])).collect()
+}
+
+/// The pairs `(x, y)` of two equally shaped matrices' off-diagonal entries where both are
+/// defined (for COS-vs-CKA agreement).
+pub fn defined_pairs(x: &[Vec<Option<f64>>], y: &[Vec<Option<f64>>]) -> Vec<(f64, f64)> {
+    upper_triangle(x).into_iter().zip(upper_triangle(y)).filter_map(|(a, b)| Some((a?, b?))).collect()
 }

@@ -9,10 +9,11 @@ use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherences, diversity};
-use crate::analysis::{decode, encode_prompt};
+use crate::analysis::{TextStream, decode, encode_prompt};
 use crate::model::Checkpoint;
 use crate::model::device::parse_device;
 use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT, resolve_asset};
+use crate::util::fmt_opt;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -151,6 +152,7 @@ pub struct EvalArgs {
     /// Tokens per chunk (default: 256, or the model's context if shorter)
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Evaluate at most this many chunks (from the start of the text)
     #[arg(long)]
     pub max_chunks: Option<usize>,
     /// Also write the JSON report to this file (the text table still goes to stdout)
@@ -235,10 +237,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
         out(&format!("{title}:"));
         out(&format_matrix(m));
     }
+    if ids.len() < 2 {
+        out("(centered COS and CKA are undefined for a one-token prompt: its centered features are all zero)");
+    }
     Ok(())
 }
 
-pub fn format_matrix(m: &[Vec<f64>]) -> String {
+/// A layer × layer matrix as text (undefined entries as n/a).
+pub fn format_matrix(m: &[Vec<Option<f64>>]) -> String {
     let mut s = String::from("      ");
     for j in 0..m.len() {
         s += &format!("{j:>6}");
@@ -246,7 +252,7 @@ pub fn format_matrix(m: &[Vec<f64>]) -> String {
     for (i, row) in m.iter().enumerate() {
         s += &format!("\n  {i:>2}  ");
         for v in row {
-            s += &format!("{v:>6.3}");
+            s += &fmt_opt(*v, 6, 3);
         }
     }
     s
@@ -298,14 +304,10 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         let g: Generation = if stream {
             // Stream text as it is produced: print the decoded growth of the continuation.
             print!("{}", a.prompt);
-            let mut so_far: Vec<u32> = Vec::new();
-            let mut shown = 0usize;
+            let mut stream = TextStream::new(&ck.tokenizer);
             let g = generate(&ck.model, &ids, &opts, |t| {
-                so_far.push(t);
-                let text = decode(&ck.tokenizer, &so_far);
-                if !text.ends_with('\u{FFFD}') && text.len() >= shown {
-                    print!("{}", &text[shown..]);
-                    shown = text.len();
+                if let Some(new) = stream.push_new(t) {
+                    print!("{new}");
                     let _ = std::io::stdout().flush();
                 }
                 ControlFlow::Continue(())
@@ -354,8 +356,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             out(&format!(
                 "── exit layer {} (diversity {}, coherence {})",
                 g.exit_layer,
-                fmt_opt(o["diversity"].as_f64(), 3),
-                fmt_opt(o["coherence"].as_f64(), 3)
+                fmt_opt(o["diversity"].as_f64(), 0, 3),
+                fmt_opt(o["coherence"].as_f64(), 0, 3)
             ));
             out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
         }
@@ -365,6 +367,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
+    if a.max_chunks == Some(0) {
+        bail!("--max-chunks must be at least 1 (it is how many chunks of the text to evaluate)")
+    }
     let data = resolve_asset(&a.data);
     let text = read_text(&data)?; // read before the model loads: bad data fails fast
     if a.quality && (a.prompts == 0 || a.max_new_tokens == 0) {
@@ -443,20 +448,12 @@ fn format_quality(q: &serde_json::Value) -> String {
     s += "layer  diversity  coherence\n";
     let (d, c) = (q["diversity"].as_array().cloned().unwrap_or_default(), q["coherence"].as_array().cloned().unwrap_or_default());
     for (l, (d, c)) in d.iter().zip(&c).enumerate().skip(1) {
-        s += &format!("{l:>5} {:>10} {:>10}\n", fmt_opt(d.as_f64(), 4), fmt_opt(c.as_f64(), 4));
+        s += &format!("{l:>5} {} {}\n", fmt_opt(d.as_f64(), 10, 4), fmt_opt(c.as_f64(), 10, 4));
     }
     let e: EmbedderInfo =
         serde_json::from_value(q["embedder"].clone()).unwrap_or(EmbedderInfo { name: "?".into(), kind: "?".into(), note: None });
     s += &embedder_line(&e);
     s
-}
-
-/// A number with `digits` decimals, or `n/a` when it is undefined.
-pub fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    match v {
-        Some(x) if x.is_finite() => format!("{x:.digits$}"),
-        _ => "n/a".to_string(),
-    }
 }
 
 /// The line that says which sentence encoder measured coherence.
@@ -472,7 +469,14 @@ pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
     let mut s = format!("{name} on {data}: {} chunks of {} tokens, {} predictions\n", r.chunks, r.ctx, r.tokens);
     s += "layer        CE         ppl     acc   COS_last  CKA_last\n";
     for l in 0..=r.layers {
-        s += &format!("{l:>5} {:>9.4} {:>11.2} {:>7.4} {:>10.4} {:>9.4}\n", r.ce[l], r.ppl[l], r.acc[l], r.cos_last[l], r.cka_last[l]);
+        s += &format!(
+            "{l:>5} {:>9.4} {:>11.2} {:>7.4} {} {}\n",
+            r.ce[l],
+            r.ppl[l],
+            r.acc[l],
+            fmt_opt(r.cos_last[l], 10, 4),
+            fmt_opt(r.cka_last[l], 9, 4)
+        );
     }
     if let Some(d) = r.min_depth_reaching(0.95) {
         s += &format!("shallowest layer reaching 95% of the best accuracy: {d}");

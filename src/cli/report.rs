@@ -143,7 +143,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             "{} {}: COS–CKA agreement r = {}; 95% of the best accuracy at layer {}",
             m.role,
             m.checkpoint,
-            super::fmt_opt(m.agreement.pearson, 3),
+            crate::util::fmt_opt(m.agreement.pearson, 0, 3),
             m.depth_95.map(|d| d.to_string()).unwrap_or_else(|| "n/a".into())
         );
     }

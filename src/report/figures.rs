@@ -2,7 +2,7 @@
 
 use super::plot::{COLOR_A, COLOR_B, ColorScale, Figure, Panel, Series, layer_color};
 use super::{ModelReport, Report};
-use crate::analysis::similarity::upper_triangle;
+use crate::analysis::similarity::defined_pairs;
 use plotters::prelude::{RGBColor, SeriesLabelPosition};
 
 fn color(role: &str) -> RGBColor {
@@ -14,14 +14,14 @@ fn label(m: &ModelReport) -> String {
 }
 
 /// The colour range shared by the heatmaps of one metric, so A and B compare by eye.
-fn shared_scale(ms: &[&Vec<Vec<f64>>]) -> ColorScale {
-    let min = ms.iter().flat_map(|m| m.iter().flatten()).copied().filter(|x| x.is_finite()).fold(0.0f64, f64::min);
+fn shared_scale(ms: &[&Vec<Vec<Option<f64>>>]) -> ColorScale {
+    let min = ms.iter().flat_map(|m| m.iter().flatten()).flatten().copied().filter(|x| x.is_finite()).fold(0.0f64, f64::min);
     ColorScale::Sequential { min: (min * 10.0).floor() / 10.0, max: 1.0 }
 }
 
 fn similarity_figure(r: &Report, cka: bool) -> Figure {
     let metric = if cka { "linear CKA" } else { "centered COS" };
-    let mats: Vec<&Vec<Vec<f64>>> = r.models.iter().map(|m| if cka { &m.similarity.cka } else { &m.similarity.cos }).collect();
+    let mats: Vec<&Vec<Vec<Option<f64>>>> = r.models.iter().map(|m| if cka { &m.similarity.cka } else { &m.similarity.cos }).collect();
     let scale = shared_scale(&mats);
     let mut panels: Vec<Panel> = r
         .models
@@ -31,7 +31,7 @@ fn similarity_figure(r: &Report, cka: bool) -> Figure {
         .collect();
     if let Some(d) = &r.difference {
         let diff = if cka { &d.cka } else { &d.cos };
-        let max_abs = diff.iter().flatten().map(|x| x.abs()).fold(0.0, f64::max);
+        let max_abs = diff.iter().flatten().flatten().map(|x| x.abs()).fold(0.0, f64::max);
         panels.push(Panel::Heatmap {
             title: "A − B".into(),
             matrix: diff.clone(),
@@ -57,10 +57,9 @@ fn agreement_figure(r: &Report) -> Figure {
         .models
         .iter()
         .map(|m| {
-            let xs = upper_triangle(&m.similarity.cka);
-            let ys = upper_triangle(&m.similarity.cos);
+            let pts = defined_pairs(&m.similarity.cka, &m.similarity.cos);
             let r = m.agreement.pearson.map(|p| format!("r = {p:.3}")).unwrap_or_else(|| "r n/a".into());
-            Series::points(format!("{} ({r})", label(m)), color(&m.role), xs.into_iter().zip(ys.into_iter().map(Some)).collect())
+            Series::points(format!("{} ({r})", label(m)), color(&m.role), pts.into_iter().map(|(x, y)| (x, Some(y))).collect())
         })
         .collect();
     Figure {
@@ -107,7 +106,6 @@ fn per_layer_panel(
 
 fn quality_figure(r: &Report) -> Figure {
     use SeriesLabelPosition::*;
-    let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
     let coh = if r.embedder.kind == "self-embedding" { "coherence (self-embedding)" } else { "coherence" };
     let panels = vec![
         per_layer_panel(
@@ -127,8 +125,8 @@ fn quality_figure(r: &Report) -> Figure {
             |m| m.per_layer.ppl.iter().enumerate().map(|(l, &p)| (l > 0).then_some(p)).collect(),
             UpperRight,
         ),
-        per_layer_panel(r, "COS with the last layer", "centered COS", false, |m| some(&m.per_layer.cos_last), LowerRight),
-        per_layer_panel(r, "CKA with the last layer", "linear CKA", false, |m| some(&m.per_layer.cka_last), LowerRight),
+        per_layer_panel(r, "COS with the last layer", "centered COS", false, |m| m.per_layer.cos_last.clone(), LowerRight),
+        per_layer_panel(r, "CKA with the last layer", "linear CKA", false, |m| m.per_layer.cka_last.clone(), LowerRight),
         per_layer_panel(r, "diversity of generations", "diversity", false, |m| m.per_layer.diversity.clone(), LowerRight),
         per_layer_panel(r, coh, "cosine(prompt, continuation)", false, |m| m.per_layer.coherence.clone(), LowerRight),
     ];

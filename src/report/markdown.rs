@@ -83,9 +83,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "| checkpoint | layer pairs | Pearson r (COS, CKA) | mean COS | mean CKA |");
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
     for m in &r.models {
-        let uc = crate::analysis::similarity::upper_triangle(&m.similarity.cos);
-        let uk = crate::analysis::similarity::upper_triangle(&m.similarity.cka);
-        let mean = |v: &[f64]| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
+        use crate::analysis::similarity::{mean_defined, upper_triangle};
+        let mean = |m: &[Vec<Option<f64>>]| mean_defined(upper_triangle(m));
         let _ = writeln!(
             s,
             "| {} {} | {} | {} | {} | {} |",
@@ -93,8 +92,8 @@ pub fn render(r: &Report) -> String {
             name(m),
             m.agreement.pairs,
             opt(m.agreement.pearson, 3),
-            opt(mean(&uc), 3),
-            opt(mean(&uk), 3)
+            opt(mean(&m.similarity.cos), 3),
+            opt(mean(&m.similarity.cka), 3)
         );
     }
     let _ = writeln!(s);
@@ -125,8 +124,8 @@ pub fn render(r: &Report) -> String {
         for f in [
             &(|m: &ModelReport| pct(m.per_layer.acc[l])) as &dyn Fn(&ModelReport) -> String,
             &|m: &ModelReport| ppl(m.per_layer.ppl[l]),
-            &|m: &ModelReport| format!("{:.3}", m.per_layer.cos_last[l]),
-            &|m: &ModelReport| format!("{:.3}", m.per_layer.cka_last[l]),
+            &|m: &ModelReport| opt(m.per_layer.cos_last[l], 3),
+            &|m: &ModelReport| opt(m.per_layer.cka_last[l], 3),
             &|m: &ModelReport| opt(m.per_layer.diversity[l], 3),
             &|m: &ModelReport| opt(m.per_layer.coherence[l], 3),
         ] {

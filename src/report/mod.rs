@@ -15,7 +15,7 @@ use crate::analysis::corpus::{TextSimilarity, text_similarity};
 use crate::analysis::embedder::{EmbedderInfo, SentenceEncoder};
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::quality::{LayerQuality, PromptSetOptions, layer_quality, prompt_set};
-use crate::analysis::similarity::{pearson, upper_triangle};
+use crate::analysis::similarity::{defined_pairs, pearson};
 use crate::analysis::{decode, tokenize_text};
 use crate::model::Checkpoint;
 use anyhow::{Result, anyhow, bail};
@@ -42,7 +42,7 @@ pub struct ReportOptions {
 pub struct Agreement {
     /// Pearson correlation of the off-diagonal COS and CKA entries; null if undefined.
     pub pearson: Option<f64>,
-    /// Number of layer pairs `(i, j)`, `i < j`.
+    /// Number of layer pairs `(i, j)`, `i < j`, where both are defined.
     pub pairs: usize,
 }
 
@@ -54,8 +54,8 @@ pub struct PerLayer {
     pub ppl: Vec<f64>,
     pub acc: Vec<f64>,
     /// Centered COS and linear CKA with the last layer (the last column of the matrices).
-    pub cos_last: Vec<f64>,
-    pub cka_last: Vec<f64>,
+    pub cos_last: Vec<Option<f64>>,
+    pub cka_last: Vec<Option<f64>>,
     /// Generation quality at each exit layer (layer 0 is not an exit: null).
     pub diversity: Vec<Option<f64>>,
     pub coherence: Vec<Option<f64>>,
@@ -81,9 +81,9 @@ pub struct ModelReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {
-    /// A − B, entry by entry.
-    pub cos: Vec<Vec<f64>>,
-    pub cka: Vec<Vec<f64>>,
+    /// A − B, entry by entry (null where either is undefined).
+    pub cos: Vec<Vec<Option<f64>>>,
+    pub cka: Vec<Vec<Option<f64>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,10 +180,10 @@ pub fn build(
             ControlFlow::Continue(())
         })?;
         let l = ck.model.n_layer();
-        let cos_last: Vec<f64> = similarity.cos.iter().map(|row| row[l]).collect();
-        let cka_last: Vec<f64> = similarity.cka.iter().map(|row| row[l]).collect();
-        let (uc, uk) = (upper_triangle(&similarity.cos), upper_triangle(&similarity.cka));
-        let agreement = Agreement { pearson: pearson(&uc, &uk), pairs: uc.len() };
+        let cos_last: Vec<Option<f64>> = similarity.cos.iter().map(|row| row[l]).collect();
+        let cka_last: Vec<Option<f64>> = similarity.cka.iter().map(|row| row[l]).collect();
+        let (xs, ys): (Vec<f64>, Vec<f64>) = defined_pairs(&similarity.cos, &similarity.cka).into_iter().unzip();
+        let agreement = Agreement { pearson: pearson(&xs, &ys), pairs: xs.len() };
         let per_layer = PerLayer {
             ce: eval.ce.clone(),
             ppl: eval.ppl.clone(),
@@ -212,8 +212,8 @@ pub fn build(
     }
     let difference = match reports.as_slice() {
         [a, b] if a.layers == b.layers => {
-            let sub = |x: &[Vec<f64>], y: &[Vec<f64>]| -> Vec<Vec<f64>> {
-                x.iter().zip(y).map(|(r, s)| r.iter().zip(s).map(|(p, q)| p - q).collect()).collect()
+            let sub = |x: &[Vec<Option<f64>>], y: &[Vec<Option<f64>>]| -> Vec<Vec<Option<f64>>> {
+                x.iter().zip(y).map(|(r, s)| r.iter().zip(s).map(|(p, q)| Some((*p)? - (*q)?)).collect()).collect()
             };
             Some(Difference { cos: sub(&a.similarity.cos, &b.similarity.cos), cka: sub(&a.similarity.cka, &b.similarity.cka) })
         }

@@ -61,8 +61,8 @@ impl Series {
 
 #[derive(Debug, Clone)]
 pub enum Panel {
-    /// A square matrix, row 0 at the top, with a colour bar.
-    Heatmap { title: String, matrix: Vec<Vec<f64>>, scale: ColorScale, axis: String, bar: String },
+    /// A square matrix, row 0 at the top, with a colour bar; undefined entries are grey.
+    Heatmap { title: String, matrix: Vec<Vec<Option<f64>>>, scale: ColorScale, axis: String, bar: String },
     /// Curves over a shared x axis.
     Lines {
         title: String,
@@ -228,7 +228,7 @@ fn label_step(k: usize) -> usize {
 fn heatmap<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
-    m: &[Vec<f64>],
+    m: &[Vec<Option<f64>>],
     scale: ColorScale,
     axis: &str,
     bar: &str,
@@ -272,7 +272,7 @@ fn heatmap<DB: DrawingBackend>(
             let y = (k - 1 - i) as i32;
             Rectangle::new(
                 [(SegmentValue::Exact(j as i32), SegmentValue::Exact(y)), (SegmentValue::Exact(j as i32 + 1), SegmentValue::Exact(y + 1))],
-                color_of(scale, m[i][j]).filled(),
+                color_of(scale, m[i][j].unwrap_or(f64::NAN)).filled(),
             )
         })
     }))?;

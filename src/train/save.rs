@@ -91,6 +91,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let cb = CString::new(b.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // RENAME_EXCHANGE = 2: swap both names atomically.
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), 2u32) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
