@@ -79,6 +79,28 @@ pub enum Panel {
     },
     /// A panel with only a message (e.g. "no data").
     Note { title: String, text: String },
+    /// A labelled grid of short texts on coloured cells (the logit lens: rows are layers,
+    /// columns positions, each cell a token coloured by its probability).
+    Grid {
+        title: String,
+        rows: Vec<String>,
+        cols: Vec<String>,
+        cells: Vec<Vec<Option<GridCell>>>,
+        row_label: String,
+        col_label: String,
+        bar: String,
+    },
+    /// Lines of text (generations), each with a colour.
+    Text { title: String, lines: Vec<(String, RGBColor)> },
+}
+
+/// One cell of a [`Panel::Grid`]: its text, the value its colour shows (0..1) and whether
+/// it is marked (the lens top-1 equals the actual next token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    pub text: String,
+    pub value: f64,
+    pub marked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +179,10 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure, 
             Panel::Heatmap { title, matrix, scale, axis, bar } => heatmap(area, title, matrix, *scale, axis, bar, s)?,
             Panel::Lines { .. } => lines(area, panel, s)?,
             Panel::Note { title, text } => note(area, title, text, s)?,
+            Panel::Grid { title, rows, cols, cells, row_label, col_label, bar } => {
+                grid(area, title, rows, cols, cells, (row_label, col_label, bar), s)?
+            }
+            Panel::Text { title, lines } => text_lines(area, title, lines, s)?,
         }
     }
     Ok(())
@@ -173,6 +199,100 @@ fn note<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, text: &s
             plotters::style::text_anchor::VPos::Center,
         )),
     ))?;
+    Ok(())
+}
+
+fn centered(size: f64, s: f64, color: RGBColor) -> TextStyle<'static> {
+    font(size, s)
+        .color(&color)
+        .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center))
+}
+
+/// At most `n` characters, with an ellipsis when cut.
+fn clip_chars(t: &str, n: usize) -> String {
+    if t.chars().count() <= n { t.to_string() } else { t.chars().take(n.saturating_sub(1)).chain(std::iter::once('…')).collect() }
+}
+
+fn grid<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    rows: &[String],
+    cols: &[String],
+    cells: &[Vec<Option<GridCell>>],
+    labels: (&str, &str, &str),
+    s: f64,
+) -> DrawResult<(), DB> {
+    let area = area.titled(title, font(14.0, s))?;
+    let (w, h) = area.dim_in_pixel();
+    let (left, top, bar_w, bottom) = ((48.0 * s) as i32, (40.0 * s) as i32, (70.0 * s) as i32, (30.0 * s) as i32);
+    let gw = (w as i32 - left - bar_w).max(1);
+    let gh = (h as i32 - top - bottom).max(1);
+    let (nr, nc) = (rows.len().max(1) as i32, cols.len().max(1) as i32);
+    let (cw, ch) = (gw / nc, gh / nr);
+    let chars = ((cw as f64 / (7.0 * s)).floor() as usize).max(2);
+    let size = (11.0f64).min(ch as f64 / s * 0.55);
+    let scale = ColorScale::Sequential { min: 0.0, max: 1.0 };
+    for (r, row) in cells.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let (x0, y0) = (left + c as i32 * cw, top + r as i32 * ch);
+            let Some(cell) = cell else { continue };
+            let fill = color_of(scale, cell.value);
+            area.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], fill.filled()))?;
+            if cell.marked {
+                area.draw(&Rectangle::new(
+                    [(x0 + 1, y0 + 1), (x0 + cw - 1, y0 + ch - 1)],
+                    RGBColor(220, 30, 30).stroke_width((2.0 * s) as u32),
+                ))?;
+            }
+            // Light text on the dark end of viridis, dark text on the light end.
+            let ink = if cell.value < 0.55 { WHITE } else { BLACK };
+            area.draw(&Text::new(clip_chars(&cell.text, chars), (x0 + cw / 2, y0 + ch / 2), centered(size, s, ink)))?;
+        }
+    }
+    let label = RGBColor(40, 40, 40);
+    for (r, name) in rows.iter().enumerate() {
+        area.draw(&Text::new(name.clone(), (left - (14.0 * s) as i32, top + r as i32 * ch + ch / 2), centered(11.0, s, label)))?;
+    }
+    for (c, name) in cols.iter().enumerate() {
+        area.draw(&Text::new(
+            clip_chars(name, chars),
+            (left + c as i32 * cw + cw / 2, top - (12.0 * s) as i32),
+            centered(size.max(8.0), s, label),
+        ))?;
+    }
+    area.draw(&Text::new(labels.1.to_string(), (left + gw / 2, h as i32 - bottom / 2), centered(12.0, s, label)))?;
+    area.draw(&Text::new(labels.0.to_string(), ((24.0 * s) as i32, top - (12.0 * s) as i32), centered(11.0, s, label)))?;
+    // The colour bar of probabilities.
+    let bx = left + gw + (16.0 * s) as i32;
+    let bwid = (16.0 * s) as i32;
+    let steps = 100;
+    for i in 0..steps {
+        let y1 = top + gh - (gh * i / steps);
+        let y0 = top + gh - (gh * (i + 1) / steps);
+        area.draw(&Rectangle::new([(bx, y0), (bx + bwid, y1)], color_of(scale, (i as f64 + 0.5) / steps as f64).filled()))?;
+    }
+    area.draw(&Rectangle::new([(bx, top), (bx + bwid, top + gh)], BLACK.stroke_width(1)))?;
+    for t in [0.0, 0.5, 1.0] {
+        let y = top + gh - (gh as f64 * t) as i32;
+        area.draw(&Text::new(format!("{t:.1}"), (bx + bwid + (14.0 * s) as i32, y), centered(10.0, s, label)))?;
+    }
+    area.draw(&Text::new(labels.2.to_string(), (bx + bwid / 2, top - (12.0 * s) as i32), centered(10.0, s, label)))?;
+    Ok(())
+}
+
+fn text_lines<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, lines: &[(String, RGBColor)], s: f64) -> DrawResult<(), DB> {
+    let area = area.titled(title, font(14.0, s))?;
+    let (w, h) = area.dim_in_pixel();
+    let line_h = (17.0 * s) as i32;
+    let chars = ((w as f64 - 20.0 * s) / (6.6 * s)).max(10.0) as usize;
+    let mut y = (8.0 * s) as i32;
+    for (text, color) in lines {
+        if y + line_h > h as i32 {
+            break;
+        }
+        area.draw(&Text::new(clip_chars(text, chars), ((10.0 * s) as i32, y), font(11.0, s).color(color)))?;
+        y += line_h;
+    }
     Ok(())
 }
 

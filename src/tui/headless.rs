@@ -19,6 +19,8 @@ pub struct Headless {
     pub now: Instant,
     /// Training effects the app asked for, in order (the runtime would start the job).
     pub training: Vec<Effect>,
+    /// Where exports (`w`) are written.
+    pub export_dir: std::path::PathBuf,
 }
 
 impl Headless {
@@ -32,7 +34,7 @@ impl Headless {
             models.insert(id, ck);
         }
         let app = App::new(columns, opts);
-        let mut h = Self { app, models, now: Instant::now(), training: vec![] };
+        let mut h = Self { app, models, now: Instant::now(), training: vec![], export_dir: crate::paths::export_dir() };
         let fx = h.app.start();
         h.run(fx);
         h
@@ -79,6 +81,10 @@ impl Headless {
                 Effect::OpenTrainMenu => {
                     let d = super::menu_defaults(&self.app);
                     self.app.open_train_menu(d);
+                }
+                Effect::Export(job) => {
+                    let result = super::export::write(&job, &self.export_dir).map_err(|e| crate::util::one_line(&e));
+                    self.app.on_exported(result);
                 }
                 other => self.training.push(other),
             }

@@ -30,6 +30,7 @@ pub enum Action {
     OpenTrainMenu,
     StopTraining,
     ReloadTrained,
+    Export,
     // The input line.
     Submit,
     Cancel,
@@ -122,6 +123,14 @@ pub const BINDINGS: &[Binding] = &[
     b(S::Global, &[c('t'), k(KeyCode::F(2))], "t,F2", A::OpenTrainMenu, "training menu: fine-tune or continue a run", "train"),
     b(S::Global, &[c('x')], "x", A::StopTraining, "stop the running fine-tune (saves first)", ""),
     b(S::Global, &[c('r')], "r", A::ReloadTrained, "load the last saved training checkpoint", ""),
+    b(
+        S::Global,
+        &[c('w')],
+        "w",
+        A::Export,
+        "save what the view shows: a picture (SVG, PNG) and its data (CSV or JSON) in alignscope-exports/",
+        "",
+    ),
     b(S::Global, &[c('?')], "?", A::ToggleHelp, "this help", "help"),
     b(S::Global, &[c('q'), k(KeyCode::Esc)], "q,Esc", A::Quit, "quit", "quit"),
     b(S::View(View::Similarity), &[c('m')], "m", A::CycleMetric, "cycle centered COS / raw COS / linear CKA", "metric"),
