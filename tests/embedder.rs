@@ -187,3 +187,43 @@ fn a_named_encoder_that_is_missing_or_not_a_bert_is_an_error() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn eval_quality_reports_diversity_and_coherence_per_exit_layer() {
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let data = assets_dir().join("austen/persuasion.txt").to_string_lossy().into_owned();
+    let dir = bert_dir().to_string_lossy().into_owned();
+    let v = json_of(&alignscope(
+        &[
+            "eval",
+            "--ckpt",
+            &ck,
+            "--data",
+            &data,
+            "--ctx",
+            "64",
+            "--max-chunks",
+            "1",
+            "--quality",
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--embedder",
+            &dir,
+            "--json",
+        ],
+        &[],
+    ));
+    let q = &v["quality"];
+    assert_eq!(q["embedder"]["name"], dir.as_str());
+    assert_eq!(q["prompts"], 2);
+    for key in ["diversity", "coherence"] {
+        let a = q[key].as_array().unwrap();
+        assert_eq!(a.len(), 5, "{key}: one per layer 0..L");
+        assert!(a[0].is_null() && a[1..].iter().all(|x| x.is_f64()), "{key}: {a:?}");
+    }
+    // The per-layer evaluation itself is unchanged by --quality.
+    assert_eq!(v["layers"], 4);
+    assert_eq!(v["ce"].as_array().unwrap().len(), 5);
+}
