@@ -78,6 +78,18 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Sentence embeddings of texts, as the coherence metric computes them (JSON)
     Embed(report::EmbedArgs),
+    /// The device --device picks, and what it is (GPU name, compute capability, memory)
+    Device(DeviceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceArgs {
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -187,7 +199,20 @@ pub fn run() -> Result<()> {
         Some(Command::Bench(a)) => crate::bench::run(a),
         Some(Command::Report(a)) => report::report(a),
         Some(Command::Embed(a)) => report::embed(a),
+        Some(Command::Device(a)) => device_cmd(a),
     }
+}
+
+fn device_cmd(a: DeviceArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let detail = crate::model::device::describe_device(&device);
+    if a.json {
+        out(&json!({"device": crate::model::device::device_name(&device), "detail": detail, "cuda_built": cfg!(feature = "cuda")})
+            .to_string());
+    } else {
+        out(&detail);
+    }
+    Ok(())
 }
 
 fn open(common: &CommonArgs) -> Result<Checkpoint> {
