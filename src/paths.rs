@@ -105,6 +105,12 @@ pub fn output_dir(name: &str) -> PathBuf {
     }
 }
 
+/// Where the explorer saves what a view shows (`w`): `$ALIGNSCOPE_EXPORTS`, else
+/// `alignscope-exports` in the working folder.
+pub fn export_dir() -> PathBuf {
+    std::env::var_os("ALIGNSCOPE_EXPORTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("alignscope-exports"))
+}
+
 /// A path as a user would type it: shipped files relative to the project folder.
 pub fn display_path(p: &Path) -> String {
     p.strip_prefix(project_dir()).unwrap_or(p).display().to_string()

@@ -108,6 +108,9 @@ pub enum Effect {
     /// Follow the run in this folder.
     AttachRun(PathBuf),
     StopTraining,
+    /// Save what the view shows (the runtime writes it and answers with
+    /// [`App::on_exported`]).
+    Export(Box<super::export::ExportJob>),
 }
 
 /// How the explorer starts.
@@ -365,6 +368,13 @@ impl App {
                 }
             }
             Action::ReloadTrained => fx.extend(self.reload_trained()),
+            Action::Export => match super::export::snapshot(self) {
+                Ok(job) => {
+                    self.say(format!("saving the {} view…", self.view.title().to_lowercase()), false);
+                    fx.push(Effect::Export(Box::new(job)));
+                }
+                Err(why) => self.say(why, true),
+            },
             Action::Submit => fx.extend(self.submit(now)),
             Action::Cancel => self.mode = Mode::Normal,
             Action::HistoryPrev => self.browse_history(-1),
@@ -672,6 +682,14 @@ impl App {
                 self.say(format!("{}: {e}", column_tag(i)), true);
                 vec![]
             }
+        }
+    }
+
+    /// An export finished: the status line names the files (or the error).
+    pub fn on_exported(&mut self, result: Result<Vec<PathBuf>, String>) {
+        match result {
+            Ok(files) => self.say(super::export::saved_message(&files), false),
+            Err(e) => self.say(format!("cannot save: {e}"), true),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Headless {
     pub now: Instant,
     /// Training effects the app asked for, in order (the runtime would start the job).
     pub training: Vec<Effect>,
+    /// Where exports (`w`) are written.
+    pub export_dir: std::path::PathBuf,
     trainer: Option<Trainer>,
 }
 
@@ -36,7 +38,7 @@ impl Headless {
             models.insert(id, ck);
         }
         let app = App::new(columns, opts);
-        let mut h = Self { app, models, now: Instant::now(), training: vec![], trainer: None };
+        let mut h = Self { app, models, now: Instant::now(), training: vec![], export_dir: crate::paths::export_dir(), trainer: None };
         let fx = h.app.start();
         h.run(fx);
         h
@@ -83,6 +85,10 @@ impl Headless {
                 Effect::OpenTrainMenu => {
                     let d = super::menu_defaults(&self.app);
                     self.app.open_train_menu(d);
+                }
+                Effect::Export(job) => {
+                    let result = super::export::write(&job, &self.export_dir).map_err(|e| crate::util::one_line(&e));
+                    self.app.on_exported(result);
                 }
                 other => {
                     self.training.push(other.clone());

@@ -30,6 +30,7 @@ pub enum Action {
     OpenTrainMenu,
     StopTraining,
     ReloadTrained,
+    Export,
     // The input line.
     Submit,
     Cancel,
@@ -122,6 +123,7 @@ pub const BINDINGS: &[Binding] = &[
     b(S::Global, &[c('t'), k(KeyCode::F(2))], "t,F2", A::OpenTrainMenu, "training menu: fine-tune, continue or follow a run", "train"),
     b(S::Global, &[c('x')], "x", A::StopTraining, "stop the run, in-process or followed (saves first)", ""),
     b(S::Global, &[c('r')], "r", A::ReloadTrained, "load the last saved training checkpoint", ""),
+    b(S::Global, &[c('w')], "w", A::Export, "save the view as SVG + PNG and CSV/JSON (alignscope-exports/)", ""),
     b(S::Global, &[c('?')], "?", A::ToggleHelp, "this help", "help"),
     b(S::Global, &[c('q'), k(KeyCode::Esc)], "q,Esc", A::Quit, "quit (a PyTorch run started here trains on: q asks once)", "quit"),
     b(S::View(View::Similarity), &[c('m')], "m", A::CycleMetric, "cycle centered COS / raw COS / linear CKA", "metric"),

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod column;
 pub mod event;
+pub mod export;
 pub mod headless;
 pub mod input;
 pub mod keymap;
@@ -173,6 +174,10 @@ fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
         Event::Resize => vec![],
         Event::Worker { worker, reply } => app.on_worker(worker, *reply, now),
         Event::InputFailed(e) => bail!("cannot read the terminal: {e}"),
+        Event::Exported(result) => {
+            app.on_exported(result);
+            vec![]
+        }
     };
     rt.apply(app, fx);
     Ok(())
@@ -204,6 +209,14 @@ impl Runtime {
                     self.workers.remove(&worker);
                 }
                 Effect::OpenTrainMenu => app.open_train_menu(menu_defaults(app)),
+                Effect::Export(job) => {
+                    // Drawing a PNG takes a moment: off the UI thread, answered as an event.
+                    let events = self.events.clone();
+                    std::thread::spawn(move || {
+                        let result = export::write(&job, &crate::paths::export_dir()).map_err(|e| crate::util::one_line(&e));
+                        let _ = events.send(Event::Exported(result));
+                    });
+                }
                 training => {
                     self.trainer.apply(app, training);
                 }
