@@ -512,7 +512,10 @@ def run(args, d: Dist) -> int:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if compute_dtype == torch.bfloat16 \
         else contextlib.nullcontext
     run_info = {"start_step": start_step, "total_steps": cfg["steps"], "n_layer": n_layer, "world_size": d.world,
-                "out": str(out), "fsdp": bool(args.fsdp and d.world > 1), "dtype": dtype, "device": device.type}
+                "out": str(out), "fsdp": bool(args.fsdp and d.world > 1), "dtype": dtype, "device": device.type,
+                # Every save of this run, in order: a follower that looks between two quick
+                # saves still reports both.
+                "saves": []}
     engine_info = {"world_size": d.world, "dtype": dtype, "fsdp": run_info["fsdp"], "device": device.type,
                    "torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
@@ -569,7 +572,8 @@ def run(args, d: Dist) -> int:
             }
             ck.save_checkpoint(out, params=ck.model_tensors(weights, tied), config_json=lm.config.to_json_string(use_diff=False),
                                tokenizer_json=tokenizer_json, moments={n: moments[n] for n in names}, state=st,
-                               metrics=metrics, status=ck.status_record("running", **run_info))
+                               metrics=metrics, status=ck.status_record("running", **{**run_info, "saves": run_info["saves"] + [step]}))
+            run_info["saves"].append(step)
         d.barrier()
 
     def reopen_live():

@@ -330,6 +330,8 @@ struct Watcher {
     metrics: MetricsCursor,
     /// The saved step last seen in training_state.json, and the file's identity then.
     saved_step: Option<usize>,
+    /// How many of the status's listed saves were sent.
+    saves_sent: usize,
     state_stamp: Option<(u64, u64, SystemTime, u64)>,
     /// Steps of the run (for runs without a status file).
     total_steps: Option<usize>,
@@ -384,6 +386,7 @@ impl Watcher {
             started: false,
             metrics: MetricsCursor::default(),
             saved_step: None,
+            saves_sent: 0,
             state_stamp: None,
             total_steps: None,
             last_progress: 0,
@@ -400,6 +403,10 @@ impl Watcher {
         if matches!(self.watch, Watch::Child { .. }) {
             self.saved_step = self.read_state_step().map(|(s, _)| s);
             self.state_stamp = self.state_identity();
+        } else if let Some(s) = read_status(&self.dir) {
+            // An attached run: its checkpoint in the folder is reported, not the saves it
+            // overwrote before we looked.
+            self.saves_sent = s.saves.len().saturating_sub(1);
         }
         loop {
             if quit.load(Ordering::SeqCst) {
@@ -481,7 +488,7 @@ impl Watcher {
         }
         if self.started {
             self.read_metrics()?;
-            self.check_saved();
+            self.check_saved(status.as_ref());
         }
         let ended = |s: &RunStatus| matches!(s.status.as_str(), "finished" | "stopped" | "failed");
         if let Some(s) = status.as_ref().filter(|s| ended(s)) {
@@ -490,7 +497,7 @@ impl Watcher {
             }
             // Whatever the run wrote last is on disk: read it before the last word.
             self.read_metrics()?;
-            self.check_saved();
+            self.check_saved(Some(s));
             self.finish(s);
             self.release_child();
             return Ok(Poll::Done);
@@ -503,13 +510,13 @@ impl Watcher {
                     self.start_from_status(&s);
                 }
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(Some(&s));
                 self.finish(&s);
                 return Ok(Poll::Done);
             }
             if self.started {
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(status.as_ref());
             }
             let why = log_error(&self.dir.join(LOG_FILE)).unwrap_or_default();
             let how = match code.code() {
@@ -524,7 +531,7 @@ impl Watcher {
             let here = s.host.is_some() && s.host == hostname();
             if s.status == "running" && here && s.pid.is_some_and(|p| !process_alive(p)) {
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(Some(s));
                 let kept = match self.saved_step {
                     Some(k) => format!("the last checkpoint (step {k}) is kept"),
                     None => "no checkpoint was saved".to_string(),
@@ -579,8 +586,20 @@ impl Watcher {
         }
     }
 
-    /// Sends `CheckpointSaved` when training_state.json holds a new step.
-    fn check_saved(&mut self) {
+    /// Sends `CheckpointSaved` for the saves the status lists that were not sent yet, or,
+    /// for a writer that does not list them, when training_state.json holds a new step.
+    fn check_saved(&mut self, status: Option<&RunStatus>) {
+        if let Some(saves) = status.map(|s| &s.saves).filter(|s| !s.is_empty()) {
+            for &step in saves.iter().skip(self.saves_sent) {
+                if self.saved_step != Some(step) {
+                    self.saved_step = Some(step);
+                    self.send(TrainEvent::CheckpointSaved { step, dir: self.dir.clone() });
+                }
+            }
+            self.saves_sent = self.saves_sent.max(saves.len());
+            self.state_stamp = self.state_identity();
+            return;
+        }
         let stamp = self.state_identity();
         if stamp.is_none() || stamp == self.state_stamp {
             return;

@@ -332,7 +332,7 @@ impl Run<'_> {
             config: cfg.clone(),
             engine: ENGINE.to_string(),
         };
-        let status = self.live.running();
+        let status = self.live.saving(self.step);
         save_checkpoint(
             out,
             &SaveContents {
@@ -347,7 +347,7 @@ impl Run<'_> {
         )
         .with_context(|| format!("saving the checkpoint {}", out.display()))?;
         // The swap left the live metrics file with the old folder.
-        self.live.saved()?;
+        self.live.saved(self.step)?;
         self.last_saved = Some(self.step);
         Ok(())
     }

@@ -56,6 +56,10 @@ pub struct RunStatus {
     pub step: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The steps this run saved, in order (a follower that looks between two quick saves
+    /// still reports both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saves: Vec<usize>,
 }
 
 impl RunStatus {
@@ -173,9 +177,17 @@ impl LiveRun {
         Ok(live)
     }
 
-    /// The status "running", stamped now (a save writes it into the new checkpoint).
+    /// The status "running", stamped now.
     pub fn running(&self) -> RunStatus {
         RunStatus { updated_at: Some(now_secs()), ..self.status.clone() }
+    }
+
+    /// The status a save of `step` writes into the new checkpoint: running, with this save
+    /// listed ([`Self::saved`] keeps it once the save is on disk).
+    pub fn saving(&self, step: usize) -> RunStatus {
+        let mut s = self.running();
+        s.saves.push(step);
+        s
     }
 
     /// Appends one metrics line (a step or an evaluation) for followers.
@@ -184,8 +196,10 @@ impl LiveRun {
         writeln!(self.metrics, "{line}").and_then(|_| self.metrics.flush()).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    /// After a save swapped the folder: append to the new checkpoint's metrics file.
-    pub fn saved(&mut self) -> Result<()> {
+    /// After the save of `step` swapped the folder: append to the new checkpoint's metrics
+    /// file, and list the save in every later status.
+    pub fn saved(&mut self, step: usize) -> Result<()> {
+        self.status.saves.push(step);
         self.metrics = open_append(&self.dir)?;
         Ok(())
     }
