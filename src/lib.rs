@@ -3,7 +3,8 @@
 //!
 //! The library is the engine, in layers that only point down: `paths` and `util` (policy
 //! and process helpers) → `kernels` → `ops` → `model` → `analysis` → `train`. The command
-//! line (`cli`), the explorer (`tui`) and the benchmarks (`bench`) are its clients.
+//! line (`cli`), the explorer (`tui`), the figures (`report`) and the benchmarks (`bench`)
+//! are its clients.
 pub mod paths;
 pub mod util;
 
@@ -18,4 +19,5 @@ pub mod train;
 
 pub mod bench;
 pub mod cli;
+pub mod report;
 pub mod tui;

@@ -1,6 +1,8 @@
 //! Per-layer analysis: logit lens, representation similarity, generation from any exit
 //! layer, and evaluation over a text.
+pub mod corpus;
 pub mod early_exit;
+pub mod embedder;
 pub mod eval;
 pub mod exits;
 pub mod generate;

@@ -4,6 +4,7 @@
 use super::{CommonArgs, GenerateArgs, open, out};
 use crate::analysis::decode as decode_ids;
 use crate::analysis::early_exit::{EarlyExitGeneration, EarlyExitOptions, ExitMeasure, exit_speedup, generate_early_exit};
+use crate::analysis::embedder::{EmbedderChoice, SentenceEncoder};
 use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
@@ -188,6 +189,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let acceptance = g.acceptance();
     let tok_per_s = g.tokens_per_second();
     if a.common.json {
+        let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
+        let encoder = SentenceEncoder::open(&choice, &ck.name, m, &ck.tokenizer, m.device())?;
         let mut v = json!({
             "prompt": a.prompt,
             "input_ids": ids,
@@ -206,7 +209,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             "seconds": g.seconds,
             "tok_per_s": tok_per_s,
             "diversity": diversity(&g.ids),
-            "coherence": coherence(m, ids, &g.ids)?,
+            "coherence": coherence(&encoder, &a.prompt, &text)?,
+            "embedder": encoder.info(&choice),
         });
         if let Some(c) = &calibration {
             v["calibration"] = json!({

@@ -27,9 +27,11 @@ const PAR_MIN_WEIGHTS: usize = 1 << 20;
 /// Attention is split among threads (by row and head) above this many multiply-adds.
 const PAR_MIN_ATTENTION: usize = 1 << 17;
 
-/// Whether the engine can run this model: f32 weights on the CPU.
+/// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths
+/// not switched off ([`crate::ops::with_portable_ops`] makes the callers take the tensor
+/// path that other devices run).
 pub fn supported(model: &Gpt2) -> bool {
-    model.device().is_cpu() && model.wte.dtype() == candle_core::DType::F32
+    crate::ops::cpu_fast_path(model.device()) && model.wte.dtype() == candle_core::DType::F32
 }
 
 /// Runs `f` with the model's weights borrowed as plain slices. The borrow holds candle's
