@@ -371,7 +371,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
         (e, k, g) => {
             let c = calibrate(m, &calib, CALIBRATION_TOKENS)?;
             say(&format!(
-                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms; agreement with the last layer by layer: {}",
+                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows; agreement with the last layer by layer: {}",
                 c.positions,
                 c.draft_layer,
                 c.draft_len,
@@ -380,6 +380,9 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 c.predicted_speedup,
                 c.block_ms[0],
                 c.head_ms[0],
+                c.block_ms[c.block_ms.len() - 1] / c.block_ms[0],
+                c.head_ms[c.head_ms.len() - 1] / c.head_ms[0],
+                c.block_ms.len(),
                 c.agreement[1..n_layer]
                     .iter()
                     .map(|v| v.map_or("n/a".into(), |v| format!("{:.0}%", 100.0 * v)))
@@ -394,6 +397,8 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 "predicted_acceptance": c.predicted_acceptance,
                 "predicted_speedup": c.predicted_speedup,
                 "agreement": c.agreement,
+                "block_ms_by_rows": c.block_ms,
+                "head_ms_by_rows": c.head_ms,
             });
             (e.unwrap_or(c.draft_layer), k.unwrap_or(c.draft_len), g.unwrap_or(c.draft_confidence))
         }
