@@ -3,14 +3,15 @@
 
 pub mod train;
 
-use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
+use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::{decode, encode_prompt};
+use crate::corpus::{Role, read_documents, select};
 use crate::model::Checkpoint;
 use crate::model::device::parse_device;
-use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT, resolve_asset};
+use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT};
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -135,7 +136,8 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// UTF-8 text to evaluate on
+    /// Data to evaluate on: a text, .jsonl or .parquet file, a folder (one named by split
+    /// gives its validation split), or hf://datasets/OWNER/NAME/PATH
     #[arg(long, default_value = DEFAULT_EVAL_TEXT)]
     pub data: PathBuf,
     /// Tokens per chunk (default: 256, or the model's context if shorter)
@@ -150,7 +152,12 @@ pub struct EvalArgs {
 
 /// Runs the command line; errors come back to `main`, which prints one line.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(command) = &mut cli.command {
+        apply_explorer_options(&matches, &cli.explore, command)?;
+    }
+    crate::hub::set_progress_sink(print_download);
     match cli.command {
         None => crate::tui::run(cli.explore),
         Some(Command::Inspect(a)) => inspect(a),
@@ -162,9 +169,73 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// Options written before a subcommand belong to the explorer. `--ckpt` and `--device`
+/// carry over to inspect, generate and eval (which take them too); anything else, or a
+/// value given both before and after the subcommand, is refused: never silently ignored.
+fn apply_explorer_options(matches: &clap::ArgMatches, explore: &ExploreArgs, command: &mut Command) -> Result<()> {
+    use clap::parser::ValueSource;
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let (name, sub) = matches.subcommand().expect("a subcommand was parsed");
+    let common = match command {
+        Command::Inspect(a) => Some(&mut a.common),
+        Command::Generate(a) => Some(&mut a.common),
+        Command::Eval(a) => Some(&mut a.common),
+        _ => None,
+    };
+    let explorer_only = |flag: &str| -> anyhow::Error {
+        anyhow::anyhow!(
+            "{flag} before `{name}` is an option of the explorer (alignscope with no subcommand); `{name}` does not take it there: write `alignscope {name} [OPTIONS]` (see alignscope {name} --help)"
+        )
+    };
+    for (id, flag) in [("compare", "--compare"), ("single", "--single"), ("eval_data", "--eval-data"), ("prompt", "--prompt")] {
+        if given(id) {
+            return Err(explorer_only(flag));
+        }
+    }
+    let Some(common) = common else {
+        for (id, flag) in [("ckpt", "--ckpt"), ("device", "--device")] {
+            if given(id) {
+                return Err(explorer_only(flag));
+            }
+        }
+        return Ok(());
+    };
+    let sub_given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+    if given("ckpt") {
+        let before = explore.ckpt.clone().expect("--ckpt was given");
+        if sub_given("ckpt") && common.ckpt != before {
+            bail!("--ckpt given twice: {before} before `{name}` and {} after it; give it once", common.ckpt)
+        }
+        common.ckpt = before;
+    }
+    if given("device") {
+        if sub_given("device") && common.device != explore.device {
+            bail!("--device given twice: {} before `{name}` and {} after it; give it once", explore.device, common.device)
+        }
+        common.device = explore.device.clone();
+    }
+    Ok(())
+}
+
+/// Download progress on stderr: a live line on a terminal, else one line per file.
+fn print_download(s: &crate::hub::DownloadStatus) {
+    let mb = |b: u64| b as f64 / 1e6;
+    let mut err = std::io::stderr().lock();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let _ = write!(err, "\r\x1b[2Kdownloading {} {}: {:.1} of {:.1} MB", s.repo, s.file, mb(s.done), mb(s.total));
+        if s.finished {
+            let _ = writeln!(err);
+        }
+    } else if s.finished {
+        let _ = writeln!(err, "downloaded {} {} ({:.1} MB)", s.repo, s.file, mb(s.total));
+    } else if s.starting {
+        let _ = writeln!(err, "downloading {} {} ({:.1} MB)", s.repo, s.file, mb(s.total));
+    }
+}
+
 fn open(common: &CommonArgs) -> Result<Checkpoint> {
     let device = parse_device(&common.device)?;
-    Checkpoint::open(&common.ckpt, &device)
+    crate::train::recipe::open(&common.ckpt, &device)
 }
 
 fn out(s: &str) {
@@ -331,11 +402,25 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
-    let data = resolve_asset(&a.data);
-    let text = read_text(&data)?; // read before the model loads: bad data fails fast
+    // The data is read before the model loads: bad data fails fast.
+    let selection = select(std::slice::from_ref(&a.data), Role::Eval)?;
+    for note in &selection.notes {
+        eprintln!("{note}");
+    }
+    let docs = read_documents(&selection.files)?;
+    let shown = match selection.files.as_slice() {
+        [one] if selection.notes.is_empty() => one.display().to_string(),
+        _ => a.data.display().to_string(),
+    };
     let ck = open(&a.common)?;
-    let ids = crate::analysis::tokenize_text(&ck.tokenizer, &text, &data)?;
     let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
+    let eos = match ck.eos_id() {
+        Some(e) => e,
+        None if docs.len() <= 1 => 0,
+        None => bail!("{} has no end-of-text token to separate the documents of {shown}", ck.name),
+    };
+    let max_tokens = a.max_chunks.map(|m| m.saturating_mul(ctx).saturating_add(1));
+    let ids = crate::corpus::tokens::tokenize_joined(&ck.tokenizer, &docs, eos, max_tokens)?;
     let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = evaluate(&ck.model, &ids, &opts, |done, total| {
@@ -355,7 +440,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if a.common.json {
         out(&serde_json::to_string(&r)?);
     } else {
-        out(&format_eval(&ck.name, &data.display().to_string(), &r));
+        out(&format_eval(&ck.name, &shown, &r));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod job;
 pub mod loss;
 pub mod optim;
+pub mod recipe;
 pub mod save;
 pub mod tokenizer;
 pub mod trainer;

@@ -320,6 +320,7 @@ impl TrainingState {
     /// Folds one event in; returns a message for the status line, if any.
     pub fn apply(&mut self, ev: TrainEvent) -> Option<(String, bool)> {
         match ev {
+            TrainEvent::Preparing { message } => Some((message, false)),
             TrainEvent::Started { start_step, total_steps, out, n_layer } => {
                 if self.status != TrainStatus::Stopping {
                     self.status = TrainStatus::Running;
