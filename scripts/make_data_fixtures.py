@@ -8,9 +8,12 @@
   " = = Section = = " rows; snappy, dictionary encoding, several row groups.
 - tests/fixtures/data/rows.parquet: columns id (int64), title and text (strings, one null).
 - tests/fixtures/data/zstd.parquet: a zstd-compressed file (a codec this build does not read).
+- tests/fixtures/data/pyarrow-rows/NAME.jsonl: the rows of each snappy parquet file as
+  pyarrow reads them back (the reference for alignscope's parquet reader).
 
     python3 scripts/make_data_fixtures.py      # needs pyarrow
 """
+import json
 import re
 from pathlib import Path
 
@@ -42,6 +45,12 @@ def write(path, table, **kw):
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, **kw)
     print(path.relative_to(ROOT), path.stat().st_size, "bytes,", table.num_rows, "rows")
+    if kw.get("compression", "snappy") == "snappy":
+        mirror = ROOT / "tests/fixtures/data/pyarrow-rows" / path.with_suffix(".jsonl").name
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        with open(mirror, "w") as f:
+            for row in pq.read_table(path).to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main():

@@ -145,7 +145,7 @@ pub fn parquet_rows(path: &Path) -> Result<Vec<Option<String>>> {
     let mut rows = Vec::with_capacity(meta.file_metadata().num_rows().max(0) as usize);
     let codec_hint = |e: parquet::errors::ParquetError| {
         let m = e.to_string();
-        match m.strip_prefix("Disabled feature at compile time: ") {
+        match m.split_once("Disabled feature at compile time: ").map(|(_, codec)| codec) {
             Some(codec) => anyhow!(
                 "{} is compressed with {codec}, which alignscope does not read (it reads uncompressed and snappy parquet, as pyarrow and Hugging Face datasets write by default)",
                 path.display()
