@@ -19,7 +19,8 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: inference, train or all
+    /// What to measure: inference, train, tui (explorer frame times while scrubbing) or
+    /// all (inference and train)
     #[arg(long, default_value = "all")]
     pub what: String,
     /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
@@ -47,12 +48,22 @@ fn project(p: &str) -> PathBuf {
     crate::paths::resolve_asset(Path::new(p))
 }
 
-/// CPU time (user + system) of this process, seconds.
-fn cpu_time() -> f64 {
+/// CPU time (user + system) of this process, seconds (`None` where not measured).
+#[cfg(unix)]
+fn cpu_time() -> Option<f64> {
+    // SAFETY: rusage is plain old data, for which all-zero bytes are a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    // SAFETY: getrusage only writes into the struct we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    Some(tv(u.ru_utime) + tv(u.ru_stime))
+}
+
+#[cfg(not(unix))]
+fn cpu_time() -> Option<f64> {
+    None
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -191,15 +202,13 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Resu
         for _ in 0..steps {
             train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
         }
-        let (wall, cpu) = (w0.elapsed().as_secs_f64(), cpu_time() - c0);
+        let wall = w0.elapsed().as_secs_f64();
+        let cpu = match (c0, cpu_time()) {
+            (Some(a), Some(b)) => format!("{:.2} s/step CPU", (b - a) / steps as f64),
+            _ => "CPU time n/a".to_string(),
+        };
         let toks = (steps * batch * ctx) as f64;
-        println!(
-            "  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {:.2} s/step CPU over {} steps)",
-            toks / wall,
-            wall / steps as f64,
-            cpu / steps as f64,
-            steps
-        );
+        println!("  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {cpu} over {steps} steps)", toks / wall, wall / steps as f64);
     }
     Ok(())
 }
@@ -209,8 +218,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     println!("alignscope bench · {} · {threads} threads · device {}", std::env::consts::ARCH, crate::model::device::device_name(&device));
     let what = a.what.as_str();
-    if !["all", "inference", "train"].contains(&what) {
-        bail!("--what must be inference, train or all")
+    if !["all", "inference", "train", "tui"].contains(&what) {
+        bail!("--what must be inference, train, tui or all")
+    }
+    if what == "tui" {
+        return bench_tui(&a);
     }
     if what != "train" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
@@ -225,6 +237,40 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let batch = a.batch.unwrap_or(if s.model.config.n_embd >= 128 { 16 } else { 8 });
             bench_train(s, &a, &device, batch)?;
         }
+    }
+    Ok(())
+}
+
+/// Frame times of the explorer while scrubbing layers, per view, on the shipped pair at
+/// 160×50: key handling plus a full redraw, which must stay well inside a 60 Hz frame
+/// (16 ms). The state is driven synchronously, so only the UI thread's work is timed.
+fn bench_tui(a: &BenchArgs) -> Result<()> {
+    use crate::tui::app::{AppOptions, DEFAULT_PROMPT};
+    use crate::tui::headless::Headless;
+    use crate::tui::theme::{ColorDepth, Theme};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    let device = Device::Cpu;
+    let pair = vec![Checkpoint::open(crate::paths::DEFAULT_CKPT, &device)?, Checkpoint::open(crate::paths::DEFAULT_COMPARE, &device)?];
+    println!("explorer frames while scrubbing: {} vs {}, 160×50, {} frames per view", pair[0].name, pair[1].name, a.reps.max(20));
+    let opts = AppOptions { prompt: DEFAULT_PROMPT.to_string(), eval_data: crate::paths::default_eval_file(), device: "cpu".into() };
+    let mut h = Headless::start(pair, opts);
+    let theme = Theme::new(ColorDepth::Indexed256);
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 50))?;
+    for view in crate::tui::view::View::ALL {
+        h.press(KeyCode::Char(char::from(b'1' + view.index() as u8)));
+        h.settle();
+        let mut times = Vec::new();
+        for i in 0..a.reps.max(20) {
+            let key = if i % 10 < 5 { KeyCode::Left } else { KeyCode::Right };
+            let t0 = Instant::now();
+            let fx = h.app.handle_key(KeyEvent::new(key, KeyModifiers::NONE), h.now);
+            term.draw(|f| crate::tui::ui::render(&h.app, &theme, f))?;
+            times.push(t0.elapsed().as_secs_f64());
+            h.run(fx);
+            h.settle();
+        }
+        let max = times.iter().copied().fold(0.0, f64::max);
+        println!("  {:<14} median {:.2} ms, max {:.2} ms", view.title(), 1e3 * median(times), 1e3 * max);
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! Tensor operations shared by inference and training.
 //!
 //! Candle's CPU backend runs each elementwise op as its own pass with a fresh allocation,
-//! which dominates training time for GPT-2's attention and layer norms. Two fused CPU ops
+//! which dominates training time for GPT-2's attention and layer norms. Four fused CPU ops
 //! with hand-written backward passes replace those chains: causal self-attention straight
-//! from the packed `c_attn` output, and layer norm. Other devices take the differentiable
-//! basic-op path.
+//! from the packed `c_attn` output, layer norm, the linear layer (one gemm onto the
+//! broadcast bias, whose backward sums the bias gradient in parallel) and GELU. For a few
+//! rows (batch-1 decoding) the linear layer and the classifier stream the weights instead
+//! of calling a gemm. Other devices take the differentiable basic-op path, built from
+//! candle ops that have a backward pass.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -27,7 +30,9 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.gelu()
 }
 
-fn tracked(ts: &[&Tensor]) -> bool {
+/// Whether a computation must stay differentiable: any input tracked for gradients makes
+/// it so (and candle's fused kernels, which have no backward pass, are then off limits).
+pub fn tracked(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.track_op())
 }
 
@@ -259,10 +264,22 @@ struct CausalAttention {
     scale: f32,
 }
 
-/// A raw pointer that may cross into rayon tasks writing disjoint regions.
+/// The output buffer of a fused op, shared by rayon tasks that each write their own
+/// disjoint (strided) part of it: a head's columns of every row.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer; a method, so that closures capture the whole `SendPtr` (which is Send)
+    /// rather than its raw-pointer field (which is not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: the pointer is only dereferenced by tasks writing disjoint elements while the
+// buffer it points into is alive (the op's output vector, dropped after the parallel loop).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: no two tasks access the same element.
 unsafe impl Sync for SendPtr {}
 
 thread_local! {
@@ -271,6 +288,10 @@ thread_local! {
 
 /// `dst[m x n] = beta * lhs[m x k] @ rhs[k x n]`, all given by (pointer, row stride,
 /// column stride); single-threaded (the callers parallelise over heads).
+///
+/// # Safety
+/// For the given shapes and strides every element addressed in `dst`, `lhs` and `rhs` must
+/// lie inside a live allocation, and no other thread may touch the elements of `dst`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,
@@ -287,6 +308,7 @@ unsafe fn mm(
     rhs_cs: usize,
     beta: f32,
 ) {
+    // SAFETY: the caller guarantees the bounds and exclusive access (see above).
     unsafe {
         gemm::gemm(
             m,
@@ -321,12 +343,16 @@ impl CausalAttention {
         Ok((b, t, c3 / 3, c3 / 3 / self.n_head))
     }
 
-    /// Softmax probabilities `p[t x t]` of head `(bi, h)`; entries above the diagonal are 0.
-    unsafe fn probs(&self, qkv: *const f32, bi: usize, h: usize, t: usize, c: usize, hd: usize, p: &mut [f32]) {
-        let base = unsafe { qkv.add(bi * t * 3 * c) };
-        let q = unsafe { base.add(h * hd) };
-        let k = unsafe { base.add(c + h * hd) };
+    /// Softmax probabilities `p[t x t]` of head `(bi, h)` of the packed `qkv` (`[b, t, 3c]`);
+    /// entries above the diagonal are 0.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(&self, qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, hd: usize, p: &mut [f32]) {
+        let batch = &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c];
+        assert!(p.len() >= t * t && (h + 1) * hd <= c);
+        let (q, k) = (batch[h * hd..].as_ptr(), batch[c + h * hd..].as_ptr());
         // p = scale * q k^T
+        // SAFETY: q and k address rows 0..t (stride 3c) and columns 0..hd of this head inside
+        // `batch`, which holds t rows of 3c; p is the caller's own t x t buffer.
         unsafe { mm(t, t, hd, p.as_mut_ptr(), t, 1, q, 3 * c, 1, k, 1, 3 * c, self.scale) };
         for i in 0..t {
             let row = &mut p[i * t..(i + 1) * t];
@@ -346,20 +372,22 @@ impl CustomOp1 for CausalAttention {
         let (b, t, c, hd) = self.dims(l)?;
         let mut y = vec![0f32; b * t * c];
         let yp = SendPtr(y.as_mut_ptr());
-        let qp = SendPtr(qkv.as_ptr() as *mut f32);
         (0..b * self.n_head).into_par_iter().for_each(|task| {
             let (bi, h) = (task / self.n_head, task % self.n_head);
-            let (yp, qp) = (yp, qp);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < t * t {
                     s.resize(t * t, 0.0);
                 }
                 let p = &mut s[..t * t];
+                self.probs(qkv, bi, h, t, c, hd, p);
+                let v = qkv[bi * t * 3 * c + 2 * c + h * hd..].as_ptr();
+                // SAFETY: v addresses rows 0..t (stride 3c), columns 0..hd of this head's values
+                // inside qkv; `out` addresses rows 0..t (stride c), columns h*hd..(h+1)*hd of
+                // batch bi of y, which has b*t*c elements. Each task writes only its own
+                // (bi, h) block, so no two tasks write the same element.
                 unsafe {
-                    self.probs(qp.0, bi, h, t, c, hd, p);
-                    let v = qp.0.add(bi * t * 3 * c + 2 * c + h * hd);
-                    let out = yp.0.add(bi * t * c + h * hd);
+                    let out = yp.get().add(bi * t * c + h * hd);
                     mm(t, hd, t, out, c, 1, p.as_ptr(), t, 1, v, 3 * c, 1, 1.0);
                 }
             });
@@ -386,25 +414,30 @@ impl CustomOp2 for CausalAttentionBackward {
         let dy = cpu_slice(s2, l2, "attention gradient")?;
         let (b, t, c, hd) = a.dims(l1)?;
         let mut dqkv = vec![0f32; qkv.len()];
+        if dy.len() != b * t * c {
+            candle_core::bail!("attention gradient has {} elements, expected {}", dy.len(), b * t * c)
+        }
         let dp_out = SendPtr(dqkv.as_mut_ptr());
-        let qp = SendPtr(qkv.as_ptr() as *mut f32);
-        let dyp = SendPtr(dy.as_ptr() as *mut f32);
         (0..b * a.n_head).into_par_iter().for_each(|task| {
             let (bi, h) = (task / a.n_head, task % a.n_head);
-            let (dp_out, qp, dyp) = (dp_out, qp, dyp);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < 2 * t * t {
                     s.resize(2 * t * t, 0.0);
                 }
                 let (p, dp) = s[..2 * t * t].split_at_mut(t * t);
+                a.probs(qkv, bi, h, t, c, hd, p);
+                let base = &qkv[bi * t * 3 * c..];
+                let (q, k, v) = (base[h * hd..].as_ptr(), base[c + h * hd..].as_ptr(), base[2 * c + h * hd..].as_ptr());
+                let g = dy[bi * t * c + h * hd..].as_ptr();
+                // SAFETY: q, k, v (in qkv) and g (in dy) address rows 0..t of this head's hd
+                // columns with strides 3c and c, inside their slices (lengths checked above);
+                // dq, dk, dv address the same head's columns of batch bi of dqkv (same shape as
+                // qkv). Each task writes only its own (bi, h) columns of dqkv, so no two tasks
+                // write the same element; p and dp are this thread's scratch.
                 unsafe {
-                    a.probs(qp.0, bi, h, t, c, hd, p);
-                    let base = qp.0.add(bi * t * 3 * c);
-                    let (q, k, v) = (base.add(h * hd), base.add(c + h * hd), base.add(2 * c + h * hd));
-                    let gbase = dp_out.0.add(bi * t * 3 * c);
+                    let gbase = dp_out.get().add(bi * t * 3 * c);
                     let (dq, dk, dv) = (gbase.add(h * hd), gbase.add(c + h * hd), gbase.add(2 * c + h * hd));
-                    let g = dyp.0.add(bi * t * c + h * hd);
                     // dv = p^T dy
                     mm(t, hd, t, dv, 3 * c, 1, p.as_ptr(), 1, t, g, c, 1, 1.0);
                     // dp = dy v^T
@@ -486,6 +519,8 @@ impl CustomOp3 for Linear {
         }
         let threads = candle_core::utils::get_num_threads();
         let par = if threads > 1 && n * m * k > 64 * 1024 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: y is [n, m], x is [n, k] and w is [k, m] (checked above), all row-major,
+        // and y is not aliased.
         unsafe {
             gemm::gemm(
                 n,

@@ -116,6 +116,28 @@ pub fn short_name(spec: &str) -> String {
     Path::new(spec.trim_end_matches('/')).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string())
 }
 
+/// The PyTorch engine's trainer (`scripts/torch/train.py` of the project).
+pub fn torch_trainer_script() -> PathBuf {
+    project_dir().join("scripts/torch/train.py")
+}
+
+/// The Python that runs the PyTorch engine: `$ALIGNSCOPE_PYTHON`; else the virtual
+/// environment `.ci/run` sets up (`$ALIGNSCOPE_VENV`, default
+/// `~/.cache/alignscope/venv`) when it exists; else `python3` from the PATH.
+pub fn torch_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALIGNSCOPE_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = match std::env::var_os("ALIGNSCOPE_VENV").filter(|p| !p.is_empty()) {
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/alignscope/venv")),
+    };
+    match venv.map(|v| v.join("bin/python")) {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from("python3"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

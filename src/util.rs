@@ -15,6 +15,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 /// Lets `alignscope ... | head` end quietly instead of panicking on a closed pipe.
 pub fn restore_sigpipe() {
+    // SAFETY: restores the default disposition of SIGPIPE; no handler runs our code.
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -26,7 +27,16 @@ pub fn restore_sigpipe() {
 /// measured faster here. Must run before any thread starts; a user's setting wins.
 pub fn tune_cpu_threads() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // Safety: called first thing in main, before any other thread exists.
+        // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000") };
+    }
+}
+
+/// A number for a table: right-aligned in `width` with `decimals`, or `n/a` where it is
+/// undefined.
+pub fn fmt_opt(v: Option<f64>, width: usize, decimals: usize) -> String {
+    match v {
+        Some(v) => format!("{v:>width$.decimals$}"),
+        None => format!("{:>width$}", "n/a"),
     }
 }

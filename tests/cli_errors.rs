@@ -117,6 +117,11 @@ fn data_file_missing_or_not_utf8() {
 }
 
 #[test]
+fn zero_chunks_names_the_flag() {
+    fails_with(&["eval", "--ckpt", &s(&fixture_dir()), "--max-chunks", "0"], &["--max-chunks", "at least 1"]);
+}
+
+#[test]
 fn prompt_longer_than_the_context() {
     let ck = s(&fixture_dir());
     let long = "word ".repeat(400);

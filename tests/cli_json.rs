@@ -11,6 +11,28 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not one JSON object: {e}"))
 }
 
+/// One token: centered COS and CKA are undefined (the centered features are all zero) and
+/// say so — null in JSON, n/a on screen — while raw COS, which needs no centering, is there.
+#[test]
+fn one_token_prompt_reports_undefined_similarities() {
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let v = run_json(&["inspect", "--ckpt", &ck, "--prompt", "a", "--json"]);
+    assert_eq!(v["input_ids"].as_array().unwrap().len(), 1, "the prompt must be one token");
+    for key in ["cos", "cka"] {
+        let m = v[key].as_array().unwrap();
+        assert_eq!(m.len(), 5);
+        assert!(m.iter().flat_map(|r| r.as_array().unwrap()).all(|x| x.is_null()), "{key}: {m:?}");
+    }
+    assert!(v["cos_raw"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).all(|x| x.is_f64()));
+    assert!(v["adjacent_cos"].as_array().unwrap().iter().all(|x| x.is_null()));
+    let out = Command::new(env!("CARGO_BIN_EXE_alignscope")).args(["inspect", "--ckpt", &ck, "--prompt", "a"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let centered = text.split("COS (raw):").next().unwrap().split("COS (centered):").nth(1).unwrap();
+    assert!(centered.contains("n/a") && !centered.contains("0.000"), "{centered}");
+    assert!(text.contains("undefined for a one-token prompt"), "{text}");
+}
+
 #[test]
 fn inspect_json() {
     let exp = expected();

@@ -54,10 +54,10 @@ fn run_to_end(job: TrainJob) -> Vec<TrainEvent> {
 fn stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("interrupted"));
-    run_to_end(TrainJob::start(config(&a, 8)));
+    run_to_end(TrainJob::start(config(&a, 8), &Device::Cpu));
 
     // Stop the second run after its third step (it may finish the step in flight).
-    let job = TrainJob::start(config(&b, 8));
+    let job = TrainJob::start(config(&b, 8), &Device::Cpu);
     let mut stopped_at = None;
     for ev in job.events().iter() {
         match ev {
@@ -76,16 +76,18 @@ fn stopped_and_resumed_run_equals_an_uninterrupted_one() {
     assert_eq!(read_state(&b).unwrap().step, k);
     assert!(is_resumable(&b));
 
-    let events = run_to_end(TrainJob::resume(b.clone(), None));
+    let events = run_to_end(TrainJob::resume(b.clone(), None, &Device::Cpu));
     assert!(matches!(events.first(), Some(TrainEvent::Started { start_step, .. }) if *start_step == k));
     assert_eq!(params(&a), params(&b), "resumed parameters differ from the uninterrupted run");
-    // The metrics history covers every step once.
+    // The metrics history covers every step once: steps 1..=8, each exactly once, in order.
     let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64().map(|_| 0))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().expect("a step number"))
         .collect();
-    assert_eq!(steps.len(), 8);
+    assert_eq!(steps, (1..=8).collect::<Vec<u64>>());
 }
 
 fn cli_train(out: &Path, extra: &[&str]) -> Command {
@@ -174,18 +176,27 @@ fn ctrl_c_saves_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let mut child = cli_train(&out, &["--steps", "100000", "--save-every", "1000", "--lr", "1e-3"]).spawn().unwrap();
-    // Wait until it trains, then interrupt like a terminal would.
-    let start = std::time::Instant::now();
-    while !out.exists() && start.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if start.elapsed().as_millis() > 1500 {
-            break;
+    // Wait until it has trained a step (its first progress line), however slow the machine,
+    // then interrupt like a terminal would.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all += &line;
+            all.push('\n');
         }
-    }
+        all
+    });
+    let trained = rx.iter().any(|line| line.contains("/100000 loss"));
+    assert!(trained, "the run ended before its first step");
+    // SAFETY: sends a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{err}");
+    let status = child.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert!(status.success(), "{err}");
     assert!(err.contains("stopped at step"), "{err}");
     let state = read_state(&out).unwrap();
     assert!(state.step >= 1 && state.step < 100000);
@@ -269,12 +280,12 @@ fn a_checkpoint_folder_holds_the_model_and_the_run() {
     c.eval_every = 3;
     c.eval_data = vec![assets_dir().join("austen/persuasion.txt")];
     c.eval_batches = 1;
-    let events = run_to_end(TrainJob::spawn(RunPlan::New(c.clone()), Device::Cpu, None));
+    let events = run_to_end(TrainJob::spawn(RunPlan::New(Box::new(c.clone())), Device::Cpu, None));
     let n_layer = 4;
     let progress: Vec<_> = events.iter().filter_map(|e| if let TrainEvent::Progress(m) = e { Some(m) } else { None }).collect();
     assert_eq!(progress.len(), 3);
-    assert_eq!(progress[0].objective, "aligned");
-    assert_eq!(progress[1].objective, "standard");
+    assert_eq!(progress[0].objective, LossKind::Aligned);
+    assert_eq!(progress[1].objective, LossKind::Standard);
     assert!(progress.iter().all(|m| m.layer_losses.len() == n_layer && m.layer_losses.iter().all(|l| l.is_finite())));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::Eval(ev) if ev.layer_acc.len() == n_layer)));
     assert!(events.iter().any(|e| matches!(e, TrainEvent::CheckpointSaved { step: 3, .. })));

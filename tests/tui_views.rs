@@ -7,7 +7,9 @@ mod tui_support;
 
 use alignscope::train::{EvalMetrics, LossKind, StepMetrics, TrainEvent};
 use alignscope::tui::app::Effect;
-use alignscope::tui::app::{DEFAULT_PROMPT, EvalState, Mode, SamplingMode, View};
+use alignscope::tui::app::{DEFAULT_PROMPT, Mode, SamplingMode};
+use alignscope::tui::column::EvalState;
+use alignscope::tui::view::View;
 use alignscope::tui::worker::WorkerCommand;
 use ratatui::crossterm::event::{KeyCode, KeyModifiers};
 use tui_support::*;
@@ -124,7 +126,7 @@ fn step(step: usize, total: usize, n_layer: usize) -> StepMetrics {
         step,
         total_steps: total,
         loss: layer_losses.iter().sum::<f64>() / n_layer as f64,
-        objective: if step % 2 == 1 { "aligned".into() } else { "standard".into() },
+        objective: if step % 2 == 1 { LossKind::Aligned } else { LossKind::Standard },
         layer_losses,
         lr: 1e-4,
         grad_norm: 1.0,
@@ -219,6 +221,22 @@ fn scrubbing_moves_indices_and_never_asks_the_model() {
         h.press(KeyCode::Char('k'));
     }
     assert_eq!(h.app.position, n_tokens - 4);
+}
+
+/// A one-token prompt has no centered COS or CKA: the heatmap says n/a and colours nothing,
+/// and raw COS (defined for one token) still shows numbers.
+#[test]
+fn a_one_token_prompt_shows_undefined_similarities_as_na() {
+    let h = Harness::with_prompt(&[&fixture_dir()], "a");
+    assert_eq!(h.app.columns[0].analysis.as_ref().unwrap().input_ids.len(), 1);
+    let screen = h.screen(120, 40);
+    assert!(screen.contains(" n/a"), "{screen}");
+    assert!(screen.contains("undefined for one token"), "{screen}");
+    assert!(!screen.contains("1.00"), "no defined centered COS on screen:\n{screen}");
+    let mut h = h;
+    h.press(KeyCode::Char('m'));
+    let screen = h.screen(120, 40);
+    assert!(screen.contains("1.00") && !screen.contains(" n/a"), "raw COS is defined:\n{screen}");
 }
 
 #[test]
@@ -451,35 +469,6 @@ fn h_lines() -> String {
 }
 
 #[test]
-fn scrubbing_frames_are_fast() {
-    // The budget is 16 ms a frame on a user's machine; this checks the median well under
-    // it, with room for a loaded CI runner.
-    let tmp = tempfile::tempdir().unwrap();
-    let a = random_checkpoint(tmp.path(), "random-12l", 12, 1);
-    let b = random_checkpoint(tmp.path(), "random-12l-b", 12, 2);
-    let mut h = Harness::new(&[&a, &b]);
-    let theme = alignscope::tui::theme::Theme::new(alignscope::tui::theme::ColorDepth::Indexed256);
-    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 50)).unwrap();
-    for view in ['1', '2', '3', '4', '5'] {
-        h.press(KeyCode::Char(view));
-        h.settle();
-        let mut times = Vec::new();
-        for i in 0..40 {
-            let key = if i % 10 < 5 { KeyCode::Left } else { KeyCode::Right };
-            let t0 = std::time::Instant::now();
-            let fx = h.app.handle_key(ratatui::crossterm::event::KeyEvent::new(key, KeyModifiers::NONE), h.now);
-            term.draw(|f| alignscope::tui::ui::render(&h.app, &theme, f)).unwrap();
-            times.push(t0.elapsed());
-            assert!(fx.is_empty());
-        }
-        times.sort();
-        let median = times[times.len() / 2];
-        eprintln!("view {view}: median {median:?}, max {:?}", times.last().unwrap());
-        assert!(median < std::time::Duration::from_millis(8), "view {view}: median frame {median:?}");
-    }
-}
-
-#[test]
 fn a_new_generation_cancels_the_running_one_in_the_worker_thread() {
     use alignscope::tui::event::Event;
     use alignscope::tui::worker::{WorkerHandle, WorkerReply};
@@ -501,7 +490,7 @@ fn a_new_generation_cancels_the_running_one_in_the_worker_thread() {
     worker.send(generate(1, vec![1, 2, 3, 4]));
     worker.send(generate(2, vec![2]));
     let reply = |rx: &mpsc::Receiver<Event>| match rx.recv_timeout(Duration::from_secs(30)).expect("a reply") {
-        Event::Worker { reply, .. } => reply,
+        Event::Worker { reply, .. } => *reply,
         other => panic!("{other:?}"),
     };
     let mut first_done = vec![];

@@ -29,9 +29,9 @@ pub struct EvalReport {
     pub ppl: Vec<f64>,
     pub acc: Vec<f64>,
     /// Per layer: centered COS and linear CKA with the last layer, over all positions of
-    /// the evaluated chunks.
-    pub cos_last: Vec<f64>,
-    pub cka_last: Vec<f64>,
+    /// the evaluated chunks (`None` where undefined: features that do not vary).
+    pub cos_last: Vec<Option<f64>>,
+    pub cka_last: Vec<Option<f64>>,
 }
 
 impl EvalReport {
@@ -80,9 +80,15 @@ fn ce_and_hits(logits: &[f32], vocab: usize, targets: &[(usize, u32)]) -> (f64, 
     per_row.iter().fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
-/// Chunk-centered first and second moments of one layer's features `x` (`[n, d]`),
-/// and co-moment with the reference features `r`.
-fn moments(x: &Tensor, r: &Tensor) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Tensor)> {
+/// Chunk-centered moments of one layer's features `x` (`[n, d]`): its mean, `Xc^T Xc` and
+/// the co-moment `Xc^T Rc` with the reference features `r` (both `d x d`, row-major).
+struct Moments {
+    mean: Vec<f64>,
+    c_self: Vec<f64>,
+    c_ref: Vec<f64>,
+}
+
+fn moments(x: &Tensor, r: &Tensor) -> Result<Moments> {
     let mean = x.mean_keepdim(0)?;
     let xc = x.broadcast_sub(&mean)?;
     let rc = r.broadcast_sub(&r.mean_keepdim(0)?)?;
@@ -90,7 +96,7 @@ fn moments(x: &Tensor, r: &Tensor) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Tens
     let c_self = xt.matmul(&xc)?.flatten_all()?.to_vec1::<f32>()?;
     let c_ref = xt.matmul(&rc)?.flatten_all()?.to_vec1::<f32>()?;
     let f = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<f64>>();
-    Ok((f(mean.flatten_all()?.to_vec1()?), f(c_self), f(c_ref), xc))
+    Ok(Moments { mean: f(mean.flatten_all()?.to_vec1()?), c_self: f(c_self), c_ref: f(c_ref) })
 }
 
 /// Evaluates `model` on the token sequence `ids`. `progress(done, total)` is called after
@@ -110,6 +116,9 @@ pub fn evaluate(
     }
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
         bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
+    }
+    if opts.max_chunks == Some(0) {
+        bail!("max_chunks is 0: nothing to evaluate")
     }
     let ranges = chunk_ranges(ids.len(), ctx, opts.max_chunks);
     if ranges.is_empty() {
@@ -150,10 +159,10 @@ pub fn evaluate(
             let (ce, hit) = ce_and_hits(&logits, vocab, &targets);
             ce_sum[l] += ce;
             hits[l] += hit;
-            let (m, cs, cr, _) = moments(&feats[l], reference)?;
-            means.push(m);
-            c_self.push(cs);
-            c_ref.push(cr);
+            let m = moments(&feats[l], reference)?;
+            means.push(m.mean);
+            c_self.push(m.c_self);
+            c_ref.push(m.c_ref);
         }
         cka.add_chunk(rs.len() * t, &means, &c_self, &c_ref);
         let floats = feats.len() * rs.len() * t * d;
@@ -174,8 +183,10 @@ pub fn evaluate(
         .iter()
         .map(|m| Tensor::from_vec(m.iter().map(|&x| x as f32).collect::<Vec<_>>(), (1, d), &Device::Cpu))
         .collect::<candle_core::Result<_>>()?;
+    // Per layer: the sum of the defined per-sample cosines and how many there are (a sample
+    // at the mean has no centered direction, and no cosine).
     let mut cos_sum = vec![0.0f64; n_layer + 1];
-    let mut n_samples = 0usize;
+    let mut cos_count = vec![0usize; n_layer + 1];
     for (rs, k) in batches.iter().zip(kept) {
         let feats = match k {
             Some(f) => f,
@@ -185,17 +196,17 @@ pub fn evaluate(
                 .collect::<candle_core::Result<_>>()?,
         };
         let centered: Vec<Tensor> = feats.iter().zip(&means).map(|(f, m)| f.broadcast_sub(m)).collect::<candle_core::Result<_>>()?;
-        let unit = |x: &Tensor| -> candle_core::Result<Tensor> {
-            let n = x.sqr()?.sum_keepdim(1)?.sqrt()?;
-            // A zero row has cosine 0 with anything.
-            let n = n.maximum(1e-30)?;
-            x.broadcast_div(&n)
-        };
-        let last = unit(&centered[n_layer])?;
-        n_samples += last.dim(0)?;
+        let norms = |x: &Tensor| -> candle_core::Result<Vec<f32>> { x.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>() };
+        let last = &centered[n_layer];
+        let last_norms = norms(last)?;
         for (l, c) in centered.iter().enumerate() {
-            let cos = (unit(c)? * &last)?.sum_all()?.to_scalar::<f32>()? as f64;
-            cos_sum[l] += cos;
+            let dots = (c * last)?.sum(1)?.to_vec1::<f32>()?;
+            for ((dot, n), nl) in dots.iter().zip(norms(c)?).zip(&last_norms) {
+                if n > 0.0 && *nl > 0.0 {
+                    cos_sum[l] += (dot / (n * nl)) as f64;
+                    cos_count[l] += 1;
+                }
+            }
         }
     }
     let ce: Vec<f64> = ce_sum.iter().map(|s| s / n_pred as f64).collect();
@@ -207,7 +218,7 @@ pub fn evaluate(
         ppl: ce.iter().map(|c| c.exp()).collect(),
         acc: hits.iter().map(|&h| h as f64 / n_pred as f64).collect(),
         ce,
-        cos_last: cos_sum.iter().map(|s| s / n_samples as f64).collect(),
+        cos_last: cos_sum.iter().zip(&cos_count).map(|(s, &n)| (n > 0).then(|| s / n as f64)).collect(),
         cka_last: cka.cka(),
     })
 }

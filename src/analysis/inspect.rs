@@ -24,10 +24,11 @@ pub struct PromptAnalysis {
     pub input_ids: Vec<u32>,
     /// The text of each input token.
     pub tokens: Vec<String>,
-    /// Centered COS, raw COS and linear CKA, `(L+1) x (L+1)`.
-    pub cos: Vec<Vec<f64>>,
-    pub cos_raw: Vec<Vec<f64>>,
-    pub cka: Vec<Vec<f64>>,
+    /// Centered COS, raw COS and linear CKA, `(L+1) x (L+1)`; `None` where undefined
+    /// (centered COS and CKA of a one-token prompt).
+    pub cos: Vec<Vec<Option<f64>>>,
+    pub cos_raw: Vec<Vec<Option<f64>>>,
+    pub cka: Vec<Vec<Option<f64>>>,
     pub steps: ResidualSteps,
     /// Positions the lens was read at.
     pub lens_positions: Vec<usize>,

@@ -3,6 +3,10 @@
 //!
 //! Features of one layer are an `n x d` matrix (n samples = token positions). Everything is
 //! computed in f64 so that the numbers match the reference to ~1e-9.
+//!
+//! A similarity that is not defined is `None`, never 0 (which would read as "orthogonal"):
+//! the cosine of a zero vector, and so centered COS and CKA of a single sample, whose
+//! centered features are all zero.
 
 /// Features of one layer: `n` samples of dimension `d`, row-major.
 #[derive(Debug, Clone)]
@@ -58,45 +62,51 @@ fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
 
-/// Cosine of two vectors; 0 where either is zero (e.g. a single centered sample).
-pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+/// Cosine of two vectors; `None` where either is zero.
+pub fn cosine(a: &[f64], b: &[f64]) -> Option<f64> {
     let den = norm(a) * norm(b);
-    if den == 0.0 { 0.0 } else { dot(a, b) / den }
+    (den > 0.0).then(|| dot(a, b) / den)
 }
 
-/// Mean over samples of the cosine between matching rows.
-pub fn mean_row_cosine(x: &Features, y: &Features) -> f64 {
+/// Mean of the defined values; `None` when there is none.
+pub fn mean_defined(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let (sum, n) = values.into_iter().flatten().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Mean over samples of the cosine between matching rows, over the samples where it is
+/// defined; `None` when it is defined for none.
+pub fn mean_row_cosine(x: &Features, y: &Features) -> Option<f64> {
     assert_eq!((x.n, x.d), (y.n, y.d));
-    if x.n == 0 {
-        return 0.0;
-    }
-    (0..x.n).map(|i| cosine(x.row(i), y.row(i))).sum::<f64>() / x.n as f64
+    mean_defined((0..x.n).map(|i| cosine(x.row(i), y.row(i))))
 }
 
-/// Row-normalised copies, so a COS matrix costs one dot per sample and pair.
-fn unit_rows(x: &Features) -> Features {
-    let mut data = x.data.clone();
-    for row in data.chunks_mut(x.d) {
-        let n = norm(row);
-        if n > 0.0 {
-            row.iter_mut().for_each(|v| *v /= n);
-        } else {
-            row.iter_mut().for_each(|v| *v = 0.0);
-        }
-    }
-    Features::new(x.n, x.d, data)
+/// Row-normalised copies (`None` for a zero row), so a COS matrix costs one dot per sample
+/// and pair.
+fn unit_rows(x: &Features) -> Vec<Option<Vec<f64>>> {
+    x.data
+        .chunks(x.d)
+        .map(|row| {
+            let n = norm(row);
+            (n > 0.0).then(|| row.iter().map(|v| v / n).collect())
+        })
+        .collect()
 }
 
 /// The (L+1)x(L+1) COS matrix: mean per-sample cosine between layers, after subtracting
-/// each layer's mean over samples when `centered`.
-pub fn cos_matrix(layers: &[Features], centered: bool) -> Vec<Vec<f64>> {
-    let units: Vec<Features> = layers.iter().map(|f| unit_rows(&if centered { f.centered() } else { f.clone() })).collect();
+/// each layer's mean over samples when `centered`. Samples with a zero row in either layer
+/// have no cosine and are left out; an entry with none left is `None` (so are all centered
+/// entries of a single sample).
+pub fn cos_matrix(layers: &[Features], centered: bool) -> Vec<Vec<Option<f64>>> {
+    let units: Vec<Vec<Option<Vec<f64>>>> = layers.iter().map(|f| unit_rows(&if centered { f.centered() } else { f.clone() })).collect();
     let k = units.len();
-    let mut m = vec![vec![0.0; k]; k];
+    let mut m = vec![vec![None; k]; k];
     for i in 0..k {
         for j in i..k {
-            let n = units[i].n;
-            let v = if n == 0 { 0.0 } else { (0..n).map(|s| dot(units[i].row(s), units[j].row(s))).sum::<f64>() / n as f64 };
+            let v = mean_defined(units[i].iter().zip(&units[j]).map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Some(dot(a, b)),
+                _ => None,
+            }));
             m[i][j] = v;
             m[j][i] = v;
         }
@@ -120,15 +130,16 @@ fn gram(x: &Features) -> Vec<f64> {
 
 /// Linear CKA matrix: `||Xi^T Xj||_F^2 / (||Xi^T Xi||_F ||Xj^T Xj||_F)` on features centered
 /// over samples. Uses `||X^T Y||_F^2 = <X X^T, Y Y^T>_F`, so the cost is n^2 d per layer.
-pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<f64>> {
+/// `None` where a layer's centered features are all zero (a single sample).
+pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<Option<f64>>> {
     let grams: Vec<Vec<f64>> = layers.iter().map(|f| gram(&f.centered())).collect();
     let self_norm: Vec<f64> = grams.iter().map(|g| dot(g, g).sqrt()).collect();
     let k = grams.len();
-    let mut m = vec![vec![0.0; k]; k];
+    let mut m = vec![vec![None; k]; k];
     for i in 0..k {
         for j in i..k {
             let den = self_norm[i] * self_norm[j];
-            let v = if den == 0.0 { 0.0 } else { dot(&grams[i], &grams[j]) / den };
+            let v = (den > 0.0).then(|| dot(&grams[i], &grams[j]) / den);
             m[i][j] = v;
             m[j][i] = v;
         }
@@ -138,11 +149,12 @@ pub fn cka_matrix(layers: &[Features]) -> Vec<Vec<f64>> {
 
 /// The paper's Appendix-B view of one residual step `h^{l+1} = h^l + f(h^l)`: for each
 /// l in 0..L, the mean over samples of `||h^l|| / ||h^{l+1} - h^l||` and of
-/// `cos(h^l, h^{l+1} - h^l)`.
+/// `cos(h^l, h^{l+1} - h^l)`, over the samples where they are defined (a block that
+/// leaves a sample unchanged defines neither for it).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ResidualSteps {
-    pub norm_ratio: Vec<f64>,
-    pub cos_update: Vec<f64>,
+    pub norm_ratio: Vec<Option<f64>>,
+    pub cos_update: Vec<Option<f64>>,
 }
 
 pub fn residual_steps(layers: &[Features]) -> ResidualSteps {
@@ -150,22 +162,18 @@ pub fn residual_steps(layers: &[Features]) -> ResidualSteps {
     let mut cos_update = Vec::new();
     for w in layers.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let n = a.n.max(1) as f64;
-        let (mut r, mut c) = (0.0, 0.0);
-        for s in 0..a.n {
-            let delta: Vec<f64> = b.row(s).iter().zip(a.row(s)).map(|(x, y)| x - y).collect();
-            let dn = norm(&delta);
-            r += if dn == 0.0 { f64::INFINITY } else { norm(a.row(s)) / dn };
-            c += cosine(a.row(s), &delta);
-        }
-        norm_ratio.push(r / n);
-        cos_update.push(c / n);
+        let deltas: Vec<Vec<f64>> = (0..a.n).map(|s| b.row(s).iter().zip(a.row(s)).map(|(x, y)| x - y).collect()).collect();
+        norm_ratio.push(mean_defined(deltas.iter().enumerate().map(|(s, d)| {
+            let dn = norm(d);
+            (dn > 0.0).then(|| norm(a.row(s)) / dn)
+        })));
+        cos_update.push(mean_defined(deltas.iter().enumerate().map(|(s, d)| cosine(a.row(s), d))));
     }
     ResidualSteps { norm_ratio, cos_update }
 }
 
 /// COS of adjacent layers, `cos(h^l, h^{l+1})` for l in 0..L (centered or raw).
-pub fn adjacent_cos(cos: &[Vec<f64>]) -> Vec<f64> {
+pub fn adjacent_cos(cos: &[Vec<Option<f64>>]) -> Vec<Option<f64>> {
     (0..cos.len().saturating_sub(1)).map(|l| cos[l][l + 1]).collect()
 }
 
@@ -205,29 +213,30 @@ impl StreamingCka {
         let delta: Vec<Vec<f64>> = self.mean.iter().zip(means).map(|(a, b)| b.iter().zip(a).map(|(y, x)| y - x).collect()).collect();
         for l in 0..self.mean.len() {
             let d = self.d;
-            for i in 0..d {
+            for (i, di) in delta[l].iter().enumerate() {
                 for j in 0..d {
-                    self.c_self[l][i * d + j] += c_self[l][i * d + j] + f * delta[l][i] * delta[l][j];
-                    self.c_ref[l][i * d + j] += c_ref[l][i * d + j] + f * delta[l][i] * delta[r][j];
+                    self.c_self[l][i * d + j] += c_self[l][i * d + j] + f * di * delta[l][j];
+                    self.c_ref[l][i * d + j] += c_ref[l][i * d + j] + f * di * delta[r][j];
                 }
             }
         }
-        for l in 0..self.mean.len() {
-            for i in 0..self.d {
-                self.mean[l][i] += delta[l][i] * nb / nt.max(1.0);
+        for (mean, dl) in self.mean.iter_mut().zip(&delta) {
+            for (m, di) in mean.iter_mut().zip(dl) {
+                *m += di * nb / nt.max(1.0);
             }
         }
         self.n = nt;
     }
 
-    /// CKA of every layer with the reference layer.
-    pub fn cka(&self) -> Vec<f64> {
+    /// CKA of every layer with the reference layer (`None` where a layer's centered
+    /// features are all zero).
+    pub fn cka(&self) -> Vec<Option<f64>> {
         let fro = |m: &[f64]| dot(m, m).sqrt();
         let rn = fro(&self.c_self[self.reference]);
         (0..self.mean.len())
             .map(|l| {
                 let den = fro(&self.c_self[l]) * rn;
-                if den == 0.0 { 0.0 } else { dot(&self.c_ref[l], &self.c_ref[l]) / den }
+                (den > 0.0).then(|| dot(&self.c_ref[l], &self.c_ref[l]) / den)
             })
             .collect()
     }

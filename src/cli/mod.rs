@@ -7,11 +7,12 @@ use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherence, diversity};
-use crate::analysis::{decode, encode_prompt};
+use crate::analysis::{TextStream, decode, encode_prompt};
 use crate::corpus::{Role, read_documents, select};
 use crate::model::Checkpoint;
 use crate::model::device::parse_device;
 use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT};
+use crate::util::fmt_opt;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -143,6 +144,7 @@ pub struct EvalArgs {
     /// Tokens per chunk (default: 256, or the model's context if shorter)
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Evaluate at most this many chunks (from the start of the text)
     #[arg(long)]
     pub max_chunks: Option<usize>,
     /// Also write the JSON report to this file (the text table still goes to stdout)
@@ -280,10 +282,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
         out(&format!("{title}:"));
         out(&format_matrix(m));
     }
+    if ids.len() < 2 {
+        out("(centered COS and CKA are undefined for a one-token prompt: its centered features are all zero)");
+    }
     Ok(())
 }
 
-pub fn format_matrix(m: &[Vec<f64>]) -> String {
+/// A layer × layer matrix as text (undefined entries as n/a).
+pub fn format_matrix(m: &[Vec<Option<f64>>]) -> String {
     let mut s = String::from("      ");
     for j in 0..m.len() {
         s += &format!("{j:>6}");
@@ -291,7 +297,7 @@ pub fn format_matrix(m: &[Vec<f64>]) -> String {
     for (i, row) in m.iter().enumerate() {
         s += &format!("\n  {i:>2}  ");
         for v in row {
-            s += &format!("{v:>6.3}");
+            s += &fmt_opt(*v, 6, 3);
         }
     }
     s
@@ -343,14 +349,10 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         let g: Generation = if stream {
             // Stream text as it is produced: print the decoded growth of the continuation.
             print!("{}", a.prompt);
-            let mut so_far: Vec<u32> = Vec::new();
-            let mut shown = 0usize;
+            let mut stream = TextStream::new(&ck.tokenizer);
             let g = generate(&ck.model, &ids, &opts, |t| {
-                so_far.push(t);
-                let text = decode(&ck.tokenizer, &so_far);
-                if !text.ends_with('\u{FFFD}') && text.len() >= shown {
-                    print!("{}", &text[shown..]);
-                    shown = text.len();
+                if let Some(new) = stream.push_new(t) {
+                    print!("{new}");
                     let _ = std::io::stdout().flush();
                 }
                 ControlFlow::Continue(())
@@ -390,10 +392,10 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     } else if !stream {
         for (g, o) in results.iter().zip(&objs) {
             out(&format!(
-                "── exit layer {} (diversity {:.3}, coherence {:.3})",
+                "── exit layer {} (diversity {}, coherence {})",
                 g.exit_layer,
-                o["diversity"].as_f64().unwrap(),
-                o["coherence"].as_f64().unwrap()
+                fmt_opt(o["diversity"].as_f64(), 0, 3),
+                fmt_opt(o["coherence"].as_f64(), 0, 3)
             ));
             out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
         }
@@ -402,6 +404,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
+    if a.max_chunks == Some(0) {
+        bail!("--max-chunks must be at least 1 (it is how many chunks of the text to evaluate)")
+    }
     // The data is read before the model loads: bad data fails fast.
     let selection = select(std::slice::from_ref(&a.data), Role::Eval)?;
     for note in &selection.notes {
@@ -449,7 +454,14 @@ pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
     let mut s = format!("{name} on {data}: {} chunks of {} tokens, {} predictions\n", r.chunks, r.ctx, r.tokens);
     s += "layer        CE         ppl     acc   COS_last  CKA_last\n";
     for l in 0..=r.layers {
-        s += &format!("{l:>5} {:>9.4} {:>11.2} {:>7.4} {:>10.4} {:>9.4}\n", r.ce[l], r.ppl[l], r.acc[l], r.cos_last[l], r.cka_last[l]);
+        s += &format!(
+            "{l:>5} {:>9.4} {:>11.2} {:>7.4} {} {}\n",
+            r.ce[l],
+            r.ppl[l],
+            r.acc[l],
+            fmt_opt(r.cos_last[l], 10, 4),
+            fmt_opt(r.cka_last[l], 9, 4)
+        );
     }
     if let Some(d) = r.min_depth_reaching(0.95) {
         s += &format!("shallowest layer reaching 95% of the best accuracy: {d}");

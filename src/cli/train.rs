@@ -130,11 +130,13 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 extern "C" fn on_sigint(_: libc::c_int) {
     if INTERRUPTED.swap(true, Ordering::SeqCst) {
         // Second Ctrl-C: leave now.
+        // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
         unsafe { libc::_exit(130) };
     }
 }
 
 fn install_sigint() {
+    // SAFETY: the handler only touches an atomic and calls the async-signal-safe _exit.
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
@@ -223,7 +225,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             RunPlan::Resume { dir: PathBuf::from(name), steps: a.steps }
         }
-        None => RunPlan::New(config_from(&a)?),
+        None => RunPlan::New(Box::new(config_from(&a)?)),
     };
     install_sigint();
     let job = TrainJob::spawn(plan, device, Some(&INTERRUPTED));

@@ -121,7 +121,7 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
         if !file.is_file() {
             bail!("checkpoint shard {} is missing", file.display());
         }
-        // Safety: the file is only read; a checkpoint rewritten underneath us is replaced
+        // SAFETY: the file is only read; a checkpoint rewritten underneath us is replaced
         // by rename, so the mapped inode stays intact.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }.map_err(|e| {
             anyhow!("{} is not a valid safetensors file (corrupt or truncated): {}", file.display(), first_line(&e.to_string()))

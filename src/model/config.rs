@@ -67,15 +67,15 @@ impl Gpt2Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str()) {
-            if model_type != "gpt2" {
-                bail!("model_type is {model_type:?}, only \"gpt2\" is supported")
-            }
+        if let Some(model_type) = self.extra.get("model_type").and_then(|v| v.as_str())
+            && model_type != "gpt2"
+        {
+            bail!("model_type is {model_type:?}, only \"gpt2\" is supported")
         }
         if self.n_layer == 0 || self.n_embd == 0 || self.n_head == 0 || self.vocab_size == 0 {
             bail!("n_layer, n_embd, n_head and vocab_size must be positive")
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head)
         }
         if self.n_positions == 0 {

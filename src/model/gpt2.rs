@@ -6,19 +6,18 @@
 //! (`transformer.h.{i}.attn.c_attn.weight`, ...), and linear weights keep HF's Conv1D
 //! layout `[in, out]`.
 //!
-//! The same code serves inference and training. Candle's fused kernels (layer norm,
-//! softmax) are fast but have no backward pass, so every op below checks whether its input
-//! is tracked for gradients and, if so, takes the differentiable path built from basic ops.
+//! The same code serves inference and training. On the CPU, the hot ops are this project's
+//! fused kernels ([`crate::ops`]), which carry their own backward passes. Elsewhere, or
+//! where no fused op applies (attention over a KV cache), the model uses candle's ops —
+//! and candle's fused layer norm and softmax have no backward pass, so an op whose input
+//! is tracked for gradients takes the differentiable path built from basic ops instead.
 
 use super::config::{Activation, Gpt2Config};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 use std::collections::HashMap;
 
-/// Whether a computation must stay differentiable: any tracked input makes it so.
-fn tracked(ts: &[&Tensor]) -> bool {
-    ts.iter().any(|t| t.track_op())
-}
+use crate::ops::tracked;
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -92,10 +91,11 @@ impl Attention {
         let (b, t, c) = x.dims3()?;
         let h = self.n_head;
         let qkv = self.c_attn.forward(x)?;
-        if cache.is_none() {
-            if let Some(y) = crate::ops::causal_attention(&qkv, h, self.scale)? {
-                return self.c_proj.forward(&y);
-            }
+        // The fused kernel covers attention over the positions given (no cache).
+        if cache.is_none()
+            && let Some(y) = crate::ops::causal_attention(&qkv, h, self.scale)?
+        {
+            return self.c_proj.forward(&y);
         }
         let q = split_head(&qkv, 0, h)?;
         let mut k = split_head(&qkv, 1, h)?;
@@ -184,27 +184,49 @@ pub struct Gpt2 {
     pub lm_head: Option<Tensor>,
 }
 
+/// The parameters of a block, in checkpoint order: the one list of their names (under
+/// `transformer.h.{i}.`) and of the fields that hold them. It defines [`BLOCK_PARAMS`],
+/// [`Block::tensors`] and [`Block::tensors_mut`], so names and tensors cannot drift apart.
+macro_rules! block_params {
+    ($($name:literal => $($field:ident).+),* $(,)?) => {
+        /// The names of a block's parameters under `transformer.h.{i}.`, in checkpoint order.
+        pub const BLOCK_PARAMS: &[&str] = &[$($name),*];
+
+        impl Block {
+            /// The block's parameters in [`BLOCK_PARAMS`] order.
+            pub fn tensors(&self) -> Vec<&Tensor> {
+                vec![$(&self.$($field).+),*]
+            }
+
+            /// The block's parameters in [`BLOCK_PARAMS`] order, to replace them.
+            pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+                vec![$(&mut self.$($field).+),*]
+            }
+        }
+    };
+}
+
+block_params! {
+    "ln_1.weight" => ln_1.weight,
+    "ln_1.bias" => ln_1.bias,
+    "attn.c_attn.weight" => attn.c_attn.weight,
+    "attn.c_attn.bias" => attn.c_attn.bias,
+    "attn.c_proj.weight" => attn.c_proj.weight,
+    "attn.c_proj.bias" => attn.c_proj.bias,
+    "ln_2.weight" => ln_2.weight,
+    "ln_2.bias" => ln_2.bias,
+    "mlp.c_fc.weight" => mlp.c_fc.weight,
+    "mlp.c_fc.bias" => mlp.c_fc.bias,
+    "mlp.c_proj.weight" => mlp.c_proj.weight,
+    "mlp.c_proj.bias" => mlp.c_proj.bias,
+}
+
 /// Where a parameter lives in the checkpoint, with the `transformer.` prefix that
-/// transformers 5 writes (the hub's original files omit it).
+/// transformers 5 writes (the hub's original files omit it), in [`Gpt2::params`] order.
 pub fn param_names(cfg: &Gpt2Config, untied_head: bool) -> Vec<String> {
     let mut names = vec!["transformer.wte.weight".to_string(), "transformer.wpe.weight".to_string()];
     for i in 0..cfg.n_layer {
-        for p in [
-            "ln_1.weight",
-            "ln_1.bias",
-            "attn.c_attn.weight",
-            "attn.c_attn.bias",
-            "attn.c_proj.weight",
-            "attn.c_proj.bias",
-            "ln_2.weight",
-            "ln_2.bias",
-            "mlp.c_fc.weight",
-            "mlp.c_fc.bias",
-            "mlp.c_proj.weight",
-            "mlp.c_proj.bias",
-        ] {
-            names.push(format!("transformer.h.{i}.{p}"));
-        }
+        names.extend(BLOCK_PARAMS.iter().map(|p| format!("transformer.h.{i}.{p}")));
     }
     names.push("transformer.ln_f.weight".to_string());
     names.push("transformer.ln_f.bias".to_string());
@@ -274,97 +296,53 @@ impl Gpt2 {
         let eps = config.layer_norm_epsilon;
         let wte = take("transformer.wte.weight");
         let wpe = take("transformer.wpe.weight");
+        let empty = Tensor::zeros(0, DType::F32, wte.device())?;
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let mut t = |p: &str| take(&format!("transformer.h.{i}.{p}"));
             let mut scale = if config.scale_attn_weights { 1.0 / (config.head_dim() as f64).sqrt() } else { 1.0 };
             if config.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            blocks.push(Block {
-                ln_1: LayerNorm { weight: t("ln_1.weight"), bias: t("ln_1.bias"), eps },
-                attn: Attention {
-                    c_attn: Conv1D { weight: t("attn.c_attn.weight"), bias: t("attn.c_attn.bias") },
-                    c_proj: Conv1D { weight: t("attn.c_proj.weight"), bias: t("attn.c_proj.bias") },
-                    n_head: config.n_head,
-                    scale,
-                },
-                ln_2: LayerNorm { weight: t("ln_2.weight"), bias: t("ln_2.bias"), eps },
-                mlp: Mlp {
-                    c_fc: Conv1D { weight: t("mlp.c_fc.weight"), bias: t("mlp.c_fc.bias") },
-                    c_proj: Conv1D { weight: t("mlp.c_proj.weight"), bias: t("mlp.c_proj.bias") },
-                    activation: act,
-                },
-            });
+            // Every field starts as the empty placeholder and is then filled by name.
+            let ln = || LayerNorm { weight: empty.clone(), bias: empty.clone(), eps };
+            let linear = || Conv1D { weight: empty.clone(), bias: empty.clone() };
+            let mut block = Block {
+                ln_1: ln(),
+                attn: Attention { c_attn: linear(), c_proj: linear(), n_head: config.n_head, scale },
+                ln_2: ln(),
+                mlp: Mlp { c_fc: linear(), c_proj: linear(), activation: act },
+            };
+            for (slot, p) in block.tensors_mut().into_iter().zip(BLOCK_PARAMS) {
+                *slot = take(&format!("transformer.h.{i}.{p}"));
+            }
+            blocks.push(block);
         }
         let ln_f = LayerNorm { weight: take("transformer.ln_f.weight"), bias: take("transformer.ln_f.bias"), eps };
         let lm_head = if untied { Some(take("lm_head.weight")) } else { None };
         Ok(Self { config, wte, wpe, blocks, ln_f, lm_head })
     }
 
-    /// Every parameter under its canonical checkpoint name, in a fixed order.
+    /// Every parameter under its canonical checkpoint name, in [`param_names`] order.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        let names = param_names(&self.config, self.lm_head.is_some());
-        let mut out = Vec::with_capacity(names.len());
-        let mut it = names.into_iter();
-        self.for_each_param(|t| out.push((it.next().expect("same order"), t.clone())));
-        out
-    }
-
-    fn for_each_param(&self, mut f: impl FnMut(&Tensor)) {
-        f(&self.wte);
-        f(&self.wpe);
+        let mut tensors = vec![&self.wte, &self.wpe];
         for b in &self.blocks {
-            for t in [
-                &b.ln_1.weight,
-                &b.ln_1.bias,
-                &b.attn.c_attn.weight,
-                &b.attn.c_attn.bias,
-                &b.attn.c_proj.weight,
-                &b.attn.c_proj.bias,
-                &b.ln_2.weight,
-                &b.ln_2.bias,
-                &b.mlp.c_fc.weight,
-                &b.mlp.c_fc.bias,
-                &b.mlp.c_proj.weight,
-                &b.mlp.c_proj.bias,
-            ] {
-                f(t);
-            }
+            tensors.extend(b.tensors());
         }
-        f(&self.ln_f.weight);
-        f(&self.ln_f.bias);
-        if let Some(h) = &self.lm_head {
-            f(h);
-        }
+        tensors.extend([&self.ln_f.weight, &self.ln_f.bias]);
+        tensors.extend(self.lm_head.as_ref());
+        param_names(&self.config, self.lm_head.is_some()).into_iter().zip(tensors.into_iter().cloned()).collect()
     }
 
-    /// Replaces every parameter (same order as [`Gpt2::params`]) with `f(old)`.
+    /// Replaces every parameter (in [`Gpt2::params`] order) with `f(old)`.
     pub fn map_params(&mut self, mut f: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<()> {
-        self.wte = f(&self.wte)?;
-        self.wpe = f(&self.wpe)?;
+        let mut slots = vec![&mut self.wte, &mut self.wpe];
         for b in &mut self.blocks {
-            for t in [
-                &mut b.ln_1.weight,
-                &mut b.ln_1.bias,
-                &mut b.attn.c_attn.weight,
-                &mut b.attn.c_attn.bias,
-                &mut b.attn.c_proj.weight,
-                &mut b.attn.c_proj.bias,
-                &mut b.ln_2.weight,
-                &mut b.ln_2.bias,
-                &mut b.mlp.c_fc.weight,
-                &mut b.mlp.c_fc.bias,
-                &mut b.mlp.c_proj.weight,
-                &mut b.mlp.c_proj.bias,
-            ] {
-                *t = f(t)?;
-            }
+            slots.extend(b.tensors_mut());
         }
-        self.ln_f.weight = f(&self.ln_f.weight)?;
-        self.ln_f.bias = f(&self.ln_f.bias)?;
-        if let Some(h) = &mut self.lm_head {
-            *h = f(h)?;
+        slots.extend([&mut self.ln_f.weight, &mut self.ln_f.bias]);
+        slots.extend(self.lm_head.as_mut());
+        for t in slots {
+            *t = f(t)?;
         }
         Ok(())
     }

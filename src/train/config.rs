@@ -120,11 +120,12 @@ impl TrainConfig {
         }
     }
 
-    /// Whether step `step` (1-based) uses the multi-layer aligned loss.
-    pub fn step_is_aligned(&self, step: usize) -> bool {
+    /// The loss that step `step` (1-based) optimizes: the aligned recipe alternates the
+    /// multi-layer loss (odd steps) with last-layer CE (even steps) unless `alternate` is off.
+    pub fn objective_at(&self, step: usize) -> LossKind {
         match self.loss {
-            LossKind::Aligned => !self.alternate || step % 2 == 1,
-            _ => false,
+            LossKind::Aligned if self.alternate && step.is_multiple_of(2) => LossKind::Standard,
+            kind => kind,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The typed messages a background training job speaks: commands in, events out.
 
+use super::config::LossKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -17,8 +18,8 @@ pub struct StepMetrics {
     pub total_steps: usize,
     /// The loss that was optimized this step (aligned, standard or ce-reg).
     pub loss: f64,
-    /// Which loss this step optimized ("aligned", "standard" or "ce-reg").
-    pub objective: String,
+    /// Which loss this step optimized (the aligned recipe alternates aligned and standard).
+    pub objective: LossKind,
     /// Per-layer CE of the shared classifier, layers 1..=L (index 0 = layer 1).
     pub layer_losses: Vec<f64>,
     pub lr: f64,

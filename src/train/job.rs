@@ -2,11 +2,11 @@
 //! ([`TrainCommand`]), events out ([`TrainEvent`]). The CLI and the TUI both drive runs
 //! through [`TrainJob`].
 
-use super::config::{InitFrom, LossKind, TrainConfig};
+use super::config::{InitFrom, TrainConfig};
 use super::data::Batcher;
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
 use super::optim::{AdamWConfig, lr_at};
-use super::save::{SaveContents, TrainState, read_metrics, read_optimizer, read_state, save_checkpoint};
+use super::save::{ENGINE, SaveContents, TrainState, read_metrics_upto, read_optimizer, read_state, save_checkpoint};
 use super::trainer::{Trainable, objective_for, train_step};
 use crate::analysis::eval::{EvalOptions, evaluate};
 use crate::corpus::tokens::{Budget, tokenize_documents};
@@ -30,7 +30,7 @@ pub const MONITOR_POSITIONS: usize = 512;
 /// What to run: a new run from its config, or the continuation of a saved one.
 #[derive(Debug, Clone)]
 pub enum RunPlan {
-    New(TrainConfig),
+    New(Box<TrainConfig>),
     Resume { dir: PathBuf, steps: Option<usize> },
 }
 
@@ -43,12 +43,14 @@ pub struct TrainJob {
 }
 
 impl TrainJob {
-    pub fn start(config: TrainConfig) -> Self {
-        Self::spawn(RunPlan::New(config), Device::Cpu, None)
+    /// Starts a new run on `device`.
+    pub fn start(config: TrainConfig, device: &Device) -> Self {
+        Self::spawn(RunPlan::New(Box::new(config)), device.clone(), None)
     }
 
-    pub fn resume(dir: PathBuf, steps: Option<usize>) -> Self {
-        Self::spawn(RunPlan::Resume { dir, steps }, Device::Cpu, None)
+    /// Continues the run saved in `dir` on `device` (up to `steps`, or its own total).
+    pub fn resume(dir: PathBuf, steps: Option<usize>, device: &Device) -> Self {
+        Self::spawn(RunPlan::Resume { dir, steps }, device.clone(), None)
     }
 
     /// Runs `plan` on `device`. `interrupt` (e.g. set by Ctrl-C) acts like a Stop command.
@@ -146,7 +148,7 @@ fn validate(cfg: &mut TrainConfig, model: &Gpt2) -> Result<()> {
     if cfg.steps == 0 {
         bail!("--steps must be at least 1")
     }
-    if cfg.batch == 0 || cfg.accum == 0 || cfg.batch % cfg.accum != 0 {
+    if cfg.batch == 0 || cfg.accum == 0 || !cfg.batch.is_multiple_of(cfg.accum) {
         bail!("--batch {} must be a positive multiple of --accum {}", cfg.batch, cfg.accum)
     }
     if cfg.ctx < 2 || cfg.ctx > model.config.n_positions {
@@ -163,7 +165,8 @@ fn validate(cfg: &mut TrainConfig, model: &Gpt2) -> Result<()> {
 
 fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
     match plan {
-        RunPlan::New(mut config) => {
+        RunPlan::New(config) => {
+            let mut config = *config;
             let (model, tokenizer_json, tokenizer) = match &config.init {
                 InitFrom::Checkpoint(spec) => {
                     let ck = super::recipe::open(spec, device)?;
@@ -206,7 +209,7 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
             let tokenizer_json = std::fs::read_to_string(dir.join("tokenizer.json"))?;
             validate(&mut config, &ck.model)?;
             let eos = eos_of(&ck.tokenizer, &ck.model.config)?;
-            let metrics = read_metrics(&dir)?;
+            let metrics = read_metrics_upto(&dir, state.step)?;
             Ok(Setup {
                 config,
                 model: ck.model,
@@ -300,6 +303,7 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             tokens_seen,
             elapsed_secs: elapsed_before + started.elapsed().as_secs_f64(),
             config: cfg.clone(),
+            engine: ENGINE.to_string(),
         };
         save_checkpoint(
             &out,
@@ -324,8 +328,8 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
         }
         let t0 = Instant::now();
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-        let aligned = cfg.step_is_aligned(step + 1);
-        let obj = objective_for(cfg.loss, aligned, n_layer, cfg.beta, MONITOR_POSITIONS);
+        let objective = cfg.objective_at(step + 1);
+        let obj = objective_for(objective, n_layer, cfg.beta, MONITOR_POSITIONS);
         let mut batches = Vec::with_capacity(cfg.accum);
         for _ in 0..cfg.accum {
             let (x, y) = batcher.next_batch(micro);
@@ -354,13 +358,7 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             step,
             total_steps: cfg.steps,
             loss,
-            objective: if aligned {
-                "aligned".into()
-            } else if cfg.loss == LossKind::CeReg {
-                "ce-reg".into()
-            } else {
-                "standard".into()
-            },
+            objective,
             layer_losses: outcome.value.layer_losses.clone(),
             lr,
             grad_norm: outcome.grad_norm,

@@ -155,9 +155,8 @@ pub fn loss_and_grads(
             Some(a) => (a + x)?,
         }))
     };
-    for l in 1..=n_layer {
-        let w = obj.layer_weights[l - 1];
-        let x = model.final_norm(&hs[l])?.reshape((n, d))?;
+    for (h, &w) in hs[1..].iter().zip(&obj.layer_weights) {
+        let x = model.final_norm(h)?.reshape((n, d))?;
         if w != 0.0 {
             let z = x.detach();
             let (ce, g) = head_loss(&z, &head, targets, Some(w * grad_scale))?;

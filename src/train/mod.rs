@@ -3,6 +3,7 @@
 pub mod config;
 pub mod data;
 pub mod events;
+pub mod follow;
 pub mod job;
 pub mod loss;
 pub mod optim;

@@ -29,6 +29,17 @@ pub struct TrainState {
     pub tokens_seen: u64,
     pub elapsed_secs: f64,
     pub config: TrainConfig,
+    /// Which trainer wrote this state: "alignscope", or "torch" for scripts/torch/train.py
+    /// (which also records its own details under a `torch` key that this struct ignores).
+    /// States from before the field existed were all written by alignscope.
+    #[serde(default = "default_engine")]
+    pub engine: String,
+}
+
+pub const ENGINE: &str = "alignscope";
+
+fn default_engine() -> String {
+    ENGINE.to_string()
 }
 
 /// Whether `dir` holds a run that `train --resume` can continue.
@@ -53,6 +64,21 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(anyhow!("cannot read {}: {e}", dir.join(METRICS_FILE).display())),
     }
+}
+
+/// The metrics lines of steps up to `step`: the history a resume from that step continues.
+/// The PyTorch trainer appends lines live between saves, so a run killed after its last
+/// save holds lines past it (and perhaps one cut short); those are dropped.
+pub fn read_metrics_upto(dir: &Path, step: usize) -> Result<Vec<String>> {
+    Ok(read_metrics(dir)?
+        .into_iter()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step as u64)
+        })
+        .collect())
 }
 
 /// Restores the optimizer's moments and step from a checkpoint folder.
@@ -91,6 +117,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let cb = CString::new(b.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // RENAME_EXCHANGE = 2: swap both names atomically.
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), 2u32) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
@@ -98,6 +125,40 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Files a save writes (or, for another engine's live status and stop request, must not
+/// keep); every other regular file of the folder is carried into the new save.
+const OWNED: [&str; 9] = [
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    STATE_FILE,
+    OPTIMIZER_FILE,
+    METRICS_FILE,
+    "run_status.json",
+    "stop",
+];
+
+/// Hard-links the files of `dir` that a save does not write (a launcher's train.log, notes)
+/// into the new checkpoint `tmp`: a process still appending to one keeps writing into the
+/// run, and nothing a user put there is lost when the folder is swapped.
+fn carry_over(dir: &Path, tmp: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        let is_shard = n.starts_with("model-") && n.ends_with(".safetensors");
+        if n.starts_with('.') || OWNED.contains(&n.as_ref()) || is_shard || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let to = tmp.join(&name);
+        if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).with_context(|| format!("cannot carry {} into the new checkpoint", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Everything a save writes.
@@ -134,6 +195,7 @@ pub fn save_checkpoint(dir: &Path, c: &SaveContents) -> Result<()> {
     metrics.push('\n');
     write_synced(&tmp.join(METRICS_FILE), metrics.as_bytes())?;
     write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(c.state)?.as_bytes())?;
+    carry_over(dir, &tmp)?;
     sync_dir(&tmp)?;
     if !dir.exists() {
         std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;

@@ -51,13 +51,13 @@ impl Trainable {
     }
 }
 
-/// The objective of a loss kind at a given step.
-pub fn objective_for(kind: super::LossKind, aligned_step: bool, n_layer: usize, beta: f64, monitor: usize) -> Objective {
+/// What one step optimizes when its loss is `kind` (see [`super::TrainConfig::objective_at`]).
+pub fn objective_for(kind: super::LossKind, n_layer: usize, beta: f64, monitor: usize) -> Objective {
     use super::LossKind::*;
     let (layer_weights, cos_beta) = match kind {
-        Aligned if aligned_step => (aligned_weights(n_layer), 0.0),
+        Aligned => (aligned_weights(n_layer), 0.0),
         CeReg => (standard_weights(n_layer), beta),
-        _ => (standard_weights(n_layer), 0.0),
+        Standard => (standard_weights(n_layer), 0.0),
     };
     Objective { layer_weights, cos_beta, monitor_positions: monitor }
 }

@@ -1,21 +1,23 @@
 //! The explorer's state and its one `update`. Keys become [`Action`]s through the keymap;
 //! worker replies and training events are folded in; every change that needs the model is
-//! returned as an [`Effect`] for the runtime to carry out. Nothing here blocks or touches
-//! the model, so the state can be driven and checked without a terminal.
+//! returned as an [`Effect`] for the runtime to carry out. Nothing here touches the model
+//! or waits for a worker (the only system calls are quick file checks on a path the user
+//! typed or a run being reloaded), so the state can be driven and checked without a
+//! terminal.
 //!
 //! Scrubbing (layer and position keys) only changes indices into the analysis that was
 //! computed once per prompt with the lens at every position.
 
+use super::column::{Column, EvalState, Folded};
+use super::input::remember;
+use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::text::TextField;
 use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
+use super::view::{SimMetric, View};
 use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
-use crate::analysis::eval::EvalReport;
-use crate::analysis::generate::{Sampling, StopReason};
-use crate::analysis::inspect::PromptAnalysis;
+use crate::analysis::generate::Sampling;
 use crate::train::{TrainConfig, TrainEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,174 +34,6 @@ pub const EVAL_CHUNKS: usize = 24;
 /// Scrubbing through the generation view starts a generation only once the layer rests.
 pub const GEN_DEBOUNCE: Duration = Duration::from_millis(150);
 pub const TOP_P: f64 = 0.9;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum View {
-    Similarity,
-    Predictions,
-    Generation,
-    Metrics,
-    Training,
-}
-
-impl View {
-    pub const ALL: [View; 5] = [View::Similarity, View::Predictions, View::Generation, View::Metrics, View::Training];
-
-    pub fn title(&self) -> &'static str {
-        match self {
-            View::Similarity => "Similarity",
-            View::Predictions => "Predictions",
-            View::Generation => "Generation",
-            View::Metrics => "Layer metrics",
-            View::Training => "Training",
-        }
-    }
-
-    pub fn index(&self) -> usize {
-        View::ALL.iter().position(|v| v == self).unwrap()
-    }
-}
-
-/// Which layer-similarity matrix the heatmaps show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimMetric {
-    CenteredCos,
-    RawCos,
-    Cka,
-}
-
-impl SimMetric {
-    pub fn label(&self) -> &'static str {
-        match self {
-            SimMetric::CenteredCos => "centered COS",
-            SimMetric::RawCos => "raw COS",
-            SimMetric::Cka => "linear CKA",
-        }
-    }
-
-    fn next(self) -> Self {
-        match self {
-            SimMetric::CenteredCos => SimMetric::RawCos,
-            SimMetric::RawCos => SimMetric::Cka,
-            SimMetric::Cka => SimMetric::CenteredCos,
-        }
-    }
-
-    pub fn matrix<'a>(&self, a: &'a PromptAnalysis) -> &'a [Vec<f64>] {
-        match self {
-            SimMetric::CenteredCos => &a.cos,
-            SimMetric::RawCos => &a.cos_raw,
-            SimMetric::Cka => &a.cka,
-        }
-    }
-}
-
-/// The continuation generated from one exit layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerOutput {
-    pub text: String,
-    pub tokens: usize,
-    /// `None` while it is still streaming.
-    pub stop: Option<StopReason>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvalState {
-    NotStarted,
-    Running { done: usize, total: usize },
-    Done { report: EvalReport, data: PathBuf },
-    Failed(String),
-}
-
-/// One checkpoint shown in a column (A, B), and what its worker has answered.
-#[derive(Debug, Clone)]
-pub struct Column {
-    pub worker: u64,
-    /// `None` while the checkpoint loads.
-    pub info: Option<ModelInfo>,
-    /// What was asked for when loading (a name or a path).
-    pub spec: String,
-    pub analysis: Option<PromptAnalysis>,
-    pub analysis_req: u64,
-    pub analyzing: bool,
-    pub gen_req: u64,
-    pub generating: bool,
-    /// The last exit layer of the running generation request.
-    pub gen_last_layer: usize,
-    /// Continuations of the current prompt and sampling, by exit layer.
-    pub outputs: BTreeMap<usize, LayerOutput>,
-    pub eval_req: u64,
-    pub eval: EvalState,
-    /// The last engine error of this column, shown in its panels.
-    pub error: Option<String>,
-}
-
-impl Column {
-    pub fn new(worker: u64, spec: &str, info: Option<ModelInfo>) -> Self {
-        Self {
-            worker,
-            info,
-            spec: spec.to_string(),
-            analysis: None,
-            analysis_req: 0,
-            analyzing: false,
-            gen_req: 0,
-            generating: false,
-            gen_last_layer: 0,
-            outputs: BTreeMap::new(),
-            eval_req: 0,
-            eval: EvalState::NotStarted,
-            error: None,
-        }
-    }
-
-    /// The checkpoint as it was asked for (a name, a path or a hub id).
-    pub fn name(&self) -> &str {
-        self.info.as_ref().map_or(self.spec.as_str(), |i| i.name.as_str())
-    }
-
-    /// The name for titles: the last component of a path (`tests/fixtures/tiny-gpt2` →
-    /// `tiny-gpt2`), a name or hub id as it is.
-    pub fn short_name(&self) -> &str {
-        self.info.as_ref().map_or(self.spec.as_str(), |i| i.short_name.as_str())
-    }
-
-    pub fn n_layer(&self) -> usize {
-        self.info.as_ref().map_or(0, |i| i.n_layer)
-    }
-
-    pub fn loading(&self) -> bool {
-        self.info.is_none()
-    }
-
-    /// The layer this column shows when the explorer is at `layer` (a shallower model
-    /// stops at its last layer).
-    pub fn layer_at(&self, layer: usize) -> usize {
-        layer.min(self.n_layer())
-    }
-
-    pub fn position_at(&self, position: usize) -> usize {
-        match &self.analysis {
-            Some(a) => position.min(a.input_ids.len().saturating_sub(1)),
-            None => position,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputPurpose {
-    Prompt,
-    EvalFile,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputLine {
-    pub purpose: InputPurpose,
-    pub field: TextField,
-    /// Position in the history while browsing it (`None`: the draft being typed).
-    pub history_pos: Option<usize>,
-    pub draft: String,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
@@ -418,19 +252,8 @@ impl App {
             return self.update(action, now);
         }
         match &mut self.mode {
-            Mode::Input(line) => {
-                if line.field.edit(&key) {
-                    line.history_pos = None;
-                }
-            }
-            Mode::TrainMenu(menu) => {
-                let f = menu.selected_field();
-                if let Some(t) = menu.text_mut(f) {
-                    if t.edit(&key) {
-                        menu.error = None;
-                    }
-                }
-            }
+            Mode::Input(line) => line.edit(&key),
+            Mode::TrainMenu(menu) => menu.edit(&key),
             _ => {}
         }
         vec![]
@@ -463,8 +286,8 @@ impl App {
             Action::LayerLast => self.set_layer(self.max_layer(), now),
             Action::PositionPrev => self.position = self.position.saturating_sub(1),
             Action::PositionNext => self.position = (self.position + 1).min(self.n_positions().saturating_sub(1)),
-            Action::NextView => fx.extend(self.show_view(View::ALL[(self.view.index() + 1) % View::ALL.len()], now)),
-            Action::PrevView => fx.extend(self.show_view(View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()], now)),
+            Action::NextView => fx.extend(self.show_view(self.view.next(), now)),
+            Action::PrevView => fx.extend(self.show_view(self.view.previous(), now)),
             Action::ShowView(v) => fx.extend(self.show_view(v, now)),
             Action::EditPrompt => self.open_input(InputPurpose::Prompt),
             Action::EditEvalFile => self.open_input(InputPurpose::EvalFile),
@@ -660,7 +483,7 @@ impl App {
             InputPurpose::Prompt => self.prompt.clone(),
             InputPurpose::EvalFile => self.eval_data.display().to_string(),
         };
-        self.mode = Mode::Input(InputLine { purpose, field: TextField::new(&text), history_pos: None, draft: String::new() });
+        self.mode = Mode::Input(InputLine::new(purpose, &text));
     }
 
     fn browse_history(&mut self, delta: isize) {
@@ -669,26 +492,7 @@ impl App {
             InputPurpose::Prompt => &self.prompt_history,
             InputPurpose::EvalFile => &self.eval_history,
         };
-        if history.is_empty() {
-            return;
-        }
-        let next = match (line.history_pos, delta < 0) {
-            (None, true) => {
-                line.draft = line.field.text.clone();
-                Some(history.len() - 1)
-            }
-            (None, false) => None,
-            (Some(0), true) => Some(0),
-            (Some(p), true) => Some(p - 1),
-            (Some(p), false) if p + 1 < history.len() => Some(p + 1),
-            (Some(_), false) => None,
-        };
-        line.history_pos = next;
-        let text = match next {
-            Some(p) => history[p].clone(),
-            None => line.draft.clone(),
-        };
-        line.field.set(&text);
+        line.browse(history, delta);
     }
 
     fn submit(&mut self, now: Instant) -> Vec<Effect> {
@@ -699,12 +503,7 @@ impl App {
                     InputPurpose::Prompt => {
                         if text.trim().is_empty() {
                             self.say("the prompt is empty: type some text, Enter runs it", true);
-                            self.mode = Mode::Input(InputLine {
-                                purpose: InputPurpose::Prompt,
-                                field: TextField::new(&text),
-                                history_pos: None,
-                                draft: String::new(),
-                            });
+                            self.mode = Mode::Input(InputLine::new(InputPurpose::Prompt, &text));
                             return vec![];
                         }
                         remember(&mut self.prompt_history, &text);
@@ -797,108 +596,30 @@ impl App {
         let Some(i) = self.columns.iter().position(|c| c.worker == worker) else {
             return vec![]; // a worker that was replaced
         };
-        let tag = column_tag(i);
-        let mut fx = Vec::new();
-        match reply {
-            WorkerReply::Loaded(info) => {
-                let c = &mut self.columns[i];
-                c.spec = info.name.clone();
-                c.info = Some(info);
-                c.error = None;
+        match self.columns[i].fold(reply) {
+            Folded::Quiet => vec![],
+            Folded::Loaded => {
                 self.layer = self.layer.min(self.max_layer());
-                self.say(format!("loaded {} into {tag}", self.columns[i].name()), false);
-                fx.extend(self.analyze_column(i));
+                self.say(format!("loaded {} into {}", self.columns[i].name(), column_tag(i)), false);
+                let mut fx = self.analyze_column(i);
                 if self.view == View::Metrics {
                     fx.extend(self.start_eval(false));
                 }
+                fx
             }
-            WorkerReply::LoadFailed(e) => {
-                self.say(format!("{tag}: {e}"), true);
-                self.columns[i].error = Some(e);
-                // Keep the column so the user sees what failed; it answers nothing.
-                self.columns[i].info = None;
-                self.columns[i].spec = format!("{} (failed)", self.columns[i].spec);
-                self.columns[i].analyzing = false;
+            Folded::Analyzed => {
+                // Point at the last token, where the next-token prediction is.
+                self.position = self.n_positions().saturating_sub(1);
+                if self.view == View::Generation {
+                    self.gen_due = Some(now);
+                }
+                vec![]
             }
-            WorkerReply::Analysis { req, result } => {
-                let c = &mut self.columns[i];
-                if req != c.analysis_req {
-                    return vec![];
-                }
-                c.analyzing = false;
-                match result {
-                    Ok(a) => {
-                        c.analysis = Some(a);
-                        c.outputs.clear();
-                        c.error = None;
-                        // Point at the last token, where the next-token prediction is.
-                        self.position = self.n_positions().saturating_sub(1);
-                        if self.view == View::Generation {
-                            self.gen_due = Some(now);
-                        }
-                    }
-                    Err(e) => {
-                        c.error = Some(e.clone());
-                        self.say(format!("{tag}: {e}"), true);
-                    }
-                }
-            }
-            WorkerReply::Token { req, layer, text, tokens } => {
-                let c = &mut self.columns[i];
-                if req == c.gen_req {
-                    c.outputs.insert(layer, LayerOutput { text, tokens, stop: None });
-                }
-            }
-            WorkerReply::LayerDone { req, layer, text, tokens, stop } => {
-                let c = &mut self.columns[i];
-                if req == c.gen_req {
-                    c.outputs.insert(layer, LayerOutput { text, tokens, stop: Some(stop) });
-                    if layer == c.gen_last_layer {
-                        c.generating = false;
-                    }
-                }
-            }
-            WorkerReply::GenerateFailed { req, message } => {
-                let c = &mut self.columns[i];
-                if req == c.gen_req {
-                    c.generating = false;
-                    self.say(format!("{tag}: {message}"), true);
-                }
-            }
-            WorkerReply::Crashed { req, message } => {
-                let c = &mut self.columns[i];
-                if req == c.analysis_req {
-                    c.analyzing = false;
-                    c.error = Some(message.clone());
-                }
-                if req == c.gen_req {
-                    c.generating = false;
-                }
-                if req == c.eval_req && matches!(c.eval, EvalState::Running { .. }) {
-                    c.eval = EvalState::Failed(message.clone());
-                }
-                self.say(format!("{tag}: {message}"), true);
-            }
-            WorkerReply::EvalProgress { req, done, total } => {
-                let c = &mut self.columns[i];
-                if req == c.eval_req {
-                    c.eval = EvalState::Running { done, total };
-                }
-            }
-            WorkerReply::EvalDone { req, data, result } => {
-                let c = &mut self.columns[i];
-                if req == c.eval_req {
-                    match result {
-                        Ok(report) => c.eval = EvalState::Done { report, data },
-                        Err(e) => {
-                            c.eval = EvalState::Failed(e.clone());
-                            self.say(format!("{tag}: {e}"), true);
-                        }
-                    }
-                }
+            Folded::Failed(e) => {
+                self.say(format!("{}: {e}", column_tag(i)), true);
+                vec![]
             }
         }
-        fx
     }
 
     /// Folds a training event in.
@@ -929,14 +650,6 @@ impl App {
 /// "A", "B".
 pub fn column_tag(i: usize) -> &'static str {
     ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
-}
-
-fn remember(history: &mut Vec<String>, entry: &str) {
-    history.retain(|h| h != entry);
-    history.push(entry.to_string());
-    if history.len() > 100 {
-        history.remove(0);
-    }
 }
 
 fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {

@@ -13,7 +13,8 @@ pub enum Event {
     /// A reply from the model worker with this id.
     Worker {
         worker: u64,
-        reply: WorkerReply,
+        // Boxed: a reply can carry a whole analysis, and the channel holds many keys.
+        reply: Box<WorkerReply>,
     },
     /// The terminal input could not be read: the UI has to stop.
     InputFailed(String),

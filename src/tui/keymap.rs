@@ -1,7 +1,7 @@
 //! Every key binding, in one table. The footer hints, the help screen and the README key
 //! table are all generated from [`BINDINGS`], so they never drift from what the keys do.
 
-use super::app::View;
+use super::view::View;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 /// What a key asks for. The app's `update` matches on these, and only these.

@@ -6,13 +6,17 @@
 //! this thread.
 
 pub mod app;
+pub mod column;
 pub mod event;
+pub mod headless;
+pub mod input;
 pub mod keymap;
 pub mod panels;
 pub mod text;
 pub mod theme;
 pub mod train;
 pub mod ui;
+pub mod view;
 pub mod worker;
 
 mod training_job;
@@ -83,13 +87,13 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     event::spawn_input_reader(tx);
     let result = event_loop(&mut term, &mut app, &mut runtime, &rx, &theme);
     leave_terminal();
-    if let Some(job) = &runtime.job {
-        if job.is_running() {
-            // Quitting while a run trains: save what it has (the job saves on stop).
-            job.stop();
-            eprintln!("stopping the training run (saving a checkpoint)…");
-            job.wait();
-        }
+    if let Some(job) = &runtime.job
+        && job.is_running()
+    {
+        // Quitting while a run trains: save what it has (the job saves on stop).
+        job.stop();
+        eprintln!("stopping the training run (saving a checkpoint)…");
+        job.wait();
     }
     result
 }
@@ -168,7 +172,7 @@ fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
     let fx = match ev {
         Event::Key(k) => app.handle_key(k, now),
         Event::Resize => vec![],
-        Event::Worker { worker, reply } => app.on_worker(worker, reply, now),
+        Event::Worker { worker, reply } => app.on_worker(worker, *reply, now),
         Event::InputFailed(e) => bail!("cannot read the terminal: {e}"),
     };
     rt.apply(app, fx);

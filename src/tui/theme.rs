@@ -211,6 +211,16 @@ impl Theme {
         Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED)
     }
 
+    /// The background that marks the selected row and column of a grid (the layer and the
+    /// position the explorer is at).
+    pub fn crosshair(&self) -> Style {
+        match self.depth {
+            ColorDepth::Mono => Style::new(),
+            ColorDepth::Ansi16 => Style::new().bg(Color::DarkGray),
+            _ => Style::new().bg(Color::Indexed(237)),
+        }
+    }
+
     pub fn border(&self) -> Style {
         self.dim()
     }

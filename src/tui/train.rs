@@ -165,6 +165,16 @@ impl TrainMenu {
         }
     }
 
+    /// Applies an editing key to the selected text field; an edit clears the error.
+    pub fn edit(&mut self, key: &ratatui::crossterm::event::KeyEvent) {
+        let f = self.selected_field();
+        if let Some(t) = self.text_mut(f)
+            && t.edit(key)
+        {
+            self.error = None;
+        }
+    }
+
     pub fn move_field(&mut self, delta: isize) {
         let n = self.fields().len() as isize;
         self.selected = (self.selected as isize + delta).rem_euclid(n) as usize;
@@ -275,9 +285,9 @@ pub struct TrainingState {
     pub out: Option<PathBuf>,
     pub n_layer: usize,
     pub last: Option<StepMetrics>,
-    /// (step, loss) of every step, one curve per objective ("aligned", "standard"): the
+    /// (step, loss) of every step, one curve per objective (aligned, standard): the
     /// aligned recipe alternates them, and their values are not comparable.
-    pub loss_curves: Vec<(String, Vec<(f64, f64)>)>,
+    pub loss_curves: Vec<(LossKind, Vec<(f64, f64)>)>,
     /// (step, CE) per layer 1..=L (index 0 = layer 1).
     pub layer_curves: Vec<Vec<(f64, f64)>>,
     pub last_eval: Option<EvalMetrics>,
@@ -337,7 +347,7 @@ impl TrainingState {
                 let s = m.step as f64;
                 match self.loss_curves.iter_mut().find(|(o, _)| *o == m.objective) {
                     Some((_, c)) => c.push((s, m.loss)),
-                    None => self.loss_curves.push((m.objective.clone(), vec![(s, m.loss)])),
+                    None => self.loss_curves.push((m.objective, vec![(s, m.loss)])),
                 }
                 if self.layer_curves.len() < m.layer_losses.len() {
                     self.layer_curves.resize(m.layer_losses.len(), vec![]);
@@ -421,12 +431,12 @@ mod tests {
         let mut t = TrainingState::starting("run".into());
         t.apply(TrainEvent::Started { start_step: 0, total_steps: 4, out: PathBuf::from("o"), n_layer: 2 });
         for step in 1..=4 {
-            let objective = if step % 2 == 1 { "aligned" } else { "standard" };
+            let objective = if step % 2 == 1 { LossKind::Aligned } else { LossKind::Standard };
             t.apply(TrainEvent::Progress(StepMetrics {
                 step,
                 total_steps: 4,
                 loss: 1.0,
-                objective: objective.into(),
+                objective,
                 layer_losses: vec![2.0, 1.0],
                 lr: 1e-4,
                 grad_norm: 1.0,

@@ -5,7 +5,7 @@ use super::app::App;
 use super::train::MenuDefaults;
 use crate::model::checkpoint::resolve;
 use crate::paths::local_checkpoints;
-use crate::train::job::{RunPlan, TrainJob};
+use crate::train::job::TrainJob;
 use crate::train::{TrainConfig, TrainEvent};
 use anyhow::Result;
 use candle_core::Device;
@@ -19,11 +19,11 @@ pub struct Job {
 
 impl Job {
     pub fn start(config: TrainConfig, device: &Device) -> Result<Job> {
-        Ok(Job { job: TrainJob::spawn(RunPlan::New(config), device.clone(), None) })
+        Ok(Job { job: TrainJob::start(config, device) })
     }
 
     pub fn resume(dir: PathBuf, steps: Option<usize>, device: &Device) -> Result<Job> {
-        Ok(Job { job: TrainJob::spawn(RunPlan::Resume { dir, steps }, device.clone(), None) })
+        Ok(Job { job: TrainJob::resume(dir, steps, device) })
     }
 
     /// Asks the run to save and stop; its events say when it has.

@@ -2,10 +2,12 @@
 //! active view, the status line and the footer of key hints; overlays on top. Reads the
 //! state only.
 
-use super::app::{App, InputPurpose, Mode, View, column_tag};
+use super::app::{App, Mode, column_tag};
+use super::input::InputPurpose;
 use super::keymap::footer_hints;
 use super::panels::{self, clip, show_token, spinner, text_width};
 use super::theme::Theme;
+use super::view::View;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Position};
 use ratatui::style::{Modifier, Style};
@@ -65,12 +67,7 @@ fn tab_line<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
     let short = width < 100;
     let mut spans = Vec::new();
     for (i, v) in View::ALL.iter().enumerate() {
-        let name = match (v, short) {
-            (View::Metrics, true) => "Metrics",
-            (View::Predictions, true) => "Predict",
-            (View::Similarity, true) => "Similar",
-            _ => v.title(),
-        };
+        let name = if short { v.short_title() } else { v.title() };
         let style = if *v == app.view { theme.tab_active() } else { Style::new() };
         spans.push(Span::styled(format!(" {} {name} ", i + 1), style));
     }

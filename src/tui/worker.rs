@@ -173,7 +173,7 @@ fn same_kind(a: &WorkerCommand, b: &WorkerCommand) -> bool {
 
 impl Worker {
     fn reply(&self, reply: WorkerReply) -> bool {
-        self.events.send(Event::Worker { worker: self.id, reply }).is_ok()
+        self.events.send(Event::Worker { worker: self.id, reply: Box::new(reply) }).is_ok()
     }
 
     fn run(mut self, rx: Receiver<(u64, WorkerCommand)>) {
@@ -221,7 +221,7 @@ impl Worker {
                 thread::Builder::new()
                     .name(format!("eval-{id}"))
                     .spawn(move || {
-                        let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                        let mut emit = |reply| events.send(Event::Worker { worker: id, reply: Box::new(reply) }).is_ok();
                         let stale = || current.load(Ordering::SeqCst) != epoch;
                         guarded(&copy, &cmd, &mut emit, &stale);
                     })
@@ -231,7 +231,7 @@ impl Worker {
             cmd => {
                 let events = &self.events;
                 let id = self.id;
-                let mut emit = |reply| events.send(Event::Worker { worker: id, reply }).is_ok();
+                let mut emit = |reply| events.send(Event::Worker { worker: id, reply: Box::new(reply) }).is_ok();
                 let stale = || self.epoch.load(Ordering::SeqCst) != epoch;
                 guarded(ck, &cmd, &mut emit, &stale)
             }
@@ -275,16 +275,15 @@ pub fn execute(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(Worker
                     return true;
                 }
                 let opts = GenerateOptions { exit_layer: layer, max_new_tokens: *max_new_tokens, sampling: *sampling, eos };
-                let mut ids: Vec<u32> = Vec::new();
+                let mut stream = crate::analysis::TextStream::new(&ck.tokenizer);
                 let mut gone = false;
                 let result = generate(&ck.model, prompt_ids, &opts, |t| {
                     if stale() {
                         return ControlFlow::Break(());
                     }
-                    ids.push(t);
-                    let text = crate::analysis::decode(&ck.tokenizer, &ids);
-                    // A token can end inside a multi-byte character: wait for the rest.
-                    if !text.ends_with('\u{FFFD}') && !emit(WorkerReply::Token { req, layer, text, tokens: ids.len() }) {
+                    if let Some(text) = stream.push(t)
+                        && !emit(WorkerReply::Token { req, layer, text, tokens: stream.len() })
+                    {
                         gone = true;
                         return ControlFlow::Break(());
                     }

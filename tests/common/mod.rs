@@ -56,3 +56,8 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     }
     assert!(worst <= tol, "{what}: max abs error {worst:e} at {at} (got {}, want {}) exceeds {tol:e}", got[at], want[at]);
 }
+
+/// Every entry of a similarity matrix or per-layer array, which must all be defined.
+pub fn defined<'a>(values: impl IntoIterator<Item = &'a Option<f64>>) -> Vec<f64> {
+    values.into_iter().map(|v| v.expect("a defined value")).collect()
+}

@@ -4,7 +4,8 @@
 
 use super::{clip, column_placeholder, column_title, columns, message, panel, show_token, spinner};
 use crate::analysis::generate::StopReason;
-use crate::tui::app::{App, LayerOutput};
+use crate::tui::app::App;
+use crate::tui::column::LayerOutput;
 use crate::tui::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::Rect;

@@ -4,7 +4,8 @@
 
 use super::{clip, panel, spinner};
 use crate::analysis::eval::EvalReport;
-use crate::tui::app::{App, EvalState, column_tag};
+use crate::tui::app::{App, column_tag};
+use crate::tui::column::EvalState;
 use crate::tui::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -31,12 +32,13 @@ impl Metric {
         }
     }
 
-    /// The plotted value (perplexity on a log10 scale).
+    /// The plotted value (perplexity on a log10 scale); NaN where undefined, which the
+    /// chart leaves out.
     fn values(&self, r: &EvalReport) -> Vec<f64> {
         match self {
             Metric::Accuracy => r.acc.iter().map(|a| a * 100.0).collect(),
             Metric::Perplexity => r.ppl.iter().map(|p| p.max(1.0).log10()).collect(),
-            Metric::CosLast => r.cos_last.clone(),
+            Metric::CosLast => r.cos_last.iter().map(|c| c.unwrap_or(f64::NAN)).collect(),
         }
     }
 }
@@ -97,7 +99,7 @@ fn bounds(values: &[Vec<f64>], m: Metric) -> [f64; 2] {
         return [0.0, 1.0];
     }
     match m {
-        Metric::Accuracy => [0.0, (hi * 1.1).max(1.0).min(100.0)],
+        Metric::Accuracy => [0.0, (hi * 1.1).clamp(1.0, 100.0)],
         Metric::Perplexity => [lo.floor().max(0.0), hi.ceil().max(lo.floor() + 1.0)],
         Metric::CosLast => [lo.min(0.0), 1.0],
     }
@@ -130,8 +132,10 @@ fn draw_chart(app: &App, reports: &[Option<&EvalReport>], m: Metric, theme: &The
     }
     let y = bounds(&values, m);
     let x_max = app.max_layer().max(1) as f64;
-    let points: Vec<Vec<(f64, f64)>> =
-        values.iter().map(|v| v.iter().enumerate().map(|(l, &val)| (l as f64, val.clamp(y[0], y[1]))).collect()).collect();
+    let points: Vec<Vec<(f64, f64)>> = values
+        .iter()
+        .map(|v| v.iter().enumerate().filter(|(_, val)| !val.is_nan()).map(|(l, &val)| (l as f64, val.clamp(y[0], y[1]))).collect())
+        .collect();
     let cursor = [(app.layer as f64, y[0]), (app.layer as f64, y[1])];
     let depth_points: Vec<Vec<(f64, f64)>> = reports
         .iter()
@@ -174,7 +178,8 @@ fn table_row<'a>(app: &App, i: usize, theme: &Theme, width: usize) -> Line<'a> {
                 Some(d) => format!("95% of best acc at L{d}"),
                 None => "no layer reaches 95% of best".to_string(),
             };
-            format!("L{l:<2} acc {:>5.1}%  ppl {:>8.1}  COS_last {:>5.2}  │ {depth}", r.acc[l] * 100.0, r.ppl[l], r.cos_last[l])
+            let cos = crate::util::fmt_opt(r.cos_last[l], 5, 2);
+            format!("L{l:<2} acc {:>5.1}%  ppl {:>8.1}  COS_last {cos}  │ {depth}", r.acc[l] * 100.0, r.ppl[l])
         }
         EvalState::Failed(e) => e.clone(),
         EvalState::NotStarted => "not evaluated yet".to_string(),

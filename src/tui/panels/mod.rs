@@ -113,10 +113,10 @@ pub fn message(frame: &mut ratatui::Frame, area: Rect, text: &str, style: ratatu
 /// What a column shows instead of its content while it has none.
 pub fn column_placeholder(app: &super::app::App, i: usize) -> Option<(String, bool)> {
     let c = &app.columns[i];
-    if let Some(e) = &c.error {
-        if c.analysis.is_none() || c.info.is_none() {
-            return Some((e.clone(), true));
-        }
+    if let Some(e) = &c.error
+        && (c.analysis.is_none() || c.info.is_none())
+    {
+        return Some((e.clone(), true));
     }
     if c.loading() {
         return Some(("loading the checkpoint…".into(), false));

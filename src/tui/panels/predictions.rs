@@ -4,10 +4,10 @@
 
 use super::{clip, column_placeholder, column_title, columns, fit, message, panel, show_token};
 use crate::tui::app::{App, TOP_K};
-use crate::tui::theme::{ColorDepth, Theme};
+use crate::tui::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
@@ -17,14 +17,6 @@ const LABEL: usize = 3;
 pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     for (i, r) in columns(area, app.columns.len()).into_iter().enumerate() {
         render_column(app, i, theme, frame, r);
-    }
-}
-
-fn crosshair(theme: &Theme) -> Style {
-    match theme.depth {
-        ColorDepth::Mono => Style::new(),
-        ColorDepth::Ansi16 => Style::new().bg(Color::DarkGray),
-        _ => Style::new().bg(Color::Indexed(237)),
     }
 }
 
@@ -119,7 +111,7 @@ fn grid_lines<'a>(app: &App, i: usize, theme: &Theme, inner: Rect) -> Vec<Line<'
     let rows_fit = (inner.height as usize).saturating_sub(1).max(1);
     let n_rows = a.layers + 1;
     let first_layer = window_start(layer, n_rows, rows_fit);
-    let cross = crosshair(theme);
+    let cross = theme.crosshair();
 
     let mut lines = Vec::new();
     let mut header = vec![Span::raw(" ".repeat(LABEL))];

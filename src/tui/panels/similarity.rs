@@ -3,12 +3,12 @@
 //! Cells are as wide as the screen allows: numbers when there is room, shade glyphs in
 //! two columns (or one) when there is not.
 
-use super::{column_placeholder, column_title, columns, fit, message, panel};
+use super::{column_placeholder, column_title, columns, fit, message, panel, text_width};
 use crate::tui::app::App;
-use crate::tui::theme::{ColorDepth, Theme};
+use crate::tui::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
@@ -31,7 +31,8 @@ enum MapKind {
 
 struct Map<'a> {
     title: Line<'a>,
-    matrix: Vec<Vec<f64>>,
+    /// `None` where the similarity is undefined (centered COS and CKA of one token).
+    matrix: Vec<Vec<Option<f64>>>,
     kind: MapKind,
     /// The layer highlighted (clamped to this matrix).
     layer: usize,
@@ -81,8 +82,9 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
         match (&app.columns[0].analysis, &app.columns[1].analysis) {
             (Some(a), Some(b)) if a.layers == b.layers => {
                 let (ma, mb) = (app.metric.matrix(a), app.metric.matrix(b));
-                let matrix: Vec<Vec<f64>> = ma.iter().zip(mb).map(|(ra, rb)| ra.iter().zip(rb).map(|(x, y)| x - y).collect()).collect();
-                let max = matrix.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+                let matrix: Vec<Vec<Option<f64>>> =
+                    ma.iter().zip(mb).map(|(ra, rb)| ra.iter().zip(rb).map(|(x, y)| Some((*x)? - (*y)?)).collect()).collect();
+                let max = matrix.iter().flatten().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
                 // Round the scale up to a tenth so that the legend reads cleanly.
                 let scale = ((max * 10.0).ceil() / 10.0).max(0.1);
                 diff_scale = Some(scale);
@@ -111,6 +113,10 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     }
 }
 
+/// A profile entry: nothing to show (outer `None`: layer 0 has no previous layer), or a
+/// value that may be undefined (inner `None`).
+type Cell = Option<Option<f64>>;
+
 /// Below the maps when there is room: per layer, similarity to the previous and to the
 /// last layer, and the residual step size ‖h‖/‖Δh‖ into the layer, for each checkpoint.
 fn profile_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
@@ -131,7 +137,7 @@ fn profile_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
         let Some(a) = &c.analysis else { continue };
         let m = app.metric.matrix(a);
         let last = m.len() - 1;
-        let rows: [(&str, Vec<Option<f64>>, usize); 3] = [
+        let rows: [(&str, Vec<Cell>, usize); 3] = [
             ("↔prev", (0..=last).map(|l| (l > 0).then(|| m[l][l - 1])).collect(), 2),
             ("↔last", (0..=last).map(|l| Some(m[l][last])).collect(), 2),
             ("‖h‖/‖Δh‖", (0..=last).map(|l| if l > 0 { a.steps.norm_ratio.get(l - 1).copied() } else { None }).collect(), 1),
@@ -143,8 +149,8 @@ fn profile_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
             ];
             for (l, v) in values.iter().enumerate() {
                 let text = match v {
-                    Some(v) if v.is_finite() => format!("{v:>w$.d$}", w = CELL, d = decimals),
-                    Some(_) => format!("{:>w$}", "∞", w = CELL),
+                    Some(Some(v)) => format!("{v:>w$.d$}", w = CELL, d = decimals),
+                    Some(None) => format!("{:>w$}", "n/a", w = CELL),
                     None => " ".repeat(CELL),
                 };
                 let style = if l == app.layer { theme.title() } else { Style::new() };
@@ -176,14 +182,6 @@ fn short_value(v: f64) -> String {
     }
 }
 
-fn crosshair(theme: &Theme) -> Style {
-    match theme.depth {
-        ColorDepth::Mono => Style::new(),
-        ColorDepth::Ansi16 => Style::new().bg(Color::DarkGray),
-        _ => Style::new().bg(Color::Indexed(237)),
-    }
-}
-
 fn draw_map(m: &Map, theme: &Theme, frame: &mut Frame, area: Rect) {
     let block = panel(m.title.clone(), theme);
     let inner = block.inner(area);
@@ -198,7 +196,7 @@ fn draw_map(m: &Map, theme: &Theme, frame: &mut Frame, area: Rect) {
     let rows_fit = (inner.height as usize).saturating_sub(2).max(1);
     let first = if rows_fit >= n { 0 } else { m.layer.saturating_sub(rows_fit / 2).min(n - rows_fit) };
     let last = (first + rows_fit).min(n);
-    let cross = crosshair(theme);
+    let cross = theme.crosshair();
     let mut lines = Vec::new();
     let mut header = vec![Span::raw(" ".repeat(LABEL))];
     for j in 0..n {
@@ -211,7 +209,13 @@ fn draw_map(m: &Map, theme: &Theme, frame: &mut Frame, area: Rect) {
         let row_style = if i == m.layer { theme.selected() } else { theme.dim() };
         let mut spans = vec![Span::styled(format!("{i:>2}"), row_style), Span::raw(" ")];
         for j in 0..n {
-            let v = m.matrix[i][j];
+            let Some(v) = m.matrix[i][j] else {
+                // Undefined: no colour, and never a number that reads as a similarity.
+                let text = if cw >= 4 { format!("{:>w$}", "n/a", w = cw) } else { "×".repeat(cw) };
+                let style = if i == m.layer || j == m.layer { theme.dim().patch(cross) } else { theme.dim() };
+                spans.push(Span::styled(text, style));
+                continue;
+            };
             let (style, glyph) = match m.kind {
                 MapKind::Similarity => theme.heat(v),
                 MapKind::Difference { scale } => theme.diverging(v / scale),
@@ -236,15 +240,18 @@ fn info_line<'a>(m: &Map, theme: &Theme, width: usize) -> Line<'a> {
     let l = m.layer;
     let last = m.matrix.len() - 1;
     // Rounding noise around zero shows as 0, not as a flickering -0.00.
-    let row: Vec<f64> = m.matrix[l].iter().map(|&v| if v.abs() < 0.005 { 0.0 } else { v }).collect();
+    let value = |j: usize| match m.matrix[l][j] {
+        Some(v) => format!("{:+.2}", if v.abs() < 0.005 { 0.0 } else { v }),
+        None => "n/a".to_string(),
+    };
     let mut parts = Vec::new();
     if l > 0 {
-        parts.push(format!("{l}↔{} {:+.2}", l - 1, row[l - 1]));
+        parts.push(format!("{l}↔{} {}", l - 1, value(l - 1)));
     }
     if l < last {
-        parts.push(format!("{l}↔{} {:+.2}", l + 1, row[l + 1]));
+        parts.push(format!("{l}↔{} {}", l + 1, value(l + 1)));
         if l + 1 < last {
-            parts.push(format!("{l}↔{last} {:+.2}", row[last]));
+            parts.push(format!("{l}↔{last} {}", value(last)));
         }
     }
     if parts.is_empty() {
@@ -271,9 +278,13 @@ fn legend<'a>(app: &App, theme: &Theme, diff_scale: Option<f64>, width: usize) -
         spans.push(Span::raw(format!(" +{s:.1}")));
     }
     let used: usize = spans.iter().map(|s| s.width()).sum();
-    let note = "  (≤0 as ·)";
-    if used + note.len() < width {
+    let undefined =
+        app.columns.iter().filter_map(|c| c.analysis.as_ref()).any(|a| app.metric.matrix(a).iter().flatten().any(Option::is_none));
+    let note = if undefined { "  n/a: undefined for one token (centered features are 0)" } else { "  (≤0 as ·)" };
+    if used + text_width(note) < width {
         spans.push(Span::styled(note, theme.dim()));
+    } else if undefined {
+        spans.push(Span::styled("  n/a: undefined", theme.dim()));
     }
     Line::from(spans)
 }

@@ -1,0 +1,208 @@
+//! One checkpoint shown in a column (A, B): what its worker has answered, and how each
+//! reply is folded into it.
+
+use super::worker::{ModelInfo, WorkerReply};
+use crate::analysis::eval::EvalReport;
+use crate::analysis::generate::StopReason;
+use crate::analysis::inspect::PromptAnalysis;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What the rest of the explorer has to do after a column folded a reply in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    /// Nothing beyond the column's own state.
+    Quiet,
+    /// The checkpoint loaded: analyze the prompt with it.
+    Loaded,
+    /// A fresh analysis of the prompt arrived.
+    Analyzed,
+    /// Something failed; the message belongs on the status line.
+    Failed(String),
+}
+
+/// The continuation generated from one exit layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerOutput {
+    pub text: String,
+    pub tokens: usize,
+    /// `None` while it is still streaming.
+    pub stop: Option<StopReason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalState {
+    NotStarted,
+    Running { done: usize, total: usize },
+    Done { report: EvalReport, data: PathBuf },
+    Failed(String),
+}
+
+/// One checkpoint shown in a column (A, B), and what its worker has answered.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub worker: u64,
+    /// `None` while the checkpoint loads.
+    pub info: Option<ModelInfo>,
+    /// What was asked for when loading (a name or a path).
+    pub spec: String,
+    pub analysis: Option<PromptAnalysis>,
+    pub analysis_req: u64,
+    pub analyzing: bool,
+    pub gen_req: u64,
+    pub generating: bool,
+    /// The last exit layer of the running generation request.
+    pub gen_last_layer: usize,
+    /// Continuations of the current prompt and sampling, by exit layer.
+    pub outputs: BTreeMap<usize, LayerOutput>,
+    pub eval_req: u64,
+    pub eval: EvalState,
+    /// The last engine error of this column, shown in its panels.
+    pub error: Option<String>,
+}
+
+impl Column {
+    pub fn new(worker: u64, spec: &str, info: Option<ModelInfo>) -> Self {
+        Self {
+            worker,
+            info,
+            spec: spec.to_string(),
+            analysis: None,
+            analysis_req: 0,
+            analyzing: false,
+            gen_req: 0,
+            generating: false,
+            gen_last_layer: 0,
+            outputs: BTreeMap::new(),
+            eval_req: 0,
+            eval: EvalState::NotStarted,
+            error: None,
+        }
+    }
+
+    /// The checkpoint as it was asked for (a name, a path or a hub id).
+    pub fn name(&self) -> &str {
+        self.info.as_ref().map_or(self.spec.as_str(), |i| i.name.as_str())
+    }
+
+    /// The name for titles (see [`crate::paths::short_name`]).
+    pub fn short_name(&self) -> String {
+        crate::paths::short_name(self.name())
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.info.as_ref().map_or(0, |i| i.n_layer)
+    }
+
+    pub fn loading(&self) -> bool {
+        self.info.is_none()
+    }
+
+    /// The layer this column shows when the explorer is at `layer` (a shallower model
+    /// stops at its last layer).
+    pub fn layer_at(&self, layer: usize) -> usize {
+        layer.min(self.n_layer())
+    }
+
+    pub fn position_at(&self, position: usize) -> usize {
+        match &self.analysis {
+            Some(a) => position.min(a.input_ids.len().saturating_sub(1)),
+            None => position,
+        }
+    }
+
+    /// Folds a reply of this column's worker in; replies to superseded requests are
+    /// dropped. Returns what the rest of the explorer has to do about it.
+    pub fn fold(&mut self, reply: WorkerReply) -> Folded {
+        match reply {
+            WorkerReply::Loaded(info) => {
+                self.spec = info.name.clone();
+                self.info = Some(info);
+                self.error = None;
+                Folded::Loaded
+            }
+            WorkerReply::LoadFailed(e) => {
+                // Keep the column so the user sees what failed; it answers nothing.
+                self.error = Some(e.clone());
+                self.info = None;
+                self.spec = format!("{} (failed)", self.spec);
+                self.analyzing = false;
+                Folded::Failed(e)
+            }
+            WorkerReply::Analysis { req, result } => {
+                if req != self.analysis_req {
+                    return Folded::Quiet;
+                }
+                self.analyzing = false;
+                match result {
+                    Ok(a) => {
+                        self.analysis = Some(a);
+                        self.outputs.clear();
+                        self.error = None;
+                        Folded::Analyzed
+                    }
+                    Err(e) => {
+                        self.error = Some(e.clone());
+                        Folded::Failed(e)
+                    }
+                }
+            }
+            WorkerReply::Token { req, layer, text, tokens } => {
+                if req == self.gen_req {
+                    self.outputs.insert(layer, LayerOutput { text, tokens, stop: None });
+                }
+                Folded::Quiet
+            }
+            WorkerReply::LayerDone { req, layer, text, tokens, stop } => {
+                if req == self.gen_req {
+                    self.outputs.insert(layer, LayerOutput { text, tokens, stop: Some(stop) });
+                    if layer == self.gen_last_layer {
+                        self.generating = false;
+                    }
+                }
+                Folded::Quiet
+            }
+            WorkerReply::GenerateFailed { req, message } => {
+                if req != self.gen_req {
+                    return Folded::Quiet;
+                }
+                self.generating = false;
+                Folded::Failed(message)
+            }
+            WorkerReply::Crashed { req, message } => {
+                if req == self.analysis_req {
+                    self.analyzing = false;
+                    self.error = Some(message.clone());
+                }
+                if req == self.gen_req {
+                    self.generating = false;
+                }
+                if req == self.eval_req && matches!(self.eval, EvalState::Running { .. }) {
+                    self.eval = EvalState::Failed(message.clone());
+                }
+                Folded::Failed(message)
+            }
+            WorkerReply::EvalProgress { req, done, total } => {
+                if req == self.eval_req {
+                    self.eval = EvalState::Running { done, total };
+                }
+                Folded::Quiet
+            }
+            WorkerReply::EvalDone { req, data, result } => {
+                if req != self.eval_req {
+                    return Folded::Quiet;
+                }
+                match result {
+                    Ok(report) => {
+                        self.eval = EvalState::Done { report, data };
+                        Folded::Quiet
+                    }
+                    Err(e) => {
+                        self.eval = EvalState::Failed(e.clone());
+                        Folded::Failed(e)
+                    }
+                }
+            }
+        }
+    }
+}
