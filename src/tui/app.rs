@@ -12,7 +12,7 @@ use super::column::{Column, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::train::{MenuDefaults, TrainMenu, TrainRequest, TrainingState};
+use super::train::{MenuDefaults, RecipeOffer, TrainMenu, TrainRequest, TrainingState};
 use super::view::{SimMetric, View};
 use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::generate::Sampling;
@@ -137,6 +137,9 @@ pub struct App {
     /// Tenths of a second since the start, set by the event loop: the spinner's frame.
     pub ticks: u64,
     pub should_quit: bool,
+    /// A recipe name that was asked for before it existed: `t` offers it, and the first
+    /// checkpoint its run saves is loaded beside the base.
+    pub recipe: Option<RecipeOffer>,
     next_req: u64,
     next_worker: u64,
 }
@@ -166,6 +169,7 @@ impl App {
             device: opts.device,
             ticks: 0,
             should_quit: false,
+            recipe: None,
             next_req: 1,
             next_worker,
         }
@@ -555,7 +559,25 @@ impl App {
     /// Opens the training menu prefilled with `defaults` (the runtime's answer to
     /// [`Effect::OpenTrainMenu`]).
     pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
-        self.mode = Mode::TrainMenu(Box::new(TrainMenu::new(defaults)));
+        let menu = match &self.recipe {
+            Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults.resumable),
+            _ => TrainMenu::new(defaults),
+        };
+        self.mode = Mode::TrainMenu(Box::new(menu));
+    }
+
+    /// The explorer was opened on a recipe name that is not built yet (column A holds its
+    /// base): the training menu opens prefilled with the recipe, and the status line says
+    /// what is missing and what Enter does. The menu has no ce-reg runs: for those the
+    /// status line gives the command that builds it.
+    pub fn offer_recipe(&mut self, offer: RecipeOffer, resumable: Vec<(String, PathBuf)>) {
+        if offer.config.loss == crate::train::LossKind::CeReg {
+            self.say(format!("{} is not built yet: build it with {}", offer.name, offer.command), false);
+        } else {
+            self.say(offer.status(), false);
+            self.mode = Mode::TrainMenu(Box::new(TrainMenu::for_recipe(&offer, resumable)));
+        }
+        self.recipe = Some(offer);
     }
 
     /// Loads the last saved checkpoint of the run into column A; the checkpoint it was
@@ -622,11 +644,34 @@ impl App {
         }
     }
 
-    /// Folds a training event in.
-    pub fn on_train(&mut self, ev: TrainEvent) {
+    /// Folds a training event in. The first save of an offered recipe's run is loaded
+    /// beside its base at once.
+    pub fn on_train(&mut self, ev: TrainEvent) -> Vec<Effect> {
+        let saved = match &ev {
+            TrainEvent::CheckpointSaved { dir, .. } => Some(dir.clone()),
+            _ => None,
+        };
         if let Some((msg, error)) = self.training.apply(ev) {
             self.say(msg, error);
         }
+        match (saved, &self.recipe) {
+            (Some(dir), Some(offer)) if same_dir(&dir, &offer.config.out) => {
+                self.recipe = None;
+                self.reload_trained()
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A hub download made progress (the base of a run, or its data).
+    pub fn on_download(&mut self, s: &crate::hub::DownloadStatus) {
+        let mb = |b: u64| b as f64 / 1e6;
+        let text = if s.finished {
+            format!("downloaded {} {} ({:.1} MB)", s.repo, s.file, mb(s.total))
+        } else {
+            format!("downloading {} {}: {:.1} of {:.1} MB", s.repo, s.file, mb(s.done), mb(s.total))
+        };
+        self.say(text, false);
     }
 
     /// The runtime could not start the job (or it vanished).

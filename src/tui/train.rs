@@ -81,6 +81,43 @@ pub struct TrainMenu {
     pub eval_data: PathBuf,
     pub selected: usize,
     pub error: Option<String>,
+    /// Why the menu opened by itself (a recipe name that is not built yet).
+    pub note: Option<String>,
+}
+
+/// A recipe name the explorer was asked to open before it exists: the menu offers to
+/// build it, and its first save is loaded beside the base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeOffer {
+    /// The name as given (`gpt2-aligned`).
+    pub name: String,
+    pub base: String,
+    /// Its output as `--out` names it (a checkpoint name or a path).
+    pub out: String,
+    /// The run that builds it (the paper's recipe).
+    pub config: TrainConfig,
+    /// The command line that builds it, for the status line.
+    pub command: String,
+}
+
+impl RecipeOffer {
+    /// What the status line says while the menu waits for Enter.
+    pub fn status(&self) -> String {
+        let c = &self.config;
+        let data: Vec<String> = c.data.iter().map(|p| crate::paths::short_name(&p.to_string_lossy())).collect();
+        format!(
+            "{} is not built yet. Enter trains it: {} fine-tune of {} on {}, {} steps × {} × {} tokens, lr {:e}. Esc explores {}.",
+            self.name,
+            c.loss,
+            self.base,
+            data.join(", "),
+            c.steps,
+            c.batch,
+            c.ctx,
+            c.lr,
+            self.base
+        )
+    }
 }
 
 /// What the menu asks the runtime to do.
@@ -107,6 +144,33 @@ impl TrainMenu {
             eval_data: d.eval_data,
             selected: 0,
             error: None,
+            note: None,
+        }
+    }
+
+    /// The menu prefilled with a recipe's run, ready for Enter.
+    pub fn for_recipe(offer: &RecipeOffer, resumable: Vec<(String, PathBuf)>) -> Self {
+        let c = &offer.config;
+        let kind = if c.loss == LossKind::Standard { RunKind::StandardFinetune } else { RunKind::AlignedFinetune };
+        let base = match &c.init {
+            InitFrom::Checkpoint(b) => b.clone(),
+            InitFrom::Random { .. } => offer.base.clone(),
+        };
+        Self {
+            kind: RunKind::ALL.iter().position(|k| *k == kind).unwrap_or(0),
+            base: TextField::new(&base),
+            output: TextField::new(&offer.out),
+            data: TextField::new(&c.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+            steps: TextField::new(&c.steps.to_string()),
+            lr: TextField::new(&format!("{:e}", c.lr)),
+            batch: TextField::new(&c.batch.to_string()),
+            ctx: TextField::new(&c.ctx.to_string()),
+            run: 0,
+            resumable,
+            eval_data: c.eval_data.first().cloned().unwrap_or_default(),
+            selected: 0,
+            error: None,
+            note: Some(format!("{} is not built yet: Enter trains it with the paper's recipe", offer.name)),
         }
     }
 
@@ -233,7 +297,8 @@ impl TrainMenu {
         if data.is_empty() {
             return Err("Data must list at least one text file or folder".into());
         }
-        if let Some(missing) = data.iter().find(|p| !p.exists()) {
+        // Hub data (hf://...) is listed and fetched when the run starts.
+        if let Some(missing) = data.iter().find(|p| !p.exists() && !p.to_string_lossy().starts_with("hf://")) {
             return Err(format!("Data: {} does not exist", missing.display()));
         }
         let steps: usize = num(&self.steps, "Steps")?;

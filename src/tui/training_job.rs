@@ -2,7 +2,7 @@
 //! from what is on disk. The only place in the TUI that names the job's API.
 
 use super::app::App;
-use super::train::MenuDefaults;
+use super::train::{MenuDefaults, RecipeOffer};
 use crate::model::checkpoint::resolve;
 use crate::paths::local_checkpoints;
 use crate::train::job::TrainJob;
@@ -52,13 +52,7 @@ impl Job {
 /// training texts, the eval text, and the saved runs that can be continued.
 pub fn menu_defaults(app: &App) -> MenuDefaults {
     let a = &app.columns[0];
-    let resumable = local_checkpoints()
-        .into_iter()
-        .filter_map(|name| {
-            let dir = resolve(&name).ok()?;
-            crate::train::save::is_resumable(&dir).then_some((name, dir))
-        })
-        .collect();
+    let resumable = resumable_runs();
     MenuDefaults {
         base: a.name().to_string(),
         n_positions: a.info.as_ref().map_or(crate::model::DEFAULT_CTX, |i| i.n_positions),
@@ -66,4 +60,20 @@ pub fn menu_defaults(app: &App) -> MenuDefaults {
         eval_data: app.eval_data.clone(),
         resumable,
     }
+}
+
+/// What the explorer offers for a recipe name that is not built yet.
+pub fn recipe_offer(r: &crate::train::recipe::Recipe) -> RecipeOffer {
+    RecipeOffer { name: r.spec.clone(), base: r.base.clone(), out: r.out.clone(), config: r.config(), command: r.command() }
+}
+
+/// The saved runs that the menu can continue.
+pub fn resumable_runs() -> Vec<(String, PathBuf)> {
+    local_checkpoints()
+        .into_iter()
+        .filter_map(|name| {
+            let dir = resolve(&name).ok()?;
+            crate::train::save::is_resumable(&dir).then_some((name, dir))
+        })
+        .collect()
 }

@@ -309,10 +309,10 @@ fn check_access(repo_name: &str, data: Option<&RepoData>, auth: Option<&str>) ->
     };
     let Some(data) = data else { return Err(not_found()) };
     let valid_tokens = [PRIVATE_TOKEN, GATED_TOKEN];
-    if let Some(t) = token {
-        if !valid_tokens.contains(&t) {
-            return Err(error(401, None, "Invalid credentials in Authorization header"));
-        }
+    if let Some(t) = token
+        && !valid_tokens.contains(&t)
+    {
+        return Err(error(401, None, "Invalid credentials in Authorization header"));
     }
     match &data.access {
         Access::Public => Ok(()),

@@ -13,14 +13,21 @@ const LABEL: usize = 15;
 pub fn render(menu: &TrainMenu, theme: &Theme, frame: &mut Frame, area: Rect) {
     let fields = menu.fields();
     let w = area.width.saturating_sub(4).min(90);
-    let h = (fields.len() as u16 + 4).min(area.height);
-    let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
     let inner_w = w.saturating_sub(2) as usize;
+    let note = menu.note.as_deref().map(|n| wrap(n, inner_w, 2)).unwrap_or_default();
+    let note_rows = if note.is_empty() { 0 } else { note.len() as u16 + 1 };
+    let h = (fields.len() as u16 + 4 + note_rows).min(area.height);
+    let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
     let value_w = inner_w.saturating_sub(LABEL + 4);
     let selected = menu.selected_field();
     let mut lines = Vec::new();
     let mut cursor = None;
+    if !note.is_empty() {
+        lines.extend(note.into_iter().map(|l| Line::styled(l, theme.title())));
+        lines.push(Line::raw(""));
+    }
     for (row, f) in fields.iter().enumerate() {
+        let row = row + note_rows as usize;
         let is_sel = *f == selected;
         let marker = if is_sel { "▸ " } else { "  " };
         let label = Span::styled(format!("{marker}{:<w$}", f.label(), w = LABEL), if is_sel { theme.title() } else { theme.dim() });
@@ -60,4 +67,23 @@ pub fn render(menu: &TrainMenu, theme: &Theme, frame: &mut Frame, area: Rect) {
     if let Some((x, y)) = cursor {
         frame.set_cursor_position(Position { x: inner.x + x as u16, y: inner.y + y as u16 });
     }
+}
+
+/// Words into at most `max_lines` lines of `width` columns (the last one clipped).
+fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in text.split(' ') {
+        let room = lines.len() < max_lines;
+        let last = lines.last_mut().expect("one line");
+        let used = unicode_width::UnicodeWidthStr::width(last.as_str());
+        if used > 0 && used + 1 + unicode_width::UnicodeWidthStr::width(word) > width && room {
+            lines.push(word.to_string());
+        } else {
+            if used > 0 {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines.into_iter().map(|l| super::clip(&l, width)).collect()
 }
