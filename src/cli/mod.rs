@@ -36,10 +36,12 @@ pub struct Cli {
 /// Options of the explorer (no subcommand).
 #[derive(Args, Debug, Clone)]
 pub struct ExploreArgs {
-    /// Checkpoint to explore: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    /// Checkpoint to explore: a folder, a name under checkpoints/, a hub id (gpt2, ...), or
+    /// a recipe name (gpt2-aligned: its training is offered when it is not built yet)
     #[arg(long, global = false)]
     pub ckpt: Option<String>,
-    /// Second checkpoint shown side by side (default: austen-standard when exploring the default)
+    /// Second checkpoint shown side by side (default: austen-standard beside the default;
+    /// with --ckpt, its -standard/-aligned twin if built, else the base it was trained from)
     #[arg(long)]
     pub compare: Option<String>,
     /// Show a single checkpoint even when the default pair is available
@@ -77,7 +79,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// Checkpoint: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    /// Checkpoint: a folder, a name under checkpoints/, a hub id (gpt2, ...), or a built
+    /// recipe (gpt2-aligned; one not built yet answers with the command that builds it)
     #[arg(long, default_value = DEFAULT_CKPT)]
     pub ckpt: String,
     /// Device: auto, cpu, cuda or cuda:N
