@@ -249,16 +249,18 @@ fn prepare_data(cfg: &TrainConfig, tok: &tokenizers::Tokenizer, eos: u32, ctl: &
             say(format!("tokenizing the training data: {done} of {n} documents"));
         }
     })?;
+    let secs = started.elapsed().as_secs_f64();
     if t.used < t.documents {
         say(format!(
-            "training data: {} tokens from a random {} of its {} documents ({DATA_POOL_FACTOR}× the {} tokens {} steps read), ready in {:.0} s",
+            "training data: {} tokens from a random {} of its {} documents ({DATA_POOL_FACTOR}× the {} tokens {} steps read), ready in {secs:.0} s",
             t.ids.len(),
             t.used,
             t.documents,
             cfg.steps.saturating_mul(window_tokens),
             cfg.steps,
-            started.elapsed().as_secs_f64()
         ));
+    } else {
+        say(format!("training data: {} tokens from all {} documents, ready in {secs:.0} s", t.ids.len(), t.documents));
     }
     let eval_tokens = if held_out.files.is_empty() {
         vec![]
