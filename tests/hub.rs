@@ -204,6 +204,18 @@ fn missing_repositories_and_files() {
 }
 
 #[test]
+fn a_renamed_repository_follows_the_hubs_relative_redirect() {
+    let server = HubServer::start();
+    let sb = Sandbox::new(&server.url);
+    let want = fixture_inspect(&sb);
+    let r = sb.run(&["inspect", "--ckpt", "alignscope-test/old-gpt2", "--prompt", PROMPT, "--json"]).ok("renamed repo");
+    assert_eq!(r.stdout, want);
+    assert!(server.seen().iter().any(|s| s.path == "/openai-community/gpt2/resolve/main/config.json"), "the redirect was followed");
+    // Cached under the name asked for, as huggingface_hub does.
+    assert!(sb.repo_cache("models--alignscope-test--old-gpt2").join("refs/main").is_file());
+}
+
+#[test]
 fn private_and_gated_repositories_need_hf_token() {
     let server = HubServer::start();
     let sb = Sandbox::new(&server.url);
@@ -325,6 +337,12 @@ fn a_hub_dataset_of_parquet_files_as_training_data() {
     assert!(snap.join("wikitext-103-raw-v1/train-00000-of-00001.parquet").is_file());
     assert!(!snap.join("wikitext-103-raw-v1/test-00000-of-00001.parquet").exists(), "only what the run reads is fetched");
 
+    // JSON lines from the hub: the repository's top is a folder named by split.
+    let jsonl = "hf://datasets/alignscope-test/jsonl-texts";
+    let r = sb
+        .run(&["train", "--ckpt", &fixture, "--data", jsonl, "--steps", "1", "--batch", "2", "--ctx", "32", "--out", "j"])
+        .ok("hub jsonl");
+    assert!(r.stderr.contains(&format!("{jsonl}: its train split (1 of 2 files) for training")), "{}", r.stderr);
     // A single file, a glob, and the repository's top (which holds configurations).
     let one = wikitext("wikitext-2-raw-v1/train-00000-of-00001.parquet");
     sb.run(&["train", "--ckpt", &fixture, "--data", &one, "--steps", "1", "--batch", "2", "--ctx", "32", "--out", "one"])

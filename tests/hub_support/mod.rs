@@ -10,6 +10,7 @@
 //!   server, the "CDN", with `X-Linked-Etag` (their sha256) and `X-Linked-Size`, and the
 //!   CDN serves the bytes with ranges (resuming downloads ask for `bytes=N-`);
 //! - `GET /api/{models,datasets}/{repo}/revision/main`: the repo info (`sha`, `siblings`);
+//! - a renamed repository: a 307 with a relative `Location` to its new name;
 //! - errors as the hub words them: `X-Error-Code: RepoNotFound` with 401 for an anonymous
 //!   request (the hub does not say whether a private repo exists) and 404 with a token;
 //!   `GatedRepo` with 401 anonymously and 403 for a token without access; `EntryNotFound`
@@ -32,6 +33,8 @@ use std::time::Duration;
 
 pub const PRIVATE_TOKEN: &str = "hf_test_private_reader";
 pub const GATED_TOKEN: &str = "hf_test_gated_reader";
+/// Repositories that moved: (old id, new id).
+pub const RENAMED: [(&str, &str); 1] = [("alignscope-test/old-gpt2", "openai-community/gpt2")];
 
 #[derive(Clone)]
 pub struct FileData {
@@ -161,6 +164,8 @@ pub fn default_repos() -> Vec<(String, RepoData)> {
     let wt = |split: &str| {
         file(fixture_bytes(&format!("tests/fixtures/wikitext-mini/wikitext-103-raw-v1/{split}-00000-of-00001.parquet")), true)
     };
+    let jsonl = file(fixture_bytes("tests/fixtures/data/pyarrow-rows/train-00000-of-00001.jsonl"), false);
+    let jsonl_val = file(fixture_bytes("tests/fixtures/data/pyarrow-rows/validation-00000-of-00001.jsonl"), false);
     let mut wikitext = vec![("README.md".to_string(), file(b"# wikitext (test copy)\n".to_vec(), false))];
     for config in ["wikitext-103-raw-v1", "wikitext-2-raw-v1"] {
         for split in ["test", "train", "validation"] {
@@ -180,6 +185,10 @@ pub fn default_repos() -> Vec<(String, RepoData)> {
             repo(files(vec![("config.json", &config), ("tokenizer.json", &tokenizer)]), Access::Public),
         ),
         ("datasets/Salesforce/wikitext".into(), repo(wikitext, Access::Public)),
+        (
+            "datasets/alignscope-test/jsonl-texts".into(),
+            repo(files(vec![("train.jsonl", &jsonl), ("validation.jsonl", &jsonl_val)]), Access::Public),
+        ),
     ]
 }
 
@@ -267,6 +276,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         302 => "Found",
+        307 => "Temporary Redirect",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
@@ -380,6 +390,11 @@ fn route(shared: &Shared, cdn: bool, path: &str, range: Option<&str>, auth: Opti
         None => ("models", path.trim_start_matches('/')),
     };
     let Some((repo_name, file_name)) = rest.split_once("/resolve/main/") else { return (error(404, None, "Not found"), None) };
+    // A renamed repository answers with a relative redirect to its new name.
+    if let Some(new_name) = RENAMED.iter().find(|(old, _)| *old == repo_name).map(|(_, new)| new) {
+        let location = format!("/{new_name}/resolve/main/{file_name}");
+        return (Response { status: 307, headers: vec![("Location".into(), location)], body: Arc::new(vec![]), range: None }, None);
+    }
     let key = format!("{kind}/{repo_name}");
     let repos = shared.repos.lock().unwrap();
     let data = repos.get(&key);
