@@ -40,8 +40,12 @@ pub struct BenchArgs {
     /// Training batch size (default: 16 for the 12-layer model, 8 for the fixture)
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Device: cpu, cuda, cuda:N or auto
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Print one JSON object with every measurement instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn project(p: &str) -> PathBuf {
@@ -72,6 +76,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 struct Subject {
+    name: String,
     label: String,
     model: Gpt2,
     tokenizer: tokenizers::Tokenizer,
@@ -81,12 +86,13 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
     match name {
         "fixture" => {
             let ck = Checkpoint::load_dir(&project("tests/fixtures/tiny-gpt2"), device)?;
-            Ok(Subject { label: "fixture (4 layers, d 64, vocab 512)".into(), model: ck.model, tokenizer: ck.tokenizer })
+            Ok(Subject { name: name.into(), label: "fixture (4 layers, d 64, vocab 512)".into(), model: ck.model, tokenizer: ck.tokenizer })
         }
         "gpt2" | "gpt2-124m" => {
             let cfg = Gpt2Config::preset("gpt2").expect("preset");
             let tok = crate::model::checkpoint::load_tokenizer(&project(crate::paths::GPT2_TOKENIZER_DIR))?;
             Ok(Subject {
+                name: name.into(),
                 label: "GPT-2-124M (random weights, 12 layers, d 768, vocab 50257)".into(),
                 model: Gpt2::random(cfg, 0, device)?,
                 tokenizer: tok,
@@ -96,6 +102,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
             let cfg = Gpt2Config::new(12, 128, 4, 4096, 256);
             let tok = crate::model::checkpoint::load_tokenizer(&project("tests/fixtures/tiny-gpt2"))?;
             Ok(Subject {
+                name: name.into(),
                 label: "12 layers, d 128, vocab 4096, ctx 256 (random)".into(),
                 model: Gpt2::random(cfg, 0, device)?,
                 tokenizer: tok,
@@ -105,6 +112,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
             let ck = Checkpoint::open(spec, device)?;
             let c = &ck.model.config;
             Ok(Subject {
+                name: spec.into(),
                 label: format!("{spec} ({} layers, d {}, vocab {})", c.n_layer, c.n_embd, c.vocab_size),
                 model: ck.model,
                 tokenizer: ck.tokenizer,
@@ -121,30 +129,34 @@ fn prompt_ids(s: &Subject, n: usize) -> Result<Vec<u32>> {
     Ok(ids.into_iter().map(|i| i % v).take(n).collect())
 }
 
-fn bench_inference(s: &Subject, a: &BenchArgs) -> Result<()> {
+fn bench_inference(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_json::Value> {
     let m = &s.model;
+    let device = m.device();
     let n_layer = m.n_layer();
     let ids = prompt_ids(s, 64.min(m.config.n_positions))?;
-    println!("{}", s.label);
+    say(&s.label);
     analyze(m, &s.tokenizer, &ids, 5, LensAt::Last)?; // warm-up
     let mut times = vec![];
     for _ in 0..a.reps {
         let t = Instant::now();
         analyze(m, &s.tokenizer, &ids, 5, LensAt::Last)?;
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    println!(
-        "  analysis of a {}-token prompt (all {} layers: residuals, lens top-5, COS, CKA): median {:.1} ms over {} runs",
+    let analysis_ms = 1e3 * median(times);
+    say(&format!(
+        "  analysis of a {}-token prompt (all {} layers: residuals, lens top-5, COS, CKA): median {analysis_ms:.1} ms over {} runs",
         ids.len(),
         n_layer,
-        1e3 * median(times),
         a.reps
-    );
+    ));
+    let mut decode = vec![];
     for exit in [n_layer, n_layer.div_ceil(2)] {
         let opts = GenerateOptions { exit_layer: exit, max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
-        let prompt = &ids[..8];
+        let prompt = &ids[..8.min(ids.len())];
         generate(m, prompt, &GenerateOptions { max_new_tokens: 4, ..opts.clone() }, |_| ControlFlow::Continue(()))?;
-        // Time only the decode steps: from the first generated token to the last.
+        // Time only the decode steps: from the first generated token to the last (each
+        // token is read back to the host to be chosen, so the device is idle at both ends).
         let mut first = None;
         let mut count = 0usize;
         generate(m, prompt, &opts, |_| {
@@ -154,17 +166,36 @@ fn bench_inference(s: &Subject, a: &BenchArgs) -> Result<()> {
             }
             ControlFlow::Continue(())
         })?;
+        if count < 2 {
+            bail!("--decode-tokens must be at least 2 to time a decode step")
+        }
         let secs = first.expect("tokens").elapsed().as_secs_f64();
         let rate = (count - 1) as f64 / secs;
         let weights_mb = exit_weight_bytes(m, exit) as f64 / 1e6;
-        println!(
+        say(&format!(
             "  greedy decode, batch 1, exit layer {exit}/{n_layer}: {rate:.1} tokens/s ({:.1} ms/token; {:.0} MB of weights read per token → {:.1} GB/s)",
             1e3 / rate,
             weights_mb,
             weights_mb * rate / 1e3
-        );
+        ));
+        decode.push(serde_json::json!({
+            "exit_layer": exit,
+            "tokens_per_sec": rate,
+            "ms_per_token": 1e3 / rate,
+            "weights_mb_per_token": weights_mb,
+            "gb_per_sec": weights_mb * rate / 1e3,
+            "tokens": count - 1,
+        }));
     }
-    Ok(())
+    Ok(serde_json::json!({
+        "model": s.name,
+        "label": s.label,
+        "layers": n_layer,
+        "prompt_tokens": ids.len(),
+        "analysis_ms_median": analysis_ms,
+        "analysis_runs": a.reps,
+        "decode": decode,
+    }))
 }
 
 /// Bytes of f32 weights one decode step reads when exiting at `exit`.
@@ -174,12 +205,13 @@ fn exit_weight_bytes(m: &Gpt2, exit: usize) -> usize {
     4 * (exit * per_block + c.vocab_size * c.n_embd)
 }
 
-fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Result<()> {
+fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &dyn Fn(&str)) -> Result<serde_json::Value> {
     let n_layer = s.model.n_layer();
     let ctx = s.model.config.n_positions.min(256);
     let vocab = s.model.config.vocab_size as u32;
-    println!("{}: training, batch {batch} x ctx {ctx}", s.label);
+    say(&format!("{}: training, batch {batch} x ctx {ctx}", s.label));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut losses = vec![];
     for (name, weights) in [("standard", standard_weights(n_layer)), ("aligned", aligned_weights(n_layer))] {
         let t = Trainable::new(s.model.clone())?;
         let mut opt = t.optimizer(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }, true)?;
@@ -196,27 +228,51 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize) -> Resu
         };
         let w = Instant::now();
         train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?; // warm-up
+        device.synchronize()?;
         // At least --train-steps, and at least ~3 s of steps so small models time well.
         let steps = a.train_steps.max((3.0 / w.elapsed().as_secs_f64().max(1e-3)) as usize);
         let (w0, c0) = (Instant::now(), cpu_time());
         for _ in 0..steps {
             train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
         }
+        // The last optimizer update may still be queued on the device.
+        device.synchronize()?;
         let wall = w0.elapsed().as_secs_f64();
         let cpu = match (c0, cpu_time()) {
-            (Some(a), Some(b)) => format!("{:.2} s/step CPU", (b - a) / steps as f64),
-            _ => "CPU time n/a".to_string(),
+            (Some(a), Some(b)) => Some((b - a) / steps as f64),
+            _ => None,
+        };
+        let cpu_text = match cpu {
+            Some(c) => format!("{c:.2} s/step CPU"),
+            None => "CPU time n/a".to_string(),
         };
         let toks = (steps * batch * ctx) as f64;
-        println!("  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {cpu} over {steps} steps)", toks / wall, wall / steps as f64);
+        say(&format!(
+            "  {name:>8} loss: {:.0} tokens/s ({:.2} s/step wall, {cpu_text} over {steps} steps)",
+            toks / wall,
+            wall / steps as f64
+        ));
+        losses.push(serde_json::json!({
+            "loss": name,
+            "tokens_per_sec": toks / wall,
+            "wall_secs_per_step": wall / steps as f64,
+            "cpu_secs_per_step": cpu,
+            "steps": steps,
+        }));
     }
-    Ok(())
+    Ok(serde_json::json!({
+        "model": s.name,
+        "label": s.label,
+        "layers": n_layer,
+        "batch": batch,
+        "ctx": ctx,
+        "losses": losses,
+    }))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::device::parse_device(&a.device)?;
     let threads = candle_core::utils::get_num_threads();
-    println!("alignscope bench · {} · {threads} threads · device {}", std::env::consts::ARCH, crate::model::device::device_name(&device));
     let what = a.what.as_str();
     if !["all", "inference", "train", "tui"].contains(&what) {
         bail!("--what must be inference, train, tui or all")
@@ -224,10 +280,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if what == "tui" {
         return bench_tui(&a);
     }
+    let quiet = a.json;
+    let say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    let device_text = crate::model::device::describe_device(&device);
+    say(&format!("alignscope bench · {} · {threads} threads · device {device_text}", std::env::consts::ARCH));
+    let mut inference = vec![];
+    let mut training = vec![];
     if what != "train" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
         for m in &models {
-            bench_inference(&subject(m, &device)?, &a)?;
+            inference.push(bench_inference(&subject(m, &device)?, &a, &say)?);
         }
     }
     if what != "inference" {
@@ -235,8 +301,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for m in &models {
             let s = subject(m, &device)?;
             let batch = a.batch.unwrap_or(if s.model.config.n_embd >= 128 { 16 } else { 8 });
-            bench_train(s, &a, &device, batch)?;
+            training.push(bench_train(s, &a, &device, batch, &say)?);
         }
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "arch": std::env::consts::ARCH,
+                "cpu_threads": threads,
+                "device": crate::model::device::device_name(&device),
+                "device_detail": device_text,
+                "inference": inference,
+                "training": training,
+            })
+        );
     }
     Ok(())
 }

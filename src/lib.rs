@@ -3,8 +3,8 @@
 //!
 //! The library is the engine, in layers that only point down: `paths`, `util` and `hub`
 //! (policy, process helpers, the Hugging Face hub client) → `corpus` (text data) and
-//! `kernels` → `ops` → `model` → `analysis` → `train`. The command
-//! line (`cli`), the explorer (`tui`) and the benchmarks (`bench`) are its clients.
+//! `kernels` → `ops` → `model` → `analysis` → `train`. The command line (`cli`), the
+//! explorer (`tui`), the figures (`report`) and the benchmarks (`bench`) are its clients.
 pub mod hub;
 pub mod paths;
 pub mod util;
@@ -21,4 +21,5 @@ pub mod train;
 
 pub mod bench;
 pub mod cli;
+pub mod report;
 pub mod tui;

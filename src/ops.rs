@@ -7,11 +7,43 @@
 //! broadcast bias, whose backward sums the bias gradient in parallel) and GELU. For a few
 //! rows (batch-1 decoding) the linear layer and the classifier stream the weights instead
 //! of calling a gemm. Other devices take the differentiable basic-op path, built from
-//! candle ops that have a backward pass.
+//! candle ops that have a backward pass; [`with_portable_ops`] forces those paths on the CPU too
+//! (that is how the CPU tests check what CUDA computes).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+
+// ---------------------------------------------------------------- the portable path
+
+thread_local! {
+    static PORTABLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every CPU-only fast path switched off on the calling thread: the fused
+/// ops of this module, the small-row (batch-1) kernels, the hand-written cross-entropy of
+/// the training loss and the CPU AdamW pass all take the basic-op paths that other devices
+/// (CUDA) run. The CPU then computes what the GPU computes, op for op, so the tests can
+/// check those paths against the fused ones and against PyTorch on a machine without a GPU.
+///
+/// The switch is per thread, so tests running side by side do not see each other's; every
+/// dispatch consults it on the thread that calls the op, before any work goes to rayon.
+pub fn with_portable_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
+}
+
+/// Whether work on `device` may take a CPU-only fast path: on the CPU, unless
+/// [`with_portable_ops`] is in force on this thread.
+pub fn cpu_fast_path(device: &Device) -> bool {
+    matches!(device, Device::Cpu) && !PORTABLE.with(Cell::get)
+}
 
 /// `x @ w + b` for `x: [n, in]`, `w: [in, out]`, `b: [out]`.
 pub fn matmul_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -90,8 +122,9 @@ impl CustomOp2 for SmallRowsTimesTransposed {
     }
 }
 
+/// Whether the fused CPU kernels apply: f32 tensors on a CPU fast path.
 fn is_cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+    ts.iter().all(|t| cpu_fast_path(t.device()) && t.dtype() == DType::F32)
 }
 
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

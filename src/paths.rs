@@ -105,6 +105,12 @@ pub fn output_dir(name: &str) -> PathBuf {
     }
 }
 
+/// Where the explorer saves what a view shows (`w`): `$ALIGNSCOPE_EXPORTS`, else
+/// `alignscope-exports` in the working folder.
+pub fn export_dir() -> PathBuf {
+    std::env::var_os("ALIGNSCOPE_EXPORTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("alignscope-exports"))
+}
+
 /// A path as a user would type it: shipped files relative to the project folder.
 pub fn display_path(p: &Path) -> String {
     p.strip_prefix(project_dir()).unwrap_or(p).display().to_string()
@@ -116,9 +122,16 @@ pub fn short_name(spec: &str) -> String {
     Path::new(spec.trim_end_matches('/')).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string())
 }
 
-/// The PyTorch engine's trainer (`scripts/torch/train.py` of the project).
+/// The PyTorch engine's trainer (`scripts/torch/train.py` of the project): a relative
+/// path when run from the project folder, so that a command shown there is the one a user
+/// would type.
 pub fn torch_trainer_script() -> PathBuf {
-    project_dir().join("scripts/torch/train.py")
+    let relative = Path::new("scripts/torch/train.py");
+    let script = project_dir().join(relative);
+    match (std::fs::canonicalize(relative), std::fs::canonicalize(&script)) {
+        (Ok(a), Ok(b)) if a == b => relative.to_path_buf(),
+        _ => script,
+    }
 }
 
 /// The Python that runs the PyTorch engine: `$ALIGNSCOPE_PYTHON`; else the virtual

@@ -9,6 +9,7 @@
 //! `.ci/run` creates, else `python3`. Without PyTorch the tests say so loudly and pass.
 
 mod common;
+mod tui_support;
 use alignscope::model::Checkpoint;
 use alignscope::train::follow::{Launch, RunFollower, RunStatus, TorchOptions, read_status};
 use alignscope::train::job::{RunPlan, TrainJob};
@@ -508,34 +509,138 @@ fn follower_follows_started_and_attached_torch_runs() {
     f.join();
 }
 
-/// The follower also follows alignscope's own CLI runs (no status file, metrics written at
-/// saves): this one needs no Python.
+/// alignscope's own CLI runs are followed live like the PyTorch engine's (this needs no
+/// Python): every step as it is trained, long before any save, and a stop through the
+/// folder's stop file saves and ends the run; attaching after the end replays it.
 #[test]
-fn follower_follows_an_alignscope_run_in_another_process() {
+fn follower_follows_an_alignscope_run_live_and_stops_it() {
     let dir = work().join("alignscope-followed");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_alignscope"));
     let (train, eval) = texts();
     let p = |p: &Path| p.to_string_lossy().into_owned();
+    // No save before the end or a stop (--save-every 0): whatever is seen is live.
     #[rustfmt::skip]
     let args = [
         s("train"), s("--log-lines"), s("--ckpt"), p(&fixture_dir()), s("--out"), p(&dir),
-        s("--data"), p(&train), s("--eval-data"), p(&eval), s("--steps"), s("6"), s("--batch"), s("4"),
-        s("--ctx"), s("32"), s("--lr"), s("1e-4"), s("--eval-every"), s("2"), s("--eval-batches"), s("2"),
-        s("--save-every"), s("1"),
+        s("--data"), p(&train), s("--eval-data"), p(&eval), s("--steps"), s("100000"), s("--batch"), s("4"),
+        s("--ctx"), s("32"), s("--lr"), s("1e-4"), s("--eval-every"), s("2"), s("--eval-batches"), s("1"),
+        s("--save-every"), s("0"),
     ];
     let mut child = Command::new(bin).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !dir.join("training_state.json").exists() {
-        assert!(Instant::now() < deadline, "alignscope saved nothing");
-        std::thread::sleep(Duration::from_millis(50));
+    while read_status(&dir).is_none() {
+        assert!(Instant::now() < deadline, "alignscope wrote no run status");
+        assert!(child.try_wait().unwrap().is_none(), "alignscope train ended early");
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let status = read_status(&dir).unwrap();
+    assert_eq!((status.engine.as_str(), status.status.as_str()), ("alignscope", "running"));
+    assert_eq!((status.pid, status.total_steps, status.n_layer), (Some(child.id() as i64), Some(100_000), Some(4)));
     let f = RunFollower::attach(&dir).unwrap();
-    let ev = drain(&f, Duration::from_secs(120));
+    let mut ev = vec![];
+    while progress_steps(&ev).last().is_none_or(|&s| s < 3) {
+        match f.events().recv_timeout(Duration::from_secs(60)).expect("steps arrive while the run trains") {
+            e @ TrainEvent::Failed { .. } => panic!("{e:?}"),
+            e => ev.push(e),
+        }
+    }
+    assert!(matches!(&ev[0], TrainEvent::Started { start_step: 0, total_steps: 100_000, n_layer: 4, .. }), "{:?}", ev[0]);
+    assert!(saved_steps(&ev).is_empty() && read_state(&dir).is_err(), "nothing was saved yet: the steps came live");
+    assert!(eval_steps(&ev).contains(&2), "{ev:?}");
+    f.stop().unwrap();
+    ev.extend(drain(&f, Duration::from_secs(120)));
     assert!(child.wait().unwrap().success());
-    assert!(matches!(&ev[0], TrainEvent::Started { total_steps: 6, n_layer: 4, .. }), "{:?}", ev[0]);
-    assert_eq!(progress_steps(&ev).last(), Some(&6));
-    let steps = progress_steps(&ev);
-    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "every step once, in order: {steps:?}");
-    assert_eq!(saved_steps(&ev).last(), Some(&6));
-    assert!(matches!(ev.last(), Some(TrainEvent::Finished { step: 6, stopped_early: false, .. })), "{:?}", ev.last());
+    let Some(TrainEvent::Finished { step, stopped_early: true, .. }) = ev.last() else { panic!("{:?}", ev.last()) };
+    let step = *step;
+    assert_eq!(saved_steps(&ev), vec![step], "a stop saves the step it stopped at");
+    assert_eq!(progress_steps(&ev), (1..=step).collect::<Vec<_>>(), "every step once, in order");
+    assert_eq!(read_state(&dir).unwrap().step, step);
+    let status = read_status(&dir).unwrap();
+    assert_eq!((status.status.as_str(), status.step), ("stopped", Some(step)));
+    assert!(!dir.join("stop").exists(), "the stop request is answered");
+
+    let a = RunFollower::attach(&dir).unwrap();
+    let replay = drain(&a, Duration::from_secs(30));
+    assert_eq!(progress_steps(&replay), (1..=step).collect::<Vec<_>>());
+    assert_eq!(saved_steps(&replay), vec![step]);
+    assert!(matches!(replay.last(), Some(TrainEvent::Finished { step: s2, stopped_early: true, .. }) if *s2 == step));
+}
+
+/// Writes the stop file of a run when dropped: a test that fails midway does not leave a
+/// long PyTorch run training behind it (the trainer is a process of its own).
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("stop"), b"");
+    }
+}
+
+/// The explorer's side: the training menu starts the PyTorch engine as a child process, the
+/// training view follows it live, x stops it through its stop file (it saves first), r
+/// loads that save next to the base checkpoint, and "follow a run" replays the run later.
+#[test]
+fn the_explorer_starts_follows_stops_and_reloads_a_pytorch_run() {
+    use alignscope::tui::app::{Effect, Mode};
+    use alignscope::tui::train::{RunKind, RunSource, TrainStatus};
+    use ratatui::crossterm::event::{KeyCode, KeyModifiers};
+    use tui_support::HarnessFromDirs;
+    let Some(py) = python() else { return };
+    let out = work().join("explorer-run");
+    let _stop = StopOnDrop(out.clone());
+    let (train, eval) = texts();
+    let mut h = tui_support::Harness::new(&[&fixture_dir()]);
+    h.run_training();
+    h.press(KeyCode::Char('t'));
+    let Mode::TrainMenu(menu) = &mut h.app.mode else { panic!("menu") };
+    menu.python = py;
+    menu.eval_data = eval;
+    menu.data.set(&train.display().to_string());
+    menu.output.set(&out.display().to_string());
+    // Long enough to be stopped; evaluations and saves every 50 steps.
+    menu.steps.set("100000");
+    menu.batch.set("4");
+    menu.ctx.set("32");
+    menu.selected = menu.fields().len() - 1;
+    menu.choice(1);
+    let command = menu.preview.clone().expect("the PyTorch command");
+    let fx = h.press(KeyCode::Enter);
+    assert!(matches!(fx.as_slice(), [Effect::LaunchRun(l)] if l.command_line() == command), "{fx:?}");
+    let log = || std::fs::read_to_string(out.join("train.log")).unwrap_or_default();
+    let started = h.wait_training(Duration::from_secs(300), |app| app.training.last.is_some() || !app.training.is_active());
+    assert!(started && h.app.training.is_active(), "{:?}\n{}", h.app.training.status, log());
+    assert_eq!((h.app.training.total_steps, h.app.training.n_layer), (100_000, 4));
+    let screen = h.screen(120, 40);
+    assert!(screen.contains(" running ") && screen.contains("/100000"), "{screen}");
+    assert_eq!(h.press(KeyCode::Char('x')), vec![Effect::StopTraining]);
+    assert!(h.wait_training(Duration::from_secs(120), |app| !app.training.is_active()), "{}", log());
+    let t = &h.app.training;
+    assert_eq!(t.status, TrainStatus::Finished { stopped_early: true }, "{}", log());
+    let step = t.step();
+    assert!(step >= 1 && t.saved == Some((step, out.clone())), "stopped at {step}, saved {:?}", t.saved);
+    assert_eq!(t.layer_curves.iter().map(Vec::len).collect::<Vec<_>>(), vec![step; 4], "every step's per-layer loss");
+    assert_eq!(read_state(&out).unwrap().step, step);
+    assert!(log().contains(&format!("stopped at step {step}")), "{}", log());
+    let screen = h.screen(120, 40);
+    assert!(screen.contains(" stopped ") && screen.contains(&format!("saved step {step}")), "{screen}");
+
+    // The save loads next to the base, to compare them layer by layer.
+    h.press(KeyCode::Char('r'));
+    assert_eq!(h.app.columns.len(), 2);
+    assert!(h.app.columns[0].info.as_ref().is_some_and(|i| i.dir == out), "{:?}", h.app.columns[0].spec);
+    assert!(h.app.columns[0].analysis.is_some());
+
+    // Following the ended run by its folder replays it to its end.
+    h.press(KeyCode::Char('t'));
+    h.press(KeyCode::Left);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.run_kind(), RunKind::Attach);
+    h.press(KeyCode::Down);
+    h.press_mod(KeyCode::Char('u'), KeyModifiers::CONTROL);
+    h.type_text(&out.display().to_string());
+    assert_eq!(h.press(KeyCode::Enter), vec![Effect::AttachRun(out.clone())]);
+    assert_eq!(h.app.training.source, RunSource::Attached);
+    assert!(h.wait_training(Duration::from_secs(30), |app| !app.training.is_active()));
+    assert_eq!(h.app.training.status, TrainStatus::Finished { stopped_early: true });
+    assert_eq!((h.app.training.step(), h.app.training.saved.clone()), (step, Some((step, out.clone()))));
 }

@@ -82,14 +82,18 @@ fn stopped_and_resumed_run_equals_an_uninterrupted_one() {
     assert!(matches!(started, Some(TrainEvent::Started { start_step, .. }) if *start_step == k));
     assert_eq!(params(&a), params(&b), "resumed parameters differ from the uninterrupted run");
     // The metrics history covers every step once: steps 1..=8, each exactly once, in order.
-    let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
+    assert_eq!(step_lines(&b), (1..=8).collect::<Vec<u64>>());
+}
+
+/// The steps of the metrics lines of a run folder, in file order.
+fn step_lines(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
         .filter(|v| v.get("loss").is_some())
         .map(|v| v["step"].as_u64().expect("a step number"))
-        .collect();
-    assert_eq!(steps, (1..=8).collect::<Vec<u64>>());
+        .collect()
 }
 
 fn cli_train(out: &Path, extra: &[&str]) -> Command {
@@ -171,6 +175,9 @@ fn kill_dash_nine_at_any_moment_keeps_the_last_checkpoint() {
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(read_state(&killed).unwrap().step, 30);
     assert_eq!(params(&straight), params(&killed), "killed-and-resumed parameters differ ({leftovers:?})");
+    // Steps are logged live between saves; the lines a kill left past the saved step were
+    // dropped by the resume, so the history holds every step once.
+    assert_eq!(step_lines(&killed), (1..=30).collect::<Vec<u64>>());
 }
 
 #[test]
@@ -302,4 +309,30 @@ fn a_checkpoint_folder_holds_the_model_and_the_run() {
     // Tied head: no lm_head.weight, keys with the transformer. prefix (transformers 5's layout).
     let st = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(!st.contains_key("lm_head.weight") && st.contains_key("transformer.h.0.attn.c_attn.weight"));
+}
+
+/// A new run into a folder that holds a checkpoint needs --overwrite, and replaces the
+/// checkpoint whole; a folder without one (here: a run killed before its first save, and
+/// a user's notes) is trained into. Files a save does not own are kept either way.
+#[test]
+fn overwrite_replaces_a_checkpoint_and_a_folder_without_one_is_trained_into() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{\"step\":9,\"loss\":1.0}\n").unwrap();
+    std::fs::write(out.join("run_status.json"), r#"{"engine":"alignscope","status":"running","pid":1,"host":"elsewhere"}"#).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let run = |extra: &[&str]| cli_train(&out, extra).output().unwrap();
+    let o = run(&["--steps", "2", "--save-every", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(step_lines(&out), vec![1, 2]);
+    let o = run(&["--steps", "3"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists: continue it with --resume"));
+    assert_eq!(read_state(&out).unwrap().step, 2, "a refused run leaves the checkpoint as it was");
+    let o = run(&["--steps", "3", "--overwrite"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!((read_state(&out).unwrap().step, step_lines(&out)), (3, vec![1, 2, 3]));
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(alignscope::train::follow::read_status(&out).unwrap().status, "finished");
 }

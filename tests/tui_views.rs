@@ -9,6 +9,7 @@ use alignscope::train::{EvalMetrics, LossKind, StepMetrics, TrainEvent};
 use alignscope::tui::app::Effect;
 use alignscope::tui::app::{DEFAULT_PROMPT, Mode, SamplingMode};
 use alignscope::tui::column::EvalState;
+use alignscope::tui::train::{Engine, Field, RunKind, RunSource};
 use alignscope::tui::view::View;
 use alignscope::tui::worker::WorkerCommand;
 use ratatui::crossterm::event::{KeyCode, KeyModifiers};
@@ -157,6 +158,118 @@ fn training_view_snapshots() {
     }));
     h.app.on_train(TrainEvent::CheckpointSaved { step: 100, dir: out.clone() });
     snap("training_running", &h);
+}
+
+/// The menu with the PyTorch engine chosen, made machine-independent: the interpreter is
+/// named as on a machine without the venv, the eval text by its path in the project.
+fn torch_menu(h: &mut Harness) {
+    h.press(KeyCode::Char('t'));
+    let Mode::TrainMenu(menu) = &mut h.app.mode else { panic!("menu") };
+    menu.python = "python3".into();
+    menu.eval_data = "assets/austen/persuasion.txt".into();
+    menu.refresh();
+    assert_eq!(menu.preview, None, "no command for the in-process engine");
+    h.press(KeyCode::Up); // from "Run" up to the last field, "Engine"
+    h.press(KeyCode::Right);
+}
+
+#[test]
+fn training_menu_engine_and_follow_snapshots() {
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('5'));
+    torch_menu(&mut h);
+    snap("training_menu_pytorch", &h);
+    h.press(KeyCode::Esc);
+    h.press(KeyCode::Char('t'));
+    h.press(KeyCode::Left); // aligned fine-tune → (wraps to) follow a run
+    snap("training_menu_follow", &h);
+}
+
+#[test]
+fn the_pytorch_engine_is_started_with_the_command_shown_and_q_asks_once() {
+    let mut h = Harness::new(&[&fixture_dir()]);
+    torch_menu(&mut h);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.engine(), Engine::Torch);
+    let one = menu.preview.clone().expect("the command is shown");
+    assert!(one.starts_with("python3 scripts/torch/train.py --ckpt tests/fixtures/tiny-gpt2 --out checkpoints/tiny-gpt2-ft"), "{one}");
+    // Two processes through the Processes field: torchrun.
+    h.press(KeyCode::Down);
+    h.press(KeyCode::Backspace);
+    h.type_text("2");
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.selected_field(), Field::Procs);
+    let two = menu.preview.clone().unwrap();
+    assert!(two.starts_with("python3 -m torch.distributed.run --standalone --nproc_per_node 2 scripts/torch/train.py"), "{two}");
+    assert_eq!(two.split_once("train.py").unwrap().1, one.split_once("train.py").unwrap().1, "the same run");
+    // An invalid count shows no command, and Enter names the field.
+    h.press(KeyCode::Backspace);
+    h.type_text("3");
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.preview, None);
+    h.press(KeyCode::Enter);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("the menu stays open") };
+    assert_eq!(menu.error.as_deref(), Some("Batch 8 must be a multiple of Processes 3"));
+    h.press(KeyCode::Backspace);
+    h.type_text("2");
+    let fx = h.press(KeyCode::Enter);
+    let [Effect::LaunchRun(launch)] = fx.as_slice() else { panic!("{fx:?}") };
+    assert_eq!(launch.command_line(), two, "the command shown is the one started");
+    assert!(launch.run_dir.ends_with("tiny-gpt2-ft"));
+    assert_eq!(h.app.view, View::Training);
+    assert!(h.app.training.description.ends_with("· PyTorch, 2 processes"), "{}", h.app.training.description);
+    assert!(matches!(&h.app.training.source, RunSource::Child { command } if *command == two));
+    // While it trains, q says that it goes on after the explorer; another key disarms it.
+    h.press(KeyCode::Char('q'));
+    assert!(!h.app.should_quit);
+    assert!(h.app.status.as_ref().unwrap().text.contains("keeps training after you quit"));
+    h.press(KeyCode::Char('l'));
+    h.press(KeyCode::Char('q'));
+    assert!(!h.app.should_quit, "asked again after another key");
+    h.press(KeyCode::Char('q'));
+    assert!(h.app.should_quit, "q twice quits");
+    // x asks through the stop file.
+    assert_eq!(h.press(KeyCode::Char('x')), vec![Effect::StopTraining]);
+    assert!(h.app.status.as_ref().unwrap().text.contains("stop file"));
+}
+
+#[test]
+fn following_a_run_by_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('t'));
+    h.press(KeyCode::Left);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.run_kind(), RunKind::Attach);
+    h.press(KeyCode::Down);
+    let missing = tmp.path().join("nothing-here");
+    h.type_text(&missing.display().to_string());
+    h.press(KeyCode::Enter);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("the menu stays open") };
+    assert_eq!(menu.error, Some(format!("Run folder: {} is not a folder", missing.display())));
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("run_status.json"), r#"{"engine":"torch","status":"running"}"#).unwrap();
+    h.press_mod(KeyCode::Char('u'), KeyModifiers::CONTROL);
+    h.type_text(&run.display().to_string());
+    assert_eq!(h.press(KeyCode::Enter), vec![Effect::AttachRun(run.clone())]);
+    assert_eq!(h.app.training.source, RunSource::Attached);
+    assert!(h.app.training.is_active());
+    // The followed run's events draw the view like an in-process run's, and q quits at once
+    // (the run was not started here).
+    h.app.on_train(TrainEvent::Started { start_step: 100, total_steps: 200, out: run.clone(), n_layer: 4 });
+    assert!(h.app.status.as_ref().unwrap().text.starts_with(&format!("following {}", run.display())));
+    for s in 1..=120 {
+        h.app.on_train(TrainEvent::Progress(step(s, 200, 4)));
+    }
+    h.app.on_train(TrainEvent::CheckpointSaved { step: 100, dir: run.clone() });
+    assert_eq!(h.app.training.saved, Some((100, run.clone())));
+    // Another run can be followed instead: this one trains on.
+    h.press(KeyCode::Char('t'));
+    assert!(matches!(h.app.mode, Mode::TrainMenu(_)), "the menu opens while a run is only followed");
+    h.press(KeyCode::Esc);
+    h.press(KeyCode::Char('q'));
+    assert!(h.app.should_quit);
 }
 
 #[test]
@@ -546,7 +659,8 @@ fn a_recipe_name_opens_its_base_and_the_menu_that_builds_it() {
         ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned", LossKind::Aligned)
     );
     let mut h = Harness::new(&[&fixture_dir()]);
-    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), vec![]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
     let Mode::TrainMenu(menu) = &h.app.mode else { panic!("the menu opens by itself") };
     assert_eq!(menu.run_kind(), alignscope::tui::train::RunKind::AlignedFinetune);
     assert_eq!((menu.base.text.as_str(), menu.output.text.as_str()), ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned"));
@@ -579,7 +693,8 @@ fn the_first_save_of_the_recipe_run_is_shown_beside_its_base() {
     let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
     let recipe = plan.recipe.expect("not built yet");
     let mut h = Harness::new(&[&base]);
-    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), vec![]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
     h.press(KeyCode::Enter);
     let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
     assert_eq!(cfg.out, tmp.path().join("tiny-aligned"));

@@ -391,6 +391,7 @@ def check_not_running(out: Path) -> None:
 
 
 def run(args, d: Dist) -> int:
+    process_started = time.time()
     import torch
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -511,7 +512,10 @@ def run(args, d: Dist) -> int:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if compute_dtype == torch.bfloat16 \
         else contextlib.nullcontext
     run_info = {"start_step": start_step, "total_steps": cfg["steps"], "n_layer": n_layer, "world_size": d.world,
-                "out": str(out), "fsdp": bool(args.fsdp and d.world > 1), "dtype": dtype, "device": device.type}
+                "out": str(out), "fsdp": bool(args.fsdp and d.world > 1), "dtype": dtype, "device": device.type,
+                # Every save of this run, in order: a follower that looks between two quick
+                # saves still reports both.
+                "saves": []}
     engine_info = {"world_size": d.world, "dtype": dtype, "fsdp": run_info["fsdp"], "device": device.type,
                    "torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
@@ -523,6 +527,11 @@ def run(args, d: Dist) -> int:
             for name in ck.OWNED - {ck.STOP_FILE}:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(out / name)
+        # A stop request from before this process started was left by a run killed before
+        # answering it: it is not meant for this one (alignscope's trainer does the same).
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(out / ck.STOP_FILE).st_mtime < process_started:
+                os.remove(out / ck.STOP_FILE)
         # The metrics file grows line by line between saves so that followers see every
         # step; a resume drops lines past the saved step (a kill may have left some).
         tmp = out / f".{ck.METRICS_FILE}.tmp"
@@ -563,7 +572,8 @@ def run(args, d: Dist) -> int:
             }
             ck.save_checkpoint(out, params=ck.model_tensors(weights, tied), config_json=lm.config.to_json_string(use_diff=False),
                                tokenizer_json=tokenizer_json, moments={n: moments[n] for n in names}, state=st,
-                               metrics=metrics, status=ck.status_record("running", **run_info))
+                               metrics=metrics, status=ck.status_record("running", **{**run_info, "saves": run_info["saves"] + [step]}))
+            run_info["saves"].append(step)
         d.barrier()
 
     def reopen_live():

@@ -80,6 +80,28 @@ fn ce_and_hits(logits: &[f32], vocab: usize, targets: &[(usize, u32)]) -> (f64, 
     per_row.iter().fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
+/// [`ce_and_hits`] of a logits tensor `[.., vocab]`. Off the CPU fast path (on a GPU) it is
+/// computed where the logits are, in f32, and only a value per predicted row comes back:
+/// one batch's logits are hundreds of MB at GPT-2's vocabulary.
+fn ce_and_hits_of(logits: &Tensor, vocab: usize, targets: &[(usize, u32)]) -> Result<(f64, usize)> {
+    if crate::ops::cpu_fast_path(logits.device()) {
+        return Ok(ce_and_hits(&logits.flatten_all()?.to_vec1::<f32>()?, vocab, targets));
+    }
+    let device = logits.device();
+    let n = targets.len();
+    let rows = Tensor::from_vec(targets.iter().map(|&(r, _)| r as u32).collect::<Vec<_>>(), n, device)?;
+    let want = Tensor::from_vec(targets.iter().map(|&(_, t)| t).collect::<Vec<_>>(), (n, 1), device)?;
+    let x = logits.reshape(((), vocab))?.index_select(&rows, 0)?;
+    let max = x.max_keepdim(1)?;
+    let lse = (x.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?;
+    let ce: Vec<f32> = (lse - x.gather(&want, 1)?)?.flatten_all()?.to_vec1()?;
+    let best: Vec<u32> = x.argmax_keepdim(1)?.flatten_all()?.to_vec1()?;
+    // Summed in order on the host, in f64, like the CPU path.
+    let ce_sum = ce.iter().map(|&c| c as f64).sum();
+    let hits = best.iter().zip(targets).filter(|(b, t)| **b == t.1).count();
+    Ok((ce_sum, hits))
+}
+
 /// Chunk-centered moments of one layer's features `x` (`[n, d]`): its mean, `Xc^T Xc` and
 /// the co-moment `Xc^T Rc` with the reference features `r` (both `d x d`, row-major).
 struct Moments {
@@ -155,8 +177,7 @@ pub fn evaluate(
         let reference = &feats[n_layer];
         let (mut means, mut c_self, mut c_ref) = (vec![], vec![], vec![]);
         for (l, h) in hs.iter().enumerate() {
-            let logits = model.head(h)?.flatten_all()?.to_vec1::<f32>()?;
-            let (ce, hit) = ce_and_hits(&logits, vocab, &targets);
+            let (ce, hit) = ce_and_hits_of(&model.head(h)?, vocab, &targets)?;
             ce_sum[l] += ce;
             hits[l] += hit;
             let m = moments(&feats[l], reference)?;

@@ -1,5 +1,7 @@
 //! Per-layer analysis: logit lens, representation similarity, generation from any exit
 //! layer, and evaluation over a text.
+pub mod corpus;
+pub mod embedder;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

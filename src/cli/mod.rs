@@ -1,12 +1,14 @@
 //! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
 //! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
 
+pub mod report;
 pub mod train;
 
+use crate::analysis::embedder::{EmbedderChoice, EmbedderInfo, SentenceEncoder};
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
 use crate::analysis::inspect::{LensAt, analyze};
-use crate::analysis::quality::{coherence, diversity};
+use crate::analysis::quality::{coherences, diversity};
 use crate::analysis::{TextStream, decode, encode_prompt};
 use crate::corpus::{Role, read_documents, select};
 use crate::model::Checkpoint;
@@ -75,6 +77,22 @@ pub enum Command {
     },
     /// Speed benchmarks (forward + analysis, decode, training)
     Bench(crate::bench::BenchArgs),
+    /// The paper's figures for a checkpoint or a pair, as files (report.md, report.json, SVG, PNG)
+    Report(report::ReportArgs),
+    /// Sentence embeddings of texts, as the coherence metric computes them (JSON)
+    Embed(report::EmbedArgs),
+    /// The device --device picks, and what it is (GPU name, compute capability, memory)
+    Device(DeviceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceArgs {
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +152,10 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-text
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Sentence encoder for coherence: a sentence-transformers BERT (folder, name or hub
+    /// id), or `self` (default: all-MiniLM-L6-v2 when it is here, else self)
+    #[arg(long)]
+    pub embedder: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +175,20 @@ pub struct EvalArgs {
     /// Also write the JSON report to this file (the text table still goes to stdout)
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Also generate from a prompt set drawn from the text at every exit layer and report
+    /// diversity and coherence per layer
+    #[arg(long)]
+    pub quality: bool,
+    /// --quality: prompts drawn evenly from the text (32 tokens each)
+    #[arg(long, default_value_t = 16, requires = "quality")]
+    pub prompts: usize,
+    /// --quality: tokens generated per prompt and layer (greedy)
+    #[arg(long, default_value_t = 32, requires = "quality")]
+    pub max_new_tokens: usize,
+    /// --quality: sentence encoder for coherence (a sentence-transformers BERT folder, name
+    /// or hub id, or `self`; default: all-MiniLM-L6-v2 when it is here, else self)
+    #[arg(long, requires = "quality")]
+    pub embedder: Option<String>,
 }
 
 /// Runs the command line; errors come back to `main`, which prints one line.
@@ -171,6 +207,9 @@ pub fn run() -> Result<()> {
         Some(Command::Train(a)) => train::train(a),
         Some(Command::Tokenizer { command }) => train::tokenizer(command),
         Some(Command::Bench(a)) => crate::bench::run(a),
+        Some(Command::Report(a)) => report::report(a),
+        Some(Command::Embed(a)) => report::embed(a),
+        Some(Command::Device(a)) => device_cmd(a),
     }
 }
 
@@ -218,6 +257,18 @@ fn apply_explorer_options(matches: &clap::ArgMatches, explore: &ExploreArgs, com
             bail!("--device given twice: {} before `{name}` and {} after it; give it once", explore.device, common.device)
         }
         common.device = explore.device.clone();
+    }
+    Ok(())
+}
+
+fn device_cmd(a: DeviceArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let detail = crate::model::device::describe_device(&device);
+    if a.json {
+        out(&json!({"device": crate::model::device::device_name(&device), "detail": detail, "cuda_built": cfg!(feature = "cuda")})
+            .to_string());
+    } else {
+        out(&detail);
     }
     Ok(())
 }
@@ -367,21 +418,28 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         };
         results.push(g);
     }
+    let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
+    let encoder = SentenceEncoder::open(&choice, &ck.name, &ck.model, &ck.tokenizer, ck.model.device())?;
+    let embedder = encoder.info(&choice);
+    let texts: Vec<String> = results.iter().map(|g| decode(&ck.tokenizer, &g.ids)).collect();
+    let coh = coherences(&encoder, &a.prompt, &texts.iter().map(String::as_str).collect::<Vec<_>>())?;
     let objs: Vec<_> = results
         .iter()
-        .map(|g| -> Result<serde_json::Value> {
-            Ok(json!({
+        .zip(texts)
+        .zip(coh)
+        .map(|((g, text), coherence)| {
+            json!({
                 "exit_layer": g.exit_layer,
                 "ids": g.ids,
-                "text": decode(&ck.tokenizer, &g.ids),
+                "text": text,
                 "stop": g.stop,
                 "diversity": diversity(&g.ids),
-                "coherence": coherence(&ck.model, &ids, &g.ids)?,
-            }))
+                "coherence": coherence,
+            })
         })
-        .collect::<Result<_>>()?;
+        .collect();
     if a.common.json {
-        let mut head = json!({"prompt": a.prompt, "input_ids": ids, "sampling": sampling});
+        let mut head = json!({"prompt": a.prompt, "input_ids": ids, "sampling": sampling, "embedder": embedder});
         if a.exit_layer.as_deref() == Some("all") {
             head["generations"] = json!(objs);
         } else {
@@ -402,6 +460,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             ));
             out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
         }
+        out(&embedder_line(&embedder));
     }
     Ok(())
 }
@@ -420,6 +479,9 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         [one] if selection.notes.is_empty() => one.display().to_string(),
         _ => a.data.display().to_string(),
     };
+    if a.quality && (a.prompts == 0 || a.max_new_tokens == 0) {
+        bail!("--prompts and --max-new-tokens must be at least 1")
+    }
     let ck = open(&a.common)?;
     let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
     let eos = match ck.eos_id() {
@@ -440,17 +502,80 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if show {
         eprintln!();
     }
+    let quality = if a.quality { Some(eval_quality(&a, &ck, &ids, show)?) } else { None };
+    let mut value = serde_json::to_value(&r)?;
+    if let Some(q) = &quality {
+        value["quality"] = q.clone();
+    }
     if let Some(path) = &a.save {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&r)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_string_pretty(&value)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if a.common.json {
-        out(&serde_json::to_string(&r)?);
+        out(&value.to_string());
     } else {
         out(&format_eval(&ck.name, &shown, &r));
+        if let Some(q) = &quality {
+            out(&format_quality(q));
+        }
     }
     Ok(())
+}
+
+/// `eval --quality`: generations from a prompt set at every exit layer, as JSON.
+fn eval_quality(a: &EvalArgs, ck: &Checkpoint, ids: &[u32], show: bool) -> Result<serde_json::Value> {
+    use crate::analysis::quality::{PromptSetOptions, layer_quality, prompt_set};
+    let opts = PromptSetOptions { prompts: a.prompts, prompt_tokens: 32, max_new_tokens: a.max_new_tokens, sampling: Sampling::Greedy };
+    let room = ck.model.config.n_positions.saturating_sub(a.max_new_tokens).max(1);
+    let prompts = prompt_set(ids, opts.prompts, opts.prompt_tokens.min(room));
+    if prompts.is_empty() {
+        bail!("the text is too short for a prompt of {} tokens", opts.prompt_tokens.min(room))
+    }
+    let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
+    let encoder = SentenceEncoder::open(&choice, &ck.name, &ck.model, &ck.tokenizer, ck.model.device())?;
+    let q = layer_quality(&ck.model, &ck.tokenizer, &prompts, &opts, ck.eos_id(), &encoder, |done, total| {
+        if show {
+            eprint!("\rgenerating {done}/{total}");
+        }
+        ControlFlow::Continue(())
+    })?;
+    if show {
+        eprintln!();
+    }
+    let per_layer = |f: &dyn Fn(&crate::analysis::quality::LayerQuality) -> Option<f64>| -> Vec<Option<f64>> {
+        std::iter::once(None).chain(q.iter().map(f)).collect()
+    };
+    Ok(json!({
+        "embedder": encoder.info(&choice),
+        "prompt_set": opts,
+        "prompts": prompts.len(),
+        "diversity": per_layer(&|l| l.diversity),
+        "coherence": per_layer(&|l| l.coherence),
+    }))
+}
+
+fn format_quality(q: &serde_json::Value) -> String {
+    let mut s =
+        format!("generations: {} prompts × {} new tokens (greedy) at every exit layer\n", q["prompts"], q["prompt_set"]["max_new_tokens"]);
+    s += "layer  diversity  coherence\n";
+    let (d, c) = (q["diversity"].as_array().cloned().unwrap_or_default(), q["coherence"].as_array().cloned().unwrap_or_default());
+    for (l, (d, c)) in d.iter().zip(&c).enumerate().skip(1) {
+        s += &format!("{l:>5} {} {}\n", fmt_opt(d.as_f64(), 10, 4), fmt_opt(c.as_f64(), 10, 4));
+    }
+    let e: EmbedderInfo =
+        serde_json::from_value(q["embedder"].clone()).unwrap_or(EmbedderInfo { name: "?".into(), kind: "?".into(), note: None });
+    s += &embedder_line(&e);
+    s
+}
+
+/// The line that says which sentence encoder measured coherence.
+pub fn embedder_line(e: &EmbedderInfo) -> String {
+    match &e.note {
+        Some(note) => format!("coherence: self-embedding ({note})"),
+        None if e.kind == "self-embedding" => format!("coherence: self-embedding of {}", e.name.trim_start_matches("self:")),
+        None => format!("coherence: sentence encoder {}", e.name),
+    }
 }
 
 pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {

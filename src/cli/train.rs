@@ -31,7 +31,7 @@ pub struct TrainArgs {
     /// Output checkpoint: a name under checkpoints/ or a path
     #[arg(long)]
     pub out: Option<String>,
-    /// Replace an existing output checkpoint
+    /// Replace an existing output checkpoint (it is cleared when the new run starts)
     #[arg(long)]
     pub overwrite: bool,
     /// Objective: aligned (all layers through the shared head), standard (last layer), ce-reg
@@ -106,6 +106,10 @@ pub struct TrainArgs {
     /// Print a line per step instead of a progress bar
     #[arg(long)]
     pub log_lines: bool,
+    /// Also print each step's metrics (and each evaluation) as one JSON object per line on
+    /// stdout, as metrics.jsonl records them
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,7 +155,9 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     };
     let Some(out) = &a.out else { bail!("give --out NAME for the new checkpoint") };
     let out = output_dir(out);
-    if out.exists() && !a.overwrite {
+    // A folder without a checkpoint (a run killed before its first save, an empty folder)
+    // is simply trained into.
+    if (crate::train::save::has_checkpoint(&out) || out.is_file()) && !a.overwrite {
         bail!("{} already exists: continue it with --resume, pick another --out, or pass --overwrite", out.display())
     }
     let default_data = a.data.is_empty();
@@ -243,6 +249,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 let _ = writeln!(err, "training {} layers → {} (steps {}..{})", n_layer, out.display(), start_step + 1, total_steps);
             }
             TrainEvent::Progress(m) => {
+                if a.json {
+                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!(m));
+                }
                 if tty {
                     let _ = write!(err, "\r\x1b[2K{}", progress_line(&m, width));
                 } else if last_progress_print.elapsed().as_secs_f64() >= 10.0 || m.step == m.total_steps || m.step <= 1 {
@@ -251,6 +260,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 }
             }
             TrainEvent::Eval(e) => {
+                if a.json {
+                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!({ "step": e.step, "eval": e }));
+                }
                 let l = e.layer_losses.len();
                 let cells: Vec<String> = (0..l).map(|i| format!("{:.2}/{:.1}%", e.layer_losses[i], 100.0 * e.layer_acc[i])).collect();
                 let _ = writeln!(

@@ -26,8 +26,28 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("CUDA device {ordinal} is not available: {}", super::checkpoint::first_line(&e.to_string())))
+    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("CUDA device {ordinal} is not available: {}", cuda_error_text(&e)))
+}
+
+/// A driver error as `CUDA_ERROR_NAME (the driver's explanation)`; the explanation is
+/// left out when the driver cannot give it (as the link-time libcuda stub cannot).
+#[cfg(feature = "cuda")]
+fn cuda_error_text(e: &candle_core::Error) -> String {
+    use candle_core::cuda_backend::CudaError;
+    let mut e = e;
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = inner;
+    }
+    if let candle_core::Error::Cuda(inner) = e
+        && let Some(CudaError::Cuda(driver)) = inner.downcast_ref::<CudaError>()
+    {
+        let name = format!("{:?}", driver.0);
+        return match driver.error_string() {
+            Ok(text) => format!("{name} ({})", text.to_string_lossy()),
+            Err(_) => name,
+        };
+    }
+    super::checkpoint::first_line(&e.to_string()).to_string()
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -43,6 +63,30 @@ fn auto_device() -> Device {
         }
     }
     Device::Cpu
+}
+
+/// Makes every copy queued on this thread's device stream complete. Candle's CUDA device
+/// runs each thread on its own stream, so weights uploaded on one thread must have landed
+/// before another thread (an explorer worker, an evaluation) reads them on its stream.
+pub fn settle(d: &Device) -> Result<()> {
+    Ok(d.synchronize()?)
+}
+
+/// One line about a device: `cpu`, or the GPU's name, compute capability and memory.
+pub fn describe_device(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".to_string(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(c) => {
+            let ctx = c.cuda_stream().context().clone();
+            let ordinal = ctx.ordinal();
+            let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+            let cap = ctx.compute_capability().map(|(a, b)| format!("compute {a}.{b}")).unwrap_or_else(|_| "compute ?".into());
+            let mem = ctx.total_mem().map(|m| format!("{:.0} GiB", m as f64 / (1u64 << 30) as f64)).unwrap_or_else(|_| "? GiB".into());
+            format!("cuda:{ordinal} ({name}, {cap}, {mem})")
+        }
+        other => device_name(other),
+    }
 }
 
 /// A short human name for a device.

@@ -319,6 +319,7 @@ impl Gpt2 {
         }
         let ln_f = LayerNorm { weight: take("transformer.ln_f.weight"), bias: take("transformer.ln_f.bias"), eps };
         let lm_head = if untied { Some(take("lm_head.weight")) } else { None };
+        super::device::settle(wte.device())?;
         Ok(Self { config, wte, wpe, blocks, ln_f, lm_head })
     }
 

@@ -1,80 +1,46 @@
 //! Following a training run that this process does not drive: the PyTorch engine
 //! (`scripts/torch/train.py`, alone or under `torchrun`), started here as a child process
-//! or already running and attached by its folder, or an `alignscope train` in another
-//! terminal. A [`RunFollower`] watches the run folder and speaks the same [`TrainEvent`]s
-//! as an in-process [`super::job::TrainJob`]:
+//! or already running and attached by its folder, or an `alignscope train` (or another
+//! explorer's run) in another process. A [`RunFollower`] watches the run folder's live
+//! files (written the same way by both engines, see [`super::live`]) and speaks the same
+//! [`TrainEvent`]s as an in-process [`super::job::TrainJob`]:
 //!
 //! - `metrics.jsonl` grows by one line per step (and per evaluation) → `Progress`, `Eval`
 //!   (the history already there is replayed first, so a view shows the whole run);
 //! - `training_state.json` changes on every save → `CheckpointSaved`;
-//! - `run_status.json`, the PyTorch trainer's status (running, finished, stopped, failed
-//!   with a message, and the process that writes it) → `Started`, `Finished`, `Failed`;
+//! - `run_status.json` (running, finished, stopped, failed with a message, and the process
+//!   that writes it) → `Started`, `Finished`, `Failed`;
 //! - the child process exiting (when started here), or the writer's process vanishing
 //!   (when attached on the same machine) → `Failed` unless the status says it finished.
 //!
 //! [`RunFollower::stop`] asks the run to save and stop by creating the folder's `stop`
-//! file, which the PyTorch trainer checks at every step (so it works for attached runs, and
+//! file, which both trainers check at every step (so it works for attached runs, and
 //! across machines sharing the folder). A started run outlives its follower: dropping the
 //! follower stops the watching, not the training; attach again to pick it up.
 //!
-//! An `alignscope train` in another process is followed as far as its folder tells: it
-//! writes metrics only with each save, has no status file and no stop file, so its steps
-//! arrive save by save and `Finished` comes with the save of the last step.
+//! A folder written by an alignscope from before the live files (metrics only with each
+//! save, no status) is still followed save by save, `Finished` coming with the last save.
 
 use super::events::{EvalMetrics, StepMetrics, TrainEvent};
 use super::job::RunPlan;
+pub use super::live::{RunStatus, STATUS_FILE, STOP_FILE, read_status};
+use super::live::{hostname, now_secs, process_alive};
 use super::save::{METRICS_FILE, STATE_FILE};
 use super::{InitFrom, LossKind, TrainConfig};
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-/// The PyTorch trainer's live status file in the run folder.
-pub const STATUS_FILE: &str = "run_status.json";
-/// Created in the run folder to ask the trainer to save and stop.
-pub const STOP_FILE: &str = "stop";
 /// Where a run started here writes its output (stdout and stderr of every process).
 pub const LOG_FILE: &str = "train.log";
 
 /// How often the folder is looked at.
 const POLL: Duration = Duration::from_millis(200);
-
-/// `run_status.json` as the PyTorch trainer writes it (fields it may omit are optional).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct RunStatus {
-    #[serde(default)]
-    pub engine: String,
-    /// running, finished, stopped or failed.
-    pub status: String,
-    #[serde(default)]
-    pub pid: Option<i64>,
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Seconds since the Unix epoch of the last write.
-    #[serde(default)]
-    pub updated_at: Option<f64>,
-    #[serde(default)]
-    pub start_step: Option<usize>,
-    #[serde(default)]
-    pub total_steps: Option<usize>,
-    #[serde(default)]
-    pub n_layer: Option<usize>,
-    #[serde(default)]
-    pub step: Option<usize>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-pub fn read_status(dir: &Path) -> Option<RunStatus> {
-    let text = std::fs::read_to_string(dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
-}
 
 /// A command that runs a trainer writing into `run_dir`.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,10 +192,6 @@ pub struct RunFollower {
     pid: Option<u32>,
 }
 
-fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
 impl RunFollower {
     /// Starts the trainer as a child process (in its own process group, output appended to
     /// `RUN_DIR/train.log`) and follows it. A stale stop request in the folder is removed.
@@ -294,7 +256,7 @@ impl RunFollower {
         Self { events: rx, dir, quit, running, handle: Some(handle), pid: None }
     }
 
-    /// Asks the run (of the PyTorch engine) to save a checkpoint and stop at its next step.
+    /// Asks the run (of either engine) to save a checkpoint and stop at its next step.
     pub fn stop(&self) -> Result<()> {
         let p = self.dir.join(STOP_FILE);
         std::fs::write(&p, b"").with_context(|| format!("cannot write {}", p.display()))
@@ -368,6 +330,8 @@ struct Watcher {
     metrics: MetricsCursor,
     /// The saved step last seen in training_state.json, and the file's identity then.
     saved_step: Option<usize>,
+    /// How many of the status's listed saves were sent.
+    saves_sent: usize,
     state_stamp: Option<(u64, u64, SystemTime, u64)>,
     /// Steps of the run (for runs without a status file).
     total_steps: Option<usize>,
@@ -383,44 +347,6 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     #[cfg(not(unix))]
     {
         (0, meta.len())
-    }
-}
-
-fn hostname() -> Option<String> {
-    #[cfg(unix)]
-    {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its whole length, and gethostname writes at
-        // most that many bytes.
-        let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if r != 0 {
-            return None;
-        }
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
-/// Whether process `pid` exists on this machine.
-fn process_alive(pid: i64) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-        if pid <= 0 {
-            return false;
-        }
-        // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
     }
 }
 
@@ -460,6 +386,7 @@ impl Watcher {
             started: false,
             metrics: MetricsCursor::default(),
             saved_step: None,
+            saves_sent: 0,
             state_stamp: None,
             total_steps: None,
             last_progress: 0,
@@ -476,6 +403,10 @@ impl Watcher {
         if matches!(self.watch, Watch::Child { .. }) {
             self.saved_step = self.read_state_step().map(|(s, _)| s);
             self.state_stamp = self.state_identity();
+        } else if let Some(s) = read_status(&self.dir) {
+            // An attached run: its checkpoint in the folder is reported, not the saves it
+            // overwrote before we looked.
+            self.saves_sent = s.saves.len().saturating_sub(1);
         }
         loop {
             if quit.load(Ordering::SeqCst) {
@@ -547,8 +478,8 @@ impl Watcher {
             if let Some(s) = &status {
                 self.start_from_status(s);
             } else if matches!(self.watch, Watch::Attached) {
-                // A run without the PyTorch trainer's status (alignscope's own CLI): its
-                // saved state says where it is.
+                // A run without a status (written by an older alignscope): its saved
+                // state says where it is.
                 let (step, total) = self.read_state_step().unwrap_or((0, 0));
                 self.total_steps = (total > 0).then_some(total);
                 self.send(TrainEvent::Started { start_step: step, total_steps: total, out: self.dir.clone(), n_layer: self.n_layer() });
@@ -557,7 +488,7 @@ impl Watcher {
         }
         if self.started {
             self.read_metrics()?;
-            self.check_saved();
+            self.check_saved(status.as_ref());
         }
         let ended = |s: &RunStatus| matches!(s.status.as_str(), "finished" | "stopped" | "failed");
         if let Some(s) = status.as_ref().filter(|s| ended(s)) {
@@ -566,7 +497,7 @@ impl Watcher {
             }
             // Whatever the run wrote last is on disk: read it before the last word.
             self.read_metrics()?;
-            self.check_saved();
+            self.check_saved(Some(s));
             self.finish(s);
             self.release_child();
             return Ok(Poll::Done);
@@ -579,13 +510,13 @@ impl Watcher {
                     self.start_from_status(&s);
                 }
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(Some(&s));
                 self.finish(&s);
                 return Ok(Poll::Done);
             }
             if self.started {
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(status.as_ref());
             }
             let why = log_error(&self.dir.join(LOG_FILE)).unwrap_or_default();
             let how = match code.code() {
@@ -600,7 +531,7 @@ impl Watcher {
             let here = s.host.is_some() && s.host == hostname();
             if s.status == "running" && here && s.pid.is_some_and(|p| !process_alive(p)) {
                 self.read_metrics()?;
-                self.check_saved();
+                self.check_saved(Some(s));
                 let kept = match self.saved_step {
                     Some(k) => format!("the last checkpoint (step {k}) is kept"),
                     None => "no checkpoint was saved".to_string(),
@@ -617,7 +548,7 @@ impl Watcher {
             && self.total_steps.is_some()
             && self.saved_step >= self.total_steps
         {
-            // alignscope's CLI writes no status: a final save means the run finished.
+            // A run without a status (an older alignscope): a final save means it finished.
             let step = self.saved_step.unwrap_or(0);
             self.send(TrainEvent::Finished { step, dir: self.dir.clone(), stopped_early: false });
             return Ok(Poll::Done);
@@ -655,8 +586,20 @@ impl Watcher {
         }
     }
 
-    /// Sends `CheckpointSaved` when training_state.json holds a new step.
-    fn check_saved(&mut self) {
+    /// Sends `CheckpointSaved` for the saves the status lists that were not sent yet, or,
+    /// for a writer that does not list them, when training_state.json holds a new step.
+    fn check_saved(&mut self, status: Option<&RunStatus>) {
+        if let Some(saves) = status.map(|s| &s.saves).filter(|s| !s.is_empty()) {
+            for &step in saves.iter().skip(self.saves_sent) {
+                if self.saved_step != Some(step) {
+                    self.saved_step = Some(step);
+                    self.send(TrainEvent::CheckpointSaved { step, dir: self.dir.clone() });
+                }
+            }
+            self.saves_sent = self.saves_sent.max(saves.len());
+            self.state_stamp = self.state_identity();
+            return;
+        }
         let stamp = self.state_identity();
         if stamp.is_none() || stamp == self.state_stamp {
             return;

@@ -5,8 +5,11 @@
 use super::config::{InitFrom, TrainConfig};
 use super::data::Batcher;
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
-use super::optim::{AdamWConfig, lr_at};
-use super::save::{ENGINE, SaveContents, TrainState, read_metrics_upto, read_optimizer, read_state, save_checkpoint};
+use super::live::{LiveRun, STOP_FILE, trainer_elsewhere};
+use super::optim::{AdamW, AdamWConfig, lr_at};
+use super::save::{
+    ENGINE, SaveContents, TrainState, clear_checkpoint, has_checkpoint, read_metrics_upto, read_optimizer, read_state, save_checkpoint,
+};
 use super::trainer::{Trainable, objective_for, train_step};
 use crate::analysis::eval::{EvalOptions, evaluate};
 use crate::corpus::tokens::{Budget, tokenize_documents};
@@ -271,18 +274,27 @@ fn prepare_data(cfg: &TrainConfig, tok: &tokenizers::Tokenizer, eos: u32, ctl: &
     Ok((t.ids, eval_tokens))
 }
 
-/// Runs a plan to the end (or until stopped), reporting through `ctl`.
+/// Runs a plan to the end (or until stopped), reporting through `ctl` and through the run
+/// folder's live files (see [`super::live`]), so that a run in another process is followed
+/// and stopped like one of the PyTorch engine.
 pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
+    let run_started = std::time::SystemTime::now();
     let s = setup(plan, device)?;
     let cfg = s.config.clone();
     let n_layer = s.model.n_layer();
     let out = cfg.out.clone();
+    if let Some(pid) = trainer_elsewhere(&out) {
+        bail!(
+            "{} is being trained right now (pid {pid}): stop it first (x in the explorer that follows it, or touch {})",
+            out.display(),
+            out.join(STOP_FILE).display()
+        )
+    }
     let (tokens, eval_tokens) = prepare_data(&cfg, &s.tokenizer, s.eos, ctl)?;
     let mut batcher = Batcher::new(Arc::new(tokens), cfg.ctx, cfg.seed)?;
     let trainable = Trainable::new(s.model)?;
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
     let mut opt = trainable.optimizer(adam, cfg.decay_matrices_only)?;
-    let mut metrics = s.metrics;
     let (mut tokens_seen, mut elapsed_before) = (0u64, 0.0);
     if let Some((dir, state)) = &s.resume {
         read_optimizer(dir, &trainable.names, &mut opt, state.step)?;
@@ -291,102 +303,176 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
         tokens_seen = state.tokens_seen;
         elapsed_before = state.elapsed_secs;
     }
+    // The folder shows the run live from here on; a new run replaces a checkpoint already
+    // there (the CLI's --overwrite) in one atomic swap first.
+    if s.resume.is_none() && has_checkpoint(&out) {
+        clear_checkpoint(&out).with_context(|| format!("replacing the checkpoint {}", out.display()))?;
+    }
+    let mut live = LiveRun::begin(&out, run_started, &s.metrics, s.start_step, cfg.steps, n_layer)?;
     ctl.send(TrainEvent::Started { start_step: s.start_step, total_steps: cfg.steps, out: out.clone(), n_layer });
+    let mut run = Run {
+        cfg: &cfg,
+        trainable: &trainable,
+        tokenizer_json: &s.tokenizer_json,
+        opt: &mut opt,
+        batcher: &mut batcher,
+        metrics: s.metrics,
+        eval_tokens: &eval_tokens,
+        tokens_seen,
+        elapsed_before,
+        started: Instant::now(),
+        step: s.start_step,
+        last_saved: s.resume.as_ref().map(|(_, st)| st.step),
+        live: &mut live,
+    };
+    match run.steps(device, ctl) {
+        Ok(stopped_early) => {
+            let step = run.step;
+            live.end(if stopped_early { "stopped" } else { "finished" }, step, None)?;
+            ctl.send(TrainEvent::Finished { step, dir: out, stopped_early });
+            Ok(())
+        }
+        Err(e) => {
+            // Followers learn why from the status; the caller reports the error itself.
+            let step = run.step;
+            let _ = live.end("failed", step, Some(crate::util::one_line(&e)));
+            Err(e)
+        }
+    }
+}
 
-    let started = Instant::now();
-    let mut last_saved = s.resume.as_ref().map(|(_, st)| st.step);
-    let micro = cfg.batch / cfg.accum;
-    let save = |step: usize, opt: &super::optim::AdamW, metrics: &[String], batcher: &Batcher, tokens_seen: u64| -> Result<()> {
-        let snapshot = trainable.snapshot()?;
+/// A set-up run going through its steps.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    trainable: &'a Trainable,
+    tokenizer_json: &'a str,
+    opt: &'a mut AdamW,
+    batcher: &'a mut Batcher,
+    /// Every metrics line of the run so far (the history it continues included).
+    metrics: Vec<String>,
+    eval_tokens: &'a [u32],
+    tokens_seen: u64,
+    elapsed_before: f64,
+    started: Instant,
+    /// Optimizer steps done.
+    step: usize,
+    last_saved: Option<usize>,
+    live: &'a mut LiveRun,
+}
+
+impl Run<'_> {
+    fn save(&mut self) -> Result<()> {
+        let (cfg, out) = (self.cfg, &self.cfg.out);
+        let snapshot = self.trainable.snapshot()?;
         let state = TrainState {
             alignscope_version: env!("CARGO_PKG_VERSION").to_string(),
-            step,
-            data_rng_position: batcher.position().to_string(),
-            tokens_seen,
-            elapsed_secs: elapsed_before + started.elapsed().as_secs_f64(),
+            step: self.step,
+            data_rng_position: self.batcher.position().to_string(),
+            tokens_seen: self.tokens_seen,
+            elapsed_secs: self.elapsed_before + self.started.elapsed().as_secs_f64(),
             config: cfg.clone(),
             engine: ENGINE.to_string(),
         };
+        let status = self.live.saving(self.step);
         save_checkpoint(
-            &out,
+            out,
             &SaveContents {
                 model: &snapshot,
-                tokenizer_json: &s.tokenizer_json,
-                optimizer: opt,
-                param_names: &trainable.names,
+                tokenizer_json: self.tokenizer_json,
+                optimizer: self.opt,
+                param_names: &self.trainable.names,
                 state: &state,
-                metrics,
+                metrics: &self.metrics,
+                status: Some(&status),
             },
         )
-        .with_context(|| format!("saving the checkpoint {}", out.display()))
-    };
-    let mut recent: std::collections::VecDeque<(f64, usize)> = Default::default();
-    let mut step = s.start_step;
-    let mut stopped_early = false;
-    while step < cfg.steps {
-        if ctl.stop_requested() {
-            stopped_early = true;
-            break;
-        }
-        let t0 = Instant::now();
-        let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-        let objective = cfg.objective_at(step + 1);
-        let obj = objective_for(objective, n_layer, cfg.beta, MONITOR_POSITIONS);
-        let mut batches = Vec::with_capacity(cfg.accum);
-        for _ in 0..cfg.accum {
-            let (x, y) = batcher.next_batch(micro);
-            batches.push((Tensor::from_vec(x, (micro, cfg.ctx), device)?, y));
-        }
-        let outcome = train_step(&trainable, &mut opt, &batches, &obj, lr, cfg.grad_clip)?;
-        let loss = outcome.value.loss;
-        if !loss.is_finite() || !outcome.grad_norm.is_finite() {
-            let kept = match last_saved {
-                Some(k) => format!("the last good checkpoint (step {k}) is kept in {}", out.display()),
-                None => "no checkpoint had been saved yet".to_string(),
+        .with_context(|| format!("saving the checkpoint {}", out.display()))?;
+        // The swap left the live metrics file with the old folder.
+        self.live.saved(self.step)?;
+        self.last_saved = Some(self.step);
+        Ok(())
+    }
+
+    /// A metrics line: kept for the next save, and written live for followers.
+    fn record(&mut self, line: String) -> Result<()> {
+        self.live.line(&line)?;
+        self.metrics.push(line);
+        Ok(())
+    }
+
+    /// Trains until the last step or a stop (returns whether it stopped early).
+    fn steps(&mut self, device: &Device, ctl: &Control) -> Result<bool> {
+        let cfg = self.cfg;
+        let out = cfg.out.clone();
+        let n_layer = self.trainable.model.n_layer();
+        let micro = cfg.batch / cfg.accum;
+        let mut recent: std::collections::VecDeque<(f64, usize)> = Default::default();
+        let mut stopped_early = false;
+        while self.step < cfg.steps {
+            if ctl.stop_requested() || self.live.stop_requested() {
+                stopped_early = true;
+                break;
+            }
+            let t0 = Instant::now();
+            let step = self.step;
+            let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+            let objective = cfg.objective_at(step + 1);
+            let obj = objective_for(objective, n_layer, cfg.beta, MONITOR_POSITIONS);
+            let mut batches = Vec::with_capacity(cfg.accum);
+            for _ in 0..cfg.accum {
+                let (x, y) = self.batcher.next_batch(micro);
+                batches.push((Tensor::from_vec(x, (micro, cfg.ctx), device)?, y));
+            }
+            let outcome = train_step(self.trainable, self.opt, &batches, &obj, lr, cfg.grad_clip)?;
+            let loss = outcome.value.loss;
+            if !loss.is_finite() || !outcome.grad_norm.is_finite() {
+                let kept = match self.last_saved {
+                    Some(k) => format!("the last good checkpoint (step {k}) is kept in {}", out.display()),
+                    None => "no checkpoint had been saved yet".to_string(),
+                };
+                bail!("the loss became {} at step {}: stopping; {kept}", if loss.is_nan() { "NaN" } else { "infinite" }, step + 1)
+            }
+            self.step += 1;
+            let step = self.step;
+            let n_tok = cfg.batch * cfg.ctx;
+            self.tokens_seen += n_tok as u64;
+            let dt = t0.elapsed().as_secs_f64();
+            recent.push_back((dt, n_tok));
+            if recent.len() > 20 {
+                recent.pop_front();
+            }
+            let (sum_t, sum_n) = recent.iter().fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
+            let per_step = sum_t / recent.len() as f64;
+            let m = StepMetrics {
+                step,
+                total_steps: cfg.steps,
+                loss,
+                objective,
+                layer_losses: outcome.value.layer_losses.clone(),
+                lr,
+                grad_norm: outcome.grad_norm,
+                tokens_per_sec: sum_n as f64 / sum_t.max(1e-9),
+                eta_secs: per_step * (cfg.steps - step) as f64,
             };
-            bail!("the loss became {} at step {}: stopping; {kept}", if loss.is_nan() { "NaN" } else { "infinite" }, step + 1)
+            self.record(serde_json::to_string(&m)?)?;
+            ctl.send(TrainEvent::Progress(m));
+            if !self.eval_tokens.is_empty() && cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || step == cfg.steps) {
+                let snapshot = self.trainable.snapshot()?;
+                let opts = EvalOptions { ctx: cfg.ctx, max_chunks: Some(cfg.eval_batches.max(1) * cfg.batch) };
+                let r = evaluate(&snapshot, self.eval_tokens, &opts, |_, _| ControlFlow::Continue(()))?;
+                let e = EvalMetrics { step, layer_losses: r.ce[1..].to_vec(), layer_acc: r.acc[1..].to_vec() };
+                self.record(json!({ "step": step, "eval": e, "eval_tokens": r.tokens }).to_string())?;
+                ctl.send(TrainEvent::Eval(e));
+            }
+            if (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) || step == cfg.steps {
+                self.save()?;
+                ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
+            }
         }
-        step += 1;
-        let n_tok = cfg.batch * cfg.ctx;
-        tokens_seen += n_tok as u64;
-        let dt = t0.elapsed().as_secs_f64();
-        recent.push_back((dt, n_tok));
-        if recent.len() > 20 {
-            recent.pop_front();
+        if stopped_early && self.last_saved != Some(self.step) && self.step > 0 {
+            self.save()?;
+            ctl.send(TrainEvent::CheckpointSaved { step: self.step, dir: out.clone() });
         }
-        let (sum_t, sum_n) = recent.iter().fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
-        let per_step = sum_t / recent.len() as f64;
-        let m = StepMetrics {
-            step,
-            total_steps: cfg.steps,
-            loss,
-            objective,
-            layer_losses: outcome.value.layer_losses.clone(),
-            lr,
-            grad_norm: outcome.grad_norm,
-            tokens_per_sec: sum_n as f64 / sum_t.max(1e-9),
-            eta_secs: per_step * (cfg.steps - step) as f64,
-        };
-        metrics.push(serde_json::to_string(&m)?);
-        ctl.send(TrainEvent::Progress(m));
-        if !eval_tokens.is_empty() && cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps) {
-            let snapshot = trainable.snapshot()?;
-            let opts = EvalOptions { ctx: cfg.ctx, max_chunks: Some(cfg.eval_batches.max(1) * cfg.batch) };
-            let r = evaluate(&snapshot, &eval_tokens, &opts, |_, _| ControlFlow::Continue(()))?;
-            let e = EvalMetrics { step, layer_losses: r.ce[1..].to_vec(), layer_acc: r.acc[1..].to_vec() };
-            metrics.push(json!({ "step": step, "eval": e, "eval_tokens": r.tokens }).to_string());
-            ctl.send(TrainEvent::Eval(e));
-        }
-        if (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
-            save(step, &opt, &metrics, &batcher, tokens_seen)?;
-            last_saved = Some(step);
-            ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
-        }
+        Ok(stopped_early)
     }
-    if stopped_early && last_saved != Some(step) && step > 0 {
-        save(step, &opt, &metrics, &batcher, tokens_seen)?;
-        ctl.send(TrainEvent::CheckpointSaved { step, dir: out.clone() });
-    }
-    ctl.send(TrainEvent::Finished { step, dir: out, stopped_early });
-    Ok(())
 }

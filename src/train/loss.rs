@@ -9,7 +9,7 @@
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 use rayon::prelude::*;
 
 /// `lambda_l = 2l / (L(L+1))` for l = 1..=L (index 0 = layer 1); they sum to 1.
@@ -53,7 +53,7 @@ fn chunk_rows(vocab: usize) -> usize {
 /// `grad_scale * (softmax - onehot)` of that sum.
 fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f64, Option<Tensor>)> {
     let (n, v) = logits.dims2()?;
-    if matches!(logits.device(), Device::Cpu) {
+    if crate::ops::cpu_fast_path(logits.device()) {
         let mut data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let per_row: Vec<f64> = data
             .par_chunks_mut(v)
@@ -72,7 +72,8 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
     let t = Tensor::from_vec(targets.to_vec(), n, logits.device())?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = logp.gather(&t.unsqueeze(1)?, 1)?;
-    let ce = -(picked.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    // Read back as f32 and widened on the host: no f64 kernels needed on the device.
+    let ce = -(picked.sum_all()?.to_scalar::<f32>()? as f64);
     let grad = match grad_scale {
         Some(s) => {
             let onehot =
@@ -184,7 +185,7 @@ pub fn loss_and_grads(
             reg = add(reg, term)?;
         }
         if let Some(reg) = reg {
-            loss += obj.cos_beta * reg.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            loss += obj.cos_beta * reg.to_scalar::<f32>()? as f64;
             surrogate = add(surrogate, (reg * (obj.cos_beta * grad_scale))?)?;
         }
     }

@@ -5,6 +5,7 @@ pub mod data;
 pub mod events;
 pub mod follow;
 pub mod job;
+pub mod live;
 pub mod loss;
 pub mod optim;
 pub mod recipe;

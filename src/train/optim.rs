@@ -41,7 +41,7 @@ impl AdamW {
         if grads.len() != params.len() {
             bail!("{} gradients for {} parameters", grads.len(), params.len())
         }
-        if params.iter().all(|p| matches!(p.device(), candle_core::Device::Cpu)) {
+        if params.iter().all(|p| crate::ops::cpu_fast_path(p.device())) {
             return self.step_cpu(params, grads, lr, grad_scale);
         }
         let scaled: Vec<Tensor>;
@@ -84,6 +84,9 @@ impl AdamW {
         self.step += 1;
         let c = self.config.clone();
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        // 1 - beta in f64, then rounded, as torch (and the tensor path) do: computed in
+        // f32, 1 - 0.999 is off by 1.3e-5 of itself.
+        let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         let step_size = (lr / bc1) as f32;
@@ -102,8 +105,8 @@ impl AdamW {
                     for j in 0..p.len() {
                         let g = if gs == 1.0 { g[j] } else { g[j] * gs };
                         let theta = if decay == 1.0 { p[j] } else { p[j] * decay };
-                        m[j] = m[j] * b1 + g * (1.0 - b1);
-                        v[j] = v[j] * b2 + g * g * (1.0 - b2);
+                        m[j] = m[j] * b1 + g * one_minus_b1;
+                        v[j] = v[j] * b2 + g * g * one_minus_b2;
                         let denom = v[j].sqrt() / bc2_sqrt + eps;
                         p[j] = theta - m[j] / denom * step_size;
                     }
@@ -121,10 +124,10 @@ impl AdamW {
 /// The global L2 norm of the gradients and the factor torch's `clip_grad_norm_` would
 /// scale them by (1 when under `max_norm`, or when clipping is off).
 pub fn clip_coefficient(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
-    let mut sq = 0.0f64;
-    for g in grads {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    }
+    // Each gradient's sum of squares stays on its device and one read-back brings them all:
+    // on a GPU a read-back per parameter would stall the stream some 150 times a step.
+    let sums = grads.iter().map(|g| g.sqr()?.sum_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    let sq: f64 = if sums.is_empty() { 0.0 } else { Tensor::stack(&sums, 0)?.to_vec1::<f32>()?.iter().map(|&s| s as f64).sum() };
     let norm = sq.sqrt();
     let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
     Ok((norm, coef))

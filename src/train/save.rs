@@ -137,8 +137,8 @@ const OWNED: [&str; 9] = [
     STATE_FILE,
     OPTIMIZER_FILE,
     METRICS_FILE,
-    "run_status.json",
-    "stop",
+    super::live::STATUS_FILE,
+    super::live::STOP_FILE,
 ];
 
 /// Hard-links the files of `dir` that a save does not write (a launcher's train.log, notes)
@@ -169,6 +169,9 @@ pub struct SaveContents<'a> {
     pub param_names: &'a [String],
     pub state: &'a TrainState,
     pub metrics: &'a [String],
+    /// The run's live status, written into the new checkpoint so that the folder never
+    /// lacks it while the run goes on.
+    pub status: Option<&'a super::live::RunStatus>,
 }
 
 /// Writes a complete checkpoint to `dir`, atomically replacing what was there.
@@ -191,31 +194,73 @@ pub fn save_checkpoint(dir: &Path, c: &SaveContents) -> Result<()> {
         moments.push((format!("v.{n}"), c.optimizer.v[i].clone()));
     }
     write_tensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
-    let mut metrics = c.metrics.join("\n");
-    metrics.push('\n');
-    write_synced(&tmp.join(METRICS_FILE), metrics.as_bytes())?;
+    write_synced(&tmp.join(METRICS_FILE), super::live::history_text(c.metrics).as_bytes())?;
     write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(c.state)?.as_bytes())?;
+    if let Some(status) = c.status {
+        write_synced(&tmp.join(super::live::STATUS_FILE), serde_json::to_string_pretty(status)?.as_bytes())?;
+    }
     carry_over(dir, &tmp)?;
     sync_dir(&tmp)?;
+    swap_in(&tmp, dir, &parent)
+}
+
+/// Moves the complete folder `tmp` to `dir`, atomically replacing what was there, and
+/// removes the previous contents.
+fn swap_in(tmp: &Path, dir: &Path, parent: &Path) -> Result<()> {
     if !dir.exists() {
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+        std::fs::rename(tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
     } else {
-        match exchange(&tmp, dir) {
+        match exchange(tmp, dir) {
             Ok(()) => {}
             Err(_) => {
                 let old = sibling(dir, "old");
                 std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
-                std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
-                sync_dir(&parent)?;
+                std::fs::rename(tmp, dir).with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+                sync_dir(parent)?;
+                keep_stop_request(&old, dir);
                 std::fs::remove_dir_all(&old).ok();
                 return Ok(());
             }
         }
     }
-    sync_dir(&parent)?;
+    sync_dir(parent)?;
     // After the exchange `tmp` holds the previous checkpoint.
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).ok();
+        keep_stop_request(tmp, dir);
+        std::fs::remove_dir_all(tmp).ok();
     }
     Ok(())
+}
+
+/// A stop request written into the folder while it was being replaced landed in the old
+/// one: it still asks the run to stop.
+fn keep_stop_request(old: &Path, dir: &Path) {
+    let stop = old.join(super::live::STOP_FILE);
+    if stop.exists() {
+        let _ = std::fs::rename(&stop, dir.join(super::live::STOP_FILE));
+    }
+}
+
+/// Empties a checkpoint folder for a new run that replaces it (`--overwrite`): in one
+/// atomic swap the folder holds only the files a save does not own (a log, notes), so a
+/// kill leaves either the old checkpoint whole or the new run's folder, never a mix.
+pub fn clear_checkpoint(dir: &Path) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    recover(dir);
+    let tmp = sibling(dir, "saving");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    carry_over(dir, &tmp)?;
+    sync_dir(&tmp)?;
+    swap_in(&tmp, dir, &parent)
+}
+
+/// Whether `dir` holds a checkpoint (a model or a run's state) that a new run would replace.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    dir.join("config.json").is_file() || dir.join(STATE_FILE).is_file()
 }

@@ -12,10 +12,11 @@ use super::column::{Column, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::train::{MenuDefaults, RecipeOffer, TrainMenu, TrainRequest, TrainingState};
+use super::train::{MenuDefaults, RecipeOffer, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
 use super::view::{SimMetric, View};
 use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::generate::Sampling;
+use crate::train::follow::Launch;
 use crate::train::{TrainConfig, TrainEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::path::PathBuf;
@@ -102,7 +103,14 @@ pub enum Effect {
         dir: PathBuf,
         steps: Option<usize>,
     },
+    /// Start the PyTorch engine with this command as a child process, and follow it.
+    LaunchRun(Box<Launch>),
+    /// Follow the run in this folder.
+    AttachRun(PathBuf),
     StopTraining,
+    /// Save what the view shows (the runtime writes it and answers with
+    /// [`App::on_exported`]).
+    Export(Box<super::export::ExportJob>),
 }
 
 /// How the explorer starts.
@@ -140,6 +148,9 @@ pub struct App {
     /// A recipe name that was asked for before it existed: `t` offers it, and the first
     /// checkpoint its run saves is loaded beside the base.
     pub recipe: Option<RecipeOffer>,
+    /// `q` was pressed once while a run started here trains on after the explorer: the
+    /// next `q` quits (any other key disarms it).
+    quit_armed: bool,
     next_req: u64,
     next_worker: u64,
 }
@@ -170,6 +181,7 @@ impl App {
             ticks: 0,
             should_quit: false,
             recipe: None,
+            quit_armed: false,
             next_req: 1,
             next_worker,
         }
@@ -266,8 +278,21 @@ impl App {
     /// The one place where actions change the state.
     pub fn update(&mut self, action: Action, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
+        let quit_armed = std::mem::take(&mut self.quit_armed);
         match action {
-            Action::Quit => self.should_quit = true,
+            Action::Quit => {
+                // A PyTorch run started here goes on after the explorer (it is a process
+                // of its own): say so once, so that quitting never stops it unawares.
+                // (One asked to stop, saving now, ends by itself.)
+                let child_trains = matches!(self.training.status, TrainStatus::Starting | TrainStatus::Running)
+                    && matches!(self.training.source, RunSource::Child { .. });
+                if child_trains && !quit_armed {
+                    self.quit_armed = true;
+                    self.say("the PyTorch run keeps training after you quit: q again quits · x stops it (saving first)", false);
+                } else {
+                    self.should_quit = true;
+                }
+            }
             Action::ToggleHelp => {
                 self.mode = match self.mode {
                     Mode::Help { .. } => Mode::Normal,
@@ -325,7 +350,8 @@ impl App {
             Action::Regenerate => self.restart_generation(now),
             Action::RerunEval => fx.extend(self.start_eval(true)),
             Action::OpenTrainMenu => {
-                if self.training.is_active() {
+                // A followed run may be left to train on while another is started or followed.
+                if self.training.is_active() && self.training.source == RunSource::InProcess {
                     self.say("a run is in progress: x stops it", false);
                     self.view = View::Training;
                 } else {
@@ -335,13 +361,24 @@ impl App {
             Action::StopTraining => {
                 if self.training.is_active() {
                     self.training.status = super::train::TrainStatus::Stopping;
-                    self.say("stopping: saving the checkpoint first…", false);
+                    let how = match self.training.source {
+                        RunSource::InProcess => "stopping: saving the checkpoint first…",
+                        _ => "asked the run to stop (its stop file): it saves first…",
+                    };
+                    self.say(how, false);
                     fx.push(Effect::StopTraining);
                 } else {
                     self.say("no training is running", false);
                 }
             }
             Action::ReloadTrained => fx.extend(self.reload_trained()),
+            Action::Export => match super::export::snapshot(self) {
+                Ok(job) => {
+                    self.say(format!("saving the {} view…", self.view.title().to_lowercase()), false);
+                    fx.push(Effect::Export(Box::new(job)));
+                }
+                Err(why) => self.say(why, true),
+            },
             Action::Submit => fx.extend(self.submit(now)),
             Action::Cancel => self.mode = Mode::Normal,
             Action::HistoryPrev => self.browse_history(-1),
@@ -533,13 +570,39 @@ impl App {
             }
             Mode::TrainMenu(menu) => match menu.request() {
                 Ok(req) => {
-                    let description = describe_request(&req);
+                    let description = match (&req, menu.run_request()) {
+                        (TrainRequest::Launch(_), Ok(run)) => {
+                            let n = menu.procs.text.trim();
+                            format!("{} · PyTorch, {n} process{}", describe_request(&run), if n == "1" { "" } else { "es" })
+                        }
+                        _ => describe_request(&req),
+                    };
+                    // A run followed until now goes on without us.
+                    let left = self.training.out.clone().filter(|_| self.training.is_active());
                     self.training = TrainingState::starting(description);
                     self.view = View::Training;
-                    self.say("starting training…", false);
+                    let (source, msg) = match &req {
+                        TrainRequest::Launch(l) => {
+                            // Known before the run says so: the view points at its log meanwhile.
+                            self.training.out = Some(l.run_dir.clone());
+                            (RunSource::Child { command: l.command_line() }, "starting the PyTorch engine…")
+                        }
+                        TrainRequest::Attach(dir) => {
+                            self.training.out = Some(dir.clone());
+                            (RunSource::Attached, "attaching to the run…")
+                        }
+                        _ => (RunSource::InProcess, "starting training…"),
+                    };
+                    self.training.source = source;
+                    match left {
+                        Some(dir) => self.say(format!("{msg} (no longer following {}; it trains on)", dir.display()), false),
+                        None => self.say(msg, false),
+                    }
                     vec![match req {
                         TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
                         TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
+                        TrainRequest::Launch(l) => Effect::LaunchRun(l),
+                        TrainRequest::Attach(dir) => Effect::AttachRun(dir),
                     }]
                 }
                 Err(e) => {
@@ -560,7 +623,7 @@ impl App {
     /// [`Effect::OpenTrainMenu`]).
     pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
         let menu = match &self.recipe {
-            Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults.resumable),
+            Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults),
             _ => TrainMenu::new(defaults),
         };
         self.mode = Mode::TrainMenu(Box::new(menu));
@@ -570,12 +633,12 @@ impl App {
     /// base): the training menu opens prefilled with the recipe, and the status line says
     /// what is missing and what Enter does. The menu has no ce-reg runs: for those the
     /// status line gives the command that builds it.
-    pub fn offer_recipe(&mut self, offer: RecipeOffer, resumable: Vec<(String, PathBuf)>) {
+    pub fn offer_recipe(&mut self, offer: RecipeOffer, defaults: MenuDefaults) {
         if offer.config.loss == crate::train::LossKind::CeReg {
             self.say(format!("{} is not built yet: build it with {}", offer.name, offer.command), false);
         } else {
             self.say(offer.status(), false);
-            self.mode = Mode::TrainMenu(Box::new(TrainMenu::for_recipe(&offer, resumable)));
+            self.mode = Mode::TrainMenu(Box::new(TrainMenu::for_recipe(&offer, defaults)));
         }
         self.recipe = Some(offer);
     }
@@ -644,6 +707,14 @@ impl App {
         }
     }
 
+    /// An export finished: the status line names the files (or the error).
+    pub fn on_exported(&mut self, result: Result<Vec<PathBuf>, String>) {
+        match result {
+            Ok(files) => self.say(super::export::saved_message(&files), false),
+            Err(e) => self.say(format!("cannot save: {e}"), true),
+        }
+    }
+
     /// Folds a training event in. The first save of an offered recipe's run is loaded
     /// beside its base at once.
     pub fn on_train(&mut self, ev: TrainEvent) -> Vec<Effect> {
@@ -678,6 +749,14 @@ impl App {
     pub fn on_train_error(&mut self, message: String) {
         self.training.status = super::train::TrainStatus::Failed(message.clone());
         self.say(format!("training: {message}"), true);
+    }
+
+    /// The stop request could not be made (the run goes on).
+    pub fn on_stop_failed(&mut self, message: String) {
+        if self.training.status == super::train::TrainStatus::Stopping {
+            self.training.status = super::train::TrainStatus::Running;
+        }
+        self.say(format!("cannot stop the run: {message}"), true);
     }
 
     /// Time passes: fires the debounced generation.
@@ -717,5 +796,7 @@ fn describe_request(req: &TrainRequest) -> String {
             Some(s) => format!("continuing {} to step {s}", dir.display()),
             None => format!("continuing {}", dir.display()),
         },
+        TrainRequest::Launch(l) => format!("PyTorch run → {}", l.run_dir.display()),
+        TrainRequest::Attach(dir) => format!("following {}", dir.display()),
     }
 }

@@ -21,6 +21,8 @@ pub enum Event {
     Download(crate::hub::DownloadStatus),
     /// The terminal input could not be read: the UI has to stop.
     InputFailed(String),
+    /// An export (`w`) finished: the files it wrote, or why it failed.
+    Exported(Result<Vec<std::path::PathBuf>, String>),
 }
 
 /// Reads terminal events on a thread of its own and forwards them. It ends when the

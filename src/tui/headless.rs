@@ -1,10 +1,13 @@
 //! The explorer without a terminal or threads: the app's effects are carried out
 //! synchronously, the real engine answering worker commands through the same
 //! [`execute`] the worker threads run. Tests snapshot views and check state with it, and
-//! `alignscope bench --what tui` times frames with it.
+//! `alignscope bench --what tui` times frames with it. Training effects are recorded; with
+//! [`Headless::run_training`] they are also carried out by the explorer's own runtime
+//! code (real runs, in-process or followed), polled with [`Headless::poll_training`].
 
 use super::app::{App, AppOptions, Effect};
 use super::theme::{ColorDepth, Theme};
+use super::training_job::Trainer;
 use super::worker::{ModelInfo, WorkerCommand, WorkerReply, execute};
 use crate::model::Checkpoint;
 use candle_core::Device;
@@ -19,6 +22,9 @@ pub struct Headless {
     pub now: Instant,
     /// Training effects the app asked for, in order (the runtime would start the job).
     pub training: Vec<Effect>,
+    /// Where exports (`w`) are written.
+    pub export_dir: std::path::PathBuf,
+    trainer: Option<Trainer>,
 }
 
 impl Headless {
@@ -32,7 +38,7 @@ impl Headless {
             models.insert(id, ck);
         }
         let app = App::new(columns, opts);
-        let mut h = Self { app, models, now: Instant::now(), training: vec![] };
+        let mut h = Self { app, models, now: Instant::now(), training: vec![], export_dir: crate::paths::export_dir(), trainer: None };
         let fx = h.app.start();
         h.run(fx);
         h
@@ -80,8 +86,45 @@ impl Headless {
                     let d = super::menu_defaults(&self.app);
                     self.app.open_train_menu(d);
                 }
-                other => self.training.push(other),
+                Effect::Export(job) => {
+                    let result = super::export::write(&job, &self.export_dir).map_err(|e| crate::util::one_line(&e));
+                    self.app.on_exported(result);
+                }
+                other => {
+                    self.training.push(other.clone());
+                    if let Some(t) = &mut self.trainer {
+                        t.apply(&mut self.app, other);
+                    }
+                }
             }
+        }
+    }
+
+    /// From now on training effects start real runs (on the CPU), as in the explorer.
+    pub fn run_training(&mut self) {
+        self.trainer = Some(Trainer::new(Device::Cpu));
+    }
+
+    /// Folds in the events the run has sent so far (as the explorer does on every frame).
+    pub fn poll_training(&mut self) {
+        if let Some(t) = &mut self.trainer {
+            let fx = t.poll(&mut self.app);
+            self.run(fx);
+        }
+    }
+
+    /// Polls the run until `done` holds for the app, or `limit` passes (false then).
+    pub fn wait_training(&mut self, limit: Duration, done: impl Fn(&App) -> bool) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            self.poll_training();
+            if done(&self.app) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod column;
 pub mod event;
+pub mod export;
 pub mod headless;
 pub mod input;
 pub mod keymap;
@@ -22,6 +23,7 @@ pub mod worker;
 mod training_job;
 
 pub use keymap::key_table_markdown;
+use training_job::Trainer;
 pub use training_job::{menu_defaults, recipe_offer};
 
 use crate::cli::ExploreArgs;
@@ -110,7 +112,8 @@ pub fn run(args: ExploreArgs) -> Result<()> {
         bail!("the explorer needs a terminal; for scripts use the subcommands (inspect, generate, eval; see --help)")
     }
     let (tx, rx) = mpsc::channel();
-    let mut runtime = Runtime { workers: HashMap::new(), device: device.clone(), events: tx.clone(), job: None };
+    let mut runtime =
+        Runtime { workers: HashMap::new(), device: device.clone(), events: tx.clone(), trainer: Trainer::new(device.clone()) };
     let mut columns = Vec::new();
     for (i, ck) in loaded.into_iter().enumerate() {
         let id = i as u64 + 1;
@@ -120,7 +123,8 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     let prompt = args.prompt.clone().unwrap_or_else(|| app::DEFAULT_PROMPT.to_string());
     let mut app = App::new(columns, AppOptions { prompt, eval_data, device: device_name(&device) });
     if let Some(r) = &plan.recipe {
-        app.offer_recipe(training_job::recipe_offer(r), training_job::resumable_runs());
+        let defaults = menu_defaults(&app);
+        app.offer_recipe(recipe_offer(r), defaults);
     } else if let Some(n) = note {
         app.status = Some(app::StatusMessage { text: n, error: false });
     }
@@ -135,13 +139,10 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     event::spawn_input_reader(tx);
     let result = event_loop(&mut term, &mut app, &mut runtime, &rx, &theme);
     leave_terminal();
-    if let Some(job) = &runtime.job
-        && job.is_running()
-    {
-        // Quitting while a run trains: save what it has (the job saves on stop).
-        job.stop();
-        eprintln!("stopping the training run (saving a checkpoint)…");
-        job.wait();
+    // Quitting while a run trains: alignscope's own run saves and stops; a run followed
+    // through its folder (the PyTorch engine started here included) goes on.
+    if let Some(note) = runtime.trainer.on_quit() {
+        eprintln!("{note}");
     }
     result
 }
@@ -209,7 +210,8 @@ fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Ev
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("the event channel closed"),
         }
-        rt.poll_training(app);
+        let fx = rt.trainer.poll(app);
+        rt.apply(app, fx);
         let fx = app.tick(Instant::now());
         rt.apply(app, fx);
     }
@@ -226,17 +228,21 @@ fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
             vec![]
         }
         Event::InputFailed(e) => bail!("cannot read the terminal: {e}"),
+        Event::Exported(result) => {
+            app.on_exported(result);
+            vec![]
+        }
     };
     rt.apply(app, fx);
     Ok(())
 }
 
-/// What the UI thread owns besides the state: the workers and the training job.
+/// What the UI thread owns besides the state: the workers and the training run.
 struct Runtime {
     workers: HashMap<u64, WorkerHandle>,
     device: Device,
     events: Sender<Event>,
-    job: Option<training_job::Job>,
+    trainer: Trainer,
 }
 
 impl Runtime {
@@ -257,40 +263,19 @@ impl Runtime {
                     self.workers.remove(&worker);
                 }
                 Effect::OpenTrainMenu => app.open_train_menu(menu_defaults(app)),
-                Effect::StartTraining(cfg) => match training_job::Job::start(*cfg, &self.device) {
-                    Ok(job) => self.job = Some(job),
-                    Err(e) => app.on_train_error(crate::util::one_line(&e)),
-                },
-                Effect::ResumeTraining { dir, steps } => match training_job::Job::resume(dir, steps, &self.device) {
-                    Ok(job) => self.job = Some(job),
-                    Err(e) => app.on_train_error(crate::util::one_line(&e)),
-                },
-                Effect::StopTraining => {
-                    if let Some(job) = &self.job {
-                        job.stop();
-                    }
+                Effect::Export(job) => {
+                    // Drawing a PNG takes a moment: off the UI thread, answered as an event.
+                    let events = self.events.clone();
+                    std::thread::spawn(move || {
+                        let result = export::write(&job, &crate::paths::export_dir()).map_err(|e| crate::util::one_line(&e));
+                        let _ = events.send(Event::Exported(result));
+                    });
+                }
+                training => {
+                    self.trainer.apply(app, training);
                 }
             }
         }
-    }
-
-    /// Folds the training job's events in; a job that ended without saying so failed.
-    fn poll_training(&mut self, app: &mut App) {
-        let Some(job) = &self.job else { return };
-        let mut fx = Vec::new();
-        while let Some(ev) = job.try_recv() {
-            fx.extend(app.on_train(ev));
-        }
-        if app.training.is_active() && !job.is_running() {
-            // Events sent just before the end may still be queued.
-            while let Some(ev) = job.try_recv() {
-                fx.extend(app.on_train(ev));
-            }
-            if app.training.is_active() {
-                app.on_train_error("the training job ended without a result".into());
-            }
-        }
-        self.apply(app, fx);
     }
 }
 

@@ -3,8 +3,10 @@
 //! runtime starts and stops the job.
 
 use super::text::TextField;
+use crate::train::follow::{Launch, TorchOptions};
+use crate::train::job::RunPlan;
 use crate::train::{EvalMetrics, InitFrom, LossKind, StepMetrics, TrainConfig, TrainEvent};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What the menu starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,15 +14,38 @@ pub enum RunKind {
     AlignedFinetune,
     StandardFinetune,
     Continue,
+    /// Follow a run that is already training (or has ended), by its folder.
+    Attach,
 }
 
 impl RunKind {
-    pub const ALL: [RunKind; 3] = [RunKind::AlignedFinetune, RunKind::StandardFinetune, RunKind::Continue];
+    pub const ALL: [RunKind; 4] = [RunKind::AlignedFinetune, RunKind::StandardFinetune, RunKind::Continue, RunKind::Attach];
     pub fn label(&self) -> &'static str {
         match self {
             RunKind::AlignedFinetune => "aligned fine-tune",
             RunKind::StandardFinetune => "standard fine-tune",
             RunKind::Continue => "continue a saved run",
+            RunKind::Attach => "follow a run by its folder",
+        }
+    }
+}
+
+/// Which engine trains a run the menu starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// alignscope's own trainer, in a thread of the explorer.
+    InProcess,
+    /// The PyTorch engine (`scripts/torch/train.py`; torchrun for more than one process),
+    /// started as a child process and followed through its run folder.
+    Torch,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 2] = [Engine::InProcess, Engine::Torch];
+    pub fn label(&self) -> &'static str {
+        match self {
+            Engine::InProcess => "alignscope, in this process",
+            Engine::Torch => "PyTorch, a child process (torchrun for 2+)",
         }
     }
 }
@@ -36,6 +61,9 @@ pub enum Field {
     Batch,
     Ctx,
     Run,
+    Engine,
+    Procs,
+    Folder,
 }
 
 impl Field {
@@ -50,6 +78,9 @@ impl Field {
             Field::Batch => "Batch",
             Field::Ctx => "Context",
             Field::Run => "Saved run",
+            Field::Engine => "Engine",
+            Field::Procs => "Processes",
+            Field::Folder => "Run folder",
         }
     }
 }
@@ -64,6 +95,17 @@ pub struct MenuDefaults {
     pub eval_data: PathBuf,
     /// Runs that can be continued: (name, folder).
     pub resumable: Vec<(String, PathBuf)>,
+    /// The engine choices' prefill.
+    pub engines: EngineDefaults,
+}
+
+/// What the menu needs to offer the PyTorch engine and to follow runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineDefaults {
+    /// The interpreter that runs the PyTorch engine ([`crate::paths::torch_python`]).
+    pub python: PathBuf,
+    /// Run folders whose trainer is training right now (the first prefills "follow").
+    pub running: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +123,15 @@ pub struct TrainMenu {
     pub eval_data: PathBuf,
     pub selected: usize,
     pub error: Option<String>,
+    pub engine: usize,
+    /// Processes of the PyTorch engine on this machine.
+    pub procs: TextField,
+    /// The run folder to follow.
+    pub folder: TextField,
+    pub python: PathBuf,
+    /// [`TrainMenu::command`] as of the last change through the menu's keys (the panel
+    /// shows it without touching the disk).
+    pub preview: Option<String>,
     /// Why the menu opened by itself (a recipe name that is not built yet).
     pub note: Option<String>,
 }
@@ -124,7 +175,14 @@ impl RecipeOffer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainRequest {
     Start(Box<TrainConfig>),
-    Resume { dir: PathBuf, steps: Option<usize> },
+    Resume {
+        dir: PathBuf,
+        steps: Option<usize>,
+    },
+    /// Run this command (the PyTorch engine) as a child process and follow its folder.
+    Launch(Box<Launch>),
+    /// Follow the run in this folder.
+    Attach(PathBuf),
 }
 
 impl TrainMenu {
@@ -144,12 +202,18 @@ impl TrainMenu {
             eval_data: d.eval_data,
             selected: 0,
             error: None,
+            engine: 0,
+            procs: TextField::new("1"),
+            folder: TextField::new(&d.engines.running.first().map(|p| crate::paths::display_path(p)).unwrap_or_default()),
+            python: d.engines.python,
+            preview: None,
             note: None,
         }
+        .refreshed()
     }
 
-    /// The menu prefilled with a recipe's run, ready for Enter.
-    pub fn for_recipe(offer: &RecipeOffer, resumable: Vec<(String, PathBuf)>) -> Self {
+    /// The menu prefilled with a recipe's run, ready for Enter (the rest as `d` has it).
+    pub fn for_recipe(offer: &RecipeOffer, d: MenuDefaults) -> Self {
         let c = &offer.config;
         let kind = if c.loss == LossKind::Standard { RunKind::StandardFinetune } else { RunKind::AlignedFinetune };
         let base = match &c.init {
@@ -165,25 +229,43 @@ impl TrainMenu {
             lr: TextField::new(&format!("{:e}", c.lr)),
             batch: TextField::new(&c.batch.to_string()),
             ctx: TextField::new(&c.ctx.to_string()),
-            run: 0,
-            resumable,
-            eval_data: c.eval_data.first().cloned().unwrap_or_default(),
-            selected: 0,
-            error: None,
+            eval_data: c.eval_data.first().cloned().unwrap_or_else(|| d.eval_data.clone()),
             note: Some(format!("{} is not built yet: Enter trains it with the paper's recipe", offer.name)),
+            ..Self::new(d)
         }
+        .refreshed()
+    }
+
+    fn refreshed(mut self) -> Self {
+        self.refresh();
+        self
+    }
+
+    /// Recomputes the command preview after a change.
+    pub fn refresh(&mut self) {
+        self.preview = self.command();
     }
 
     pub fn run_kind(&self) -> RunKind {
         RunKind::ALL[self.kind]
     }
 
+    pub fn engine(&self) -> Engine {
+        Engine::ALL[self.engine]
+    }
+
     /// The fields shown for the chosen kind of run, in order.
     pub fn fields(&self) -> Vec<Field> {
-        match self.run_kind() {
+        let mut f = match self.run_kind() {
+            RunKind::Attach => return vec![Field::Kind, Field::Folder],
             RunKind::Continue => vec![Field::Kind, Field::Run, Field::Steps],
             _ => vec![Field::Kind, Field::Base, Field::Output, Field::Data, Field::Steps, Field::Lr, Field::Batch, Field::Ctx],
+        };
+        f.push(Field::Engine);
+        if self.engine() == Engine::Torch {
+            f.push(Field::Procs);
         }
+        f
     }
 
     pub fn selected_field(&self) -> Field {
@@ -200,7 +282,9 @@ impl TrainMenu {
             Field::Lr => &mut self.lr,
             Field::Batch => &mut self.batch,
             Field::Ctx => &mut self.ctx,
-            Field::Kind | Field::Run => return None,
+            Field::Procs => &mut self.procs,
+            Field::Folder => &mut self.folder,
+            Field::Kind | Field::Run | Field::Engine => return None,
         })
     }
 
@@ -213,7 +297,9 @@ impl TrainMenu {
             Field::Lr => &self.lr,
             Field::Batch => &self.batch,
             Field::Ctx => &self.ctx,
-            Field::Kind | Field::Run => return None,
+            Field::Procs => &self.procs,
+            Field::Folder => &self.folder,
+            Field::Kind | Field::Run | Field::Engine => return None,
         })
     }
 
@@ -221,6 +307,7 @@ impl TrainMenu {
     pub fn value(&self, f: Field) -> String {
         match f {
             Field::Kind => self.run_kind().label().to_string(),
+            Field::Engine => self.engine().label().to_string(),
             Field::Run => match self.resumable.get(self.run) {
                 Some((name, _)) => name.clone(),
                 None => "(no saved run can be continued)".to_string(),
@@ -236,6 +323,7 @@ impl TrainMenu {
             && t.edit(key)
         {
             self.error = None;
+            self.refresh();
         }
     }
 
@@ -256,6 +344,10 @@ impl TrainMenu {
                 let n = self.resumable.len() as isize;
                 self.run = (self.run as isize + delta).rem_euclid(n) as usize;
             }
+            Field::Engine => {
+                let n = Engine::ALL.len() as isize;
+                self.engine = (self.engine as isize + delta).rem_euclid(n) as usize;
+            }
             f => {
                 if let Some(t) = self.text_mut(f) {
                     if delta < 0 { t.left() } else { t.right() }
@@ -263,10 +355,32 @@ impl TrainMenu {
             }
         }
         self.error = None;
+        self.refresh();
     }
 
     /// Checks the fields and builds the request; the error names the field.
     pub fn request(&self) -> Result<TrainRequest, String> {
+        if self.run_kind() == RunKind::Attach {
+            return self.attach_request();
+        }
+        let run = self.run_request()?;
+        match self.engine() {
+            Engine::InProcess => Ok(run),
+            Engine::Torch => Ok(TrainRequest::Launch(Box::new(self.torch_launch(run)?))),
+        }
+    }
+
+    /// The command the PyTorch engine would run with the fields as they are (None for the
+    /// other choices, or while a field is invalid): the menu shows it before it starts.
+    pub fn command(&self) -> Option<String> {
+        match self.request() {
+            Ok(TrainRequest::Launch(l)) => Some(l.command_line()),
+            _ => None,
+        }
+    }
+
+    /// The run as alignscope would train it (the PyTorch engine trains the same run).
+    pub fn run_request(&self) -> Result<TrainRequest, String> {
         fn num<T: std::str::FromStr>(f: &TextField, what: &str) -> Result<T, String> {
             f.text.trim().parse::<T>().map_err(|_| format!("{what} must be a number, got {:?}", f.text.trim()))
         }
@@ -325,8 +439,70 @@ impl TrainMenu {
         cfg.eval_every = 50.min(steps);
         cfg.save_every = 50.min(steps);
         cfg.eval_data = vec![self.eval_data.clone()];
+        if crate::train::save::has_checkpoint(&cfg.out) {
+            return Err(format!("Output name: {} already holds a checkpoint: pick another name, or continue it", cfg.out.display()));
+        }
         Ok(TrainRequest::Start(Box::new(cfg)))
     }
+
+    /// The PyTorch engine's command for a run.
+    fn torch_launch(&self, run: TrainRequest) -> Result<Launch, String> {
+        let nproc = match self.procs.text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(format!("Processes must be a whole number of at least 1, got {:?}", self.procs.text.trim())),
+        };
+        let plan = match run {
+            TrainRequest::Start(cfg) => {
+                // Each process takes batch / N sequences of every step.
+                if !cfg.batch.is_multiple_of(nproc) {
+                    return Err(format!("Batch {} must be a multiple of Processes {nproc}", cfg.batch));
+                }
+                RunPlan::New(cfg)
+            }
+            TrainRequest::Resume { dir, steps } => RunPlan::Resume { dir, steps },
+            other => unreachable!("not a run to train: {other:?}"),
+        };
+        let options = TorchOptions { python: self.python.clone(), nproc, overwrite: false, extra: vec![] };
+        Launch::torch(&plan, &options).map_err(|e| crate::util::one_line(&e))
+    }
+
+    /// The folder to follow: as typed, or a name under the checkpoint folders.
+    fn attach_request(&self) -> Result<TrainRequest, String> {
+        let typed = self.folder.text.trim();
+        if typed.is_empty() {
+            return Err("Run folder must name the folder of a run (its --out)".into());
+        }
+        let dir = std::iter::once(PathBuf::from(typed))
+            .chain(crate::paths::checkpoint_roots().into_iter().map(|r| r.join(typed)))
+            .find(|d| d.is_dir())
+            .ok_or_else(|| format!("Run folder: {typed} is not a folder"))?;
+        if !is_run_folder(&dir) {
+            return Err(format!(
+                "Run folder: {} is not a training run (no run_status.json, training_state.json or metrics.jsonl)",
+                dir.display()
+            ));
+        }
+        Ok(TrainRequest::Attach(dir))
+    }
+}
+
+/// Whether `dir` holds a run a follower can follow.
+pub fn is_run_folder(dir: &Path) -> bool {
+    use crate::train::{follow::STATUS_FILE, save::METRICS_FILE, save::STATE_FILE};
+    [STATUS_FILE, STATE_FILE, METRICS_FILE].iter().any(|f| dir.join(f).is_file())
+}
+
+/// Who trains the run that the training view follows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RunSource {
+    /// alignscope's engine in a thread of this explorer: it ends with the explorer.
+    #[default]
+    InProcess,
+    /// The PyTorch engine, started by this explorer as a child process; it goes on after
+    /// the explorer quits.
+    Child { command: String },
+    /// A run started elsewhere, followed through its folder.
+    Attached,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,6 +534,7 @@ pub struct TrainingState {
     pub last_eval: Option<EvalMetrics>,
     /// The latest saved checkpoint: (step, folder).
     pub saved: Option<(usize, PathBuf)>,
+    pub source: RunSource,
 }
 
 impl Default for TrainingState {
@@ -374,6 +551,7 @@ impl Default for TrainingState {
             layer_curves: vec![],
             last_eval: None,
             saved: None,
+            source: RunSource::InProcess,
         }
     }
 }
@@ -404,7 +582,10 @@ impl TrainingState {
                 self.total_steps = total_steps;
                 self.n_layer = n_layer;
                 self.layer_curves = vec![vec![]; n_layer];
-                let msg = format!("training started at step {start_step} of {total_steps}, writing {}", out.display());
+                let msg = match self.source {
+                    RunSource::Attached => format!("following {} (this run started at step {start_step} of {total_steps})", out.display()),
+                    _ => format!("training started at step {start_step} of {total_steps}, writing {}", out.display()),
+                };
                 self.out = Some(out);
                 Some((msg, false))
             }
@@ -463,6 +644,7 @@ mod tests {
             data: vec![],
             eval_data: PathBuf::from("e.txt"),
             resumable,
+            engines: EngineDefaults { python: "python3".into(), running: vec![] },
         }
     }
 
@@ -477,9 +659,9 @@ mod tests {
     #[test]
     fn continuing_a_run_asks_for_its_folder_and_optional_steps() {
         let mut m = TrainMenu::new(defaults(vec![("a-ft".into(), PathBuf::from("/x/a-ft")), ("b-ft".into(), PathBuf::from("/x/b-ft"))]));
-        m.choice(-1); // aligned -> continue (wraps)
+        m.choice(-2); // aligned -> continue (wraps past "follow")
         assert_eq!(m.run_kind(), RunKind::Continue);
-        assert_eq!(m.fields(), vec![Field::Kind, Field::Run, Field::Steps]);
+        assert_eq!(m.fields(), vec![Field::Kind, Field::Run, Field::Steps, Field::Engine]);
         m.move_field(1);
         m.choice(1);
         m.steps.set("");
@@ -487,8 +669,65 @@ mod tests {
         m.steps.set("500");
         assert_eq!(m.request(), Ok(TrainRequest::Resume { dir: PathBuf::from("/x/b-ft"), steps: Some(500) }));
         let mut none = TrainMenu::new(defaults(vec![]));
-        none.choice(-1);
+        none.choice(-2);
         assert!(none.request().unwrap_err().contains("no saved run"));
+    }
+
+    #[test]
+    fn the_pytorch_engine_trains_the_same_run_with_the_command_shown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("d.txt");
+        std::fs::write(&data, "text").unwrap();
+        let mut m = TrainMenu::new(defaults(vec![("a-ft".into(), tmp.path().to_path_buf())]));
+        m.data.set(&data.display().to_string());
+        m.output.set(&tmp.path().join("out").display().to_string());
+        let Ok(TrainRequest::Start(cfg)) = m.request() else { panic!("in-process by default: {:?}", m.request()) };
+        assert!(m.command().is_none(), "no command for the in-process engine");
+        assert_eq!(m.fields().last(), Some(&Field::Engine));
+        m.selected = m.fields().len() - 1;
+        m.choice(1);
+        assert_eq!(m.engine(), Engine::Torch);
+        assert_eq!(&m.fields()[m.fields().len() - 2..], [Field::Engine, Field::Procs]);
+        let Ok(TrainRequest::Launch(l)) = m.request() else { panic!("{:?}", m.request()) };
+        let mut want = vec![crate::paths::torch_trainer_script().display().to_string()];
+        want.extend(crate::train::follow::torch_args(&cfg));
+        assert_eq!((l.program.as_path(), &l.args, l.run_dir.as_path()), (Path::new("python3"), &want, cfg.out.as_path()));
+        assert_eq!(m.command(), Some(l.command_line()));
+        // Two processes: torchrun; each takes half of every batch.
+        m.procs.set("2");
+        let Ok(TrainRequest::Launch(l)) = m.request() else { panic!() };
+        assert_eq!(l.args[..5], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]);
+        m.procs.set("3");
+        assert_eq!(m.request(), Err("Batch 8 must be a multiple of Processes 3".into()));
+        assert_eq!(m.command(), None);
+        m.procs.set("0");
+        assert!(m.request().unwrap_err().starts_with("Processes must be"));
+        // Continuing a saved run on PyTorch resumes its folder.
+        m.procs.set("1");
+        m.kind = 2;
+        let Ok(TrainRequest::Launch(l)) = m.request() else { panic!() };
+        assert_eq!(l.args[1..], ["--resume".to_string(), tmp.path().display().to_string(), "--steps".into(), "200".into()]);
+    }
+
+    #[test]
+    fn following_a_run_needs_a_run_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let mut m = TrainMenu::new(MenuDefaults {
+            engines: EngineDefaults { python: "python3".into(), running: vec![run.clone()] },
+            ..defaults(vec![])
+        });
+        m.choice(-1);
+        assert_eq!(m.run_kind(), RunKind::Attach);
+        assert_eq!(m.fields(), vec![Field::Kind, Field::Folder]);
+        assert_eq!(m.folder.text, run.display().to_string(), "prefilled with the run that trains");
+        assert_eq!(m.request(), Err(format!("Run folder: {} is not a folder", run.display())));
+        std::fs::create_dir(&run).unwrap();
+        assert!(m.request().unwrap_err().contains("is not a training run"));
+        std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+        assert_eq!(m.request(), Ok(TrainRequest::Attach(run.clone())));
+        m.folder.set("  ");
+        assert!(m.request().unwrap_err().starts_with("Run folder must name"));
     }
 
     #[test]

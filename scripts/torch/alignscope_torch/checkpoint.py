@@ -18,6 +18,7 @@ hard-linked into every save, so a process still writing them keeps writing into 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -393,12 +394,22 @@ def save_checkpoint(out: Path, *, params: dict[str, torch.Tensor], config_json: 
         os.rename(out, old)
         os.rename(tmp, out)
         sync_dir(parent)
+        _keep_stop_request(old, out)
         shutil.rmtree(old, ignore_errors=True)
         return
     sync_dir(parent)
     # After the exchange `tmp` holds the previous checkpoint.
     if tmp.exists():
+        _keep_stop_request(tmp, out)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _keep_stop_request(old: Path, out: Path) -> None:
+    """A stop request written into the folder while it was being replaced landed in the old
+    one: it still asks the run to stop."""
+    with contextlib.suppress(OSError):
+        if (old / STOP_FILE).exists():
+            os.rename(old / STOP_FILE, out / STOP_FILE)
 
 
 def write_status(out: Path, status: dict) -> None:

@@ -2,9 +2,10 @@
 //! curves, the last held-out evaluation, and the saved checkpoint that `r` loads.
 
 use super::{clip, panel, spinner};
+use crate::train::follow::LOG_FILE;
 use crate::tui::app::App;
 use crate::tui::theme::Theme;
-use crate::tui::train::TrainStatus;
+use crate::tui::train::{RunSource, TrainStatus};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
@@ -36,10 +37,10 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
             Line::styled("No training run.", theme.title()),
             Line::raw(""),
             Line::raw(
-                "t or F2 opens the training menu: an aligned (or standard) fine-tune of the loaded checkpoint, or continue a saved run.",
+                "t or F2 opens the training menu: an aligned (or standard) fine-tune of the loaded checkpoint, or continue a saved run, on alignscope's engine in the background or on PyTorch's (torchrun, as a child process); or follow a run already training, of either engine, by its folder.",
             ),
             Line::raw(
-                "It runs in the background while you keep exploring; x stops it (saving first), and r loads the saved checkpoint into column A, next to the checkpoint it started from, to watch the layers align.",
+                "You keep exploring while it trains; x stops it (saving first), and r loads the saved checkpoint into column A, next to the checkpoint it started from, to watch the layers align.",
             ),
         ];
         let block = panel(Span::styled(" Training ", theme.title()), theme);
@@ -85,7 +86,14 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
             m.lr,
             m.grad_norm
         ),
-        None => " loading the data and the model…".to_string(),
+        None => match &t.source {
+            RunSource::InProcess => " loading the data and the model…".to_string(),
+            RunSource::Child { .. } => match &t.out {
+                Some(out) => format!(" the PyTorch engine is starting (output: {})…", out.join(LOG_FILE).display()),
+                None => " starting the PyTorch engine…".to_string(),
+            },
+            RunSource::Attached => " waiting for the run's first step…".to_string(),
+        },
     };
     match &t.status {
         TrainStatus::Failed(e) => {
