@@ -383,6 +383,15 @@ fn gpt2_aligned_from_recipe_name_to_checkpoint_beside_its_base() {
         "alignscope train --ckpt gpt2 --loss aligned --data hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1 --lr 2e-5 --batch 8 --ctx 256 --steps 1000 --out gpt2-aligned"
     );
     assert!(!sb.hf_home().exists(), "naming a recipe downloads nothing");
+    // Every subcommand that opens a checkpoint answers the same.
+    for args in [
+        &["generate", "--ckpt", "gpt2-aligned", "--prompt", "Hi"][..],
+        &["report", "--ckpt", "gpt2", "--compare", "gpt2-aligned", "--out", "report"][..],
+        &["--ckpt", "gpt2-aligned", "eval"][..],
+    ] {
+        let e = sb.run(args).error_line(&format!("{args:?}"));
+        assert!(e.contains("gpt2-aligned is not built yet") && e.ends_with("--out gpt2-aligned"), "{args:?}: {e}");
+    }
     // Once the base is in the cache the command fits its context (the test model has 128).
     inspect_json(&sb, "gpt2");
     let e = sb.run(&["eval", "--ckpt", "gpt2-aligned"]).error_line("unbuilt recipe, eval");

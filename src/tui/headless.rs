@@ -50,7 +50,7 @@ impl Headless {
         while let Some(e) = queue.pop_front() {
             match e {
                 Effect::Worker { worker, cmd: WorkerCommand::Load { spec } } => {
-                    let reply = match Checkpoint::open(&spec, &Device::Cpu) {
+                    let reply = match crate::train::recipe::open(&spec, &Device::Cpu) {
                         Ok(ck) => {
                             let info = ModelInfo::of(&ck);
                             self.models.insert(worker, ck);
