@@ -184,4 +184,22 @@ fn explorer_options_before_a_subcommand() {
         &["--ckpt", &ck, "train", "--out", "x"],
         &["--ckpt before `train` is an option of the explorer", "alignscope train [OPTIONS]"],
     );
+    // report takes --ckpt and --compare, and every subcommand with a device takes --device:
+    // what they open shows that the value carried over (a recipe not built yet, a device
+    // this build lacks).
+    let unbuilt = format!("{ck}-aligned");
+    let report_out = tempfile::tempdir().unwrap();
+    let out = report_out.path().join("r");
+    let out = s(&out);
+    fails_with(&["--ckpt", &unbuilt, "report", "--out", &out], &[&format!("{unbuilt} is not built yet")]);
+    fails_with(&["--compare", &unbuilt, "report", "--ckpt", &ck, "--out", &out], &[&format!("{unbuilt} is not built yet")]);
+    fails_with(&["--compare", &ck, "report", "--compare", &unbuilt, "--out", &out], &["--compare given twice"]);
+    if !cfg!(feature = "cuda") {
+        for sub in [&["device"][..], &["train", "--out", &out], &["bench", "--what", "train", "--model", "fixture"]] {
+            let args: Vec<&str> = ["--device", "cuda"].iter().copied().chain(sub.iter().copied()).collect();
+            fails_with(&args, &["built without CUDA"]);
+        }
+    }
+    fails_with(&["--device", "cpu", "tokenizer", "train", "--out", &out, "--vocab", "300"], &["--device before `tokenizer`"]);
+    assert!(!report_out.path().join("r").exists(), "nothing was written");
 }

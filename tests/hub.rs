@@ -419,3 +419,17 @@ fn gpt2_aligned_from_recipe_name_to_checkpoint_beside_its_base() {
     let e = sb.run_env(&["inspect", "--ckpt", "gpt2-standard", "--prompt", "Hi"], &offline).error_line("the twin is not built");
     assert!(e.contains("--loss standard") && e.contains("--ctx 128") && e.contains("--out gpt2-standard"), "{e}");
 }
+
+/// The local hub for trying alignscope by hand (not part of the suite):
+/// `ALIGNSCOPE_SERVE_HUB=600 cargo test --release --test hub -- --ignored --nocapture serve`
+/// prints the URL and serves for that many seconds; point `HF_ENDPOINT` at it, with an
+/// `HF_HOME` of its own (it serves the test model as openai-community/gpt2).
+#[test]
+#[ignore = "serves the test hub for trying the binary by hand"]
+fn serve_the_test_hub_by_hand() {
+    let secs: u64 = std::env::var("ALIGNSCOPE_SERVE_HUB").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let server = HubServer::start();
+    println!("HF_ENDPOINT={} (serving for {secs} s)", server.url);
+    std::thread::sleep(Duration::from_secs(secs));
+    server.stop();
+}

@@ -213,50 +213,60 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// Options written before a subcommand belong to the explorer. `--ckpt` and `--device`
-/// carry over to inspect, generate and eval (which take them too); anything else, or a
-/// value given both before and after the subcommand, is refused: never silently ignored.
+/// Options written before a subcommand belong to the explorer. Each carries over to a
+/// subcommand that takes the same option with the same meaning (`--ckpt` to inspect,
+/// generate, eval and report; `--compare` to report; `--device` to every subcommand with
+/// one); anything else, or a value given both before and after the subcommand, is
+/// refused: never silently ignored. (`train --ckpt` is the base of a fine-tune, not the
+/// checkpoint to explore, so it is refused there.)
 fn apply_explorer_options(matches: &clap::ArgMatches, explore: &ExploreArgs, command: &mut Command) -> Result<()> {
     use clap::parser::ValueSource;
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
     let (name, sub) = matches.subcommand().expect("a subcommand was parsed");
-    let common = match command {
-        Command::Inspect(a) => Some(&mut a.common),
-        Command::Generate(a) => Some(&mut a.common),
-        Command::Eval(a) => Some(&mut a.common),
-        _ => None,
+    let sub_given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+    // Where each option lands in the subcommand, if it takes it.
+    let (ckpt, compare, device): (Option<&mut String>, Option<&mut Option<String>>, Option<&mut String>) = match command {
+        Command::Inspect(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Generate(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Eval(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Report(a) => (Some(&mut a.ckpt), Some(&mut a.compare), Some(&mut a.device)),
+        Command::Embed(a) => (None, None, Some(&mut a.device)),
+        Command::Train(a) => (None, None, Some(&mut a.device)),
+        Command::Bench(a) => (None, None, Some(&mut a.device)),
+        Command::Device(a) => (None, None, Some(&mut a.device)),
+        Command::Tokenizer { .. } => (None, None, None),
     };
     let explorer_only = |flag: &str| -> anyhow::Error {
         anyhow::anyhow!(
             "{flag} before `{name}` is an option of the explorer (alignscope with no subcommand); `{name}` does not take it there: write `alignscope {name} [OPTIONS]` (see alignscope {name} --help)"
         )
     };
-    for (id, flag) in [("compare", "--compare"), ("single", "--single"), ("eval_data", "--eval-data"), ("prompt", "--prompt")] {
+    for (id, flag) in [("single", "--single"), ("eval_data", "--eval-data"), ("prompt", "--prompt")] {
         if given(id) {
             return Err(explorer_only(flag));
         }
     }
-    let Some(common) = common else {
-        for (id, flag) in [("ckpt", "--ckpt"), ("device", "--device")] {
-            if given(id) {
-                return Err(explorer_only(flag));
-            }
+    // One option: carried over, or refused when the subcommand lacks it or has it already.
+    let carry = |id: &str, flag: &str, before: &str, slot: Option<&mut String>| -> Result<()> {
+        if !given(id) {
+            return Ok(());
         }
-        return Ok(());
+        let Some(slot) = slot else { return Err(explorer_only(flag)) };
+        if sub_given(id) && slot != before {
+            bail!("{flag} given twice: {before} before `{name}` and {slot} after it; give it once")
+        }
+        *slot = before.to_string();
+        Ok(())
     };
-    let sub_given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
-    if given("ckpt") {
-        let before = explore.ckpt.clone().expect("--ckpt was given");
-        if sub_given("ckpt") && common.ckpt != before {
-            bail!("--ckpt given twice: {before} before `{name}` and {} after it; give it once", common.ckpt)
+    carry("ckpt", "--ckpt", explore.ckpt.as_deref().unwrap_or_default(), ckpt)?;
+    carry("device", "--device", &explore.device, device)?;
+    match compare {
+        Some(slot) if given("compare") => {
+            let mut value = slot.clone().unwrap_or_default();
+            carry("compare", "--compare", explore.compare.as_deref().unwrap_or_default(), Some(&mut value))?;
+            *slot = Some(value);
         }
-        common.ckpt = before;
-    }
-    if given("device") {
-        if sub_given("device") && common.device != explore.device {
-            bail!("--device given twice: {} before `{name}` and {} after it; give it once", explore.device, common.device)
-        }
-        common.device = explore.device.clone();
+        _ => carry("compare", "--compare", "", None)?,
     }
     Ok(())
 }
