@@ -190,6 +190,29 @@ pub struct DownloadStatus {
     pub finished: bool,
 }
 
+impl DownloadStatus {
+    /// One line for a person: "downloading R F: 120 of 548 MB", "downloaded R F (548 MB)".
+    pub fn line(&self) -> String {
+        if self.finished {
+            format!("downloaded {} {} ({})", self.repo, self.file, size(self.total))
+        } else if self.starting {
+            format!("downloading {} {} ({})", self.repo, self.file, size(self.total))
+        } else {
+            format!("downloading {} {}: {} of {}", self.repo, self.file, size(self.done), size(self.total))
+        }
+    }
+}
+
+/// Bytes in the unit that shows them best (decimal, as the hub shows sizes).
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1000 => format!("{b} B"),
+        b if b < 1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b if b < 1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b => format!("{:.2} GB", b as f64 / 1e9),
+    }
+}
+
 type ProgressSink = Arc<dyn Fn(&DownloadStatus) + Send + Sync>;
 
 static PROGRESS: RwLock<Option<ProgressSink>> = RwLock::new(None);
@@ -669,6 +692,17 @@ pub fn is_glob(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_lines_show_sizes_in_their_unit() {
+        let mut s = DownloadStatus { repo: "r".into(), file: "f".into(), done: 0, total: 548_105_171, starting: true, finished: false };
+        assert_eq!(s.line(), "downloading r f (548.1 MB)");
+        (s.starting, s.done) = (false, 120_000_000);
+        assert_eq!(s.line(), "downloading r f: 120.0 MB of 548.1 MB");
+        (s.finished, s.total) = (true, 665);
+        assert_eq!(s.line(), "downloaded r f (665 B)");
+        assert_eq!((size(2_110), size(1_500_000_000)), ("2.1 kB".to_string(), "1.50 GB".to_string()));
+    }
 
     #[test]
     fn hf_urls() {

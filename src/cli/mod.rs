@@ -285,17 +285,14 @@ fn device_cmd(a: DeviceArgs) -> Result<()> {
 
 /// Download progress on stderr: a live line on a terminal, else one line per file.
 fn print_download(s: &crate::hub::DownloadStatus) {
-    let mb = |b: u64| b as f64 / 1e6;
     let mut err = std::io::stderr().lock();
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let _ = write!(err, "\r\x1b[2Kdownloading {} {}: {:.1} of {:.1} MB", s.repo, s.file, mb(s.done), mb(s.total));
+        let _ = write!(err, "\r\x1b[2K{}", s.line());
         if s.finished {
             let _ = writeln!(err);
         }
-    } else if s.finished {
-        let _ = writeln!(err, "downloaded {} {} ({:.1} MB)", s.repo, s.file, mb(s.total));
-    } else if s.starting {
-        let _ = writeln!(err, "downloading {} {} ({:.1} MB)", s.repo, s.file, mb(s.total));
+    } else if s.finished || s.starting {
+        let _ = writeln!(err, "{}", s.line());
     }
 }
 

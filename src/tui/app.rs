@@ -736,13 +736,7 @@ impl App {
 
     /// A hub download made progress (the base of a run, or its data).
     pub fn on_download(&mut self, s: &crate::hub::DownloadStatus) {
-        let mb = |b: u64| b as f64 / 1e6;
-        let text = if s.finished {
-            format!("downloaded {} {} ({:.1} MB)", s.repo, s.file, mb(s.total))
-        } else {
-            format!("downloading {} {}: {:.1} of {:.1} MB", s.repo, s.file, mb(s.done), mb(s.total))
-        };
-        self.say(text, false);
+        self.say(s.line(), false);
     }
 
     /// The runtime could not start the job (or it vanished).
