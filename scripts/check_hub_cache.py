@@ -3,7 +3,8 @@
 hub cache alignscope filled, offline: every file of a cached snapshot is found by
 `hf_hub_download(..., local_files_only=True)` at the same path, and `scan_cache_dir`
 reports the repositories without warnings. With transformers installed, the config and
-tokenizer of a cached model also load through it.
+tokenizer of a cached model also load through it, and with torch its weights, every one
+in place. tests/hub.rs runs it on the cache of its first download.
 
     HF_HOME=/path/to/hf-home python3 scripts/check_hub_cache.py   # needs huggingface_hub
 """
@@ -37,6 +38,17 @@ def main():
                 config = transformers.AutoConfig.from_pretrained(repo.repo_id)
                 tok = transformers.AutoTokenizer.from_pretrained(repo.repo_id)
                 print(f"transformers {transformers.__version__}: {config.model_type} config and a {len(tok)}-token tokenizer from the cache")
+                try:
+                    import torch  # noqa: F401  (the weights need it)
+                except ImportError:
+                    continue
+                model, loading = transformers.AutoModelForCausalLM.from_pretrained(repo.repo_id, output_loading_info=True)
+                # A tied head is not stored; anything else missing or left over is a bad file.
+                missing = [k for k in loading["missing_keys"] if k != "lm_head.weight"]
+                if missing or loading["unexpected_keys"] or loading["mismatched_keys"]:
+                    sys.exit(f"{repo.repo_id}: transformers could not place every weight: {loading}")
+                params = sum(p.numel() for p in model.parameters())
+                print(f"transformers: {type(model).__name__} with {params} parameters from the cache, every weight in place")
     print("huggingface_hub reads the cache")
 
 
