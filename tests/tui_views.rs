@@ -673,7 +673,7 @@ fn a_recipe_name_opens_its_base_and_the_menu_that_builds_it() {
     let status = &h.app.status.as_ref().unwrap().text;
     assert_eq!(
         status,
-        "tests/fixtures/tiny-gpt2-aligned is not built yet. Enter trains it: aligned fine-tune of tests/fixtures/tiny-gpt2 on wikitext-103-raw-v1, 1000 steps × 8 × 128 tokens, lr 2e-5. Esc explores tests/fixtures/tiny-gpt2."
+        "tests/fixtures/tiny-gpt2-aligned is not built yet. Enter trains it, Esc explores tests/fixtures/tiny-gpt2: the aligned fine-tune of tests/fixtures/tiny-gpt2 on wikitext-103-raw-v1, 1000 steps × 8 × 128 tokens, lr 2e-5."
     );
     snap("recipe_menu", &h);
     // Esc explores the base; t offers the recipe again.

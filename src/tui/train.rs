@@ -152,13 +152,15 @@ pub struct RecipeOffer {
 }
 
 impl RecipeOffer {
-    /// What the status line says while the menu waits for Enter.
+    /// What the status line says while the menu waits for Enter (what matters first: a
+    /// narrow terminal clips the end).
     pub fn status(&self) -> String {
         let c = &self.config;
         let data: Vec<String> = c.data.iter().map(|p| crate::paths::short_name(&p.to_string_lossy())).collect();
         format!(
-            "{} is not built yet. Enter trains it: {} fine-tune of {} on {}, {} steps × {} × {} tokens, lr {:e}. Esc explores {}.",
+            "{} is not built yet. Enter trains it, Esc explores {}: the {} fine-tune of {} on {}, {} steps × {} × {} tokens, lr {:e}.",
             self.name,
+            self.base,
             c.loss,
             self.base,
             data.join(", "),
@@ -166,7 +168,6 @@ impl RecipeOffer {
             c.batch,
             c.ctx,
             c.lr,
-            self.base
         )
     }
 }
