@@ -685,6 +685,30 @@ fn a_recipe_name_opens_its_base_and_the_menu_that_builds_it() {
 }
 
 #[test]
+fn the_recipe_run_under_another_output_name_is_still_shown_beside_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    checkpoint_at(&base, None);
+    let recipe = alignscope::tui::plan_start(&explore_args(&format!("{}-aligned", base.display()))).unwrap().recipe.unwrap();
+    let mut h = Harness::new(&[&base]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    // Output name is the third field: "…-aligned" becomes "…-aligned2".
+    h.press(KeyCode::Down);
+    h.press(KeyCode::Down);
+    h.press(KeyCode::End);
+    h.press(KeyCode::Char('2'));
+    h.press(KeyCode::Enter);
+    let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
+    assert_eq!(cfg.out, tmp.path().join("tiny-aligned2"));
+    checkpoint_at(&cfg.out, Some(&base));
+    let fx = h.app.on_train(TrainEvent::CheckpointSaved { step: 50, dir: cfg.out.clone() });
+    assert!(matches!(fx.first(), Some(Effect::SpawnWorker { .. })), "{fx:?}");
+    h.run(fx);
+    assert_eq!((h.app.columns[0].short_name(), h.app.columns[1].short_name()), ("tiny-aligned2".to_string(), "tiny".to_string()));
+}
+
+#[test]
 fn the_first_save_of_the_recipe_run_is_shown_beside_its_base() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("tiny");

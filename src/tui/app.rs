@@ -598,6 +598,15 @@ impl App {
                         Some(dir) => self.say(format!("{msg} (no longer following {}; it trains on)", dir.display()), false),
                         None => self.say(msg, false),
                     }
+                    // A run started from the recipe's menu is the recipe, even with fields
+                    // changed: its first save is the one shown beside the base.
+                    if let (Some(offer), Some(_)) = (&mut self.recipe, &menu.note) {
+                        match &req {
+                            TrainRequest::Start(cfg) => offer.config.out = cfg.out.clone(),
+                            TrainRequest::Launch(l) => offer.config.out = l.run_dir.clone(),
+                            _ => {}
+                        }
+                    }
                     vec![match req {
                         TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
                         TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
