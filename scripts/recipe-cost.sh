@@ -6,7 +6,7 @@
 # (odd steps aligned, even steps standard), on the Austen texts.
 #
 #   scripts/recipe-cost.sh                 # 7 steps on the CPU
-#   STEPS=9 DEVICE=cuda scripts/recipe-cost.sh
+#   STEPS=9 DEVICE=cuda BIN=target-cuda/release/alignscope scripts/recipe-cost.sh
 #   CONFIG=scripts/austen-config.json TOKENIZER=checkpoints/austen-base scripts/recipe-cost.sh
 #                                          # a quick check of the script on a small model
 #
@@ -27,7 +27,10 @@ if [ "$STEPS" -lt 3 ] || [ "$STEPS" -gt 20 ]; then
     echo "error: STEPS must be 3..20 (a step's time is recovered from a 20-step mean)" >&2
     exit 1
 fi
-[ -x "$BIN" ] || cargo build --release --quiet
+if [ ! -x "$BIN" ]; then
+    echo "error: $BIN is not built (cargo build --release; see the README's GPU section for CUDA)" >&2
+    exit 1
+fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
