@@ -123,7 +123,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
             })
         }
         spec => {
-            let ck = Checkpoint::open(spec, device)?;
+            let ck = crate::train::recipe::open(spec, device)?;
             let c = &ck.model.config;
             Ok(Subject {
                 name: spec.into(),

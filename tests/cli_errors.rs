@@ -202,3 +202,44 @@ fn hub_cache_is_read_offline() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["layers"], 4);
 }
+
+/// Explorer options written before a subcommand: `--ckpt` and `--device` carry over to
+/// inspect / generate / eval; the others, or a value given on both sides, are refused.
+#[test]
+fn explorer_options_before_a_subcommand() {
+    let ck = s(&fixture_dir());
+    let (code, out, err) = alignscope(&["--ckpt", &ck, "inspect", "--prompt", "The ", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["layers"], 4, "the fixture (4 layers) was inspected, not the default checkpoint");
+    let (code, _o, err) = alignscope(&["--ckpt", &ck, "--device", "cpu", "generate", "--prompt", "The ", "--max-new-tokens", "2"], &[]);
+    assert_eq!(code, 0, "{err}");
+    fails_with(&["--ckpt", "austen-aligned", "inspect", "--ckpt", &ck, "--prompt", "Hi"], &["--ckpt given twice"]);
+    fails_with(
+        &["--compare", &ck, "inspect", "--ckpt", &ck, "--prompt", "Hi"],
+        &["--compare before `inspect` is an option of the explorer"],
+    );
+    fails_with(&["--single", "eval", "--ckpt", &ck], &["--single before `eval`"]);
+    fails_with(
+        &["--ckpt", &ck, "train", "--out", "x"],
+        &["--ckpt before `train` is an option of the explorer", "alignscope train [OPTIONS]"],
+    );
+    // report takes --ckpt and --compare, and every subcommand with a device takes --device:
+    // what they open shows that the value carried over (a recipe not built yet, a device
+    // this build lacks).
+    let unbuilt = format!("{ck}-aligned");
+    let report_out = tempfile::tempdir().unwrap();
+    let out = report_out.path().join("r");
+    let out = s(&out);
+    fails_with(&["--ckpt", &unbuilt, "report", "--out", &out], &[&format!("{unbuilt} is not built yet")]);
+    fails_with(&["--compare", &unbuilt, "report", "--ckpt", &ck, "--out", &out], &[&format!("{unbuilt} is not built yet")]);
+    fails_with(&["--compare", &ck, "report", "--compare", &unbuilt, "--out", &out], &["--compare given twice"]);
+    if !cfg!(feature = "cuda") {
+        for sub in [&["device"][..], &["train", "--out", &out], &["bench", "--what", "train", "--model", "fixture"]] {
+            let args: Vec<&str> = ["--device", "cuda"].iter().copied().chain(sub.iter().copied()).collect();
+            fails_with(&args, &["built without CUDA"]);
+        }
+    }
+    fails_with(&["--device", "cpu", "tokenizer", "train", "--out", &out, "--vocab", "300"], &["--device before `tokenizer`"]);
+    assert!(!report_out.path().join("r").exists(), "nothing was written");
+}

@@ -739,3 +739,134 @@ fn speculative_text_is_the_full_models() {
         }
     }
 }
+
+// ---------------------------------------------------------------- recipe names
+
+fn explore_args(ckpt: &str) -> alignscope::cli::ExploreArgs {
+    alignscope::cli::ExploreArgs {
+        ckpt: Some(ckpt.into()),
+        compare: None,
+        single: false,
+        device: "cpu".into(),
+        eval_data: None,
+        prompt: None,
+    }
+}
+
+/// A copy of the fixture at `dir`, and, with `base`, the training state of a fine-tune of it.
+fn checkpoint_at(dir: &std::path::Path, base: Option<&std::path::Path>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture_dir().join(f), dir.join(f)).unwrap();
+    }
+    if let Some(base) = base {
+        let init = alignscope::train::InitFrom::Checkpoint(base.display().to_string());
+        let config = alignscope::train::TrainConfig::finetune(init, dir.to_path_buf(), LossKind::Aligned, vec![]);
+        let state = serde_json::json!({ "alignscope_version": "0", "step": 3, "data_rng_position": "0", "tokens_seen": 0, "elapsed_secs": 1.0, "config": config });
+        std::fs::write(dir.join("training_state.json"), state.to_string()).unwrap();
+    }
+}
+
+#[test]
+fn a_recipe_name_opens_its_base_and_the_menu_that_builds_it() {
+    // The recipe of a folder is its sibling: tests/fixtures/tiny-gpt2-aligned (not built).
+    let plan = alignscope::tui::plan_start(&explore_args("tests/fixtures/tiny-gpt2-aligned")).unwrap();
+    assert_eq!(plan.a, "tests/fixtures/tiny-gpt2");
+    let recipe = plan.recipe.expect("a recipe to offer");
+    assert_eq!(
+        (recipe.base.as_str(), recipe.out.as_str(), recipe.loss),
+        ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned", LossKind::Aligned)
+    );
+    let mut h = Harness::new(&[&fixture_dir()]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("the menu opens by itself") };
+    assert_eq!(menu.run_kind(), alignscope::tui::train::RunKind::AlignedFinetune);
+    assert_eq!((menu.base.text.as_str(), menu.output.text.as_str()), ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned"));
+    assert_eq!(menu.data.text, "hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1");
+    // The paper's recipe, at the base's context (the fixture has 128 positions).
+    assert_eq!(
+        (menu.steps.text.as_str(), menu.lr.text.as_str(), menu.batch.text.as_str(), menu.ctx.text.as_str()),
+        ("1000", "2e-5", "8", "128")
+    );
+    let status = &h.app.status.as_ref().unwrap().text;
+    assert_eq!(
+        status,
+        "tests/fixtures/tiny-gpt2-aligned is not built yet. Enter trains it, Esc explores tests/fixtures/tiny-gpt2: the aligned fine-tune of tests/fixtures/tiny-gpt2 on wikitext-103-raw-v1, 1000 steps × 8 × 128 tokens, lr 2e-5."
+    );
+    snap("recipe_menu", &h);
+    // Esc explores the base; t offers the recipe again.
+    h.press(KeyCode::Esc);
+    assert_eq!(h.app.mode, Mode::Normal);
+    h.press(KeyCode::Char('t'));
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.output.text, "tests/fixtures/tiny-gpt2-aligned");
+}
+
+#[test]
+fn the_recipe_run_under_another_output_name_is_still_shown_beside_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    checkpoint_at(&base, None);
+    let recipe = alignscope::tui::plan_start(&explore_args(&format!("{}-aligned", base.display()))).unwrap().recipe.unwrap();
+    let mut h = Harness::new(&[&base]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    // Output name is the third field: "…-aligned" becomes "…-aligned2".
+    h.press(KeyCode::Down);
+    h.press(KeyCode::Down);
+    h.press(KeyCode::End);
+    h.press(KeyCode::Char('2'));
+    h.press(KeyCode::Enter);
+    let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
+    assert_eq!(cfg.out, tmp.path().join("tiny-aligned2"));
+    checkpoint_at(&cfg.out, Some(&base));
+    let fx = h.app.on_train(TrainEvent::CheckpointSaved { step: 50, dir: cfg.out.clone() });
+    assert!(matches!(fx.first(), Some(Effect::SpawnWorker { .. })), "{fx:?}");
+    h.run(fx);
+    assert_eq!((h.app.columns[0].short_name(), h.app.columns[1].short_name()), ("tiny-aligned2".to_string(), "tiny".to_string()));
+}
+
+#[test]
+fn the_first_save_of_the_recipe_run_is_shown_beside_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    checkpoint_at(&base, None);
+    let spec = format!("{}-aligned", base.display());
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    let recipe = plan.recipe.expect("not built yet");
+    let mut h = Harness::new(&[&base]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    h.press(KeyCode::Enter);
+    let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
+    assert_eq!(cfg.out, tmp.path().join("tiny-aligned"));
+    assert_eq!((cfg.loss, cfg.alternate, cfg.lr, cfg.batch, cfg.ctx, cfg.steps), (LossKind::Aligned, true, 2e-5, 8, 128, 1000));
+    assert_eq!(cfg.data, [std::path::PathBuf::from("hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1")]);
+    assert_eq!(cfg.eval_data, cfg.data, "held out: the validation split of the same folder");
+    // The run saves its first checkpoint: it is loaded beside the base without a key.
+    checkpoint_at(&cfg.out, Some(&base));
+    h.app.on_train(TrainEvent::Started { start_step: 0, total_steps: 1000, out: cfg.out.clone(), n_layer: 4 });
+    let fx = h.app.on_train(TrainEvent::CheckpointSaved { step: 50, dir: cfg.out.clone() });
+    assert!(matches!(fx.first(), Some(Effect::SpawnWorker { .. })), "{fx:?}");
+    h.run(fx);
+    assert_eq!(h.app.columns.len(), 2);
+    assert_eq!(h.app.columns[0].short_name(), "tiny-aligned");
+    assert_eq!(h.app.columns[1].short_name(), "tiny");
+    assert!(h.app.columns[0].analysis.is_some());
+    // Later saves wait for r, as for any run.
+    assert!(h.app.on_train(TrainEvent::CheckpointSaved { step: 100, dir: cfg.out.clone() }).is_empty());
+
+    // Built: the name opens it beside its base, or beside its -standard twin when there is one.
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    assert_eq!((plan.a.as_str(), plan.b.as_deref(), plan.recipe.is_none()), (spec.as_str(), Some(base.to_str().unwrap()), true));
+    let twin = format!("{}-standard", base.display());
+    checkpoint_at(std::path::Path::new(&twin), Some(&base));
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    assert_eq!(plan.b.as_deref(), Some(twin.as_str()));
+    let mut args = explore_args(&spec);
+    args.compare = Some(base.display().to_string());
+    assert_eq!(alignscope::tui::plan_start(&args).unwrap().b.as_deref(), Some(base.to_str().unwrap()), "--compare overrides");
+    args.single = true;
+    assert_eq!(alignscope::tui::plan_start(&args).unwrap().b, None);
+}

@@ -12,7 +12,7 @@ use super::column::{Column, DecodeOutput, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::train::{MenuDefaults, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
+use super::train::{MenuDefaults, RecipeOffer, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
 use super::view::{SimMetric, View};
 use super::worker::{DecodeMethod, ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::early_exit::ExitMeasure;
@@ -195,6 +195,9 @@ pub struct App {
     /// Tenths of a second since the start, set by the event loop: the spinner's frame.
     pub ticks: u64,
     pub should_quit: bool,
+    /// A recipe name that was asked for before it existed: `t` offers it, and the first
+    /// checkpoint its run saves is loaded beside the base.
+    pub recipe: Option<RecipeOffer>,
     /// `q` was pressed once while a run started here trains on after the explorer: the
     /// next `q` quits (any other key disarms it).
     quit_armed: bool,
@@ -236,6 +239,7 @@ impl App {
             device: opts.device,
             ticks: 0,
             should_quit: false,
+            recipe: None,
             quit_armed: false,
             next_req: 1,
             next_worker,
@@ -746,6 +750,15 @@ impl App {
                         Some(dir) => self.say(format!("{msg} (no longer following {}; it trains on)", dir.display()), false),
                         None => self.say(msg, false),
                     }
+                    // A run started from the recipe's menu is the recipe, even with fields
+                    // changed: its first save is the one shown beside the base.
+                    if let (Some(offer), Some(_)) = (&mut self.recipe, &menu.note) {
+                        match &req {
+                            TrainRequest::Start(cfg) => offer.config.out = cfg.out.clone(),
+                            TrainRequest::Launch(l) => offer.config.out = l.run_dir.clone(),
+                            _ => {}
+                        }
+                    }
                     vec![match req {
                         TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
                         TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
@@ -770,7 +783,25 @@ impl App {
     /// Opens the training menu prefilled with `defaults` (the runtime's answer to
     /// [`Effect::OpenTrainMenu`]).
     pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
-        self.mode = Mode::TrainMenu(Box::new(TrainMenu::new(defaults)));
+        let menu = match &self.recipe {
+            Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults),
+            _ => TrainMenu::new(defaults),
+        };
+        self.mode = Mode::TrainMenu(Box::new(menu));
+    }
+
+    /// The explorer was opened on a recipe name that is not built yet (column A holds its
+    /// base): the training menu opens prefilled with the recipe, and the status line says
+    /// what is missing and what Enter does. The menu has no ce-reg runs: for those the
+    /// status line gives the command that builds it.
+    pub fn offer_recipe(&mut self, offer: RecipeOffer, defaults: MenuDefaults) {
+        if offer.config.loss == crate::train::LossKind::CeReg {
+            self.say(format!("{} is not built yet: build it with {}", offer.name, offer.command), false);
+        } else {
+            self.say(offer.status(), false);
+            self.mode = Mode::TrainMenu(Box::new(TrainMenu::for_recipe(&offer, defaults)));
+        }
+        self.recipe = Some(offer);
     }
 
     /// Loads the last saved checkpoint of the run into column A; the checkpoint it was
@@ -845,11 +876,28 @@ impl App {
         }
     }
 
-    /// Folds a training event in.
-    pub fn on_train(&mut self, ev: TrainEvent) {
+    /// Folds a training event in. The first save of an offered recipe's run is loaded
+    /// beside its base at once.
+    pub fn on_train(&mut self, ev: TrainEvent) -> Vec<Effect> {
+        let saved = match &ev {
+            TrainEvent::CheckpointSaved { dir, .. } => Some(dir.clone()),
+            _ => None,
+        };
         if let Some((msg, error)) = self.training.apply(ev) {
             self.say(msg, error);
         }
+        match (saved, &self.recipe) {
+            (Some(dir), Some(offer)) if same_dir(&dir, &offer.config.out) => {
+                self.recipe = None;
+                self.reload_trained()
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A hub download made progress (the base of a run, or its data).
+    pub fn on_download(&mut self, s: &crate::hub::DownloadStatus) {
+        self.say(s.line(), false);
     }
 
     /// The runtime could not start the job (or it vanished).

@@ -260,7 +260,7 @@ impl Worker {
     /// Runs one command; false when the UI is gone.
     fn handle(&mut self, epoch: u64, cmd: WorkerCommand) -> bool {
         if let WorkerCommand::Load { spec } = &cmd {
-            return match Checkpoint::open(spec, &self.device) {
+            return match crate::train::recipe::open(spec, &self.device) {
                 Ok(ck) => {
                     let info = ModelInfo::of(&ck);
                     self.ck = Some(ck);
