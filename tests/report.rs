@@ -123,11 +123,24 @@ fn shipped_pair_with_training_curves_and_an_exit_sweep() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("pair");
     let sweep = out.path().join("exits.json");
-    std::fs::write(
-        &sweep,
-        r#"{"models":[{"checkpoint":"austen-aligned","rows":[{"threshold":0.9,"accuracy":0.2,"layer_speedup":1.4},{"threshold":0.5,"accuracy":0.18,"layer_speedup":2.1},{"threshold":null,"accuracy":0.235,"layer_speedup":1.0}]}]}"#,
-    )
-    .unwrap();
+    // A real sweep of both checkpoints, as a user makes one (no generation timing).
+    let o = alignscope(&[
+        "exits",
+        "--ckpt",
+        "austen-aligned",
+        "--compare",
+        "austen-standard",
+        "--max-chunks",
+        "2",
+        "--gen-tokens",
+        "0",
+        "--thresholds",
+        "0.5,0.9",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(&sweep, &o.stdout).unwrap();
+    let swept: Value = serde_json::from_slice(&o.stdout).unwrap();
     let o = alignscope(&[
         "report",
         "--ckpt",
@@ -168,9 +181,15 @@ fn shipped_pair_with_training_curves_and_an_exit_sweep() {
         assert_eq!(evals.len(), 6);
         assert!(evals[0]["ce"][0].is_null() && evals[0]["ce"][12].is_f64());
     }
-    assert_eq!(a["exits"]["points"].as_array().unwrap().len(), 2);
-    assert_eq!(a["exits"]["full_accuracy"], 0.235);
-    assert!(b["exits"].is_null());
+    // Each checkpoint gets its own curve: the two thresholds, and the full model's accuracy
+    // from the sweep's full-depth row.
+    for (m, s) in [(a, &swept["models"][0]), (b, &swept["models"][1])] {
+        let points = m["exits"]["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[0]["accuracy"], s["rows"][0]["accuracy"]);
+        assert_eq!(points[1]["speedup"], s["rows"][1]["layer_speedup"]);
+        assert_eq!(m["exits"]["full_accuracy"], s["rows"][2]["accuracy"]);
+    }
     let figs: Vec<&str> = r["figures"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(figs, ["similarity_cos", "similarity_cka", "agreement", "quality", "early_exit", "training"]);
     for f in figs {

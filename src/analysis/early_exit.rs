@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// What decides that a token may leave at a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitMeasure {
     /// The shared classifier's largest softmax probability (exact; a classifier per layer).
@@ -36,6 +36,13 @@ pub enum ExitMeasure {
 }
 
 impl ExitMeasure {
+    pub const ALL: [ExitMeasure; 2] = [ExitMeasure::MaxProb, ExitMeasure::Saturation];
+
+    /// The measure a name (as [`Self::name`] writes it) stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ExitMeasure::MaxProb => "max-prob",

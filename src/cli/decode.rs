@@ -266,7 +266,7 @@ pub struct ExitsArgs {
     #[arg(long)]
     pub thresholds: Option<String>,
     /// Exit measure: max-prob or saturation
-    #[arg(long, value_enum, default_value = "max-prob")]
+    #[arg(long, value_parser = super::exit_measure_parser(), default_value = "max-prob")]
     pub measure: ExitMeasure,
     /// Tokens per chunk (default: 256, or the model's context if shorter)
     #[arg(long)]

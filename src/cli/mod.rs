@@ -156,7 +156,7 @@ pub struct GenerateArgs {
     pub early_exit: Option<f64>,
     /// Early exit measure: max-prob (the shared classifier's largest probability, a head per
     /// layer) or saturation (cosine of the residual with the previous layer's, free)
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = exit_measure_parser())]
     pub exit_measure: Option<ExitMeasure>,
     /// Lossless self-speculative decoding: draft with blocks 1..E and the shared head, verify
     /// with the full model; E in 1..L-1, or auto (calibrated on this prompt)
@@ -616,4 +616,12 @@ pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
         s += &format!("shallowest layer reaching 95% of the best accuracy: {d}");
     }
     s
+}
+
+/// Parses an early-exit measure by its name; the engine's enum knows nothing of clap, and
+/// help lists the names.
+pub(crate) fn exit_measure_parser() -> impl clap::builder::TypedValueParser<Value = ExitMeasure> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(ExitMeasure::ALL.map(ExitMeasure::name))
+        .map(|name| ExitMeasure::from_name(&name).expect("clap admits only the measures' own names"))
 }

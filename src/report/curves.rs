@@ -2,7 +2,7 @@
 //! and an early-exit sweep (the JSON of `alignscope exits --json`).
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
@@ -93,48 +93,56 @@ pub struct ExitCurve {
     pub full_accuracy: Option<f64>,
 }
 
-fn first_num(v: &Value, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| v.get(*k).and_then(num))
+/// One checkpoint's sweep as `alignscope exits --json` writes it (`models[]`).
+#[derive(Deserialize)]
+struct SweepJson {
+    name: String,
+    rows: Vec<SweepRowJson>,
 }
 
-fn rows_of(v: &Value) -> Option<&Vec<Value>> {
-    ["thresholds", "rows", "sweep", "points"].iter().find_map(|k| v.get(*k).and_then(Value::as_array))
+/// One row: a threshold, or (threshold null) the full model.
+#[derive(Deserialize)]
+struct SweepRowJson {
+    threshold: Option<f64>,
+    accuracy: f64,
+    layer_speedup: f64,
+    #[serde(default)]
+    wall_speedup: Option<f64>,
 }
 
-fn curve_of(v: &Value, fallback_name: &str) -> Result<ExitCurve> {
-    let name = ["checkpoint", "ckpt", "name", "model"].iter().find_map(|k| v.get(*k).and_then(Value::as_str)).unwrap_or(fallback_name);
-    let rows = rows_of(v).ok_or_else(|| anyhow!("no rows of thresholds"))?;
-    let mut points = vec![];
-    let mut full_accuracy =
-        first_num(v, &["full_accuracy", "full_acc"]).or_else(|| v.get("full").and_then(|f| first_num(f, &["accuracy", "acc"])));
-    for r in rows {
-        let accuracy = first_num(r, &["accuracy", "acc"]).ok_or_else(|| anyhow!("a row has no accuracy"))?;
-        let threshold = first_num(r, &["threshold", "tau"]);
-        let speedup = first_num(r, &["layer_speedup", "speedup"]).ok_or_else(|| anyhow!("a row has no speedup"))?;
-        // A row without a threshold (or marked full) is the full model.
-        if threshold.is_none() || r.get("full").and_then(Value::as_bool) == Some(true) {
-            full_accuracy = full_accuracy.or(Some(accuracy));
-            continue;
-        }
-        points.push(ExitPoint { threshold, accuracy, speedup, wall_speedup: first_num(r, &["wall_speedup", "measured_speedup"]) });
-    }
+#[derive(Deserialize)]
+struct SweepFileJson {
+    models: Vec<SweepJson>,
+}
+
+fn curve_of(m: SweepJson) -> Result<ExitCurve> {
+    let full_accuracy = m.rows.iter().find(|r| r.threshold.is_none()).map(|r| r.accuracy);
+    let points: Vec<ExitPoint> = m
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.threshold.map(|t| ExitPoint {
+                threshold: Some(t),
+                accuracy: r.accuracy,
+                speedup: r.layer_speedup,
+                wall_speedup: r.wall_speedup,
+            })
+        })
+        .collect();
     if points.is_empty() {
-        bail!("no thresholds")
+        bail!("{} has no thresholds", m.name)
     }
-    Ok(ExitCurve { checkpoint: name.to_string(), points, full_accuracy })
+    Ok(ExitCurve { checkpoint: m.name, points, full_accuracy })
 }
 
-/// Reads an exit sweep file: one checkpoint's sweep, or several under `models` /
-/// `checkpoints` (as `alignscope exits --compare` writes them).
+/// Reads an exit sweep file: the JSON of `alignscope exits --json` (one checkpoint, or two
+/// with `--compare`).
 pub fn read_exit_sweep(path: &Path) -> Result<Vec<ExitCurve>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read exit sweep {}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("exit sweep {} is not JSON: {e}", path.display()))?;
-    let fallback = crate::paths::short_name(&path.display().to_string());
-    let many = ["models", "checkpoints", "sweeps"].iter().find_map(|k| v.get(*k).and_then(Value::as_array));
-    let curves = match (many, v.as_array()) {
-        (Some(list), _) | (None, Some(list)) => list.iter().map(|m| curve_of(m, &fallback)).collect::<Result<Vec<_>>>(),
-        (None, None) => curve_of(&v, &fallback).map(|c| vec![c]),
-    };
+    let file: SweepFileJson = serde_json::from_str(&text).map_err(|e| {
+        anyhow!("exit sweep {} is not one alignscope understands (the JSON of `alignscope exits --json`): {e}", path.display())
+    })?;
+    let curves = file.models.into_iter().map(curve_of).collect::<Result<Vec<_>>>();
     curves.map_err(|e| anyhow!("exit sweep {} is not one alignscope understands: {e}", path.display()))
 }
 
@@ -157,22 +165,24 @@ mod tests {
     }
 
     #[test]
-    fn exit_sweeps_in_either_shape() {
+    fn exit_sweeps_as_alignscope_exits_writes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let one = dir.path().join("one.json");
+        let two = dir.path().join("two.json");
         std::fs::write(
-            &one,
-            r#"{"checkpoint":"a","rows":[{"threshold":0.5,"accuracy":0.2,"layer_speedup":1.5},{"threshold":null,"accuracy":0.25,"layer_speedup":1.0}]}"#,
+            &two,
+            r#"{"data":"t.txt","measure":"max-prob","models":[
+                {"name":"a","layers":4,"rows":[{"threshold":0.5,"accuracy":0.2,"layer_speedup":1.5,"wall_speedup":null},
+                                               {"threshold":null,"accuracy":0.25,"layer_speedup":1.0,"wall_speedup":1.0}]},
+                {"name":"b","layers":4,"rows":[{"threshold":0.5,"accuracy":0.1,"layer_speedup":2.0,"wall_speedup":1.3}]}]}"#,
         )
         .unwrap();
-        let c = read_exit_sweep(&one).unwrap();
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].points.len(), 1);
-        assert_eq!(c[0].full_accuracy, Some(0.25));
-        let two = dir.path().join("two.json");
-        std::fs::write(&two, r#"{"models":[{"name":"a","thresholds":[{"tau":0.9,"acc":0.3,"speedup":1.2}]},{"name":"b","thresholds":[{"tau":0.9,"acc":0.1,"speedup":2.0}]}]}"#).unwrap();
         let c = read_exit_sweep(&two).unwrap();
         assert_eq!((c[0].checkpoint.as_str(), c[1].checkpoint.as_str()), ("a", "b"));
+        assert_eq!(c[0].points, vec![ExitPoint { threshold: Some(0.5), accuracy: 0.2, speedup: 1.5, wall_speedup: None }]);
+        assert_eq!((c[0].full_accuracy, c[1].full_accuracy), (Some(0.25), None));
+        assert_eq!(c[1].points[0].wall_speedup, Some(1.3));
+        std::fs::write(&two, r#"{"models":[{"name":"a","rows":[]}]}"#).unwrap();
+        assert!(read_exit_sweep(&two).unwrap_err().to_string().contains("not one alignscope understands"));
         std::fs::write(&two, r#"{"rows":[]}"#).unwrap();
         assert!(read_exit_sweep(&two).unwrap_err().to_string().contains("not one alignscope understands"));
     }
