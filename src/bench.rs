@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Print one JSON object with every measurement instead of text
     #[arg(long)]
     pub json: bool,
+    /// Also show where a training step's time goes (embedding, layer norms, matmuls,
+    /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn project(p: &str) -> PathBuf {
@@ -231,9 +235,14 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         device.synchronize()?;
         // At least --train-steps, and at least ~3 s of steps so small models time well.
         let steps = a.train_steps.max((3.0 / w.elapsed().as_secs_f64().max(1e-3)) as usize);
+        reset_profile(&t);
         let (w0, c0) = (Instant::now(), cpu_time());
+        let mut data_secs = 0.0;
         for _ in 0..steps {
-            train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
+            let d0 = Instant::now();
+            let batch = batch_data()?;
+            data_secs += d0.elapsed().as_secs_f64();
+            train_step(&t, &mut opt, &batch, &obj, 1e-4, 1.0)?;
         }
         // The last optimizer update may still be queued on the device.
         device.synchronize()?;
@@ -252,7 +261,12 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
             toks / wall,
             wall / steps as f64
         ));
+        let profile = step_profile(&t, steps, wall, data_secs);
+        if a.profile {
+            print_profile(&profile, say);
+        }
         losses.push(serde_json::json!({
+            "profile": profile,
             "loss": name,
             "tokens_per_sec": toks / wall,
             "wall_secs_per_step": wall / steps as f64,
@@ -352,4 +366,45 @@ fn bench_tui(a: &BenchArgs) -> Result<()> {
         println!("  {:<14} median {:.2} ms, max {:.2} ms", view.title(), 1e3 * median(times), 1e3 * max);
     }
     Ok(())
+}
+
+fn reset_profile(t: &Trainable) {
+    if let Ok(mut ws) = t.workspace.lock() {
+        ws.profile = Default::default();
+    }
+}
+
+/// Seconds per step in each section of the CPU training step (empty on other devices),
+/// with the data and what none of the sections saw.
+fn step_profile(t: &Trainable, steps: usize, wall: f64, data_secs: f64) -> serde_json::Value {
+    use crate::train::cpu_step::Section;
+    let Ok(ws) = t.workspace.lock() else { return serde_json::Value::Null };
+    let p = &ws.profile;
+    if p.total().is_zero() {
+        return serde_json::Value::Null;
+    }
+    let per = |d: std::time::Duration| d.as_secs_f64() / steps as f64;
+    let mut sections: Vec<serde_json::Value> =
+        Section::ALL.iter().map(|&s| serde_json::json!({ "section": s.name(), "secs_per_step": per(p.get(s)) })).collect();
+    sections.push(serde_json::json!({ "section": "data", "secs_per_step": data_secs / steps as f64 }));
+    let rest = wall / steps as f64 - per(p.total()) - data_secs / steps as f64;
+    sections.push(serde_json::json!({ "section": "other", "secs_per_step": rest }));
+    let gflops = |fmas: u64, d: std::time::Duration| if d.is_zero() { None } else { Some(2.0 * fmas as f64 / d.as_secs_f64() / 1e9) };
+    serde_json::json!({
+        "wall_secs_per_step": wall / steps as f64,
+        "sections": sections,
+        "trunk_matmul_gflops": gflops(p.trunk_fmas, p.get(Section::TrunkMatmul)),
+        "head_matmul_gflops": gflops(p.head_fmas, p.get(Section::HeadMatmul)),
+    })
+}
+
+fn print_profile(p: &serde_json::Value, say: &dyn Fn(&str)) {
+    let Some(sections) = p["sections"].as_array() else { return };
+    let wall = p["wall_secs_per_step"].as_f64().unwrap_or(f64::NAN);
+    for s in sections {
+        let secs = s["secs_per_step"].as_f64().unwrap_or(f64::NAN);
+        say(&format!("      {:<20} {:>8.1} ms/step {:>5.1}%", s["section"].as_str().unwrap_or("?"), 1e3 * secs, 100.0 * secs / wall));
+    }
+    let g = |k: &str| p[k].as_f64().map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
+    say(&format!("      matmul GFLOP/s: trunk {}, shared head {}", g("trunk_matmul_gflops"), g("head_matmul_gflops")));
 }
