@@ -17,6 +17,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod compare;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: inference, train, tui (explorer frame times while scrubbing) or
@@ -50,6 +52,10 @@ pub struct BenchArgs {
     /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s
     #[arg(long)]
     pub profile: bool,
+    /// Also run the PyTorch/transformers counterparts (scripts/pytorch_*_bench.py, with the
+    /// PyTorch engine's Python) and print alignscope/PyTorch ratios from this one run
+    #[arg(long)]
+    pub compare_torch: bool,
 }
 
 fn project(p: &str) -> PathBuf {
@@ -278,6 +284,9 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         "model": s.name,
         "label": s.label,
         "layers": n_layer,
+        "n_embd": s.model.config.n_embd,
+        "n_head": s.model.config.n_head,
+        "vocab": s.model.config.vocab_size,
         "batch": batch,
         "ctx": ctx,
         "losses": losses,
@@ -318,11 +327,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
             training.push(bench_train(s, &a, &device, batch, &say)?);
         }
     }
+    // Decoding batch 1 reads every weight once per token: memory bandwidth is its ceiling.
+    let bandwidth = (what != "train").then(|| {
+        let bw = compare::read_bandwidth();
+        say(&format!("memory read bandwidth: {bw:.1} GB/s (parallel sum over 512 MiB, {threads} threads, best of 5)"));
+        bw
+    });
+    let torch = match a.compare_torch {
+        true => Some(compare::torch(threads, a.decode_tokens, &inference, &training, bandwidth, &say)?),
+        false => None,
+    };
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "arch": std::env::consts::ARCH,
+                "read_bandwidth_gb_per_sec": bandwidth,
+                "torch": torch,
                 "cpu_threads": threads,
                 "device": crate::model::device::device_name(&device),
                 "device_detail": device_text,
