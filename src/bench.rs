@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod compare;
+mod gemm;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: inference, train, tui (explorer frame times while scrubbing) or
-    /// all (inference and train)
+    /// What to measure: inference, train, gemm (GFLOP/s of each matrix product of a CPU
+    /// training step), tui (explorer frame times while scrubbing) or all (inference and train)
     #[arg(long, default_value = "all")]
     pub what: String,
     /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
@@ -297,8 +298,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::device::parse_device(&a.device)?;
     let threads = candle_core::utils::get_num_threads();
     let what = a.what.as_str();
-    if !["all", "inference", "train", "tui"].contains(&what) {
-        bail!("--what must be inference, train, tui or all")
+    if !["all", "inference", "train", "tui", "gemm"].contains(&what) {
+        bail!("--what must be inference, train, gemm, tui or all")
     }
     if what == "tui" {
         return bench_tui(&a);
@@ -313,6 +314,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     say(&format!("alignscope bench · {} · {threads} threads · device {device_text}", std::env::consts::ARCH));
     let mut inference = vec![];
     let mut training = vec![];
+    if what == "gemm" {
+        let products = gemm::run(threads, a.compare_torch, &say)?;
+        if a.json {
+            println!("{}", serde_json::json!({ "arch": std::env::consts::ARCH, "cpu_threads": threads, "gemm": products }));
+        }
+        return Ok(());
+    }
     if what != "train" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
         for m in &models {

@@ -47,7 +47,7 @@ fn sum_chunk(c: &[f32]) -> f32 {
 }
 
 /// Runs one of the PyTorch scripts with `--json` and returns the JSON object it prints.
-fn run_script(script: &str, args: &[String]) -> Result<Value> {
+pub(super) fn run_script(script: &str, args: &[String]) -> Result<Value> {
     let python = crate::paths::torch_python();
     let path = crate::paths::resolve_asset(Path::new(script));
     if !path.is_file() {
@@ -67,7 +67,7 @@ fn run_script(script: &str, args: &[String]) -> Result<Value> {
 }
 
 /// `ours / theirs`, or `None` when either is missing or not positive.
-fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
     match (ours, theirs) {
         (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
         _ => None,
