@@ -98,6 +98,14 @@ impl RawOperand {
 /// A pointer that rayon tasks may carry; each writes only its own block through it.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer; a method, so that closures capture the whole `OutPtr` (which is Send)
+    /// rather than its raw-pointer field (which is not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: tasks write disjoint blocks of the output (see `sgemm_raw`) while the caller
 // keeps it alive.
 unsafe impl Send for OutPtr {}
@@ -132,6 +140,20 @@ pub unsafe fn sgemm_raw(
     if m == 0 || n == 0 {
         return;
     }
+    if a.trans && !b.trans && m > n {
+        // The gemm crate runs `a^T b` into a tall row-major output (the weight gradients
+        // `x^T dy`, the head's `g^T z`) at half the speed of the same sums posed
+        // transposed, `c^T = b^T a`, into a row-major buffer (measured with `alignscope
+        // bench --what gemm`): compute that, then add its transpose onto c.
+        let flip = |o: RawOperand| RawOperand { trans: !o.trans, ..o };
+        let mut t = vec![0f32; n * m];
+        // SAFETY: op(b)^T and op(a)^T address the same elements as op(b) and op(a), which
+        // the caller vouched for; t holds n rows of m.
+        unsafe { sgemm_raw(n, m, k, alpha, flip(b), flip(a), false, t.as_mut_ptr(), m, threads) };
+        // SAFETY: forwarded from the caller: c's m rows of n, ldc apart.
+        unsafe { add_transposed(&t, m, n, accumulate, c, ldc, threads) };
+        return;
+    }
     if threads <= 1 {
         // SAFETY: forwarded from the caller.
         unsafe { sequential(m, n, k, alpha, a, b, accumulate, c, ldc) };
@@ -157,6 +179,37 @@ pub unsafe fn sgemm_raw(
             }
         }
     });
+}
+
+/// `c[i, j] = t[j, i]` (or `+=` with `accumulate`) for the `m x n` output `c` and the
+/// `n x m` row-major `t`, in blocks of rows of `c` spread over `threads`.
+///
+/// # Safety
+/// `c`'s `m` rows of `n`, `ldc` apart, must lie inside a live allocation that no other
+/// thread accesses during the call.
+unsafe fn add_transposed(t: &[f32], m: usize, n: usize, accumulate: bool, c: *mut f32, ldc: usize, threads: usize) {
+    use rayon::prelude::*;
+    const ROWS: usize = 64;
+    let out = OutPtr(c);
+    let block = |i0: usize| {
+        let i1 = (i0 + ROWS).min(m);
+        for j in 0..n {
+            let src = &t[j * m + i0..j * m + i1];
+            for (r, &v) in src.iter().enumerate() {
+                // SAFETY: row i0 + r < m and column j < n lie inside c (the caller's
+                // guarantee); only this block writes rows i0..i1.
+                unsafe {
+                    let d = out.get().add((i0 + r) * ldc + j);
+                    *d = if accumulate { *d + v } else { v };
+                }
+            }
+        }
+    };
+    if threads <= 1 {
+        (0..m).step_by(ROWS).for_each(block);
+    } else {
+        (0..m).into_par_iter().step_by(ROWS).for_each(block);
+    }
 }
 
 /// One product on the calling thread.
