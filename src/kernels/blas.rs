@@ -140,11 +140,13 @@ pub unsafe fn sgemm_raw(
     if m == 0 || n == 0 {
         return;
     }
-    if a.trans && !b.trans && m > n {
+    if a.trans && !b.trans && m > n && threads > 1 {
         // The gemm crate runs `a^T b` into a tall row-major output (the weight gradients
         // `x^T dy`, the head's `g^T z`) at half the speed of the same sums posed
         // transposed, `c^T = b^T a`, into a row-major buffer (measured with `alignscope
-        // bench --what gemm`): compute that, then add its transpose onto c.
+        // bench --what gemm`): compute that, then add its transpose onto c. Only the
+        // large products spread over threads were measured; the attention kernels' small
+        // per-head products keep the direct path.
         let flip = |o: RawOperand| RawOperand { trans: !o.trans, ..o };
         let mut t = vec![0f32; n * m];
         // SAFETY: op(b)^T and op(a)^T address the same elements as op(b) and op(a), which
