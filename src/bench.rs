@@ -3,8 +3,9 @@
 //! layer. Training: tokens/s of the standard and aligned losses. Run on the fixture model
 //! and on GPT-2-sized random models (shapes only, no download).
 
-use crate::analysis::generate::{GenerateOptions, Sampling, generate};
+use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
+use crate::analysis::speculative::{SpeculativeOptions, calibrate, generate_speculative};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
@@ -22,8 +23,9 @@ mod gemm;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: inference, train, gemm (GFLOP/s of each matrix product of a CPU
-    /// training step), tui (explorer frame times while scrubbing) or all (inference and train)
+    /// What to measure: inference, decode (plain greedy vs self-speculative decoding on the
+    /// shipped Austen pair), train, gemm (GFLOP/s of each matrix product of a CPU training
+    /// step), tui (explorer frame times while scrubbing) or all (inference, decode and train)
     #[arg(long, default_value = "all")]
     pub what: String,
     /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
@@ -46,6 +48,18 @@ pub struct BenchArgs {
     /// Device: cpu, cuda, cuda:N or auto
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Decode benchmark: draft layer (default: picked by calibration, as `--speculative auto`)
+    #[arg(long)]
+    pub draft_layer: Option<usize>,
+    /// Decode benchmark: most tokens drafted per verification (default: picked by calibration)
+    #[arg(long)]
+    pub draft: Option<usize>,
+    /// Decode benchmark: draft confidence below which drafting stops (default: picked by calibration)
+    #[arg(long)]
+    pub draft_confidence: Option<f64>,
+    /// Decode benchmark: also time every draft layer (with the calibrated or given draft length)
+    #[arg(long)]
+    pub sweep: bool,
     /// Print one JSON object with every measurement instead of text
     #[arg(long)]
     pub json: bool,
@@ -120,7 +134,7 @@ fn subject(name: &str, device: &Device) -> Result<Subject> {
             })
         }
         spec => {
-            let ck = Checkpoint::open(spec, device)?;
+            let ck = crate::train::recipe::open(spec, device)?;
             let c = &ck.model.config;
             Ok(Subject {
                 name: spec.into(),
@@ -298,8 +312,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::device::parse_device(&a.device)?;
     let threads = candle_core::utils::get_num_threads();
     let what = a.what.as_str();
-    if !["all", "inference", "train", "tui", "gemm"].contains(&what) {
-        bail!("--what must be inference, train, gemm, tui or all")
+    if !["all", "inference", "decode", "train", "tui", "gemm"].contains(&what) {
+        bail!("--what must be inference, decode, train, gemm, tui or all")
     }
     if what == "tui" {
         return bench_tui(&a);
@@ -313,6 +327,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device_text = crate::model::device::describe_device(&device);
     say(&format!("alignscope bench · {} · {threads} threads · device {device_text}", std::env::consts::ARCH));
     let mut inference = vec![];
+    let mut decoding = vec![];
     let mut training = vec![];
     if what == "gemm" {
         let products = gemm::run(threads, a.compare_torch, &say)?;
@@ -321,13 +336,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if what != "train" {
+    if what == "inference" || what == "all" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
         for m in &models {
             inference.push(bench_inference(&subject(m, &device)?, &a, &say)?);
         }
     }
-    if what != "inference" {
+    if what == "decode" || what == "all" {
+        let models = if a.model.is_empty() { vec!["austen-aligned".to_string(), "austen-standard".to_string()] } else { a.model.clone() };
+        say(&format!(
+            "decode: plain greedy vs self-speculative decoding, {} prompts x {} new tokens (the same for both), wall clock, median of {} rounds",
+            DECODE_PROMPTS,
+            a.decode_tokens,
+            a.reps.clamp(3, 9)
+        ));
+        for m in &models {
+            decoding.push(bench_decode(&subject(m, &device)?, &a, &say)?);
+        }
+    }
+    if what == "train" || what == "all" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "austen12".to_string()] } else { a.model.clone() };
         for m in &models {
             let s = subject(m, &device)?;
@@ -336,7 +363,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     // Decoding batch 1 reads every weight once per token: memory bandwidth is its ceiling.
-    let bandwidth = (what != "train").then(|| {
+    let bandwidth = (what == "inference" || what == "all").then(|| {
         let bw = compare::read_bandwidth();
         say(&format!("memory read bandwidth: {bw:.1} GB/s (parallel sum over 512 MiB, {threads} threads, best of 5)"));
         bw
@@ -356,11 +383,206 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "device": crate::model::device::device_name(&device),
                 "device_detail": device_text,
                 "inference": inference,
+                "decode": decoding,
                 "training": training,
             })
         );
     }
     Ok(())
+}
+
+/// Prompts of the decode benchmark: this many, of `DECODE_PROMPT_LEN` tokens, spread over the
+/// held-out text.
+const DECODE_PROMPTS: usize = 8;
+const DECODE_PROMPT_LEN: usize = 24;
+
+/// Plain greedy decoding vs self-speculative decoding on the same prompts and lengths.
+fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_json::Value> {
+    let m = &s.model;
+    let n_layer = m.n_layer();
+    let ids = prompt_ids(s, usize::MAX)?;
+    let room = m.config.n_positions.saturating_sub(a.decode_tokens);
+    let len = DECODE_PROMPT_LEN.min(room.max(1));
+    let step = (ids.len() - len) / (DECODE_PROMPTS + 1);
+    // The calibration prompt lies between the start of the text and the first timed prompt.
+    let calib: Vec<u32> = ids[step / 2..step / 2 + len].to_vec();
+    let prompts: Vec<Vec<u32>> = (1..=DECODE_PROMPTS).map(|i| ids[i * step..i * step + len].to_vec()).collect();
+    say(&s.label);
+    let mut calibration = serde_json::Value::Null;
+    let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
+        (Some(e), Some(k), Some(g)) => (e, k, g),
+        (e, k, g) => {
+            let c = calibrate(m, &calib, CALIBRATION_TOKENS)?;
+            say(&format!(
+                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows; agreement with the last layer by layer: {}",
+                c.positions,
+                c.draft_layer,
+                c.draft_len,
+                c.draft_confidence,
+                c.predicted_acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+                c.predicted_speedup,
+                c.block_ms[0],
+                c.head_ms[0],
+                c.block_ms[c.block_ms.len() - 1] / c.block_ms[0],
+                c.head_ms[c.head_ms.len() - 1] / c.head_ms[0],
+                c.block_ms.len(),
+                c.agreement[1..n_layer]
+                    .iter()
+                    .map(|v| v.map_or("n/a".into(), |v| format!("{:.0}%", 100.0 * v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            calibration = serde_json::json!({
+                "positions": c.positions,
+                "draft_layer": c.draft_layer,
+                "draft": c.draft_len,
+                "draft_confidence": c.draft_confidence,
+                "predicted_acceptance": c.predicted_acceptance,
+                "predicted_speedup": c.predicted_speedup,
+                "agreement": c.agreement,
+                "block_ms_by_rows": c.block_ms,
+                "head_ms_by_rows": c.head_ms,
+            });
+            (e.unwrap_or(c.draft_layer), k.unwrap_or(c.draft_len), g.unwrap_or(c.draft_confidence))
+        }
+    };
+    let layers: Vec<usize> = if a.sweep { (1..n_layer).collect() } else { vec![e] };
+    let mut speculative = vec![];
+    for e in layers {
+        speculative.push(decode_pair(m, &prompts, e, k, gamma, a, say)?);
+    }
+    // What plain decoding cost before the CPU engine: the candle tensor path, one round.
+    let opts = GenerateOptions { exit_layer: n_layer, max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
+    let run = |f: &dyn Fn(&[u32]) -> Result<Vec<u32>>| -> Result<(f64, Vec<Vec<u32>>)> {
+        let t = Instant::now();
+        let outs = prompts.iter().map(|p| f(p)).collect::<Result<Vec<_>>>()?;
+        Ok((t.elapsed().as_secs_f64(), outs))
+    };
+    let tensor = |p: &[u32]| Ok(generate_tensor(m, p, &opts, |_| ControlFlow::Continue(()))?.ids);
+    let engine = |p: &[u32]| Ok(generate(m, p, &opts, |_| ControlFlow::Continue(()))?.ids);
+    let (t_tensor, out_tensor) = run(&tensor)?;
+    let (t_engine, out_engine) = run(&engine)?;
+    let tokens: usize = out_engine.iter().map(Vec::len).sum();
+    say(&format!(
+        "  plain greedy on candle tensors (the path before the CPU engine): {:.0} tokens/s vs the engine's {:.0} tokens/s in the same run ({:.1}x); the same tokens: {}",
+        tokens as f64 / t_tensor,
+        tokens as f64 / t_engine,
+        t_tensor / t_engine,
+        if out_tensor == out_engine { "yes" } else { "no (rounding differs between the paths)" }
+    ));
+    Ok(serde_json::json!({
+        "model": s.name,
+        "label": s.label,
+        "layers": n_layer,
+        "prompts": prompts.len(),
+        "prompt_tokens": len,
+        "new_tokens": a.decode_tokens,
+        "calibration": calibration,
+        "speculative": speculative,
+        "tensor_path": {
+            "tok_per_s": tokens as f64 / t_tensor,
+            "engine_tok_per_s": tokens as f64 / t_engine,
+            "engine_speedup": t_tensor / t_engine,
+            "same_tokens": out_tensor == out_engine,
+        },
+    }))
+}
+
+/// Tokens of greedy continuation the decode benchmark calibrates on.
+const CALIBRATION_TOKENS: usize = 128;
+
+/// One pass over the decode benchmark's prompts.
+struct DecodeRun {
+    secs: f64,
+    outs: Vec<Vec<u32>>,
+    drafted: usize,
+    accepted: usize,
+    passes: usize,
+}
+
+/// Times plain greedy and speculative decoding over the prompts, alternating rounds.
+fn decode_pair(
+    m: &Gpt2,
+    prompts: &[Vec<u32>],
+    e: usize,
+    k: usize,
+    gamma: f64,
+    a: &BenchArgs,
+    say: &dyn Fn(&str),
+) -> Result<serde_json::Value> {
+    let plain_opts = GenerateOptions { exit_layer: m.n_layer(), max_new_tokens: a.decode_tokens, sampling: Sampling::Greedy, eos: None };
+    let spec_opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: gamma,
+        max_new_tokens: a.decode_tokens,
+        sampling: Sampling::Greedy,
+        eos: None,
+    };
+    let plain_all = || -> Result<DecodeRun> {
+        let t = Instant::now();
+        let outs = prompts.iter().map(|p| Ok(generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids)).collect::<Result<_>>()?;
+        Ok(DecodeRun { secs: t.elapsed().as_secs_f64(), outs, drafted: 0, accepted: 0, passes: 0 })
+    };
+    let spec_all = || -> Result<DecodeRun> {
+        let t = Instant::now();
+        let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, passes: 0 };
+        for p in prompts {
+            let g = generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?;
+            r.drafted += g.drafted;
+            r.accepted += g.accepted;
+            r.passes += g.forward_passes;
+            r.outs.push(g.ids);
+        }
+        r.secs = t.elapsed().as_secs_f64();
+        Ok(r)
+    };
+    plain_all()?; // warm-up
+    spec_all()?;
+    let rounds = a.reps.clamp(3, 9);
+    let (mut tp, mut ts, mut ratios) = (vec![], vec![], vec![]);
+    let mut same = true;
+    let mut last = (0, 0, 0, 0);
+    for _ in 0..rounds {
+        let p = plain_all()?;
+        let s = spec_all()?;
+        same &= p.outs == s.outs;
+        let tokens: usize = p.outs.iter().map(Vec::len).sum();
+        last = (tokens, s.drafted, s.accepted, s.passes);
+        tp.push(p.secs);
+        ts.push(s.secs);
+        ratios.push(p.secs / s.secs);
+    }
+    let (tokens, drafted, accepted, passes) = last;
+    let (p, s) = (median(tp), median(ts));
+    // Acceptance is undefined when nothing was drafted.
+    let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
+    say(&format!(
+        "  plain greedy: {:.0} tokens/s | speculative, draft layer {e}, up to {k} drafts, confidence {gamma}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
+        tokens as f64 / p,
+        tokens as f64 / s,
+        acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+        tokens as f64 / passes as f64,
+        p / s,
+        median(ratios.clone()),
+        if same { "yes" } else { "NO" }
+    ));
+    Ok(serde_json::json!({
+        "draft_layer": e,
+        "draft": k,
+        "draft_confidence": gamma,
+        "rounds": rounds,
+        "tokens": tokens,
+        "plain_tok_per_s": tokens as f64 / p,
+        "speculative_tok_per_s": tokens as f64 / s,
+        "drafted": drafted,
+        "accepted": accepted,
+        "acceptance": acceptance,
+        "forward_passes": passes,
+        "speedup": p / s,
+        "speedup_median_ratio": median(ratios),
+        "identical": same,
+    }))
 }
 
 /// Frame times of the explorer while scrubbing layers, per view, on the shipped pair at

@@ -245,6 +245,153 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// `y[r, :] += x[r, :] @ w[:, c0..c0 + nb]` for the rows `r` of `x` (`[m, k]`), with `w`
+    /// `[k, n]` row-major and `y` `[m, nb]`. Streams the weight rows (four at a time, over a
+    /// window of columns that stays in L1). Every output element adds its products in the
+    /// same order whatever `m` and however the columns are split among threads: a row's
+    /// result does not depend on the rows that come with it (what lets a batched
+    /// verification reproduce one-token-at-a-time decoding exactly).
+    pub fn matrix_cols_accumulate(x: &[f32], k: usize, w: &[f32], n: usize, c0: usize, nb: usize, y: &mut [f32]) -> () {
+        const WINDOW: usize = 1024;
+        let m = y.len() / nb;
+        let mut j0 = 0;
+        while j0 < nb {
+            let t = WINDOW.min(nb - j0);
+            let col = |i: usize| &w[i * n + c0 + j0..i * n + c0 + j0 + t];
+            let mut i = 0;
+            while i + 4 <= k {
+                let (w0, w1, w2, w3) = (col(i), col(i + 1), col(i + 2), col(i + 3));
+                for r in 0..m {
+                    let (a0, a1, a2, a3) = (x[r * k + i], x[r * k + i + 1], x[r * k + i + 2], x[r * k + i + 3]);
+                    let yr = &mut y[r * nb + j0..r * nb + j0 + t];
+                    for j in 0..t {
+                        yr[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+                    }
+                }
+                i += 4;
+            }
+            while i < k {
+                let w0 = col(i);
+                for r in 0..m {
+                    let a = x[r * k + i];
+                    let yr = &mut y[r * nb + j0..r * nb + j0 + t];
+                    for (yv, &wv) in yr.iter_mut().zip(w0) {
+                        *yv += a * wv;
+                    }
+                }
+                i += 1;
+            }
+            j0 += t;
+        }
+    }
+}
+
+/// Dot product: four vector accumulators of 16 lanes, reduced as a tree. Vectorised, with
+/// no long chain of dependent additions, and the same order for the same length.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [[0f32; LANES]; 4];
+    let n = a.len().min(b.len());
+    let full = n - n % (4 * LANES);
+    for (ca, cb) in a[..full].chunks_exact(4 * LANES).zip(b[..full].chunks_exact(4 * LANES)) {
+        for u in 0..4 {
+            for j in 0..LANES {
+                acc[u][j] += ca[u * LANES + j] * cb[u * LANES + j];
+            }
+        }
+    }
+    let mut rest = full;
+    while rest + LANES <= n {
+        for j in 0..LANES {
+            acc[0][j] += a[rest + j] * b[rest + j];
+        }
+        rest += LANES;
+    }
+    let mut v = [0f32; LANES];
+    for j in 0..LANES {
+        v[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            v[j] += v[j + width];
+        }
+        width /= 2;
+    }
+    let mut s = v[0];
+    for i in rest..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+dispatch! {
+    /// `y[r, v] = dot(x[r, :], w[v, :])` for the rows of `x` (`[m, d]`) and the `n_w` rows
+    /// of `w` (`[n_w, d]`: the classifier against the embedding matrix); `y` is `[m, n_w]`.
+    /// Each dot product is computed on its own: rows do not affect one another.
+    pub fn classify_rows(x: &[f32], d: usize, w: &[f32], y: &mut [f32], n_w: usize) -> () {
+        let m = x.len() / d;
+        for v in 0..n_w {
+            let wv = &w[v * d..(v + 1) * d];
+            for r in 0..m {
+                y[r * n_w + v] = dot_lanes(&x[r * d..(r + 1) * d], wv);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// The largest softmax probability of a row of logits, `1 / sum_j exp(z_j - max z)`
+    /// (the confidence of a prediction), without writing the probabilities.
+    pub fn max_prob(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        let mut acc = [0f32; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for j in 0..LANES {
+                acc[j] += exp(c[j] - max);
+            }
+        }
+        let sum = acc.iter().sum::<f32>() + tail.iter().map(|&x| exp(x - max)).sum::<f32>();
+        1.0 / sum
+    }
+}
+
+/// One head's slice of a KV cache: a row of `stride` floats per position, the head's
+/// floats starting at `offset`.
+#[derive(Clone, Copy)]
+pub struct HeadCache<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+dispatch! {
+    /// One head of one query row against the first `scores.len()` cached positions:
+    /// `out = softmax(scale q K^T) V`. Computed for this row alone, so batching rows cannot
+    /// change it.
+    pub fn attend_row(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) -> () {
+        let hd = q.len();
+        let HeadCache { keys, values, stride, offset } = cache;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot_lanes(q, &keys[j * stride + offset..j * stride + offset + hd]) * scale;
+        }
+        let max = max_of(scores);
+        let inv = 1.0 / exp_shift_sum(scores, max);
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let p = p * inv;
+            let vr = &values[j * stride + offset..j * stride + offset + hd];
+            for (o, &v) in out.iter_mut().zip(vr) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

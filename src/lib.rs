@@ -1,13 +1,15 @@
 //! alignscope: look inside GPT-2-style transformers layer by layer, and train them so that
 //! every layer can exit through the one shared classifier.
 //!
-//! The library is the engine, in layers that only point down: `paths` and `util` (policy
-//! and process helpers) → `kernels` → `ops` → `model` → `analysis` → `train`. The command
-//! line (`cli`), the explorer (`tui`), the figures (`report`) and the benchmarks (`bench`)
-//! are its clients.
+//! The library is the engine, in layers that only point down: `paths`, `util` and `hub`
+//! (policy, process helpers, the Hugging Face hub client) → `corpus` (text data) and
+//! `kernels` → `ops` → `model` → `analysis` → `train`. The command line (`cli`), the
+//! explorer (`tui`), the figures (`report`) and the benchmarks (`bench`) are its clients.
+pub mod hub;
 pub mod paths;
 pub mod util;
 
+pub mod corpus;
 pub mod kernels;
 pub mod ops;
 

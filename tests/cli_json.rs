@@ -185,3 +185,174 @@ fn eval_json() {
         assert_eq!(v[key].as_array().unwrap().len(), 5, "{key}");
     }
 }
+
+/// `--speculative E`: the full model's greedy tokens (transformers' reference), whatever the
+/// draft layer, with the speculative counters.
+#[test]
+fn speculative_json() {
+    let exp = expected();
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let case = &exp["cases"][1];
+    for (e, k, conf) in [("1", "3", "0"), ("2", "5", "0.3"), ("3", "1", "0.9")] {
+        let v = run_json(&[
+            "generate",
+            "--ckpt",
+            &ck,
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--speculative",
+            e,
+            "--draft",
+            k,
+            "--draft-confidence",
+            conf,
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ]);
+        assert_eq!(v["ids"], case["greedy16_by_exit_layer"]["4"], "draft layer {e}");
+        assert_eq!(v["draft_layer"].as_u64().unwrap().to_string(), e);
+        assert_eq!(v["draft"].as_u64().unwrap().to_string(), k);
+        let (drafted, accepted) = (v["drafted"].as_u64().unwrap(), v["accepted"].as_u64().unwrap());
+        assert!(accepted <= drafted);
+        match drafted {
+            0 => assert!(v["acceptance"].is_null()),
+            _ => assert!((v["acceptance"].as_f64().unwrap() - accepted as f64 / drafted as f64).abs() < 1e-12),
+        }
+        let passes = v["forward_passes"].as_u64().unwrap();
+        assert!((1..=16).contains(&passes));
+        // Every round emits the accepted drafts plus one token of the full model.
+        assert_eq!(passes - 1 + accepted, 15, "16 tokens: the prompt pass's, then rounds of accepted + 1");
+        let origins = v["origins"].as_array().unwrap();
+        assert_eq!(origins.len(), 16);
+        assert_eq!(origins.iter().filter(|o| *o == "accepted").count() as u64, accepted);
+        assert!(v["tok_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["stop"], "max-tokens");
+    }
+    // auto: calibrated on the prompt's continuation; reports what it picked.
+    let v = run_json(&[
+        "generate",
+        "--ckpt",
+        &ck,
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--speculative",
+        "auto",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert_eq!(v["ids"], case["greedy16_by_exit_layer"]["4"]);
+    let c = &v["calibration"];
+    let e = c["draft_layer"].as_u64().unwrap();
+    assert!((1..=3).contains(&e));
+    assert_eq!(v["draft_layer"].as_u64().unwrap(), e);
+    assert_eq!(v["draft"], c["draft"]);
+    assert_eq!(c["agreement"].as_array().unwrap().len(), 5);
+    assert!(c["agreement"][0].is_null() && c["agreement"][4].is_null() && c["agreement"][2].is_f64());
+    assert!(c["predicted_speedup"].as_f64().unwrap() > 0.0);
+}
+
+/// Early exit reports both speedups and the measure; saturation at threshold 0 leaves
+/// every token at layer 1.
+#[test]
+fn early_exit_json_reports_wall_clock() {
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let prompt = "Mr. Darcy looked at Elizabeth and said";
+    let v = run_json(&[
+        "generate",
+        "--ckpt",
+        &ck,
+        "--prompt",
+        prompt,
+        "--early-exit",
+        "0.3",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert_eq!(v["measure"], "max-prob");
+    assert_eq!(v["layer_speedup"], v["speedup"]);
+    assert!(v["wall_speedup"].as_f64().unwrap() > 0.0);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0 && v["full_depth_seconds"].as_f64().unwrap() > 0.0);
+    let s = run_json(&[
+        "generate",
+        "--ckpt",
+        &ck,
+        "--prompt",
+        prompt,
+        "--early-exit",
+        "0",
+        "--exit-measure",
+        "saturation",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert_eq!(s["measure"], "saturation");
+    let exits: Vec<u64> = s["exit_layers"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    // The first token comes from the prompt's full pass.
+    assert_eq!(exits, [4, 1, 1, 1, 1, 1, 1, 1]);
+    assert!((s["speedup"].as_f64().unwrap() - 32.0 / 11.0).abs() < 1e-12);
+    // ... and then the tokens are those of exit layer 1 after the first.
+    let plain1 =
+        run_json(&["generate", "--ckpt", &ck, "--prompt", prompt, "--exit-layer", "4", "--max-new-tokens", "1", "--ignore-eos", "--json"]);
+    assert_eq!(s["ids"][0], plain1["ids"][0]);
+}
+
+/// The exit sweep against transformers' per-layer accuracy: threshold 0 leaves every
+/// position at layer 1, threshold 1 (and the full row) at the last layer.
+#[test]
+fn exits_json_matches_the_reference_accuracy() {
+    let exp = expected();
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let data = assets_dir().join("austen/persuasion.txt").to_string_lossy().into_owned();
+    let v = run_json(&[
+        "exits",
+        "--ckpt",
+        &ck,
+        "--compare",
+        &ck,
+        "--data",
+        &data,
+        "--ctx",
+        "128",
+        "--max-chunks",
+        "4",
+        "--thresholds",
+        "0,0.3,1",
+        "--gen-tokens",
+        "8",
+        "--gen-prompts",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(v["measure"], "max-prob");
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let acc = f64s(&exp["eval"]["acc"]);
+    for m in models {
+        assert_eq!(m["tokens"], exp["eval"]["tokens"]);
+        let rows = m["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        let (zero, mid, one, full) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+        assert!((zero["accuracy"].as_f64().unwrap() - acc[1]).abs() < 1e-9, "layer 1 accuracy");
+        assert_eq!(zero["mean_exit_layer"], 1.0);
+        assert_eq!(zero["layer_speedup"], 4.0);
+        for r in [one, full] {
+            assert!((r["accuracy"].as_f64().unwrap() - acc[4]).abs() < 1e-9, "layer 4 accuracy");
+            assert_eq!(r["agreement"], 1.0);
+            assert_eq!(r["mean_exit_layer"], 4.0);
+        }
+        assert!(full["threshold"].is_null());
+        assert_eq!(full["wall_speedup"], 1.0);
+        let l = mid["mean_exit_layer"].as_f64().unwrap();
+        assert!((1.0..=4.0).contains(&l));
+        assert!((mid["layer_speedup"].as_f64().unwrap() - 4.0 / l).abs() < 1e-12);
+        assert!(mid["wall_speedup"].as_f64().unwrap() > 0.0 && mid["generation_layer_speedup"].as_f64().unwrap() >= 1.0);
+    }
+}

@@ -6,8 +6,9 @@
 //! reference of the fixture, so CI covers the GPU's math without a GPU.
 
 mod common;
+use alignscope::analysis::early_exit::{EarlyExitOptions, ExitMeasure, generate_early_exit};
 use alignscope::analysis::eval::{EvalOptions, evaluate, read_text};
-use alignscope::analysis::generate::{GenerateOptions, Sampling, generate, generate_early_exit};
+use alignscope::analysis::generate::{GenerateOptions, Sampling, generate};
 use alignscope::analysis::inspect::{LensAt, analyze};
 use alignscope::analysis::{encode_prompt, ids_tensor};
 use alignscope::ops::{cpu_fast_path, with_portable_ops};
@@ -104,7 +105,9 @@ fn greedy_generation_per_exit_layer_matches() {
 fn early_exit_generation_matches() {
     let ck = fixture();
     let ids = encode_prompt(&ck.tokenizer, &ck.model, "It is a truth universally acknowledged").unwrap();
-    let run = || generate_early_exit(&ck.model, &ids, 0.15, 24, Sampling::Greedy, None, |_, _| ControlFlow::Continue(())).unwrap();
+    let opts =
+        EarlyExitOptions { threshold: 0.15, measure: ExitMeasure::MaxProb, max_new_tokens: 24, sampling: Sampling::Greedy, eos: None };
+    let run = || generate_early_exit(&ck.model, &ids, &opts, |_, _| ControlFlow::Continue(())).unwrap();
     let (f, p) = both(run);
     assert!(f.exit_layers.iter().any(|&l| l < 4), "the threshold must make some token exit early: {:?}", f.exit_layers);
     assert!(f.exit_layers.iter().skip(1).any(|&l| l == 4), "and some run all layers: {:?}", f.exit_layers);

@@ -77,7 +77,9 @@ fn stopped_and_resumed_run_equals_an_uninterrupted_one() {
     assert!(is_resumable(&b));
 
     let events = run_to_end(TrainJob::resume(b.clone(), None, &Device::Cpu));
-    assert!(matches!(events.first(), Some(TrainEvent::Started { start_step, .. }) if *start_step == k));
+    // The first event after the data is prepared: the run starts where it stopped.
+    let started = events.iter().find(|e| !matches!(e, TrainEvent::Preparing { .. }));
+    assert!(matches!(started, Some(TrainEvent::Started { start_step, .. }) if *start_step == k));
     assert_eq!(params(&a), params(&b), "resumed parameters differ from the uninterrupted run");
     // The metrics history covers every step once: steps 1..=8, each exactly once, in order.
     assert_eq!(step_lines(&b), (1..=8).collect::<Vec<u64>>());

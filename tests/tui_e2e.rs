@@ -1,7 +1,11 @@
 //! End to end: the real `alignscope` binary in a pseudo-terminal. It types a prompt, scrubs
 //! layers, opens help, starts and stops a short fine-tune on the fixture model (written to
 //! a temporary ALIGNSCOPE_CHECKPOINTS), and quits, checking the screen at each step and
-//! that the terminal is restored.
+//! that the terminal is restored. And `alignscope --ckpt gpt2-aligned` against a local hub:
+//! the base downloaded, the menu that builds the recipe, its first save shown beside the
+//! base, and the next start opening the pair.
+
+mod hub_support;
 
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use std::io::{Read, Write};
@@ -20,13 +24,24 @@ struct Session {
 
 impl Session {
     fn start(args: &[&str], checkpoints: &Path) -> Self {
+        Self::start_env(args, checkpoints, &[("HF_HUB_OFFLINE", "1")])
+    }
+
+    /// With these environment variables (and without a hub token or offline switch of the
+    /// caller's).
+    fn start_env(args: &[&str], checkpoints: &Path, env: &[(&str, &str)]) -> Self {
         let pty = native_pty_system().openpty(PtySize { rows: ROWS, cols: COLS, pixel_width: 0, pixel_height: 0 }).expect("a pty");
         let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_alignscope"));
         cmd.args(args);
         cmd.cwd(env!("CARGO_MANIFEST_DIR"));
         cmd.env("ALIGNSCOPE_CHECKPOINTS", checkpoints);
         cmd.env("TERM", "xterm-256color");
-        cmd.env("HF_HUB_OFFLINE", "1");
+        for k in ["HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "HF_ENDPOINT"] {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = pty.slave.spawn_command(cmd).expect("spawn alignscope");
         drop(pty.slave);
         let mut reader = pty.master.try_clone_reader().unwrap();
@@ -189,4 +204,60 @@ fn a_missing_checkpoint_is_one_error_line_before_the_screen() {
     assert!(lines[0].starts_with("error: checkpoint \"no-such-checkpoint\" not found"), "{text}");
     assert!(!parser.screen().alternate_screen());
     let _ = &mut s.writer;
+}
+
+/// Waits for the explorer to quit after `q`, well, with the terminal restored.
+fn quit(s: &mut Session) {
+    s.send("q");
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < until, "alignscope did not quit:\n{}", s.text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn gpt2_aligned_builds_itself_from_the_menu_then_opens_beside_gpt2() {
+    let server = hub_support::HubServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let hf_home = tmp.path().join("hf");
+    let checkpoints = tmp.path().join("checkpoints");
+    let url = server.url.clone();
+    let env = [("HF_ENDPOINT", url.as_str()), ("HF_HOME", hf_home.to_str().unwrap())];
+    let mut s = Session::start_env(&["--ckpt", "gpt2-aligned"], &checkpoints, &env);
+
+    // Not built: the base (downloaded from the hub) and the menu that builds the recipe.
+    let t = s.wait_text("Enter trains it with the paper's recipe", 60);
+    assert!(t.contains("A gpt2 · 4L"), "{t}");
+    assert!(t.contains("gpt2-aligned is not built yet"), "{t}");
+    assert!(t.contains("hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1"), "{t}");
+    assert!(hf_home.join("hub/models--openai-community--gpt2/refs/main").is_file());
+    // Two steps instead of 1000 (Steps is the fifth field), then Enter.
+    for _ in 0..4 {
+        s.send(DOWN);
+    }
+    for _ in 0..4 {
+        s.send(BACKSPACE);
+    }
+    s.send("2");
+    s.send("\r");
+    // The run shows in the training view; its first save is loaded beside the base
+    // without a key.
+    s.wait_text("gpt2-aligned into A", 120);
+    s.send("1");
+    s.wait_for("the trained checkpoint beside its base", 30, |t| t.contains("A gpt2-aligned") && t.contains("B gpt2 "));
+    assert!(checkpoints.join("gpt2-aligned/training_state.json").is_file());
+    quit(&mut s);
+    drop(s);
+
+    // Built: the same command opens the pair, without the server.
+    server.stop();
+    let mut s = Session::start_env(&["--ckpt", "gpt2-aligned"], &checkpoints, &env);
+    let t = s.wait_for("the pair", 60, |t| t.contains("A gpt2-aligned") && t.contains("B gpt2 "));
+    assert!(!t.contains("not built yet"), "{t}");
+    quit(&mut s);
 }

@@ -620,3 +620,253 @@ fn a_new_generation_cancels_the_running_one_in_the_worker_thread() {
     }
     assert!(!first_done.contains(&4), "the superseded generation ran to the end: {first_done:?}");
 }
+
+// ---------------------------------------------------------------- decoding modes
+
+/// Timings vary from run to run: fix them before a snapshot.
+fn fix_timings(h: &mut Harness) {
+    for c in &mut h.app.columns {
+        if let Some(d) = &mut c.decoded {
+            d.seconds = 0.5;
+            d.baseline = Some(0.6);
+        }
+    }
+}
+
+fn decode_cmds(fx: &[Effect]) -> Vec<alignscope::tui::worker::DecodeMethod> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Worker { cmd: WorkerCommand::Decode { method, .. }, .. } => Some(*method),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn decoding_mode_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = fixture_pair(tmp.path());
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    h.press(KeyCode::Char('e'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_early_exit", &h);
+    h.press(KeyCode::Char('c'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_early_exit_saturation", &h);
+    h.press(KeyCode::Char('v'));
+    h.press(KeyCode::Char('h'));
+    h.press(KeyCode::Char('h'));
+    h.settle();
+    fix_timings(&mut h);
+    snap("decoding_speculative", &h);
+}
+
+#[test]
+fn decoding_keys_set_the_method_and_ask_the_workers() {
+    use alignscope::analysis::early_exit::ExitMeasure;
+    use alignscope::tui::app::GenMethod;
+    use alignscope::tui::worker::DecodeMethod;
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    // e: early exit at the max-prob threshold 0.3.
+    h.press(KeyCode::Char('e'));
+    assert_eq!(h.app.decoding.method, GenMethod::EarlyExit);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.3, measure: ExitMeasure::MaxProb }]);
+    let d = h.app.columns[0].decoded.clone().unwrap();
+    assert_eq!(d.tokens, 32);
+    assert_eq!(d.pieces.iter().filter(|p| matches!(p.kind, alignscope::tui::worker::PieceKind::Exit(_))).count(), 32);
+    assert!(d.stop.is_some() && d.baseline.is_some() && d.layer_speedup.unwrap() >= 1.0);
+    assert!(!h.app.columns[0].generating);
+    // The layer does not matter to early exit: scrubbing asks for nothing.
+    h.press(KeyCode::Left);
+    assert!(decode_cmds(&h.settle()).is_empty());
+    // +/- step the threshold (debounced), c switches the measure (and its threshold).
+    h.press(KeyCode::Char('+'));
+    h.press(KeyCode::Char('+'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.4, measure: ExitMeasure::MaxProb }]);
+    h.press(KeyCode::Char('-'));
+    h.press(KeyCode::Char('c'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::EarlyExit { threshold: 0.97, measure: ExitMeasure::Saturation }]);
+    // v: speculative, drafting from the explorer's layer (3 after the Left above).
+    h.press(KeyCode::Char('v'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4 }]);
+    h.press(KeyCode::Char('-'));
+    h.press(KeyCode::Left);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3 }]);
+    // The last layer cannot draft: the draft layer stays at L-1.
+    h.press(KeyCode::End);
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3 }]);
+    // c outside early exit says so; v again leaves the mode; a goes to all layers.
+    h.press(KeyCode::Char('c'));
+    assert!(h.app.status.as_ref().unwrap().text.contains("press e"));
+    h.press(KeyCode::Char('v'));
+    assert_eq!(h.app.decoding.method, GenMethod::ExitLayer);
+    h.press(KeyCode::Char('e'));
+    h.press(KeyCode::Char('a'));
+    assert_eq!((h.app.decoding.method, h.app.decoding.all_layers), (GenMethod::ExitLayer, true));
+}
+
+/// Speculative decoding in the explorer is lossless too: its text is the full model's.
+#[test]
+fn speculative_text_is_the_full_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = fixture_pair(tmp.path());
+    h.press(KeyCode::Char('3'));
+    h.settle();
+    let full: Vec<String> = h.app.columns.iter().map(|c| c.outputs[&4].text.clone()).collect();
+    h.press(KeyCode::Char('v'));
+    for layer in [1, 2, 3] {
+        while h.app.layer > layer {
+            h.press(KeyCode::Left);
+        }
+        h.settle();
+        for (c, want) in h.app.columns.iter().zip(&full) {
+            let d = c.decoded.as_ref().unwrap();
+            let text: String = d.pieces.iter().map(|p| p.text.as_str()).collect();
+            assert_eq!(&text, want, "draft layer {layer}");
+            assert!(d.drafts.accepted <= d.drafts.drafted);
+            assert_eq!(d.forward_passes.unwrap() - 1 + d.drafts.accepted, d.tokens - 1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- recipe names
+
+fn explore_args(ckpt: &str) -> alignscope::cli::ExploreArgs {
+    alignscope::cli::ExploreArgs {
+        ckpt: Some(ckpt.into()),
+        compare: None,
+        single: false,
+        device: "cpu".into(),
+        eval_data: None,
+        prompt: None,
+    }
+}
+
+/// A copy of the fixture at `dir`, and, with `base`, the training state of a fine-tune of it.
+fn checkpoint_at(dir: &std::path::Path, base: Option<&std::path::Path>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture_dir().join(f), dir.join(f)).unwrap();
+    }
+    if let Some(base) = base {
+        let init = alignscope::train::InitFrom::Checkpoint(base.display().to_string());
+        let config = alignscope::train::TrainConfig::finetune(init, dir.to_path_buf(), LossKind::Aligned, vec![]);
+        let state = serde_json::json!({ "alignscope_version": "0", "step": 3, "data_rng_position": "0", "tokens_seen": 0, "elapsed_secs": 1.0, "config": config });
+        std::fs::write(dir.join("training_state.json"), state.to_string()).unwrap();
+    }
+}
+
+#[test]
+fn a_recipe_name_opens_its_base_and_the_menu_that_builds_it() {
+    // The recipe of a folder is its sibling: tests/fixtures/tiny-gpt2-aligned (not built).
+    let plan = alignscope::tui::plan_start(&explore_args("tests/fixtures/tiny-gpt2-aligned")).unwrap();
+    assert_eq!(plan.a, "tests/fixtures/tiny-gpt2");
+    let recipe = plan.recipe.expect("a recipe to offer");
+    assert_eq!(
+        (recipe.base.as_str(), recipe.out.as_str(), recipe.loss),
+        ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned", LossKind::Aligned)
+    );
+    let mut h = Harness::new(&[&fixture_dir()]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("the menu opens by itself") };
+    assert_eq!(menu.run_kind(), alignscope::tui::train::RunKind::AlignedFinetune);
+    assert_eq!((menu.base.text.as_str(), menu.output.text.as_str()), ("tests/fixtures/tiny-gpt2", "tests/fixtures/tiny-gpt2-aligned"));
+    assert_eq!(menu.data.text, "hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1");
+    // The paper's recipe, at the base's context (the fixture has 128 positions).
+    assert_eq!(
+        (menu.steps.text.as_str(), menu.lr.text.as_str(), menu.batch.text.as_str(), menu.ctx.text.as_str()),
+        ("1000", "2e-5", "8", "128")
+    );
+    let status = &h.app.status.as_ref().unwrap().text;
+    assert_eq!(
+        status,
+        "tests/fixtures/tiny-gpt2-aligned is not built yet. Enter trains it, Esc explores tests/fixtures/tiny-gpt2: the aligned fine-tune of tests/fixtures/tiny-gpt2 on wikitext-103-raw-v1, 1000 steps × 8 × 128 tokens, lr 2e-5."
+    );
+    snap("recipe_menu", &h);
+    // Esc explores the base; t offers the recipe again.
+    h.press(KeyCode::Esc);
+    assert_eq!(h.app.mode, Mode::Normal);
+    h.press(KeyCode::Char('t'));
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu") };
+    assert_eq!(menu.output.text, "tests/fixtures/tiny-gpt2-aligned");
+}
+
+#[test]
+fn the_recipe_run_under_another_output_name_is_still_shown_beside_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    checkpoint_at(&base, None);
+    let recipe = alignscope::tui::plan_start(&explore_args(&format!("{}-aligned", base.display()))).unwrap().recipe.unwrap();
+    let mut h = Harness::new(&[&base]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    // Output name is the third field: "…-aligned" becomes "…-aligned2".
+    h.press(KeyCode::Down);
+    h.press(KeyCode::Down);
+    h.press(KeyCode::End);
+    h.press(KeyCode::Char('2'));
+    h.press(KeyCode::Enter);
+    let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
+    assert_eq!(cfg.out, tmp.path().join("tiny-aligned2"));
+    checkpoint_at(&cfg.out, Some(&base));
+    let fx = h.app.on_train(TrainEvent::CheckpointSaved { step: 50, dir: cfg.out.clone() });
+    assert!(matches!(fx.first(), Some(Effect::SpawnWorker { .. })), "{fx:?}");
+    h.run(fx);
+    assert_eq!((h.app.columns[0].short_name(), h.app.columns[1].short_name()), ("tiny-aligned2".to_string(), "tiny".to_string()));
+}
+
+#[test]
+fn the_first_save_of_the_recipe_run_is_shown_beside_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("tiny");
+    checkpoint_at(&base, None);
+    let spec = format!("{}-aligned", base.display());
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    let recipe = plan.recipe.expect("not built yet");
+    let mut h = Harness::new(&[&base]);
+    let defaults = alignscope::tui::menu_defaults(&h.app);
+    h.app.offer_recipe(alignscope::tui::recipe_offer(&recipe), defaults);
+    h.press(KeyCode::Enter);
+    let Some(Effect::StartTraining(cfg)) = h.training.last().cloned() else { panic!("{:?}", h.training) };
+    assert_eq!(cfg.out, tmp.path().join("tiny-aligned"));
+    assert_eq!((cfg.loss, cfg.alternate, cfg.lr, cfg.batch, cfg.ctx, cfg.steps), (LossKind::Aligned, true, 2e-5, 8, 128, 1000));
+    assert_eq!(cfg.data, [std::path::PathBuf::from("hf://datasets/Salesforce/wikitext/wikitext-103-raw-v1")]);
+    assert_eq!(cfg.eval_data, cfg.data, "held out: the validation split of the same folder");
+    // The run saves its first checkpoint: it is loaded beside the base without a key.
+    checkpoint_at(&cfg.out, Some(&base));
+    h.app.on_train(TrainEvent::Started { start_step: 0, total_steps: 1000, out: cfg.out.clone(), n_layer: 4 });
+    let fx = h.app.on_train(TrainEvent::CheckpointSaved { step: 50, dir: cfg.out.clone() });
+    assert!(matches!(fx.first(), Some(Effect::SpawnWorker { .. })), "{fx:?}");
+    h.run(fx);
+    assert_eq!(h.app.columns.len(), 2);
+    assert_eq!(h.app.columns[0].short_name(), "tiny-aligned");
+    assert_eq!(h.app.columns[1].short_name(), "tiny");
+    assert!(h.app.columns[0].analysis.is_some());
+    // Later saves wait for r, as for any run.
+    assert!(h.app.on_train(TrainEvent::CheckpointSaved { step: 100, dir: cfg.out.clone() }).is_empty());
+
+    // Built: the name opens it beside its base, or beside its -standard twin when there is one.
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    assert_eq!((plan.a.as_str(), plan.b.as_deref(), plan.recipe.is_none()), (spec.as_str(), Some(base.to_str().unwrap()), true));
+    let twin = format!("{}-standard", base.display());
+    checkpoint_at(std::path::Path::new(&twin), Some(&base));
+    let plan = alignscope::tui::plan_start(&explore_args(&spec)).unwrap();
+    assert_eq!(plan.b.as_deref(), Some(twin.as_str()));
+    let mut args = explore_args(&spec);
+    args.compare = Some(base.display().to_string());
+    assert_eq!(alignscope::tui::plan_start(&args).unwrap().b.as_deref(), Some(base.to_str().unwrap()), "--compare overrides");
+    args.single = true;
+    assert_eq!(alignscope::tui::plan_start(&args).unwrap().b, None);
+}

@@ -246,8 +246,5 @@ pub fn evaluate(
 
 /// Reads a UTF-8 text file for evaluation or training; a clear error otherwise.
 pub fn read_text(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read data file {}: {e}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("data file {} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
-    })
+    crate::corpus::read_text(path)
 }

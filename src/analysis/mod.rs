@@ -1,13 +1,16 @@
 //! Per-layer analysis: logit lens, representation similarity, generation from any exit
 //! layer, and evaluation over a text.
 pub mod corpus;
+pub mod early_exit;
 pub mod embedder;
 pub mod eval;
+pub mod exits;
 pub mod generate;
 pub mod inspect;
 pub mod lens;
 pub mod quality;
 pub mod similarity;
+pub mod speculative;
 
 use crate::model::Gpt2;
 use anyhow::{Result, bail};

@@ -1,18 +1,21 @@
 //! The command line: headless subcommands (inspect, generate, eval, train, tokenizer,
 //! bench) and, with no subcommand, the explorer TUI. A thin client of the library.
 
+pub mod decode;
 pub mod report;
 pub mod train;
 
+use crate::analysis::early_exit::ExitMeasure;
 use crate::analysis::embedder::{EmbedderChoice, EmbedderInfo, SentenceEncoder};
-use crate::analysis::eval::{EvalOptions, EvalReport, evaluate, read_text};
-use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate, generate_early_exit};
+use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
+use crate::analysis::generate::{GenerateOptions, Generation, Sampling, generate};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::quality::{coherences, diversity};
 use crate::analysis::{TextStream, decode, encode_prompt};
+use crate::corpus::{Role, read_documents, select};
 use crate::model::Checkpoint;
 use crate::model::device::parse_device;
-use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT, resolve_asset};
+use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT};
 use crate::util::fmt_opt;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -37,10 +40,12 @@ pub struct Cli {
 /// Options of the explorer (no subcommand).
 #[derive(Args, Debug, Clone)]
 pub struct ExploreArgs {
-    /// Checkpoint to explore: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    /// Checkpoint to explore: a folder, a name under checkpoints/, a hub id (gpt2, ...), or
+    /// a recipe name (gpt2-aligned: its training is offered when it is not built yet)
     #[arg(long, global = false)]
     pub ckpt: Option<String>,
-    /// Second checkpoint shown side by side (default: austen-standard when exploring the default)
+    /// Second checkpoint shown side by side (default: austen-standard beside the default;
+    /// with --ckpt, its -standard/-aligned twin if built, else the base it was trained from)
     #[arg(long)]
     pub compare: Option<String>,
     /// Show a single checkpoint even when the default pair is available
@@ -65,6 +70,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Per-layer loss, perplexity, accuracy and similarity to the last layer over a text
     Eval(EvalArgs),
+    /// Early-exit sweep over a text: accuracy, agreement with the last layer, mean exit layer,
+    /// layer and wall-clock speedup per threshold (the paper's Table 1)
+    Exits(decode::ExitsArgs),
     /// Train or fine-tune (aligned, standard or ce-reg loss), or resume a run
     Train(train::TrainArgs),
     /// Tokenizer tools
@@ -94,7 +102,8 @@ pub struct DeviceArgs {
 
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// Checkpoint: a folder, a name under checkpoints/, or a hub id (gpt2, ...)
+    /// Checkpoint: a folder, a name under checkpoints/, a hub id (gpt2, ...), or a built
+    /// recipe (gpt2-aligned; one not built yet answers with the command that builds it)
     #[arg(long, default_value = DEFAULT_CKPT)]
     pub ckpt: String,
     /// Device: auto, cpu, cuda or cuda:N
@@ -142,9 +151,24 @@ pub struct GenerateArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Per-token early exit: leave at the first layer whose confidence reaches this
-    #[arg(long, conflicts_with = "exit_layer")]
+    /// Per-token early exit: leave at the first layer whose exit measure reaches this
+    #[arg(long)]
     pub early_exit: Option<f64>,
+    /// Early exit measure: max-prob (the shared classifier's largest probability, a head per
+    /// layer) or saturation (cosine of the residual with the previous layer's, free)
+    #[arg(long, value_enum)]
+    pub exit_measure: Option<ExitMeasure>,
+    /// Lossless self-speculative decoding: draft with blocks 1..E and the shared head, verify
+    /// with the full model; E in 1..L-1, or auto (calibrated on this prompt)
+    #[arg(long)]
+    pub speculative: Option<String>,
+    /// Speculative decoding: most tokens drafted per verification (default 4, or calibrated)
+    #[arg(long)]
+    pub draft: Option<usize>,
+    /// Speculative decoding: stop drafting when the draft's largest probability is below this
+    /// (default 0: always draft --draft tokens, or calibrated)
+    #[arg(long)]
+    pub draft_confidence: Option<f64>,
     /// Keep generating past end-of-text
     #[arg(long)]
     pub ignore_eos: bool,
@@ -158,7 +182,8 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// UTF-8 text to evaluate on
+    /// Data to evaluate on: a text, .jsonl or .parquet file, a folder (one named by split
+    /// gives its validation split), or hf://datasets/OWNER/NAME/PATH
     #[arg(long, default_value = DEFAULT_EVAL_TEXT)]
     pub data: PathBuf,
     /// Tokens per chunk (default: 256, or the model's context if shorter)
@@ -188,12 +213,18 @@ pub struct EvalArgs {
 
 /// Runs the command line; errors come back to `main`, which prints one line.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(command) = &mut cli.command {
+        apply_explorer_options(&matches, &cli.explore, command)?;
+    }
+    crate::hub::set_progress_sink(print_download);
     match cli.command {
         None => crate::tui::run(cli.explore),
         Some(Command::Inspect(a)) => inspect(a),
         Some(Command::Generate(a)) => generate_cmd(a),
         Some(Command::Eval(a)) => eval_cmd(a),
+        Some(Command::Exits(a)) => decode::exits_cmd(a),
         Some(Command::Train(a)) => train::train(a),
         Some(Command::Tokenizer { command }) => train::tokenizer(command),
         Some(Command::Bench(a)) => crate::bench::run(a),
@@ -201,6 +232,65 @@ pub fn run() -> Result<()> {
         Some(Command::Embed(a)) => report::embed(a),
         Some(Command::Device(a)) => device_cmd(a),
     }
+}
+
+/// Options written before a subcommand belong to the explorer. Each carries over to a
+/// subcommand that takes the same option with the same meaning (`--ckpt` to inspect,
+/// generate, eval, exits and report; `--compare` to exits and report; `--device` to every subcommand with
+/// one); anything else, or a value given both before and after the subcommand, is
+/// refused: never silently ignored. (`train --ckpt` is the base of a fine-tune, not the
+/// checkpoint to explore, so it is refused there.)
+fn apply_explorer_options(matches: &clap::ArgMatches, explore: &ExploreArgs, command: &mut Command) -> Result<()> {
+    use clap::parser::ValueSource;
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let (name, sub) = matches.subcommand().expect("a subcommand was parsed");
+    let sub_given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+    // Where each option lands in the subcommand, if it takes it.
+    let (ckpt, compare, device): (Option<&mut String>, Option<&mut Option<String>>, Option<&mut String>) = match command {
+        Command::Inspect(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Generate(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Eval(a) => (Some(&mut a.common.ckpt), None, Some(&mut a.common.device)),
+        Command::Exits(a) => (Some(&mut a.common.ckpt), Some(&mut a.compare), Some(&mut a.common.device)),
+        Command::Report(a) => (Some(&mut a.ckpt), Some(&mut a.compare), Some(&mut a.device)),
+        Command::Embed(a) => (None, None, Some(&mut a.device)),
+        Command::Train(a) => (None, None, Some(&mut a.device)),
+        Command::Bench(a) => (None, None, Some(&mut a.device)),
+        Command::Device(a) => (None, None, Some(&mut a.device)),
+        Command::Tokenizer { .. } => (None, None, None),
+    };
+    let explorer_only = |flag: &str| -> anyhow::Error {
+        anyhow::anyhow!(
+            "{flag} before `{name}` is an option of the explorer (alignscope with no subcommand); `{name}` does not take it there: write `alignscope {name} [OPTIONS]` (see alignscope {name} --help)"
+        )
+    };
+    for (id, flag) in [("single", "--single"), ("eval_data", "--eval-data"), ("prompt", "--prompt")] {
+        if given(id) {
+            return Err(explorer_only(flag));
+        }
+    }
+    // One option: carried over, or refused when the subcommand lacks it or has it already.
+    let carry = |id: &str, flag: &str, before: &str, slot: Option<&mut String>| -> Result<()> {
+        if !given(id) {
+            return Ok(());
+        }
+        let Some(slot) = slot else { return Err(explorer_only(flag)) };
+        if sub_given(id) && slot != before {
+            bail!("{flag} given twice: {before} before `{name}` and {slot} after it; give it once")
+        }
+        *slot = before.to_string();
+        Ok(())
+    };
+    carry("ckpt", "--ckpt", explore.ckpt.as_deref().unwrap_or_default(), ckpt)?;
+    carry("device", "--device", &explore.device, device)?;
+    match compare {
+        Some(slot) if given("compare") => {
+            let mut value = slot.clone().unwrap_or_default();
+            carry("compare", "--compare", explore.compare.as_deref().unwrap_or_default(), Some(&mut value))?;
+            *slot = Some(value);
+        }
+        _ => carry("compare", "--compare", "", None)?,
+    }
+    Ok(())
 }
 
 fn device_cmd(a: DeviceArgs) -> Result<()> {
@@ -215,9 +305,22 @@ fn device_cmd(a: DeviceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Download progress on stderr: a live line on a terminal, else one line per file.
+fn print_download(s: &crate::hub::DownloadStatus) {
+    let mut err = std::io::stderr().lock();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let _ = write!(err, "\r\x1b[2K{}", s.line());
+        if s.finished {
+            let _ = writeln!(err);
+        }
+    } else if s.finished || s.starting {
+        let _ = writeln!(err, "{}", s.line());
+    }
+}
+
 fn open(common: &CommonArgs) -> Result<Checkpoint> {
     let device = parse_device(&common.device)?;
-    Checkpoint::open(&common.ckpt, &device)
+    crate::train::recipe::open(&common.ckpt, &device)
 }
 
 fn out(s: &str) {
@@ -292,26 +395,18 @@ fn sampling_of(a: &GenerateArgs) -> Sampling {
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    decode::check_generate_flags(&a)?;
     let ck = open(&a.common)?;
     let ids = encode_prompt(&ck.tokenizer, &ck.model, &a.prompt)?;
     let sampling = sampling_of(&a);
     sampling.validate()?;
     let n_layer = ck.model.n_layer();
     let eos = if a.ignore_eos { None } else { ck.eos_id() };
-    if let Some(th) = a.early_exit {
-        if !(0.0..=1.0).contains(&th) {
-            bail!("--early-exit is a confidence threshold in [0, 1], got {th}")
-        }
-        let g = generate_early_exit(&ck.model, &ids, th, a.max_new_tokens, sampling, eos, |_, _| ControlFlow::Continue(()))?;
-        let text = decode(&ck.tokenizer, &g.ids);
-        if a.common.json {
-            out(&json!({"threshold": th, "ids": g.ids, "text": text, "exit_layers": g.exit_layers, "speedup": g.speedup, "stop": g.stop})
-                .to_string());
-        } else {
-            out(&format!("{}{}", a.prompt, text));
-            out(&format!("-- exit layers {:?}, speedup {:.2}x over {} layers", g.exit_layers, g.speedup, n_layer));
-        }
-        return Ok(());
+    if a.early_exit.is_some() {
+        return decode::early_exit_cmd(&a, &ck, &ids, sampling, eos);
+    }
+    if a.speculative.is_some() {
+        return decode::speculative_cmd(&a, &ck, &ids, sampling, eos);
     }
     let layers: Vec<usize> = match a.exit_layer.as_deref() {
         None => vec![n_layer],
@@ -395,14 +490,28 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if a.max_chunks == Some(0) {
         bail!("--max-chunks must be at least 1 (it is how many chunks of the text to evaluate)")
     }
-    let data = resolve_asset(&a.data);
-    let text = read_text(&data)?; // read before the model loads: bad data fails fast
+    // The data is read before the model loads: bad data fails fast.
+    let selection = select(std::slice::from_ref(&a.data), Role::Eval)?;
+    for note in &selection.notes {
+        eprintln!("{note}");
+    }
+    let docs = read_documents(&selection.files)?;
+    let shown = match selection.files.as_slice() {
+        [one] if selection.notes.is_empty() => one.display().to_string(),
+        _ => a.data.display().to_string(),
+    };
     if a.quality && (a.prompts == 0 || a.max_new_tokens == 0) {
         bail!("--prompts and --max-new-tokens must be at least 1")
     }
     let ck = open(&a.common)?;
-    let ids = crate::analysis::tokenize_text(&ck.tokenizer, &text, &data)?;
     let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
+    let eos = match ck.eos_id() {
+        Some(e) => e,
+        None if docs.len() <= 1 => 0,
+        None => bail!("{} has no end-of-text token to separate the documents of {shown}", ck.name),
+    };
+    let max_tokens = a.max_chunks.map(|m| m.saturating_mul(ctx).saturating_add(1));
+    let ids = crate::corpus::tokens::tokenize_joined(&ck.tokenizer, &docs, eos, max_tokens)?;
     let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = evaluate(&ck.model, &ids, &opts, |done, total| {
@@ -427,7 +536,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if a.common.json {
         out(&value.to_string());
     } else {
-        out(&format_eval(&ck.name, &data.display().to_string(), &r));
+        out(&format_eval(&ck.name, &shown, &r));
         if let Some(q) = &quality {
             out(&format_quality(q));
         }

@@ -5,7 +5,6 @@ use crate::analysis::embedder::{EmbedderChoice, SentenceEncoder};
 use crate::analysis::eval::read_text;
 use crate::analysis::generate::Sampling;
 use crate::analysis::quality::PromptSetOptions;
-use crate::model::Checkpoint;
 use crate::model::device::parse_device;
 use crate::paths::{DEFAULT_CKPT, DEFAULT_EVAL_TEXT, resolve_asset};
 use crate::report::{ReportOptions, build, curves::read_exit_sweep, write};
@@ -17,7 +16,7 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Checkpoint A: a folder, a name under checkpoints/, or a hub id
+    /// Checkpoint A: a folder, a name under checkpoints/, a hub id, or a built recipe (gpt2-aligned)
     #[arg(long, default_value = DEFAULT_CKPT)]
     pub ckpt: String,
     /// Checkpoint B, drawn on the same axes (and A − B)
@@ -108,9 +107,9 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let text = read_text(&data)?;
     let exit_sweeps = a.exits.iter().map(|p| read_exit_sweep(p)).collect::<Result<Vec<_>>>()?.concat();
     let device = parse_device(&a.device)?;
-    let mut models = vec![Checkpoint::open(&a.ckpt, &device)?];
+    let mut models = vec![crate::train::recipe::open(&a.ckpt, &device)?];
     if let Some(b) = &a.compare {
-        models.push(Checkpoint::open(b, &device)?);
+        models.push(crate::train::recipe::open(b, &device)?);
     }
     let ctx = a.ctx.unwrap_or_else(|| models.iter().map(|m| m.model.config.default_ctx()).min().expect("one model"));
     let choice = EmbedderChoice::from_arg(a.embedder.as_deref());

@@ -1,6 +1,7 @@
 //! `alignscope train` and `alignscope tokenizer train`: the terminal front of the
 //! training engine (a progress line on stderr, Ctrl-C saves and stops).
 
+use crate::corpus::{Role, select};
 use crate::model::device::parse_device;
 use crate::paths::output_dir;
 use crate::train::config::{InitFrom, LossKind, TrainConfig};
@@ -42,11 +43,15 @@ pub struct TrainArgs {
     /// ce-reg: weight of the cosine term
     #[arg(long, default_value_t = 1.0)]
     pub beta: f64,
-    /// Training text files or folders (repeatable; default: the five Austen novels)
+    /// Training data (repeatable): .txt, .jsonl (a "text" field) or .parquet (a text column)
+    /// files, folders of them (a folder named by split gives its train split), or
+    /// hf://datasets/OWNER/NAME/PATH (a file, folder or glob of a hub dataset). Default: the
+    /// five Austen novels
     #[arg(long)]
     pub data: Vec<PathBuf>,
-    /// Held-out text files or folders for evaluation (repeatable; default: persuasion.txt
-    /// when training on the default data)
+    /// Held-out data for evaluation, like --data (a folder named by split gives its
+    /// validation split). Default: persuasion.txt with the default data, else the validation
+    /// split of a --data folder that has one
     #[arg(long)]
     pub eval_data: Vec<PathBuf>,
     /// Total steps of the run (a resume trains up to this)
@@ -157,7 +162,15 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     }
     let default_data = a.data.is_empty();
     let data = if default_data { crate::paths::default_training_files() } else { a.data.clone() };
-    let eval_data = if a.eval_data.is_empty() && default_data { vec![crate::paths::default_eval_file()] } else { a.eval_data.clone() };
+    // Checked (and fetched, for hub data) before the model loads: bad data fails fast.
+    let train_data = select(&data, Role::Train)?;
+    let eval_data = match (a.eval_data.is_empty(), default_data) {
+        (false, _) => a.eval_data.clone(),
+        (true, true) => vec![crate::paths::default_eval_file()],
+        // A folder named by split holds out its validation split.
+        (true, false) => train_data.held_out.clone(),
+    };
+    select(&eval_data, Role::Eval)?;
     let mut c = TrainConfig::finetune(init, out, a.loss, data);
     c.eval_data = eval_data;
     c.alternate = !a.no_alternate;
@@ -178,8 +191,6 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     c.eval_batches = a.eval_batches;
     c.save_every = a.save_every;
     c.seed = a.seed;
-    collect_files(&c.data)?;
-    collect_files(&c.eval_data)?;
     Ok(c)
 }
 
@@ -231,6 +242,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     for ev in job.events().iter() {
         let mut err = std::io::stderr().lock();
         match ev {
+            TrainEvent::Preparing { message } => {
+                let _ = writeln!(err, "{message}");
+            }
             TrainEvent::Started { start_step, total_steps, out, n_layer } => {
                 let _ = writeln!(err, "training {} layers → {} (steps {}..{})", n_layer, out.display(), start_step + 1, total_steps);
             }

@@ -7,7 +7,7 @@ use super::gpt2::Gpt2;
 use crate::paths::{checkpoint_roots, local_checkpoints};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
@@ -23,54 +23,10 @@ pub fn hub_alias(name: &str) -> Option<&'static str> {
     })
 }
 
-fn hub_cache() -> hf_hub::Cache {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(p) => hf_hub::Cache::new(PathBuf::from(p)),
-        None => hf_hub::Cache::from_env(),
-    }
-}
-
-fn hub_offline() -> bool {
-    matches!(std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(), Ok("1" | "true" | "yes" | "on"))
-}
-
 /// Fetches (or finds in the hub cache) the files of a GPT-2 repository and returns the
 /// snapshot folder that holds them.
 fn from_hub(repo_id: &str) -> Result<PathBuf> {
-    let cache = hub_cache();
-    let cached = cache.model(repo_id.to_string());
-    let offline = hub_offline();
-    let api = if offline {
-        None
-    } else {
-        let mut builder =
-            hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
-        }
-        Some(builder.build().map_err(|e| anyhow!("cannot reach the Hugging Face hub: {e}"))?)
-    };
-    let get = |file: &str| -> Result<PathBuf> {
-        if let Some(p) = cached.get(file) {
-            return Ok(p);
-        }
-        match &api {
-            None => bail!("{file} of {repo_id} is not in the hub cache and HF_HUB_OFFLINE is set"),
-            Some(api) => api.model(repo_id.to_string()).get(file).map_err(|e| anyhow!("cannot download {file} of {repo_id}: {e}")),
-        }
-    };
-    let config = get("config.json")?;
-    get("tokenizer.json")?;
-    match get("model.safetensors") {
-        Ok(_) => {}
-        Err(single) => {
-            let index = get("model.safetensors.index.json").map_err(|_| single)?;
-            for shard in shard_files(&index)? {
-                get(&shard)?;
-            }
-        }
-    }
-    Ok(config.parent().expect("snapshot folder").to_path_buf())
+    crate::hub::model_snapshot(&crate::hub::HubSettings::from_env(), repo_id)
 }
 
 /// A hidden sibling of a checkpoint folder used while saving (`.NAME.saving`, `.NAME.old`).
@@ -121,17 +77,27 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if !looks_like_repo {
         bail!("checkpoint {spec:?} not found: no such folder, and not among the local checkpoints ({listing})")
     }
-    let repo = hub_alias(spec).unwrap_or(spec);
-    from_hub(repo)
-        .map_err(|e| anyhow!("checkpoint {spec:?} is not among the local checkpoints ({listing}) and not available from the hub: {e:#}"))
+    let (repo, whence) = match hub_alias(spec) {
+        Some(repo) => (repo, format!("{repo} on the hub")),
+        None => (spec, "not a local folder, so from the hub".to_string()),
+    };
+    from_hub(repo).map_err(|e| {
+        // When the hub cannot be asked, what is here may be what the user wants.
+        let no_network = e.chain().any(|c| {
+            c.downcast_ref::<crate::hub::HubError>().is_some_and(|h| {
+                matches!(
+                    h.kind,
+                    crate::hub::HubErrorKind::NotCached | crate::hub::HubErrorKind::Unreachable | crate::hub::HubErrorKind::Timeout
+                )
+            })
+        });
+        let local = if no_network { format!("; the local checkpoints are: {listing}") } else { String::new() };
+        e.context(format!("cannot open {spec} ({whence}{local})"))
+    })
 }
 
 fn shard_files(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
-    let files: BTreeSet<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
-    Ok(files.into_iter().collect())
+    crate::hub::shard_names(index)
 }
 
 /// The safetensors files of a checkpoint folder.

@@ -1,6 +1,7 @@
 //! The GPT-2 model, its configuration, checkpoints and devices.
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod device;
 pub mod gpt2;
 

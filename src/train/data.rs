@@ -1,52 +1,24 @@
-//! Training data: plain-text files or folders, tokenized with the checkpoint's tokenizer,
-//! documents joined with end-of-text, drawn as random windows by a seeded RNG whose
-//! position is saved with every checkpoint.
+//! Training data: files or folders (text, JSON lines, parquet; local or from the hub, see
+//! [`crate::corpus`]), tokenized with the checkpoint's tokenizer, documents joined with
+//! end-of-text, drawn as random windows by a seeded RNG whose position is saved with every
+//! checkpoint.
 
-use crate::analysis::eval::read_text;
 use anyhow::{Result, bail};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
-/// Expands files and folders (their `.txt` files, sorted) into a list of files.
+/// Expands `--data` specs (files, folders, `hf://datasets/...`) into the files to train
+/// on: a folder named by split gives its train split (see [`crate::corpus`]).
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        let p = crate::paths::resolve_asset(p);
-        if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&p)
-                .map_err(|e| anyhow::anyhow!("cannot read data folder {}: {e}", p.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                bail!("data folder {} holds no .txt files", p.display())
-            }
-            out.extend(files);
-        } else if p.is_file() {
-            out.push(p);
-        } else {
-            bail!("data file {} does not exist", p.display())
-        }
-    }
-    Ok(out)
+    Ok(crate::corpus::select(paths, crate::corpus::Role::Train)?.files)
 }
 
-/// Tokenizes each file as one document and joins them, each followed by `eos`.
+/// Reads the files' documents and tokenizes them whole, each followed by `eos`.
 pub fn load_tokens(tok: &Tokenizer, files: &[PathBuf], eos: u32) -> Result<Vec<u32>> {
-    let texts: Vec<String> = files.iter().map(|f| read_text(f)).collect::<Result<_>>()?;
-    let encs = tok
-        .encode_batch(texts.iter().map(|s| s.as_str()).collect::<Vec<_>>(), false)
-        .map_err(|e| anyhow::anyhow!("cannot tokenize the training data: {e}"))?;
-    let mut out = Vec::new();
-    for e in encs {
-        out.extend_from_slice(e.get_ids());
-        out.push(eos);
-    }
-    Ok(out)
+    let docs = crate::corpus::read_documents(files)?;
+    Ok(crate::corpus::tokens::tokenize_documents(tok, &docs, eos, None, |_, _| {})?.ids)
 }
 
 /// Draws random windows of `ctx + 1` tokens (inputs and shifted targets).

@@ -40,10 +40,29 @@ pub struct EvalMetrics {
 /// Sent by a running job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
-    Started { start_step: usize, total_steps: usize, out: PathBuf, n_layer: usize },
+    /// What the job is doing before its first step (fetching, reading and tokenizing the
+    /// data), and which data it chose.
+    Preparing {
+        message: String,
+    },
+    Started {
+        start_step: usize,
+        total_steps: usize,
+        out: PathBuf,
+        n_layer: usize,
+    },
     Progress(StepMetrics),
     Eval(EvalMetrics),
-    CheckpointSaved { step: usize, dir: PathBuf },
-    Finished { step: usize, dir: PathBuf, stopped_early: bool },
-    Failed { message: String },
+    CheckpointSaved {
+        step: usize,
+        dir: PathBuf,
+    },
+    Finished {
+        step: usize,
+        dir: PathBuf,
+        stopped_early: bool,
+    },
+    Failed {
+        message: String,
+    },
 }

@@ -3,7 +3,7 @@
 //! through [`TrainJob`].
 
 use super::config::{InitFrom, TrainConfig};
-use super::data::{Batcher, collect_files, load_tokens};
+use super::data::Batcher;
 use super::events::{EvalMetrics, StepMetrics, TrainCommand, TrainEvent};
 use super::live::{LiveRun, STOP_FILE, trainer_elsewhere};
 use super::optim::{AdamW, AdamWConfig, lr_at};
@@ -12,6 +12,8 @@ use super::save::{
 };
 use super::trainer::{Trainable, objective_for, train_step};
 use crate::analysis::eval::{EvalOptions, evaluate};
+use crate::corpus::tokens::{Budget, tokenize_documents};
+use crate::corpus::{Role, read_documents, select};
 use crate::model::checkpoint::{load_tokenizer, resolve};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use anyhow::{Context, Result, anyhow, bail};
@@ -170,7 +172,7 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
             let mut config = *config;
             let (model, tokenizer_json, tokenizer) = match &config.init {
                 InitFrom::Checkpoint(spec) => {
-                    let ck = Checkpoint::open(spec, device)?;
+                    let ck = super::recipe::open(spec, device)?;
                     let json = std::fs::read_to_string(ck.dir.join("tokenizer.json"))?;
                     (ck.model, json, ck.tokenizer)
                 }
@@ -225,6 +227,53 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
     }
 }
 
+/// A run tokenizes this many times the tokens it trains on (see [`crate::corpus::tokens`]).
+pub const DATA_POOL_FACTOR: usize = 4;
+
+/// Selects, reads and tokenizes the training and held-out data, saying what it chose.
+fn prepare_data(cfg: &TrainConfig, tok: &tokenizers::Tokenizer, eos: u32, ctl: &Control) -> Result<(Vec<u32>, Vec<u32>)> {
+    let say = |message: String| ctl.send(TrainEvent::Preparing { message });
+    let train = select(&cfg.data, Role::Train)?;
+    let held_out = select(&cfg.eval_data, Role::Eval)?;
+    for f in &held_out.files {
+        if train.files.iter().any(|t| std::fs::canonicalize(t).ok() == std::fs::canonicalize(f).ok()) {
+            bail!("{} is both training and evaluation data", f.display())
+        }
+    }
+    train.notes.iter().chain(&held_out.notes).for_each(|n| say(n.clone()));
+    let started = Instant::now();
+    let docs = read_documents(&train.files)?;
+    let window_tokens = cfg.batch.saturating_mul(cfg.ctx + 1);
+    let budget = Budget { tokens: cfg.steps.saturating_mul(window_tokens).saturating_mul(DATA_POOL_FACTOR), shuffle_seed: Some(cfg.seed) };
+    let mut last_said = Instant::now();
+    let t = tokenize_documents(tok, &docs, eos, Some(budget), |done, n| {
+        if done < n && last_said.elapsed().as_secs_f64() >= 2.0 {
+            last_said = Instant::now();
+            say(format!("tokenizing the training data: {done} of {n} documents"));
+        }
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    if t.used < t.documents {
+        say(format!(
+            "training data: {} tokens from a random {} of its {} documents ({DATA_POOL_FACTOR}× the {} tokens {} steps read), ready in {secs:.0} s",
+            t.ids.len(),
+            t.used,
+            t.documents,
+            cfg.steps.saturating_mul(window_tokens),
+            cfg.steps,
+        ));
+    } else {
+        say(format!("training data: {} tokens from all {} documents, ready in {secs:.0} s", t.ids.len(), t.documents));
+    }
+    let eval_tokens = if held_out.files.is_empty() {
+        vec![]
+    } else {
+        let eval_budget = Budget { tokens: cfg.eval_batches.max(1) * cfg.batch * cfg.ctx + 1, shuffle_seed: None };
+        tokenize_documents(tok, &read_documents(&held_out.files)?, eos, Some(eval_budget), |_, _| {})?.ids
+    };
+    Ok((t.ids, eval_tokens))
+}
+
 /// Runs a plan to the end (or until stopped), reporting through `ctl` and through the run
 /// folder's live files (see [`super::live`]), so that a run in another process is followed
 /// and stopped like one of the PyTorch engine.
@@ -241,16 +290,8 @@ pub fn run(plan: RunPlan, device: &Device, ctl: &Control) -> Result<()> {
             out.join(STOP_FILE).display()
         )
     }
-    let files = collect_files(&cfg.data)?;
-    let tokens = Arc::new(load_tokens(&s.tokenizer, &files, s.eos)?);
-    let eval_files = collect_files(&cfg.eval_data)?;
-    for f in &eval_files {
-        if files.iter().any(|t| std::fs::canonicalize(t).ok() == std::fs::canonicalize(f).ok()) {
-            bail!("{} is both training and evaluation data", f.display())
-        }
-    }
-    let eval_tokens = if eval_files.is_empty() { vec![] } else { load_tokens(&s.tokenizer, &eval_files, s.eos)? };
-    let mut batcher = Batcher::new(tokens, cfg.ctx, cfg.seed)?;
+    let (tokens, eval_tokens) = prepare_data(&cfg, &s.tokenizer, s.eos, ctl)?;
+    let mut batcher = Batcher::new(Arc::new(tokens), cfg.ctx, cfg.seed)?;
     let trainable = Trainable::new(s.model)?;
     let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
     let mut opt = trainable.optimizer(adam, cfg.decay_matrices_only)?;

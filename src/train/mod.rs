@@ -9,6 +9,7 @@ pub mod job;
 pub mod live;
 pub mod loss;
 pub mod optim;
+pub mod recipe;
 pub mod save;
 pub mod tokenizer;
 pub mod trainer;

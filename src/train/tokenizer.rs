@@ -11,14 +11,14 @@ use tokenizers::{
 
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// Trains a byte-level BPE of `vocab` tokens (`<|endoftext|>` = id 0) on text files.
+/// Trains a byte-level BPE of `vocab` tokens (`<|endoftext|>` = id 0) on data files.
 pub fn train_bpe(files: &[PathBuf], vocab: usize, min_frequency: u64) -> Result<Tokenizer> {
     if vocab < 257 {
         return Err(anyhow!("--vocab must be at least 257 (256 bytes + end-of-text), got {vocab}"));
     }
-    for f in files {
-        crate::analysis::eval::read_text(f)?; // clear error for missing or non-UTF-8 files
-    }
+    // Lines with their endings, as tokenizers' own file reader feeds them; documents of
+    // JSON-lines and parquet files too.
+    let docs = crate::corpus::read_documents(files)?;
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab)
         .min_frequency(min_frequency)
@@ -36,7 +36,7 @@ pub fn train_bpe(files: &[PathBuf], vocab: usize, min_frequency: u64) -> Result<
             .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())))
             .build()
             .map_err(|e| anyhow!("cannot build the tokenizer: {e}"))?;
-    let names: Vec<String> = files.iter().map(|f| f.to_string_lossy().into_owned()).collect();
-    tk.train_from_files(&mut trainer, names).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+    let lines = docs.iter().flat_map(|d| d.split_inclusive('\n'));
+    tk.train(&mut trainer, lines).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
     Ok(Tokenizer::from(tk))
 }

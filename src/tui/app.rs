@@ -8,13 +8,14 @@
 //! Scrubbing (layer and position keys) only changes indices into the analysis that was
 //! computed once per prompt with the lens at every position.
 
-use super::column::{Column, EvalState, Folded};
+use super::column::{Column, DecodeOutput, EvalState, Folded};
 use super::input::remember;
 use super::input::{InputLine, InputPurpose};
 use super::keymap::{self, Action, Scope};
-use super::train::{MenuDefaults, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
+use super::train::{MenuDefaults, RecipeOffer, RunSource, TrainMenu, TrainRequest, TrainStatus, TrainingState};
 use super::view::{SimMetric, View};
-use super::worker::{ModelInfo, WorkerCommand, WorkerReply};
+use super::worker::{DecodeMethod, ModelInfo, WorkerCommand, WorkerReply};
+use crate::analysis::early_exit::ExitMeasure;
 use crate::analysis::generate::Sampling;
 use crate::train::follow::Launch;
 use crate::train::{TrainConfig, TrainEvent};
@@ -50,12 +51,47 @@ pub enum SamplingMode {
     TopP,
 }
 
+/// How the generation view decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenMethod {
+    /// Exit at the current layer (or every layer at once).
+    ExitLayer,
+    /// Per-token early exit: each token coloured by the layer it left at.
+    EarlyExit,
+    /// Self-speculative decoding, drafting from the current layer.
+    Speculative,
+}
+
+/// Early-exit thresholds on start and per step of `+`/`-`, by measure: max-prob is a
+/// probability, saturation a cosine close to 1.
+pub fn default_threshold(m: ExitMeasure) -> f64 {
+    match m {
+        ExitMeasure::MaxProb => 0.3,
+        ExitMeasure::Saturation => 0.97,
+    }
+}
+
+fn threshold_step(m: ExitMeasure) -> f64 {
+    match m {
+        ExitMeasure::MaxProb => 0.05,
+        ExitMeasure::Saturation => 0.005,
+    }
+}
+
+/// Drafts per verification on start, and the most `+` allows.
+pub const DEFAULT_DRAFT: usize = 4;
+pub const MAX_DRAFT: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenSettings {
     pub all_layers: bool,
     pub mode: SamplingMode,
     pub seed: u64,
     pub max_new_tokens: usize,
+    pub method: GenMethod,
+    pub threshold: f64,
+    pub measure: ExitMeasure,
+    pub draft_len: usize,
 }
 
 impl GenSettings {
@@ -70,6 +106,20 @@ impl GenSettings {
         match self.mode {
             SamplingMode::Greedy => "greedy".to_string(),
             SamplingMode::TopP => format!("top-p {TOP_P} · seed {}", self.seed),
+        }
+    }
+
+    /// The decoding mode's method for a model of `n_layer` layers with the explorer at
+    /// `layer` (speculative drafts from that layer, kept within 1..L-1); `None` in the
+    /// exit-layer mode, or when a one-layer model cannot draft.
+    pub fn decode_method(&self, layer: usize, n_layer: usize) -> Option<DecodeMethod> {
+        match self.method {
+            GenMethod::ExitLayer => None,
+            GenMethod::EarlyExit => Some(DecodeMethod::EarlyExit { threshold: self.threshold, measure: self.measure }),
+            GenMethod::Speculative if n_layer >= 2 => {
+                Some(DecodeMethod::Speculative { draft_layer: layer.clamp(1, n_layer - 1), draft_len: self.draft_len })
+            }
+            GenMethod::Speculative => None,
         }
     }
 }
@@ -145,6 +195,9 @@ pub struct App {
     /// Tenths of a second since the start, set by the event loop: the spinner's frame.
     pub ticks: u64,
     pub should_quit: bool,
+    /// A recipe name that was asked for before it existed: `t` offers it, and the first
+    /// checkpoint its run saves is loaded beside the base.
+    pub recipe: Option<RecipeOffer>,
     /// `q` was pressed once while a run started here trains on after the explorer: the
     /// next `q` quits (any other key disarms it).
     quit_armed: bool,
@@ -169,7 +222,16 @@ impl App {
             eval_history: vec![],
             metric: SimMetric::CenteredCos,
             diff_toggled: false,
-            decoding: GenSettings { all_layers: false, mode: SamplingMode::Greedy, seed: 0, max_new_tokens: GEN_TOKENS },
+            decoding: GenSettings {
+                all_layers: false,
+                mode: SamplingMode::Greedy,
+                seed: 0,
+                max_new_tokens: GEN_TOKENS,
+                method: GenMethod::ExitLayer,
+                threshold: default_threshold(ExitMeasure::MaxProb),
+                measure: ExitMeasure::MaxProb,
+                draft_len: DEFAULT_DRAFT,
+            },
             gen_due: None,
             eval_data: opts.eval_data,
             status: None,
@@ -177,6 +239,7 @@ impl App {
             device: opts.device,
             ticks: 0,
             should_quit: false,
+            recipe: None,
             quit_armed: false,
             next_req: 1,
             next_worker,
@@ -325,8 +388,48 @@ impl App {
                 }
             }
             Action::ToggleAllLayers => {
-                self.decoding.all_layers = !self.decoding.all_layers;
+                if self.decoding.method != GenMethod::ExitLayer {
+                    self.decoding.method = GenMethod::ExitLayer;
+                    self.decoding.all_layers = true;
+                } else {
+                    self.decoding.all_layers = !self.decoding.all_layers;
+                }
                 self.gen_due = Some(now);
+            }
+            Action::ToggleEarlyExit => self.toggle_method(GenMethod::EarlyExit, now),
+            Action::ToggleSpeculative => self.toggle_method(GenMethod::Speculative, now),
+            Action::RaiseSetting | Action::LowerSetting => {
+                let up = action == Action::RaiseSetting;
+                match self.decoding.method {
+                    GenMethod::EarlyExit => {
+                        let step = threshold_step(self.decoding.measure);
+                        let t = self.decoding.threshold + if up { step } else { -step };
+                        // Rounded to the step, so that repeated steps land on round numbers.
+                        self.decoding.threshold = ((t / step).round() * step).clamp(0.0, 1.0);
+                    }
+                    GenMethod::Speculative => {
+                        let k = self.decoding.draft_len;
+                        self.decoding.draft_len = if up { (k + 1).min(MAX_DRAFT) } else { k.saturating_sub(1).max(1) };
+                    }
+                    GenMethod::ExitLayer => {
+                        self.say("+/- set the early-exit threshold (e) or the draft length (v)", false);
+                        return fx;
+                    }
+                }
+                self.clear_decoded();
+                self.gen_due = Some(now + GEN_DEBOUNCE);
+            }
+            Action::CycleExitMeasure => {
+                if self.decoding.method != GenMethod::EarlyExit {
+                    self.say("the exit measure is for early exit: press e first", false);
+                } else {
+                    self.decoding.measure = match self.decoding.measure {
+                        ExitMeasure::MaxProb => ExitMeasure::Saturation,
+                        ExitMeasure::Saturation => ExitMeasure::MaxProb,
+                    };
+                    self.decoding.threshold = default_threshold(self.decoding.measure);
+                    self.restart_generation(now);
+                }
             }
             Action::ToggleSampling => {
                 self.decoding.mode = match self.decoding.mode {
@@ -398,8 +501,26 @@ impl App {
             return;
         }
         self.layer = layer;
-        if self.view == View::Generation && !self.decoding.all_layers {
+        // The exit layer, or the draft layer, follows the explorer's layer; early exit
+        // does not depend on it.
+        let follows = match self.decoding.method {
+            GenMethod::ExitLayer => !self.decoding.all_layers,
+            GenMethod::Speculative => true,
+            GenMethod::EarlyExit => false,
+        };
+        if self.view == View::Generation && follows {
             self.gen_due = Some(now + GEN_DEBOUNCE);
+        }
+    }
+
+    fn toggle_method(&mut self, method: GenMethod, now: Instant) {
+        self.decoding.method = if self.decoding.method == method { GenMethod::ExitLayer } else { method };
+        self.restart_generation(now);
+    }
+
+    fn clear_decoded(&mut self) {
+        for c in &mut self.columns {
+            c.decoded = None;
         }
     }
 
@@ -449,12 +570,16 @@ impl App {
     fn restart_generation(&mut self, now: Instant) {
         for c in &mut self.columns {
             c.outputs.clear();
+            c.decoded = None;
         }
         self.gen_due = Some(now);
     }
 
     /// Requests the continuations the generation view shows and does not have yet.
     fn request_generation(&mut self) -> Vec<Effect> {
+        if self.decoding.method != GenMethod::ExitLayer {
+            return self.request_decoding();
+        }
         let mut fx = Vec::new();
         for i in 0..self.columns.len() {
             let (n_layer, ids) = match (&self.columns[i].info, &self.columns[i].analysis) {
@@ -485,6 +610,36 @@ impl App {
                 req,
                 prompt_ids: ids,
                 layers: missing,
+                max_new_tokens: self.decoding.max_new_tokens,
+                sampling: self.decoding.sampling(),
+            };
+            fx.push(Effect::Worker { worker: c.worker, cmd });
+        }
+        fx
+    }
+
+    /// Requests the decoding mode's continuation (early exit or speculative) of every column
+    /// that does not have it for the current settings.
+    fn request_decoding(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for i in 0..self.columns.len() {
+            let (n_layer, ids) = match (&self.columns[i].info, &self.columns[i].analysis) {
+                (Some(info), Some(a)) => (info.n_layer, a.input_ids.clone()),
+                _ => continue,
+            };
+            let Some(method) = self.decoding.decode_method(self.columns[i].layer_at(self.layer), n_layer) else { continue };
+            if self.columns[i].decoded.as_ref().is_some_and(|d| d.method == method && (d.stop.is_some() || self.columns[i].generating)) {
+                continue;
+            }
+            let req = self.req();
+            let c = &mut self.columns[i];
+            c.gen_req = req;
+            c.generating = true;
+            c.decoded = Some(DecodeOutput::new(method));
+            let cmd = WorkerCommand::Decode {
+                req,
+                prompt_ids: ids,
+                method,
                 max_new_tokens: self.decoding.max_new_tokens,
                 sampling: self.decoding.sampling(),
             };
@@ -548,6 +703,7 @@ impl App {
                         self.status = None;
                         for c in &mut self.columns {
                             c.outputs.clear();
+                            c.decoded = None;
                         }
                         let _ = now;
                         self.analyze_all()
@@ -594,6 +750,15 @@ impl App {
                         Some(dir) => self.say(format!("{msg} (no longer following {}; it trains on)", dir.display()), false),
                         None => self.say(msg, false),
                     }
+                    // A run started from the recipe's menu is the recipe, even with fields
+                    // changed: its first save is the one shown beside the base.
+                    if let (Some(offer), Some(_)) = (&mut self.recipe, &menu.note) {
+                        match &req {
+                            TrainRequest::Start(cfg) => offer.config.out = cfg.out.clone(),
+                            TrainRequest::Launch(l) => offer.config.out = l.run_dir.clone(),
+                            _ => {}
+                        }
+                    }
                     vec![match req {
                         TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
                         TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
@@ -618,7 +783,25 @@ impl App {
     /// Opens the training menu prefilled with `defaults` (the runtime's answer to
     /// [`Effect::OpenTrainMenu`]).
     pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
-        self.mode = Mode::TrainMenu(Box::new(TrainMenu::new(defaults)));
+        let menu = match &self.recipe {
+            Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults),
+            _ => TrainMenu::new(defaults),
+        };
+        self.mode = Mode::TrainMenu(Box::new(menu));
+    }
+
+    /// The explorer was opened on a recipe name that is not built yet (column A holds its
+    /// base): the training menu opens prefilled with the recipe, and the status line says
+    /// what is missing and what Enter does. The menu has no ce-reg runs: for those the
+    /// status line gives the command that builds it.
+    pub fn offer_recipe(&mut self, offer: RecipeOffer, defaults: MenuDefaults) {
+        if offer.config.loss == crate::train::LossKind::CeReg {
+            self.say(format!("{} is not built yet: build it with {}", offer.name, offer.command), false);
+        } else {
+            self.say(offer.status(), false);
+            self.mode = Mode::TrainMenu(Box::new(TrainMenu::for_recipe(&offer, defaults)));
+        }
+        self.recipe = Some(offer);
     }
 
     /// Loads the last saved checkpoint of the run into column A; the checkpoint it was
@@ -693,11 +876,28 @@ impl App {
         }
     }
 
-    /// Folds a training event in.
-    pub fn on_train(&mut self, ev: TrainEvent) {
+    /// Folds a training event in. The first save of an offered recipe's run is loaded
+    /// beside its base at once.
+    pub fn on_train(&mut self, ev: TrainEvent) -> Vec<Effect> {
+        let saved = match &ev {
+            TrainEvent::CheckpointSaved { dir, .. } => Some(dir.clone()),
+            _ => None,
+        };
         if let Some((msg, error)) = self.training.apply(ev) {
             self.say(msg, error);
         }
+        match (saved, &self.recipe) {
+            (Some(dir), Some(offer)) if same_dir(&dir, &offer.config.out) => {
+                self.recipe = None;
+                self.reload_trained()
+            }
+            _ => vec![],
+        }
+    }
+
+    /// A hub download made progress (the base of a run, or its data).
+    pub fn on_download(&mut self, s: &crate::hub::DownloadStatus) {
+        self.say(s.line(), false);
     }
 
     /// The runtime could not start the job (or it vanished).

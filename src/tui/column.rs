@@ -1,10 +1,11 @@
 //! One checkpoint shown in a column (A, B): what its worker has answered, and how each
 //! reply is folded into it.
 
-use super::worker::{ModelInfo, WorkerReply};
+use super::worker::{DecodeMethod, ModelInfo, Piece, WorkerReply};
 use crate::analysis::eval::EvalReport;
 use crate::analysis::generate::StopReason;
 use crate::analysis::inspect::PromptAnalysis;
+use crate::analysis::speculative::DraftCounts;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -28,6 +29,64 @@ pub struct LayerOutput {
     pub tokens: usize,
     /// `None` while it is still streaming.
     pub stop: Option<StopReason>,
+}
+
+/// The continuation of the generation view's decoding mode (early exit or speculative),
+/// token by token with where each came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeOutput {
+    pub method: DecodeMethod,
+    pub pieces: Vec<Piece>,
+    pub tokens: usize,
+    /// Seconds since the decoding started (at the last token; the total once done).
+    pub seconds: f64,
+    pub drafts: DraftCounts,
+    /// `None` while it is still streaming.
+    pub stop: Option<StopReason>,
+    /// Early exit: the layer speedup of the finished continuation.
+    pub layer_speedup: Option<f64>,
+    /// Speculative: passes through the full depth.
+    pub forward_passes: Option<usize>,
+    /// Seconds of full-depth decoding of as many tokens, timed after the continuation.
+    pub baseline: Option<f64>,
+}
+
+impl DecodeOutput {
+    pub fn new(method: DecodeMethod) -> Self {
+        Self {
+            method,
+            pieces: vec![],
+            tokens: 0,
+            seconds: 0.0,
+            drafts: DraftCounts::default(),
+            stop: None,
+            layer_speedup: None,
+            forward_passes: None,
+            baseline: None,
+        }
+    }
+
+    /// Tokens per second so far (`None` before the first token is timed).
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        (self.seconds > 0.0 && self.tokens > 0).then(|| self.tokens as f64 / self.seconds)
+    }
+
+    /// The wall-clock speedup over full-depth decoding, once the baseline is timed.
+    pub fn speedup(&self) -> Option<f64> {
+        self.baseline.filter(|_| self.seconds > 0.0).map(|b| b / self.seconds)
+    }
+
+    /// `accepted / drafted`; `None` when nothing was drafted.
+    pub fn acceptance(&self) -> Option<f64> {
+        (self.drafts.drafted > 0).then(|| self.drafts.accepted as f64 / self.drafts.drafted as f64)
+    }
+
+    /// Early exit: the layer speedup of the pieces so far (`sum L / sum exit layer`).
+    pub fn running_layer_speedup(&self, n_layer: usize) -> Option<f64> {
+        let exits: Vec<usize> =
+            self.pieces.iter().filter_map(|p| if let super::worker::PieceKind::Exit(l) = p.kind { Some(l) } else { None }).collect();
+        (!exits.is_empty()).then(|| crate::analysis::early_exit::exit_speedup(&exits, n_layer))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +114,8 @@ pub struct Column {
     pub gen_last_layer: usize,
     /// Continuations of the current prompt and sampling, by exit layer.
     pub outputs: BTreeMap<usize, LayerOutput>,
+    /// The decoding mode's continuation (early exit or speculative), for its settings.
+    pub decoded: Option<DecodeOutput>,
     pub eval_req: u64,
     pub eval: EvalState,
     /// The last engine error of this column, shown in its panels.
@@ -74,6 +135,7 @@ impl Column {
             generating: false,
             gen_last_layer: 0,
             outputs: BTreeMap::new(),
+            decoded: None,
             eval_req: 0,
             eval: EvalState::NotStarted,
             error: None,
@@ -138,6 +200,7 @@ impl Column {
                     Ok(a) => {
                         self.analysis = Some(a);
                         self.outputs.clear();
+                        self.decoded = None;
                         self.error = None;
                         Folded::Analyzed
                     }
@@ -159,6 +222,38 @@ impl Column {
                     if layer == self.gen_last_layer {
                         self.generating = false;
                     }
+                }
+                Folded::Quiet
+            }
+            WorkerReply::DecodePiece { req, piece, tokens, seconds, drafts } => {
+                if req == self.gen_req
+                    && let Some(d) = &mut self.decoded
+                {
+                    d.pieces.push(piece);
+                    d.tokens = tokens;
+                    d.seconds = seconds;
+                    d.drafts = drafts;
+                }
+                Folded::Quiet
+            }
+            WorkerReply::DecodeDone { req, stop, tokens, seconds, layer_speedup, forward_passes } => {
+                if req == self.gen_req
+                    && let Some(d) = &mut self.decoded
+                {
+                    d.stop = Some(stop);
+                    d.tokens = tokens;
+                    d.seconds = seconds;
+                    d.layer_speedup = layer_speedup;
+                    d.forward_passes = forward_passes;
+                    self.generating = false;
+                }
+                Folded::Quiet
+            }
+            WorkerReply::DecodeBaseline { req, seconds } => {
+                if req == self.gen_req
+                    && let Some(d) = &mut self.decoded
+                {
+                    d.baseline = Some(seconds);
                 }
                 Folded::Quiet
             }

@@ -1,5 +1,6 @@
 //! The one event type the UI loop waits on: keys and resizes from the terminal, and typed
-//! messages from the model workers. Training events are polled from the job on ticks.
+//! messages from the model workers and hub downloads. Training events are polled from the
+//! job on ticks.
 
 use super::worker::WorkerReply;
 use ratatui::crossterm::event::{self as ct, KeyEvent, KeyEventKind};
@@ -16,6 +17,8 @@ pub enum Event {
         // Boxed: a reply can carry a whole analysis, and the channel holds many keys.
         reply: Box<WorkerReply>,
     },
+    /// A hub download (of the base, or of a run's data) made progress.
+    Download(crate::hub::DownloadStatus),
     /// The terminal input could not be read: the UI has to stop.
     InputFailed(String),
     /// An export (`w`) finished: the files it wrote, or why it failed.

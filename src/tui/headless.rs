@@ -50,7 +50,7 @@ impl Headless {
         while let Some(e) = queue.pop_front() {
             match e {
                 Effect::Worker { worker, cmd: WorkerCommand::Load { spec } } => {
-                    let reply = match Checkpoint::open(&spec, &Device::Cpu) {
+                    let reply = match crate::train::recipe::open(&spec, &Device::Cpu) {
                         Ok(ck) => {
                             let info = ModelInfo::of(&ck);
                             self.models.insert(worker, ck);
@@ -108,7 +108,8 @@ impl Headless {
     /// Folds in the events the run has sent so far (as the explorer does on every frame).
     pub fn poll_training(&mut self) {
         if let Some(t) = &mut self.trainer {
-            t.poll(&mut self.app);
+            let fx = t.poll(&mut self.app);
+            self.run(fx);
         }
     }
 

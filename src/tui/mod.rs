@@ -24,12 +24,12 @@ mod training_job;
 
 pub use keymap::key_table_markdown;
 use training_job::Trainer;
-pub use training_job::menu_defaults;
+pub use training_job::{menu_defaults, recipe_offer};
 
 use crate::cli::ExploreArgs;
-use crate::model::Checkpoint;
 use crate::model::device::{device_name, parse_device};
 use crate::paths::{DEFAULT_CKPT, DEFAULT_COMPARE, DEFAULT_EVAL_TEXT, resolve_asset};
+use crate::train::recipe::{Found, Recipe, companion, find, open};
 use anyhow::{Context, Result, bail};
 use app::{App, AppOptions, Effect};
 use candle_core::Device;
@@ -58,17 +58,55 @@ pub fn choose_checkpoints(args: &ExploreArgs) -> (String, Option<String>) {
     (a, b)
 }
 
+/// What the explorer opens: column A, maybe B, and maybe a recipe to offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPlan {
+    pub a: String,
+    pub b: Option<String>,
+    /// `--ckpt` named a recipe that is not built yet: A is its base.
+    pub recipe: Option<Recipe>,
+    /// B was chosen by us (a twin or the base), not by `--compare`: failing to open it is
+    /// a note, not an error.
+    pub b_is_companion: bool,
+}
+
+/// [`choose_checkpoints`], knowing recipe names: `--ckpt X` alone opens X beside its
+/// `-standard` (or `-aligned`) twin when that exists, else beside the base it was
+/// fine-tuned from; a recipe name that is not built yet opens its base (and the menu that
+/// builds it). `--compare` and `--single` still decide B.
+pub fn plan_start(args: &ExploreArgs) -> Result<StartPlan> {
+    let (a, b) = choose_checkpoints(args);
+    if args.ckpt.is_none() {
+        return Ok(StartPlan { a, b, recipe: None, b_is_companion: false });
+    }
+    match find(&a)? {
+        Found::NotBuilt(r) => Ok(StartPlan { a: r.base.clone(), b, recipe: Some(r), b_is_companion: false }),
+        Found::Dir(dir) => {
+            let companion = if b.is_none() && !args.single { companion(&a, &dir) } else { None };
+            let b_is_companion = companion.is_some();
+            Ok(StartPlan { a, b: b.or(companion), recipe: None, b_is_companion })
+        }
+    }
+}
+
 pub fn run(args: ExploreArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let (spec_a, spec_b) = choose_checkpoints(&args);
     let eval_data = resolve_asset(&args.eval_data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_EVAL_TEXT)));
     if !eval_data.is_file() {
         bail!("the eval text {} does not exist (--eval-data)", eval_data.display())
     }
+    let plan = plan_start(&args)?;
     // Load before touching the screen, so that a bad checkpoint is one clear line.
-    let mut loaded = vec![Checkpoint::open(&spec_a, &device)?];
-    if let Some(b) = &spec_b {
-        loaded.push(Checkpoint::open(b, &device)?);
+    let mut loaded = vec![open(&plan.a, &device)?];
+    let mut note = None;
+    if let Some(b) = &plan.b {
+        match open(b, &device) {
+            Ok(ck) => loaded.push(ck),
+            Err(e) if plan.b_is_companion => {
+                note = Some(format!("{} alone: its base {b} did not open ({})", plan.a, crate::util::one_line(&e)))
+            }
+            Err(e) => return Err(e),
+        }
     }
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("the explorer needs a terminal; for scripts use the subcommands (inspect, generate, eval; see --help)")
@@ -84,9 +122,20 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     }
     let prompt = args.prompt.clone().unwrap_or_else(|| app::DEFAULT_PROMPT.to_string());
     let mut app = App::new(columns, AppOptions { prompt, eval_data, device: device_name(&device) });
+    if let Some(r) = &plan.recipe {
+        let defaults = menu_defaults(&app);
+        app.offer_recipe(recipe_offer(r), defaults);
+    } else if let Some(n) = note {
+        app.status = Some(app::StatusMessage { text: n, error: false });
+    }
     let theme = theme::Theme::detect();
 
     let mut term = enter_terminal().context("cannot set up the terminal")?;
+    // From here on stderr is under the screen: downloads report to the status line.
+    let downloads = tx.clone();
+    crate::hub::set_progress_sink(move |s| {
+        let _ = downloads.send(Event::Download(s.clone()));
+    });
     event::spawn_input_reader(tx);
     let result = event_loop(&mut term, &mut app, &mut runtime, &rx, &theme);
     leave_terminal();
@@ -161,7 +210,8 @@ fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Ev
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("the event channel closed"),
         }
-        rt.trainer.poll(app);
+        let fx = rt.trainer.poll(app);
+        rt.apply(app, fx);
         let fx = app.tick(Instant::now());
         rt.apply(app, fx);
     }
@@ -173,6 +223,10 @@ fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
         Event::Key(k) => app.handle_key(k, now),
         Event::Resize => vec![],
         Event::Worker { worker, reply } => app.on_worker(worker, *reply, now),
+        Event::Download(s) => {
+            app.on_download(&s);
+            vec![]
+        }
         Event::InputFailed(e) => bail!("cannot read the terminal: {e}"),
         Event::Exported(result) => {
             app.on_exported(result);

@@ -132,6 +132,44 @@ pub struct TrainMenu {
     /// [`TrainMenu::command`] as of the last change through the menu's keys (the panel
     /// shows it without touching the disk).
     pub preview: Option<String>,
+    /// Why the menu opened by itself (a recipe name that is not built yet).
+    pub note: Option<String>,
+}
+
+/// A recipe name the explorer was asked to open before it exists: the menu offers to
+/// build it, and its first save is loaded beside the base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeOffer {
+    /// The name as given (`gpt2-aligned`).
+    pub name: String,
+    pub base: String,
+    /// Its output as `--out` names it (a checkpoint name or a path).
+    pub out: String,
+    /// The run that builds it (the paper's recipe).
+    pub config: TrainConfig,
+    /// The command line that builds it, for the status line.
+    pub command: String,
+}
+
+impl RecipeOffer {
+    /// What the status line says while the menu waits for Enter (what matters first: a
+    /// narrow terminal clips the end).
+    pub fn status(&self) -> String {
+        let c = &self.config;
+        let data: Vec<String> = c.data.iter().map(|p| crate::paths::short_name(&p.to_string_lossy())).collect();
+        format!(
+            "{} is not built yet. Enter trains it, Esc explores {}: the {} fine-tune of {} on {}, {} steps × {} × {} tokens, lr {:e}.",
+            self.name,
+            self.base,
+            c.loss,
+            self.base,
+            data.join(", "),
+            c.steps,
+            c.batch,
+            c.ctx,
+            c.lr,
+        )
+    }
 }
 
 /// What the menu asks the runtime to do.
@@ -170,6 +208,31 @@ impl TrainMenu {
             folder: TextField::new(&d.engines.running.first().map(|p| crate::paths::display_path(p)).unwrap_or_default()),
             python: d.engines.python,
             preview: None,
+            note: None,
+        }
+        .refreshed()
+    }
+
+    /// The menu prefilled with a recipe's run, ready for Enter (the rest as `d` has it).
+    pub fn for_recipe(offer: &RecipeOffer, d: MenuDefaults) -> Self {
+        let c = &offer.config;
+        let kind = if c.loss == LossKind::Standard { RunKind::StandardFinetune } else { RunKind::AlignedFinetune };
+        let base = match &c.init {
+            InitFrom::Checkpoint(b) => b.clone(),
+            InitFrom::Random { .. } => offer.base.clone(),
+        };
+        Self {
+            kind: RunKind::ALL.iter().position(|k| *k == kind).unwrap_or(0),
+            base: TextField::new(&base),
+            output: TextField::new(&offer.out),
+            data: TextField::new(&c.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+            steps: TextField::new(&c.steps.to_string()),
+            lr: TextField::new(&format!("{:e}", c.lr)),
+            batch: TextField::new(&c.batch.to_string()),
+            ctx: TextField::new(&c.ctx.to_string()),
+            eval_data: c.eval_data.first().cloned().unwrap_or_else(|| d.eval_data.clone()),
+            note: Some(format!("{} is not built yet: Enter trains it with the paper's recipe", offer.name)),
+            ..Self::new(d)
         }
         .refreshed()
     }
@@ -349,7 +412,8 @@ impl TrainMenu {
         if data.is_empty() {
             return Err("Data must list at least one text file or folder".into());
         }
-        if let Some(missing) = data.iter().find(|p| !p.exists()) {
+        // Hub data (hf://...) is listed and fetched when the run starts.
+        if let Some(missing) = data.iter().find(|p| !p.exists() && !p.to_string_lossy().starts_with("hf://")) {
             return Err(format!("Data: {} does not exist", missing.display()));
         }
         let steps: usize = num(&self.steps, "Steps")?;
@@ -510,6 +574,7 @@ impl TrainingState {
     /// Folds one event in; returns a message for the status line, if any.
     pub fn apply(&mut self, ev: TrainEvent) -> Option<(String, bool)> {
         match ev {
+            TrainEvent::Preparing { message } => Some((message, false)),
             TrainEvent::Started { start_step, total_steps, out, n_layer } => {
                 if self.status != TrainStatus::Stopping {
                     self.status = TrainStatus::Running;

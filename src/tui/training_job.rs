@@ -7,7 +7,7 @@
 //! thread without blocking.
 
 use super::app::{App, Effect};
-use super::train::{EngineDefaults, MenuDefaults};
+use super::train::{EngineDefaults, MenuDefaults, RecipeOffer};
 use crate::model::checkpoint::resolve;
 use crate::paths::local_checkpoints;
 use crate::train::TrainEvent;
@@ -84,21 +84,24 @@ impl Trainer {
         }
     }
 
-    /// Folds the run's events in; a run that ended without saying so failed.
-    pub fn poll(&mut self, app: &mut App) {
-        let Some(job) = &self.job else { return };
+    /// Folds the run's events in, giving back the effects they ask for (loading a save);
+    /// a run that ended without saying so failed.
+    pub fn poll(&mut self, app: &mut App) -> Vec<Effect> {
+        let Some(job) = &self.job else { return vec![] };
+        let mut fx = Vec::new();
         while let Some(ev) = job.try_recv() {
-            app.on_train(ev);
+            fx.extend(app.on_train(ev));
         }
         if app.training.is_active() && !job.is_running() {
             // Events sent just before the end may still be queued.
             while let Some(ev) = job.try_recv() {
-                app.on_train(ev);
+                fx.extend(app.on_train(ev));
             }
             if app.training.is_active() {
                 app.on_train_error("the training job ended without a result".into());
             }
         }
+        fx
     }
 
     /// What happens to the run when the explorer quits: alignscope's own run stops and
@@ -145,13 +148,7 @@ impl Trainer {
 /// engine's interpreter and the runs on disk that train right now.
 pub fn menu_defaults(app: &App) -> MenuDefaults {
     let a = &app.columns[0];
-    let resumable = local_checkpoints()
-        .into_iter()
-        .filter_map(|name| {
-            let dir = resolve(&name).ok()?;
-            crate::train::save::is_resumable(&dir).then_some((name, dir))
-        })
-        .collect();
+    let resumable = resumable_runs();
     MenuDefaults {
         base: a.name().to_string(),
         n_positions: a.info.as_ref().map_or(crate::model::DEFAULT_CTX, |i| i.n_positions),
@@ -160,6 +157,22 @@ pub fn menu_defaults(app: &App) -> MenuDefaults {
         resumable,
         engines: EngineDefaults { python: crate::paths::torch_python(), running: running_runs() },
     }
+}
+
+/// What the explorer offers for a recipe name that is not built yet.
+pub fn recipe_offer(r: &crate::train::recipe::Recipe) -> RecipeOffer {
+    RecipeOffer { name: r.spec.clone(), base: r.base.clone(), out: r.out.clone(), config: r.config(), command: r.command() }
+}
+
+/// The saved runs that the menu can continue.
+fn resumable_runs() -> Vec<(String, PathBuf)> {
+    local_checkpoints()
+        .into_iter()
+        .filter_map(|name| {
+            let dir = resolve(&name).ok()?;
+            crate::train::save::is_resumable(&dir).then_some((name, dir))
+        })
+        .collect()
 }
 
 /// Run folders under the checkpoint folders whose trainer on this machine trains now

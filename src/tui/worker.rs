@@ -9,10 +9,12 @@
 //! holds up analysis or generation, and is cancelled the same way.
 
 use super::event::Event;
+use crate::analysis::early_exit::{EarlyExitOptions, ExitMeasure, generate_early_exit};
 use crate::analysis::encode_prompt;
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::generate::{GenerateOptions, Sampling, StopReason, generate};
 use crate::analysis::inspect::{LensAt, PromptAnalysis, analyze};
+use crate::analysis::speculative::{DraftCounts, SpeculativeOptions, TokenOrigin, generate_speculative};
 use crate::model::Checkpoint;
 use candle_core::Device;
 use std::ops::ControlFlow;
@@ -60,6 +62,39 @@ pub enum WorkerCommand {
     Generate { req: u64, prompt_ids: Vec<u32>, layers: Vec<usize>, max_new_tokens: usize, sampling: Sampling },
     /// Evaluate per layer on a text file.
     Eval { req: u64, data: PathBuf, ctx: usize, max_chunks: usize },
+    /// Generate with early exit or speculative decoding, streaming each token with where it
+    /// came from; then time full-depth decoding of as many tokens for the speedup.
+    Decode { req: u64, prompt_ids: Vec<u32>, method: DecodeMethod, max_new_tokens: usize, sampling: Sampling },
+}
+
+/// How the decoding mode of the generation view decodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecodeMethod {
+    /// Per-token early exit at `threshold` of `measure`.
+    EarlyExit { threshold: f64, measure: ExitMeasure },
+    /// Self-speculative decoding: drafts from blocks `1..=draft_layer`, `draft_len` at a time.
+    Speculative { draft_layer: usize, draft_len: usize },
+}
+
+/// Where a streamed token came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PieceKind {
+    /// Early exit: the layer the token left at.
+    Exit(usize),
+    /// Speculative: a draft the full model accepted.
+    Accepted,
+    /// Speculative: the full model's token in place of the rejected draft (its text).
+    Corrected { rejected: String },
+    /// The full model's own token (speculative: after the prompt, or after a round whose
+    /// drafts were all accepted).
+    Full,
+}
+
+/// A piece of streamed text: one token's text (or a few, when a character spans tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub kind: PieceKind,
 }
 
 impl WorkerCommand {
@@ -67,7 +102,10 @@ impl WorkerCommand {
     pub fn req(&self) -> u64 {
         match self {
             WorkerCommand::Load { .. } => 0,
-            WorkerCommand::Analyze { req, .. } | WorkerCommand::Generate { req, .. } | WorkerCommand::Eval { req, .. } => *req,
+            WorkerCommand::Analyze { req, .. }
+            | WorkerCommand::Generate { req, .. }
+            | WorkerCommand::Eval { req, .. }
+            | WorkerCommand::Decode { req, .. } => *req,
         }
     }
 }
@@ -107,6 +145,30 @@ pub enum WorkerReply {
         req: u64,
         data: PathBuf,
         result: Result<EvalReport, String>,
+    },
+    /// Decoding mode: the next piece of the continuation, the tokens so far, seconds since
+    /// the decoding started, and (speculative) the draft counts so far.
+    DecodePiece {
+        req: u64,
+        piece: Piece,
+        tokens: usize,
+        seconds: f64,
+        drafts: DraftCounts,
+    },
+    /// Decoding mode: the continuation is complete.
+    DecodeDone {
+        req: u64,
+        stop: StopReason,
+        tokens: usize,
+        seconds: f64,
+        /// Early exit: the layer speedup; speculative: tokens per full-depth pass.
+        layer_speedup: Option<f64>,
+        forward_passes: Option<usize>,
+    },
+    /// Decoding mode: seconds of full-depth decoding of as many tokens (the baseline).
+    DecodeBaseline {
+        req: u64,
+        seconds: f64,
     },
     /// The engine panicked on command `req`; the worker goes on with the next.
     Crashed {
@@ -198,7 +260,7 @@ impl Worker {
     /// Runs one command; false when the UI is gone.
     fn handle(&mut self, epoch: u64, cmd: WorkerCommand) -> bool {
         if let WorkerCommand::Load { spec } = &cmd {
-            return match Checkpoint::open(spec, &self.device) {
+            return match crate::train::recipe::open(spec, &self.device) {
                 Ok(ck) => {
                     let info = ModelInfo::of(&ck);
                     self.ck = Some(ck);
@@ -305,6 +367,9 @@ pub fn execute(ck: &Checkpoint, cmd: &WorkerCommand, emit: &mut dyn FnMut(Worker
             }
             true
         }
+        WorkerCommand::Decode { req, prompt_ids, method, max_new_tokens, sampling } => {
+            decode(ck, *req, prompt_ids, *method, *max_new_tokens, *sampling, emit, stale)
+        }
         WorkerCommand::Eval { req, data, ctx, max_chunks } => {
             let req = *req;
             let mut alive = true;
@@ -340,4 +405,110 @@ pub fn evaluate_file(
 ) -> anyhow::Result<EvalReport> {
     let ids = crate::analysis::tokenize_file(&ck.tokenizer, data)?;
     evaluate(&ck.model, &ids, &EvalOptions { ctx, max_chunks: Some(max_chunks) }, progress)
+}
+
+/// Splits a stream of tokens into pieces of text, holding back a token that ends inside a
+/// multi-byte character until the character is complete.
+struct PieceSplitter<'a> {
+    tokenizer: &'a tokenizers::Tokenizer,
+    ids: Vec<u32>,
+    shown: usize,
+}
+
+impl PieceSplitter<'_> {
+    /// The new text after `id`, or `None` while a character is incomplete.
+    fn push(&mut self, id: u32) -> Option<String> {
+        self.ids.push(id);
+        let text = crate::analysis::decode(self.tokenizer, &self.ids);
+        if text.ends_with('\u{FFFD}') || text.len() < self.shown {
+            return None;
+        }
+        let piece = text[self.shown..].to_string();
+        self.shown = text.len();
+        Some(piece)
+    }
+}
+
+/// The decoding mode's command: stream pieces, then the summary, then the baseline.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    ck: &Checkpoint,
+    req: u64,
+    prompt_ids: &[u32],
+    method: DecodeMethod,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    emit: &mut dyn FnMut(WorkerReply) -> bool,
+    stale: &dyn Fn() -> bool,
+) -> bool {
+    let eos = ck.eos_id();
+    let start = std::time::Instant::now();
+    let mut split = PieceSplitter { tokenizer: &ck.tokenizer, ids: vec![], shown: 0 };
+    let mut gone = false;
+    let mut tokens = 0;
+    let mut send = |id: u32, kind: PieceKind, drafts: DraftCounts| -> ControlFlow<()> {
+        if stale() {
+            return ControlFlow::Break(());
+        }
+        tokens += 1;
+        if let Some(text) = split.push(id) {
+            let reply =
+                WorkerReply::DecodePiece { req, piece: Piece { text, kind }, tokens, seconds: start.elapsed().as_secs_f64(), drafts };
+            if !emit(reply) {
+                gone = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    let result = match method {
+        DecodeMethod::EarlyExit { threshold, measure } => {
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling, eos };
+            generate_early_exit(&ck.model, prompt_ids, &opts, |t, layer| send(t, PieceKind::Exit(layer), DraftCounts::default()))
+                .map(|g| (g.ids.len(), g.stop, g.seconds, Some(g.speedup), None))
+        }
+        DecodeMethod::Speculative { draft_layer, draft_len } => {
+            let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos };
+            generate_speculative(&ck.model, prompt_ids, &opts, |t, origin, counts| {
+                let kind = match origin {
+                    TokenOrigin::Accepted => PieceKind::Accepted,
+                    TokenOrigin::Corrected { rejected } => {
+                        PieceKind::Corrected { rejected: crate::analysis::lens::token_text(&ck.tokenizer, rejected) }
+                    }
+                    TokenOrigin::Bonus | TokenOrigin::Full => PieceKind::Full,
+                };
+                send(t, kind, counts)
+            })
+            .map(|g| (g.ids.len(), g.stop, g.seconds, None, Some(g.forward_passes)))
+        }
+    };
+    if gone {
+        return false;
+    }
+    let (n, stop, seconds, layer_speedup, forward_passes) = match result {
+        Ok(r) => r,
+        Err(e) => return emit(WorkerReply::GenerateFailed { req, message: crate::util::one_line(&e) }),
+    };
+    if stop == StopReason::Cancelled {
+        return true;
+    }
+    if !emit(WorkerReply::DecodeDone { req, stop, tokens: n, seconds, layer_speedup, forward_passes }) {
+        return false;
+    }
+    // The baseline: full-depth decoding of as many tokens, same prompt and sampling.
+    let opts = GenerateOptions { exit_layer: ck.model.n_layer(), max_new_tokens: n, sampling, eos: None };
+    let t = std::time::Instant::now();
+    let mut cancelled = false;
+    let r = generate(&ck.model, prompt_ids, &opts, |_| {
+        if stale() {
+            cancelled = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match r {
+        _ if cancelled || n == 0 => true,
+        Ok(_) => emit(WorkerReply::DecodeBaseline { req, seconds: t.elapsed().as_secs_f64() }),
+        Err(e) => emit(WorkerReply::GenerateFailed { req, message: format!("timing full-depth decoding: {}", crate::util::one_line(&e)) }),
+    }
 }

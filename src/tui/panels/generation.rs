@@ -1,10 +1,11 @@
 //! Depth-wise generation: the continuation produced when the model exits at the current
 //! layer, streamed token by token for each checkpoint; or, in all-layers mode, the
-//! continuations from every exit layer at once.
+//! continuations from every exit layer at once; or the decoding modes (early exit,
+//! speculative: [`super::decoding`]).
 
 use super::{clip, column_placeholder, column_title, columns, message, panel, show_token, spinner};
 use crate::analysis::generate::StopReason;
-use crate::tui::app::App;
+use crate::tui::app::{App, GenMethod};
 use crate::tui::column::LayerOutput;
 use crate::tui::theme::Theme;
 use ratatui::Frame;
@@ -30,6 +31,9 @@ fn stop_text(o: &LayerOutput) -> String {
 }
 
 fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Rect) {
+    if app.decoding.method != GenMethod::ExitLayer {
+        return super::decoding::render_column(app, i, theme, frame, area);
+    }
     let c = &app.columns[i];
     let mut title = column_title(app, i, theme);
     let mode = if app.decoding.all_layers { "all layers".to_string() } else { format!("exit L{}", c.layer_at(app.layer)) };

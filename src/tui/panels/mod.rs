@@ -1,6 +1,7 @@
 //! One file per view, plus the overlays (help, training menu). Panels only read the
 //! state: rendering never changes it.
 
+pub mod decoding;
 pub mod generation;
 pub mod help;
 pub mod metrics;

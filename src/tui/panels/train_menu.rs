@@ -16,9 +16,16 @@ pub fn render(menu: &TrainMenu, theme: &Theme, frame: &mut Frame, area: Rect) {
     let fields = menu.fields();
     let w = area.width.saturating_sub(4).min(90);
     let inner_w = w.saturating_sub(2) as usize;
+    // Above the fields: why the menu opened by itself (at most two lines).
+    let mut note = menu.note.as_deref().map(|n| wrap(n, inner_w)).unwrap_or_default();
+    if note.len() > 2 {
+        note[1] = super::clip(&note[1..].join(" "), inner_w);
+        note.truncate(2);
+    }
+    let note_rows = if note.is_empty() { 0 } else { note.len() as u16 + 1 };
     let value_w = inner_w.saturating_sub(LABEL + 4);
     // Below the fields: the command the PyTorch engine will run, or what following does.
-    let base_h = fields.len() as u16 + 4;
+    let base_h = fields.len() as u16 + 4 + note_rows;
     let room = area.height.saturating_sub(base_h + 1) as usize;
     let below = below_fields(menu, inner_w.saturating_sub(2), room);
     let extra = if below.is_empty() { 0 } else { below.len() as u16 + 1 };
@@ -27,7 +34,12 @@ pub fn render(menu: &TrainMenu, theme: &Theme, frame: &mut Frame, area: Rect) {
     let selected = menu.selected_field();
     let mut lines = Vec::new();
     let mut cursor = None;
+    if !note.is_empty() {
+        lines.extend(note.into_iter().map(|l| Line::styled(l, theme.title())));
+        lines.push(Line::raw(""));
+    }
     for (row, f) in fields.iter().enumerate() {
+        let row = row + note_rows as usize;
         let is_sel = *f == selected;
         let marker = if is_sel { "▸ " } else { "  " };
         let label = Span::styled(format!("{marker}{:<w$}", f.label(), w = LABEL), if is_sel { theme.title() } else { theme.dim() });

@@ -1,0 +1,628 @@
+//! Lossless self-speculative decoding (LayerSkip, Elhoushi et al. 2024; Draft & Verify,
+//! Zhang et al. 2023): the first `E` blocks and the shared classifier draft `K` tokens one
+//! at a time; the full model then verifies all of them in one batched pass that starts at
+//! block `E + 1` — the draft's keys and values of blocks `1..E` and its residuals `h^E` are
+//! the verification's own — and the longest agreeing prefix is kept, plus the full model's
+//! own next token. Rejected positions are rolled back from every block's cache.
+//!
+//! Greedy output is token for token the full model's greedy output: the CPU engine computes
+//! every row on its own (see [`crate::model::decoder`]), so a verified row is bit for bit
+//! the row plain decoding computes. With sampling, drafts are accepted by the speculative
+//! sampling rule (Leviathan et al. 2023): accept a draft `x ~ q` with probability
+//! `min(1, p(x) / q(x))`, otherwise draw from `max(0, p − q)` normalised — the output is
+//! distributed as the full model's nucleus distribution `p` (same seed, different stream
+//! than plain sampling).
+
+use super::generate::{Sampling, StopReason, check_prompt};
+use crate::model::Gpt2;
+use crate::model::decoder::{self, CpuModel, Decoder};
+use anyhow::{Result, bail};
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct SpeculativeOptions {
+    /// Blocks `1..=draft_layer` draft (1..L-1).
+    pub draft_layer: usize,
+    /// Most tokens drafted per verification (at least 1).
+    pub draft_len: usize,
+    /// Drafting stops early when the draft's confidence (its largest probability) falls
+    /// below this (Draft & Verify's adaptive draft exit); 0 always drafts `draft_len`.
+    pub draft_confidence: f64,
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop when this token is produced (it is kept in the output).
+    pub eos: Option<u32>,
+}
+
+/// Where a generated token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TokenOrigin {
+    /// A draft the full model accepted.
+    Accepted,
+    /// The full model's token in place of a rejected draft.
+    Corrected { rejected: u32 },
+    /// The full model's token after every draft of the round was accepted.
+    Bonus,
+    /// The full model's token with nothing drafted (after the prompt, or with no room to draft).
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeculativeGeneration {
+    pub ids: Vec<u32>,
+    pub origins: Vec<TokenOrigin>,
+    pub stop: StopReason,
+    pub draft_layer: usize,
+    pub draft_len: usize,
+    pub draft_confidence: f64,
+    /// Tokens drafted, and how many of them the full model accepted.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// Passes through the full depth: the prompt's, then one verification per round
+    /// (plain decoding makes one per token).
+    pub forward_passes: usize,
+    /// Wall-clock seconds of the generation (prompt included).
+    pub seconds: f64,
+}
+
+impl SpeculativeGeneration {
+    /// `accepted / drafted`; `None` when nothing was drafted.
+    pub fn acceptance(&self) -> Option<f64> {
+        (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
+    }
+
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        (self.seconds > 0.0).then(|| self.ids.len() as f64 / self.seconds)
+    }
+}
+
+pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
+    let n = model.n_layer();
+    if n < 2 {
+        bail!("speculative decoding needs at least 2 layers; the model has {n}")
+    }
+    if opts.draft_layer == 0 || opts.draft_layer >= n {
+        bail!("draft layer {} is out of range: choose 1..={} (the full model has {n})", opts.draft_layer, n - 1)
+    }
+    if opts.draft_len == 0 {
+        bail!("the draft length must be at least 1")
+    }
+    if !(0.0..=1.0).contains(&opts.draft_confidence) {
+        bail!("the draft confidence is a probability in [0, 1], got {}", opts.draft_confidence)
+    }
+    if !decoder::supported(model) {
+        bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
+    }
+    Ok(())
+}
+
+/// Drafts so far, and how many of them the full model accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DraftCounts {
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// Generates with self-speculative decoding. `on_token` sees each token as it is emitted,
+/// with its origin and the draft counts so far (its round's included), and may cancel.
+pub fn generate_speculative(
+    model: &Gpt2,
+    prompt: &[u32],
+    opts: &SpeculativeOptions,
+    on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+) -> Result<SpeculativeGeneration> {
+    check_prompt(model, prompt)?;
+    opts.sampling.validate()?;
+    validate(model, opts)?;
+    decoder::with_cpu_model(model, |m| run(m, prompt, opts, on_token))
+}
+
+/// The sampling side of a round: greedy compares argmaxes, sampling applies the rule.
+enum Picker {
+    Greedy,
+    Sample { p: f64, temperature: f64, rng: Box<rand_chacha::ChaCha8Rng> },
+}
+
+impl Picker {
+    fn new(s: &Sampling) -> Self {
+        match *s {
+            Sampling::Greedy => Picker::Greedy,
+            Sampling::TopP { p, temperature, seed } => {
+                Picker::Sample { p, temperature, rng: Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)) }
+            }
+        }
+    }
+
+    /// A token from the distribution of `logits`, with that distribution (sampling only).
+    fn draw(&mut self, logits: &[f32]) -> (u32, Option<Vec<f64>>) {
+        match self {
+            Picker::Greedy => (decoder::argmax(logits), None),
+            Picker::Sample { p, temperature, rng } => {
+                let dist = nucleus(logits, *temperature, *p);
+                let t = sample_index(&dist, rng.random::<f64>());
+                (t as u32, Some(dist))
+            }
+        }
+    }
+
+    /// A draft and its confidence: the largest probability of the distribution drawn from.
+    fn draft(&mut self, logits: &[f32]) -> (u32, Option<Vec<f64>>, f64) {
+        let (t, dist) = self.draw(logits);
+        let conf = match &dist {
+            None => crate::kernels::max_prob(logits) as f64,
+            Some(q) => q.iter().copied().fold(0.0, f64::max),
+        };
+        (t, dist, conf)
+    }
+}
+
+fn run(
+    m: &CpuModel,
+    prompt: &[u32],
+    opts: &SpeculativeOptions,
+    mut on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+) -> Result<SpeculativeGeneration> {
+    let start = Instant::now();
+    let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
+    let mut dec = Decoder::new(m);
+    let mut picker = Picker::new(&opts.sampling);
+    let mut g = SpeculativeGeneration {
+        ids: Vec::new(),
+        origins: Vec::new(),
+        stop: StopReason::MaxTokens,
+        draft_layer: e,
+        draft_len: opts.draft_len,
+        draft_confidence: opts.draft_confidence,
+        drafted: 0,
+        accepted: 0,
+        forward_passes: 0,
+        seconds: 0.0,
+    };
+    // Emits a token; false when generation ends here.
+    let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
+        g.ids.push(t);
+        g.origins.push(origin);
+        if on_token(t, origin, DraftCounts { drafted: g.drafted, accepted: g.accepted }).is_break() {
+            g.stop = StopReason::Cancelled;
+            return false;
+        }
+        if Some(t) == opts.eos {
+            g.stop = StopReason::EndOfText;
+            return false;
+        }
+        g.ids.len() < opts.max_new_tokens
+    };
+    if opts.max_new_tokens == 0 {
+        return Ok(g);
+    }
+    // The prompt through the full model, exactly as plain decoding runs it.
+    let mut logits = Vec::new();
+    let mut x = dec.embed(prompt, 0)?;
+    dec.blocks(0, n_layer, &mut x, 0)?;
+    g.forward_passes += 1;
+    dec.logits(&x[x.len() - d..], &mut logits);
+    let (mut pending, _) = picker.draw(&logits);
+    let mut n = prompt.len();
+    let mut going = emit(&mut g, pending, TokenOrigin::Full);
+    let mut rows: Vec<f32> = Vec::new();
+    let mut drafts: Vec<(u32, Option<Vec<f64>>)> = Vec::new();
+    while going {
+        // `pending` is fed at position n; the round's rows are positions n..=n+k.
+        if n >= m.n_positions {
+            g.stop = StopReason::ContextFull;
+            break;
+        }
+        let remaining = opts.max_new_tokens - g.ids.len();
+        let k = opts.draft_len.min(remaining - 1).min(m.n_positions - 1 - n);
+        // Draft: up to k tokens through blocks 1..E and the shared head, one at a time,
+        // while the draft is confident; each drafted token goes through blocks 1..E too, so
+        // the verification can score what follows it.
+        rows.clear();
+        drafts.clear();
+        let mut tok = pending;
+        for i in 0..=k {
+            let mut x = dec.embed(&[tok], n + i)?;
+            dec.blocks(0, e, &mut x, n + i)?;
+            rows.extend_from_slice(&x);
+            if i == k {
+                break;
+            }
+            dec.logits(&x, &mut logits);
+            let (t, q, conf) = picker.draft(&logits);
+            if conf < opts.draft_confidence {
+                break;
+            }
+            tok = t;
+            drafts.push((t, q));
+        }
+        let k = drafts.len();
+        // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
+        dec.blocks(e, n_layer, &mut rows, n)?;
+        g.forward_passes += 1;
+        dec.logits(&rows, &mut logits);
+        let full = |i: usize| &logits[i * m.vocab..(i + 1) * m.vocab];
+        let mut accepted = 0;
+        let mut next = None;
+        for (i, (t, q)) in drafts.iter().enumerate() {
+            match (&mut picker, q) {
+                (Picker::Greedy, _) => {
+                    let want = decoder::argmax(full(i));
+                    if want != *t {
+                        next = Some((want, TokenOrigin::Corrected { rejected: *t }));
+                        break;
+                    }
+                }
+                (Picker::Sample { p, temperature, rng }, Some(q)) => {
+                    let pd = nucleus(full(i), *temperature, *p);
+                    if !accept_draft(&pd, q, *t as usize, rng.random::<f64>()) {
+                        let r = residual(&pd, q);
+                        let c = sample_index(&r, rng.random::<f64>()) as u32;
+                        next = Some((c, TokenOrigin::Corrected { rejected: *t }));
+                        break;
+                    }
+                }
+                (Picker::Sample { .. }, None) => unreachable!("sampled drafts carry their distribution"),
+            }
+            accepted += 1;
+        }
+        let (next, origin) = match next {
+            Some(n) => n,
+            None => {
+                let (t, _) = picker.draw(full(k));
+                (t, if k == 0 { TokenOrigin::Full } else { TokenOrigin::Bonus })
+            }
+        };
+        g.drafted += k;
+        g.accepted += accepted;
+        for &(t, _) in &drafts[..accepted] {
+            going = emit(&mut g, t, TokenOrigin::Accepted);
+            if !going {
+                break;
+            }
+        }
+        if going {
+            going = emit(&mut g, next, origin);
+        }
+        // Keep positions n..=n+accepted (the fed token and the accepted drafts).
+        dec.truncate(n + accepted + 1);
+        n += accepted + 1;
+        pending = next;
+    }
+    g.seconds = start.elapsed().as_secs_f64();
+    Ok(g)
+}
+
+/// The nucleus distribution the sampler draws from, normalised, in f64: softmax of
+/// `logits / temperature`, then the most probable tokens until their mass reaches `top_p`
+/// (the one that crosses it included), as candle's `TopP` sampling keeps them.
+pub fn nucleus(logits: &[f32], temperature: f64, top_p: f64) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut p: Vec<f64> = logits.iter().map(|&z| ((z as f64 - max) / temperature).exp()).collect();
+    let sum: f64 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= sum);
+    if top_p < 1.0 {
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        let mut cum = 0.0;
+        for &i in &order {
+            if cum >= top_p {
+                p[i] = 0.0;
+            } else {
+                cum += p[i];
+            }
+        }
+        p.iter_mut().for_each(|v| *v /= cum);
+    }
+    p
+}
+
+/// The index whose cumulative probability first exceeds `u` (`u` uniform in [0, 1)).
+pub fn sample_index(dist: &[f64], u: f64) -> usize {
+    let total: f64 = dist.iter().sum();
+    let target = u * total;
+    let mut cum = 0.0;
+    let mut last = 0;
+    for (i, &p) in dist.iter().enumerate() {
+        if p > 0.0 {
+            cum += p;
+            last = i;
+            if target < cum {
+                return i;
+            }
+        }
+    }
+    last
+}
+
+/// The speculative sampling test for a draft `x` drawn from `q`: accept with probability
+/// `min(1, p(x) / q(x))`, given `u` uniform in [0, 1).
+pub fn accept_draft(p: &[f64], q: &[f64], x: usize, u: f64) -> bool {
+    u * q[x] < p[x]
+}
+
+/// The distribution a rejection draws from: `max(0, p − q)`, normalised. (Rounding can
+/// leave nothing when `p` and `q` agree — then no rejection is possible, and `p` is
+/// returned.)
+pub fn residual(p: &[f64], q: &[f64]) -> Vec<f64> {
+    let r: Vec<f64> = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect();
+    let sum: f64 = r.iter().sum();
+    if sum > 0.0 { r.into_iter().map(|v| v / sum).collect() } else { p.to_vec() }
+}
+
+/// The exact distribution of the token one step of the rule emits: a draft from `q`,
+/// accepted by [`accept_draft`], else a draw from [`residual`]. Equals `p` — what makes the
+/// output the full model's.
+pub fn emitted_distribution(p: &[f64], q: &[f64]) -> Vec<f64> {
+    let accept: Vec<f64> = p.iter().zip(q).map(|(a, b)| a.min(*b)).collect();
+    let rejected = 1.0 - accept.iter().sum::<f64>();
+    let r = residual(p, q);
+    accept.iter().zip(&r).map(|(a, r)| a + rejected * r).collect()
+}
+
+/// Longest draft `--speculative auto` considers.
+pub const MAX_AUTO_DRAFT: usize = 8;
+/// Draft confidences `--speculative auto` considers.
+pub const AUTO_CONFIDENCES: [f64; 10] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// What `--speculative auto` measured and picked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Positions of the full model's greedy continuation the drafts were scored on.
+    pub positions: usize,
+    /// Per draft layer `E` (index = layer; 0 and L are `None`): how often the greedy token of
+    /// blocks `1..E` + the shared head equals the full model's.
+    pub agreement: Vec<Option<f64>>,
+    /// Measured milliseconds of one block and of the head on 1..=MAX_AUTO_DRAFT+1 rows.
+    pub block_ms: Vec<f64>,
+    pub head_ms: Vec<f64>,
+    pub draft_layer: usize,
+    pub draft_len: usize,
+    pub draft_confidence: f64,
+    /// The replay's prediction for the pick: acceptance, and speedup over plain greedy
+    /// decoding (below 1: speculation is not expected to pay on this model).
+    pub predicted_acceptance: Option<f64>,
+    pub predicted_speedup: f64,
+}
+
+/// What blocks `1..E` + the head predict at each position of a greedy continuation.
+struct DraftTrace {
+    /// `tokens[l][p]`, `conf[l][p]`: the argmax and largest probability of layer `l + 1`
+    /// at position `p`; `full[p]` is the full model's token.
+    tokens: Vec<Vec<u32>>,
+    conf: Vec<Vec<f32>>,
+    full: Vec<u32>,
+}
+
+/// Costs of the replay, in milliseconds: a block and the head on `r` rows are
+/// `block[r - 1]` and `head[r - 1]`.
+struct Costs<'a> {
+    block: &'a [f64],
+    head: &'a [f64],
+}
+
+/// Replays speculative decoding along the trace (greedy output is the trace's own tokens)
+/// and returns (tokens emitted, drafted, accepted, milliseconds). Drafts made after a wrong
+/// one are scored as if the context were right: they are rejected either way, only their
+/// number (cost) is approximate.
+fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: f64) -> (usize, usize, usize, f64) {
+    let (toks, conf) = (&t.tokens[e - 1], &t.conf[e - 1]);
+    let positions = t.full.len();
+    let (mut p, mut emitted, mut drafted, mut accepted, mut ms) = (0, 0, 0, 0, 0.0);
+    while p + k < positions {
+        let mut rows = 1;
+        let mut good = true;
+        let mut acc = 0;
+        ms += e as f64 * c.block[0];
+        for i in 0..k {
+            ms += c.head[0];
+            if (conf[p + i] as f64) < gamma {
+                break;
+            }
+            drafted += 1;
+            good &= toks[p + i] == t.full[p + i];
+            acc += good as usize;
+            rows += 1;
+            ms += e as f64 * c.block[0];
+        }
+        ms += (n_layer - e) as f64 * c.block[rows - 1] + c.head[rows - 1];
+        accepted += acc;
+        emitted += acc + 1;
+        p += acc + 1;
+    }
+    (emitted, drafted, accepted, ms)
+}
+
+/// Picks the draft layer, draft length and draft confidence for this model: runs the full
+/// model's greedy continuation of `prompt` for `positions` tokens, reading every layer's
+/// prediction and confidence on the way; times a block and the head on 1..=MAX_AUTO_DRAFT+1
+/// rows; then replays speculative decoding along the continuation for every choice and
+/// keeps the fastest.
+pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize) -> Result<Calibration> {
+    check_prompt(model, prompt)?;
+    if !decoder::supported(model) {
+        bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
+    }
+    if model.n_layer() < 2 {
+        bail!("speculative decoding needs at least 2 layers; the model has {}", model.n_layer())
+    }
+    decoder::with_cpu_model(model, |m| {
+        let n_layer = m.n_layer;
+        let trace = trace_drafts(m, prompt, positions)?;
+        let seen = trace.full.len();
+        if seen <= MAX_AUTO_DRAFT {
+            bail!(
+                "the prompt leaves room for {seen} new tokens in the model's context: too few to calibrate speculative decoding (it needs more than {MAX_AUTO_DRAFT})"
+            )
+        }
+        let agreement: Vec<Option<f64>> = (0..=n_layer)
+            .map(|l| {
+                (l >= 1 && l < n_layer)
+                    .then(|| trace.tokens[l - 1].iter().zip(&trace.full).filter(|(a, b)| a == b).count() as f64 / seen as f64)
+            })
+            .collect();
+        let (block_ms, head_ms) = measure_costs(m)?;
+        let costs = Costs { block: &block_ms, head: &head_ms };
+        let plain = n_layer as f64 * block_ms[0] + head_ms[0];
+        let mut best: Option<(f64, usize, usize, f64, Option<f64>)> = None;
+        for e in 1..n_layer {
+            for k in 1..=MAX_AUTO_DRAFT {
+                for gamma in AUTO_CONFIDENCES {
+                    let (emitted, drafted, accepted, ms) = replay(&trace, &costs, n_layer, e, k, gamma);
+                    let speedup = emitted as f64 * plain / ms;
+                    if best.as_ref().is_none_or(|b| speedup > b.0) {
+                        let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
+                        best = Some((speedup, e, k, gamma, acceptance));
+                    }
+                }
+            }
+        }
+        let (predicted_speedup, draft_layer, draft_len, draft_confidence, predicted_acceptance) = best.expect("at least one choice");
+        Ok(Calibration {
+            positions: seen,
+            agreement,
+            block_ms,
+            head_ms,
+            draft_layer,
+            draft_len,
+            draft_confidence,
+            predicted_acceptance,
+            predicted_speedup,
+        })
+    })
+}
+
+/// The full model's greedy continuation of `prompt` (`positions` tokens at most), with every
+/// layer's greedy token and confidence at each position.
+fn trace_drafts(m: &CpuModel, prompt: &[u32], positions: usize) -> Result<DraftTrace> {
+    let (n_layer, d) = (m.n_layer, m.d);
+    let mut dec = Decoder::new(m);
+    let mut t = DraftTrace { tokens: vec![Vec::new(); n_layer - 1], conf: vec![Vec::new(); n_layer - 1], full: Vec::new() };
+    let mut x = dec.embed(prompt, 0)?;
+    let mut logits = Vec::new();
+    dec.blocks(0, n_layer, &mut x, 0)?;
+    dec.logits(&x[x.len() - d..], &mut logits);
+    let mut next = decoder::argmax(&logits);
+    let mut pos = prompt.len();
+    while t.full.len() < positions && pos < m.n_positions {
+        let mut x = dec.embed(&[next], pos)?;
+        for l in 0..n_layer {
+            dec.block(l, &mut x, pos)?;
+            dec.logits(&x, &mut logits);
+            if l + 1 < n_layer {
+                t.tokens[l].push(decoder::argmax(&logits));
+                t.conf[l].push(crate::kernels::max_prob(&logits));
+            }
+        }
+        next = decoder::argmax(&logits);
+        t.full.push(next);
+        pos += 1;
+    }
+    Ok(t)
+}
+
+/// Median milliseconds of one block (averaged over the blocks) and of the head, for
+/// 1..=MAX_AUTO_DRAFT+1 rows after 32 cached positions.
+fn measure_costs(m: &CpuModel) -> Result<(Vec<f64>, Vec<f64>)> {
+    const REPS: usize = 15;
+    let ctx = 32.min(m.n_positions.saturating_sub(MAX_AUTO_DRAFT + 1));
+    let ids: Vec<u32> = (0..ctx + MAX_AUTO_DRAFT + 1).map(|i| (i * 7919 % m.vocab) as u32).collect();
+    let mut dec = Decoder::new(m);
+    let mut x = dec.embed(&ids[..ctx], 0)?;
+    dec.blocks(0, m.n_layer, &mut x, 0)?;
+    let (mut block_ms, mut head_ms) = (Vec::new(), Vec::new());
+    let mut logits = Vec::new();
+    for rows in 1..=MAX_AUTO_DRAFT + 1 {
+        let x0 = dec.embed(&ids[ctx..ctx + rows], ctx)?;
+        let (mut tb, mut th) = (Vec::with_capacity(REPS), Vec::with_capacity(REPS));
+        for _ in 0..REPS {
+            let mut x = x0.clone();
+            let t = Instant::now();
+            dec.blocks(0, m.n_layer, &mut x, ctx)?;
+            tb.push(t.elapsed().as_secs_f64() * 1e3 / m.n_layer as f64);
+            let t = Instant::now();
+            dec.logits(&x, &mut logits);
+            th.push(t.elapsed().as_secs_f64() * 1e3);
+            dec.truncate(ctx);
+        }
+        block_ms.push(median(tb));
+        head_ms.push(median(th));
+    }
+    Ok((block_ms, head_ms))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol, "entry {i}: {x} vs {y}\n{a:?}\n{b:?}");
+        }
+    }
+
+    #[test]
+    fn the_rule_by_hand() {
+        let p = [0.5, 0.3, 0.2];
+        let q = [0.2, 0.3, 0.5];
+        // Drafts the full model likes at least as much are always kept; token 2 is kept
+        // with probability 0.2 / 0.5 = 0.4.
+        assert!(accept_draft(&p, &q, 0, 0.999));
+        assert!(accept_draft(&p, &q, 1, 0.999));
+        assert!(accept_draft(&p, &q, 2, 0.39));
+        assert!(!accept_draft(&p, &q, 2, 0.41));
+        // Only token 0 has p > q: every rejection emits it.
+        close(&residual(&p, &q), &[1.0, 0.0, 0.0], 1e-15);
+        // P(0) = q(0) + P(reject) = 0.2 + 0.5 * 0.6 = 0.5, and so on: p itself.
+        close(&emitted_distribution(&p, &q), &p, 1e-15);
+        // Equal distributions: never rejected; disjoint ones: always rejected.
+        close(&emitted_distribution(&q, &q), &q, 1e-15);
+        close(&emitted_distribution(&[0.0, 0.0, 1.0], &[0.7, 0.3, 0.0]), &[0.0, 0.0, 1.0], 1e-15);
+        assert!(!accept_draft(&[0.0, 0.0, 1.0], &[0.7, 0.3, 0.0], 0, 0.0));
+        close(&residual(&[0.1, 0.6, 0.3], &[0.4, 0.4, 0.2]), &[0.0, 2.0 / 3.0, 1.0 / 3.0], 1e-15);
+        for (p, q) in [([0.25, 0.25, 0.5, 0.0], [0.1, 0.6, 0.1, 0.2]), ([0.9, 0.05, 0.05, 0.0], [0.01, 0.01, 0.01, 0.97])] {
+            close(&emitted_distribution(&p, &q), &p, 1e-12);
+        }
+    }
+
+    /// Drawing drafts from q and applying the rule with real random numbers gives p.
+    #[test]
+    fn the_rule_samples_the_target_distribution() {
+        let p = [0.05, 0.4, 0.25, 0.3, 0.0];
+        let q = [0.3, 0.1, 0.1, 0.2, 0.3];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let n = 200_000;
+        let mut counts = [0usize; 5];
+        for _ in 0..n {
+            let x = sample_index(&q, rng.random::<f64>());
+            let t = if accept_draft(&p, &q, x, rng.random::<f64>()) { x } else { sample_index(&residual(&p, &q), rng.random::<f64>()) };
+            counts[t] += 1;
+        }
+        // Pearson's chi-square over the 4 tokens with p > 0 (3 degrees of freedom): the
+        // 99.9% quantile is 16.3.
+        assert_eq!(counts[4], 0, "a token the target never emits");
+        let chi2: f64 = (0..4).map(|i| (counts[i] as f64 - n as f64 * p[i]).powi(2) / (n as f64 * p[i])).sum();
+        assert!(chi2 < 16.3, "chi-square {chi2}, counts {counts:?}");
+    }
+
+    #[test]
+    fn nucleus_keeps_the_crossing_token() {
+        let logits = [(0.5f32).ln(), (0.3f32).ln(), (0.15f32).ln(), (0.05f32).ln()];
+        close(&nucleus(&logits, 1.0, 1.0), &[0.5, 0.3, 0.15, 0.05], 1e-6);
+        // 0.5 < 0.7, 0.8 >= 0.7: tokens 0 and 1.
+        close(&nucleus(&logits, 1.0, 0.7), &[0.625, 0.375, 0.0, 0.0], 1e-6);
+        close(&nucleus(&logits, 1.0, 0.5), &[1.0, 0.0, 0.0, 0.0], 1e-6);
+        assert_eq!(sample_index(&[0.0, 0.5, 0.0, 0.5], 0.0), 1);
+        assert_eq!(sample_index(&[0.0, 0.5, 0.0, 0.5], 0.75), 3);
+        assert_eq!(sample_index(&[0.0, 0.5, 0.0, 0.5], 0.999_999_999), 3);
+    }
+}

@@ -1,0 +1,460 @@
+//! The decoding side of the command line: `generate --early-exit`, `generate --speculative`
+//! and `exits` (the early-exit sweep, the paper's Table 1 for a language model).
+
+use super::{CommonArgs, GenerateArgs, open, out};
+use crate::analysis::decode as decode_ids;
+use crate::analysis::early_exit::{EarlyExitGeneration, EarlyExitOptions, ExitMeasure, exit_speedup, generate_early_exit};
+use crate::analysis::embedder::{EmbedderChoice, SentenceEncoder};
+use crate::analysis::exits::{ExitRow, trace_exits};
+use crate::analysis::generate::{GenerateOptions, Sampling, generate};
+use crate::analysis::quality::{coherence, diversity};
+use crate::analysis::speculative::{Calibration, SpeculativeOptions, TokenOrigin, calibrate, generate_speculative};
+use crate::model::Checkpoint;
+use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::json;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Tokens of the full model's continuation `--speculative auto` calibrates on.
+pub const CALIBRATION_TOKENS: usize = 128;
+/// Default most tokens drafted per verification.
+pub const DEFAULT_DRAFT: usize = 4;
+
+/// Checks the decoding flags of `generate` that do not need the model (before it loads).
+pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
+    if a.early_exit.is_some() && a.exit_layer.is_some() {
+        bail!("--early-exit and --exit-layer cannot be used together")
+    }
+    if a.speculative.is_some() && a.exit_layer.is_some() {
+        bail!("--speculative and --exit-layer cannot be used together (speculative decoding always outputs the full model's tokens)")
+    }
+    if a.speculative.is_some() && a.early_exit.is_some() {
+        bail!("--speculative and --early-exit cannot be used together")
+    }
+    if a.exit_measure.is_some() && a.early_exit.is_none() {
+        bail!("--exit-measure needs --early-exit")
+    }
+    if let Some(th) = a.early_exit
+        && !(0.0..=1.0).contains(&th)
+    {
+        bail!("--early-exit is a threshold in [0, 1], got {th}")
+    }
+    if a.speculative.is_none() {
+        if a.draft.is_some() {
+            bail!("--draft needs --speculative")
+        }
+        if a.draft_confidence.is_some() {
+            bail!("--draft-confidence needs --speculative")
+        }
+    }
+    if let Some(s) = &a.speculative
+        && s != "auto"
+        && s.parse::<usize>().is_err()
+    {
+        bail!("--speculative must be a draft layer (a number) or auto, got {s:?}")
+    }
+    if a.draft == Some(0) {
+        bail!("--draft must be at least 1")
+    }
+    if let Some(g) = a.draft_confidence
+        && !(0.0..=1.0).contains(&g)
+    {
+        bail!("--draft-confidence is a probability in [0, 1], got {g}")
+    }
+    Ok(())
+}
+
+/// Best of `reps` wall-clock timings of `f`.
+fn best_time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Wall-clock seconds of early-exit generation and of full-depth generation of as many
+/// tokens (same prompt and sampling), each the best of three alternating runs; and the
+/// early-exit generation's exit layers.
+pub fn time_against_full(ck: &Checkpoint, ids: &[u32], opts: &EarlyExitOptions, tokens: usize) -> Result<(f64, f64, Vec<usize>)> {
+    let m = &ck.model;
+    let ee = EarlyExitOptions { max_new_tokens: tokens, eos: None, ..opts.clone() };
+    let full = GenerateOptions { exit_layer: m.n_layer(), max_new_tokens: tokens, sampling: opts.sampling, eos: None };
+    let (mut t_ee, mut t_full) = (f64::INFINITY, f64::INFINITY);
+    let mut exits = Vec::new();
+    for _ in 0..3 {
+        t_ee = t_ee.min(best_time(1, || {
+            exits = generate_early_exit(m, ids, &ee, |_, _| ControlFlow::Continue(()))?.exit_layers;
+            Ok(())
+        })?);
+        t_full = t_full.min(best_time(1, || generate(m, ids, &full, |_| ControlFlow::Continue(())).map(|_| ()))?);
+    }
+    Ok((t_ee, t_full, exits))
+}
+
+pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: Sampling, eos: Option<u32>) -> Result<()> {
+    let th = a.early_exit.expect("checked by the caller");
+    let measure = a.exit_measure.unwrap_or(ExitMeasure::MaxProb);
+    let n_layer = ck.model.n_layer();
+    let opts = EarlyExitOptions { threshold: th, measure, max_new_tokens: a.max_new_tokens, sampling, eos };
+    let g: EarlyExitGeneration = generate_early_exit(&ck.model, ids, &opts, |_, _| ControlFlow::Continue(()))?;
+    let text = decode_ids(&ck.tokenizer, &g.ids);
+    // The wall-clock speedup, measured here against full-depth decoding of as many tokens.
+    let (wall, full) = if g.ids.is_empty() {
+        (None, None)
+    } else {
+        let (w, f, _) = time_against_full(ck, ids, &opts, g.ids.len())?;
+        (Some(w), Some(f))
+    };
+    let wall_speedup = wall.zip(full).map(|(w, f)| f / w);
+    if a.common.json {
+        out(&json!({
+            "prompt": a.prompt,
+            "input_ids": ids,
+            "sampling": sampling,
+            "threshold": th,
+            "measure": measure,
+            "ids": g.ids,
+            "text": text,
+            "exit_layers": g.exit_layers,
+            "speedup": g.speedup,
+            "layer_speedup": g.speedup,
+            "wall_speedup": wall_speedup,
+            "seconds": wall,
+            "full_depth_seconds": full,
+            "tok_per_s": wall.map(|w| g.ids.len() as f64 / w),
+            "stop": g.stop,
+        })
+        .to_string());
+    } else {
+        out(&format!("{}{}", a.prompt, text));
+        out(&format!("-- exit layers {:?} ({}, threshold {th})", g.exit_layers, measure.name()));
+        out(&format!("-- {}", speedup_line(g.speedup, wall_speedup, n_layer, measure)));
+    }
+    Ok(())
+}
+
+/// The layer and wall-clock speedups in words, saying so when early exit does not pay.
+pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: ExitMeasure) -> String {
+    let mut s = format!("layer speedup {layer:.2}x over {n_layer} layers");
+    match wall {
+        None => s += "; wall-clock speedup n/a (no tokens)",
+        Some(w) => {
+            s += &format!("; wall-clock speedup {w:.2}x over full-depth decoding of as many tokens");
+            if w < 1.0 {
+                s += match measure {
+                    ExitMeasure::MaxProb => {
+                        " — slower: the max-prob check runs the shared classifier at every layer it tries (try --exit-measure saturation)"
+                    }
+                    ExitMeasure::Saturation => " — slower: too few tokens leave early to pay for the checks and the copied states",
+                };
+            }
+        }
+    }
+    s
+}
+
+fn origin_name(o: &TokenOrigin) -> &'static str {
+    match o {
+        TokenOrigin::Accepted => "accepted",
+        TokenOrigin::Corrected { .. } => "corrected",
+        TokenOrigin::Bonus => "bonus",
+        TokenOrigin::Full => "full",
+    }
+}
+
+pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: Sampling, eos: Option<u32>) -> Result<()> {
+    let m = &ck.model;
+    let n_layer = m.n_layer();
+    let spec = a.speculative.as_deref().expect("checked by the caller");
+    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS)?) } else { None };
+    let draft_layer = match (&calibration, spec.parse::<usize>()) {
+        (Some(c), _) => c.draft_layer,
+        (None, Ok(e)) if e >= 1 && e < n_layer => e,
+        (None, Ok(e)) => {
+            bail!("--speculative {e} is out of range: the draft layer must be in 1..={} (the model has {n_layer} layers)", n_layer - 1)
+        }
+        (None, Err(_)) => bail!("--speculative must be a draft layer (a number) or auto, got {spec:?}"),
+    };
+    let draft_len = a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT);
+    let draft_confidence = a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0);
+    let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos };
+    let g = generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?;
+    let text = decode_ids(&ck.tokenizer, &g.ids);
+    let acceptance = g.acceptance();
+    let tok_per_s = g.tokens_per_second();
+    if a.common.json {
+        let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
+        let encoder = SentenceEncoder::open(&choice, &ck.name, m, &ck.tokenizer, m.device())?;
+        let mut v = json!({
+            "prompt": a.prompt,
+            "input_ids": ids,
+            "sampling": sampling,
+            "ids": g.ids,
+            "text": text,
+            "stop": g.stop,
+            "draft_layer": draft_layer,
+            "draft": draft_len,
+            "draft_confidence": draft_confidence,
+            "drafted": g.drafted,
+            "accepted": g.accepted,
+            "acceptance": acceptance,
+            "forward_passes": g.forward_passes,
+            "origins": g.origins.iter().map(origin_name).collect::<Vec<_>>(),
+            "seconds": g.seconds,
+            "tok_per_s": tok_per_s,
+            "diversity": diversity(&g.ids),
+            "coherence": coherence(&encoder, &a.prompt, &text)?,
+            "embedder": encoder.info(&choice),
+        });
+        if let Some(c) = &calibration {
+            v["calibration"] = json!({
+                "positions": c.positions,
+                "agreement": c.agreement,
+                "block_ms": c.block_ms[0],
+                "head_ms": c.head_ms[0],
+                "draft_layer": c.draft_layer,
+                "draft": c.draft_len,
+                "draft_confidence": c.draft_confidence,
+                "predicted_acceptance": c.predicted_acceptance,
+                "predicted_speedup": c.predicted_speedup,
+            });
+        }
+        out(&v.to_string());
+    } else {
+        out(&format!("{}{}", a.prompt, text));
+        if let Some(c) = &calibration {
+            out(&format!(
+                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{})",
+                c.draft_layer,
+                c.draft_len,
+                c.draft_confidence,
+                c.positions,
+                c.predicted_speedup,
+                if c.predicted_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
+            ));
+        }
+        out(&format!(
+            "-- speculative: draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts; {} drafted, {} accepted ({}); {} full-depth passes for {} tokens; {}",
+            g.drafted,
+            g.accepted,
+            acceptance.map_or("acceptance n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+            g.forward_passes,
+            g.ids.len(),
+            tok_per_s.map_or("tokens/s n/a".into(), |v| format!("{v:.0} tokens/s")),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExitsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// A second checkpoint, swept on the same text
+    #[arg(long)]
+    pub compare: Option<String>,
+    /// UTF-8 text (teacher-forced; held-out text for an honest table)
+    #[arg(long, default_value = DEFAULT_EVAL_TEXT)]
+    pub data: PathBuf,
+    /// Comma-separated thresholds (default: 0.1,...,0.9 for max-prob; 0.9,0.95,0.97,0.98,0.99,0.995 for saturation)
+    #[arg(long)]
+    pub thresholds: Option<String>,
+    /// Exit measure: max-prob or saturation
+    #[arg(long, value_enum, default_value = "max-prob")]
+    pub measure: ExitMeasure,
+    /// Tokens per chunk (default: 256, or the model's context if shorter)
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Evaluate at most this many chunks (default: the whole text)
+    #[arg(long)]
+    pub max_chunks: Option<usize>,
+    /// Wall clock: greedy tokens generated per prompt at each threshold (0: skip the timing)
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Wall clock: prompts (of 32 tokens, spread over the text) per threshold
+    #[arg(long, default_value_t = 4)]
+    pub gen_prompts: usize,
+}
+
+fn parse_thresholds(s: Option<&str>, measure: ExitMeasure) -> Result<Vec<f64>> {
+    let Some(s) = s else {
+        return Ok(match measure {
+            ExitMeasure::MaxProb => (1..=9).map(|i| i as f64 / 10.0).collect(),
+            ExitMeasure::Saturation => vec![0.9, 0.95, 0.97, 0.98, 0.99, 0.995],
+        });
+    };
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        match part.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => out.push(v),
+            Ok(v) => bail!("--thresholds: {v} is outside [0, 1]"),
+            Err(_) => bail!("--thresholds must be numbers in [0, 1] separated by commas, got {part:?}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("--thresholds is empty")
+    }
+    Ok(out)
+}
+
+/// One model's sweep: the table rows, with the wall-clock speedup of generation.
+struct Sweep {
+    name: String,
+    n_layer: usize,
+    tokens: usize,
+    chunks: usize,
+    ctx: usize,
+    rows: Vec<(ExitRow, Option<Timed>)>,
+}
+
+/// The timed generations at one threshold: wall-clock speedup over full depth, and the
+/// layer speedup of those same generations (their exits differ from teacher-forced ones).
+#[derive(Clone, Copy)]
+struct Timed {
+    wall_speedup: f64,
+    layer_speedup: f64,
+}
+
+fn sweep(ck: &Checkpoint, text: &str, data: &std::path::Path, a: &ExitsArgs, thresholds: &[f64], show: bool) -> Result<Sweep> {
+    let ids = crate::analysis::tokenize_text(&ck.tokenizer, text, data)?;
+    let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
+    let trace = trace_exits(&ck.model, &ids, ctx, a.max_chunks, a.measure, |done, total| {
+        if show {
+            eprint!("\r{}: {done}/{total} chunks", ck.name);
+        }
+        ControlFlow::Continue(())
+    })?;
+    if show {
+        eprintln!();
+    }
+    // Wall clock: greedy generation from prompts spread over the text.
+    let plen = 32.min(ck.model.config.n_positions.saturating_sub(a.gen_tokens).max(1));
+    let prompts: Vec<&[u32]> = if a.gen_tokens == 0 || ids.len() < plen {
+        vec![]
+    } else {
+        let step = (ids.len() - plen) / a.gen_prompts.max(1);
+        (0..a.gen_prompts).map(|i| &ids[i * step..i * step + plen]).collect()
+    };
+    let mut rows = Vec::new();
+    for th in thresholds.iter().map(|&t| Some(t)).chain([None]) {
+        let row = trace.row(th);
+        let wall = match th {
+            Some(t) if !prompts.is_empty() => {
+                let opts = EarlyExitOptions {
+                    threshold: t,
+                    measure: a.measure,
+                    max_new_tokens: a.gen_tokens,
+                    sampling: Sampling::Greedy,
+                    eos: None,
+                };
+                let (mut ee, mut full, mut exits) = (0.0, 0.0, vec![]);
+                for p in &prompts {
+                    let (e, f, x) = time_against_full(ck, p, &opts, a.gen_tokens)?;
+                    ee += e;
+                    full += f;
+                    exits.extend(x);
+                }
+                Some(Timed { wall_speedup: full / ee, layer_speedup: exit_speedup(&exits, ck.model.n_layer()) })
+            }
+            Some(_) => None,
+            None => Some(Timed { wall_speedup: 1.0, layer_speedup: 1.0 }),
+        };
+        rows.push((row, wall));
+    }
+    Ok(Sweep { name: ck.name.clone(), n_layer: trace.n_layer, tokens: trace.positions(), chunks: trace.chunks, ctx, rows })
+}
+
+pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
+    let data = resolve_asset(&a.data);
+    let text = crate::analysis::eval::read_text(&data)?; // before the models load: bad data fails fast
+    let thresholds = parse_thresholds(a.thresholds.as_deref(), a.measure)?;
+    let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut sweeps = vec![sweep(&open(&a.common)?, &text, &data, &a, &thresholds, show)?];
+    if let Some(other) = &a.compare {
+        let common = CommonArgs { ckpt: other.clone(), device: a.common.device.clone(), json: a.common.json };
+        sweeps.push(sweep(&open(&common)?, &text, &data, &a, &thresholds, show)?);
+    }
+    if a.common.json {
+        let models: Vec<_> = sweeps
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "layers": s.n_layer,
+                    "tokens": s.tokens,
+                    "chunks": s.chunks,
+                    "ctx": s.ctx,
+                    "rows": s.rows.iter().map(|(r, w)| json!({
+                        "threshold": r.threshold,
+                        "accuracy": r.accuracy,
+                        "agreement": r.agreement,
+                        "mean_exit_layer": r.mean_exit_layer,
+                        "layer_speedup": r.layer_speedup,
+                        "generation_layer_speedup": w.map(|w| w.layer_speedup),
+                        "wall_speedup": w.map(|w| w.wall_speedup),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out(&json!({
+            "data": data.display().to_string(),
+            "measure": a.measure,
+            "gen_tokens": a.gen_tokens,
+            "gen_prompts": a.gen_prompts,
+            "models": models,
+        })
+        .to_string());
+        return Ok(());
+    }
+    out(&format_exits(&sweeps, &data.display().to_string(), a.measure, a.gen_prompts, a.gen_tokens));
+    Ok(())
+}
+
+fn format_exits(sweeps: &[Sweep], data: &str, measure: ExitMeasure, prompts: usize, tokens: usize) -> String {
+    let s0 = &sweeps[0];
+    let wall = if tokens == 0 {
+        "wall clock not measured (--gen-tokens 0)".to_string()
+    } else {
+        format!("wall clock: greedy generation of {prompts} x {tokens} tokens vs full depth, same run")
+    };
+    let mut s = format!(
+        "early exit by {} on {data}: {} chunks of {} tokens, {} predictions (teacher-forced); {wall}\n",
+        measure.name(),
+        s0.chunks,
+        s0.ctx,
+        s0.tokens,
+    );
+    s += "(teacher-forced: accuracy, agreement with the last layer, mean exit layer, layer speedup | generation: layer and wall-clock speedup)\n";
+    s += "threshold";
+    for sw in sweeps {
+        s += &format!(" | {:<56}", sw.name);
+    }
+    s += "\n         ";
+    for _ in sweeps {
+        s += " |    acc   agree  exit  layer x | gen layer x   wall x";
+    }
+    for i in 0..s0.rows.len() {
+        let th = s0.rows[i].0.threshold;
+        s += &format!("\n{:>9}", th.map_or("full".to_string(), |t| format!("{t}")));
+        for sw in sweeps {
+            let (r, w) = &sw.rows[i];
+            let na = || "n/a".to_string();
+            s += &format!(
+                " | {:>5.1}% {:>6.1}% {:>5.2} {:>7.2}x | {:>11} {:>8}",
+                100.0 * r.accuracy,
+                100.0 * r.agreement,
+                r.mean_exit_layer,
+                r.layer_speedup,
+                w.map_or_else(na, |w| format!("{:.2}x", w.layer_speedup)),
+                w.map_or_else(na, |w| format!("{:.2}x", w.wall_speedup)),
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,539 @@
+//! A lean CPU engine for incremental decoding: the same GPT-2 as [`Gpt2`], computed straight
+//! on the checkpoint's f32 weights (borrowed from candle's storage, no copy), with a KV
+//! cache grown in place.
+//!
+//! Batch-1 decoding of small models is dominated by per-token overheads, not arithmetic:
+//! the Austen models do ~3M multiply-adds per token, which candle spreads over a few hundred
+//! tensor ops, each with its own allocation and dispatch, and the tensor KV cache is
+//! concatenated anew at every step. Here a token costs one pass over the weights.
+//!
+//! Every computation is per row: a row's result does not depend on how many rows are
+//! processed together, nor on how the work is split among threads (linear layers split
+//! output columns, each output sums its inputs in a fixed order; attention runs row by
+//! row). So verifying K drafted tokens in one batched pass gives bit for bit what decoding
+//! them one at a time gives — what makes self-speculative decoding lossless by construction.
+
+use super::config::Activation;
+use super::gpt2::Gpt2;
+use crate::kernels::HeadCache;
+use anyhow::{Result, bail};
+use candle_core::{CpuStorage, Layout, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
+
+/// Linear layers and the classifier with at least this many weights are split among the
+/// threads; smaller ones (the Austen blocks: 16k-65k weights) run on one core, where a
+/// rayon fork-join would cost more than the arithmetic.
+const PAR_MIN_WEIGHTS: usize = 1 << 20;
+/// Attention is split among threads (by row and head) above this many multiply-adds.
+const PAR_MIN_ATTENTION: usize = 1 << 17;
+
+/// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths
+/// not switched off ([`crate::ops::with_portable_ops`] makes the callers take the tensor
+/// path that other devices run).
+pub fn supported(model: &Gpt2) -> bool {
+    crate::ops::cpu_fast_path(model.device()) && model.wte.dtype() == candle_core::DType::F32
+}
+
+/// Runs `f` with the model's weights borrowed as plain slices. The borrow holds candle's
+/// read locks on the weight storage for the duration of `f`.
+pub fn with_cpu_model<R>(model: &Gpt2, f: impl FnOnce(&CpuModel) -> Result<R>) -> Result<R> {
+    if !supported(model) {
+        bail!("the CPU decoder needs f32 weights on the CPU (this model is on {:?})", model.device().location())
+    }
+    let mut tensors: Vec<&Tensor> = vec![&model.wte, &model.wpe];
+    for b in &model.blocks {
+        tensors.extend([
+            &b.ln_1.weight,
+            &b.ln_1.bias,
+            &b.attn.c_attn.weight,
+            &b.attn.c_attn.bias,
+            &b.attn.c_proj.weight,
+            &b.attn.c_proj.bias,
+            &b.ln_2.weight,
+            &b.ln_2.bias,
+            &b.mlp.c_fc.weight,
+            &b.mlp.c_fc.bias,
+            &b.mlp.c_proj.weight,
+            &b.mlp.c_proj.bias,
+        ]);
+    }
+    tensors.extend([&model.ln_f.weight, &model.ln_f.bias]);
+    // A tied classifier is `wte` itself: its lock is taken once (parking_lot's read lock is
+    // not reentrant when a writer waits).
+    if let Some(h) = &model.lm_head {
+        tensors.push(h);
+    }
+    let guards: Vec<(StorageRef<'_>, &Layout)> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (g, l) in &guards {
+        let data = match &**g {
+            Storage::Cpu(CpuStorage::F32(v)) => v.as_slice(),
+            _ => bail!("the CPU decoder needs f32 weights on the CPU"),
+        };
+        match l.contiguous_offsets() {
+            Some((a, b)) => slices.push(&data[a..b]),
+            None => bail!("the CPU decoder needs contiguous weights"),
+        }
+    }
+    let cfg = &model.config;
+    let mut it = slices.into_iter();
+    let mut next = || it.next().expect("one slice per tensor");
+    let wte = next();
+    let wpe = next();
+    let mut blocks = Vec::with_capacity(cfg.n_layer);
+    for b in &model.blocks {
+        blocks.push(BlockWeights {
+            ln_1: (next(), next()),
+            attn: (next(), next()),
+            attn_proj: (next(), next()),
+            ln_2: (next(), next()),
+            fc: (next(), next()),
+            fc_proj: (next(), next()),
+            scale: b.attn.scale as f32,
+        });
+    }
+    let ln_f = (next(), next());
+    let head = if model.lm_head.is_some() { next() } else { wte };
+    let head_t = (cfg.n_embd <= SHORT_ROWS).then(|| transpose(head, cfg.vocab_size, cfg.n_embd));
+    let m = CpuModel {
+        n_layer: cfg.n_layer,
+        d: cfg.n_embd,
+        n_head: cfg.n_head,
+        inner: cfg.inner_dim(),
+        vocab: cfg.vocab_size,
+        n_positions: cfg.n_positions,
+        eps: cfg.layer_norm_epsilon,
+        activation: cfg.activation()?,
+        wte,
+        wpe,
+        blocks,
+        ln_f,
+        head,
+        head_t,
+        zeros: vec![0.0; cfg.vocab_size],
+    };
+    f(&m)
+}
+
+/// Up to this width, the classifier runs on a transposed copy of its matrix: with short
+/// rows, summing each dot product's vector lanes costs as much as the products (~2.5x
+/// slower on the Austen models), while the transposed product has no such reduction.
+/// Copying the Austen head takes well under a millisecond per generation.
+const SHORT_ROWS: usize = 256;
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    t[c * rows + r] = w[r * cols + c];
+                }
+            }
+        }
+    }
+    t
+}
+
+struct BlockWeights<'a> {
+    ln_1: (&'a [f32], &'a [f32]),
+    attn: (&'a [f32], &'a [f32]),
+    attn_proj: (&'a [f32], &'a [f32]),
+    ln_2: (&'a [f32], &'a [f32]),
+    fc: (&'a [f32], &'a [f32]),
+    fc_proj: (&'a [f32], &'a [f32]),
+    scale: f32,
+}
+
+/// The model's weights as slices (see [`with_cpu_model`]).
+pub struct CpuModel<'a> {
+    pub n_layer: usize,
+    pub d: usize,
+    pub n_head: usize,
+    pub inner: usize,
+    pub vocab: usize,
+    pub n_positions: usize,
+    eps: f64,
+    activation: Activation,
+    wte: &'a [f32],
+    wpe: &'a [f32],
+    blocks: Vec<BlockWeights<'a>>,
+    ln_f: (&'a [f32], &'a [f32]),
+    head: &'a [f32],
+    /// The classifier transposed (`[d, vocab]`), for narrow models (see [`SHORT_ROWS`]).
+    head_t: Option<Vec<f32>>,
+    zeros: Vec<f32>,
+}
+
+/// `y = x @ w + b` (`x: [m, k]`, `w: [k, n]`, `b: [n]`) over the output columns `c0..c0+nb`
+/// of `w`; `y` is `[m, nb]`.
+fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usize, y: &mut Vec<f32>) {
+    let (m, n) = (x.len() / k, b.len());
+    y.clear();
+    for _ in 0..m {
+        y.extend_from_slice(&b[c0..c0 + nb]);
+    }
+    if k * nb < PAR_MIN_WEIGHTS {
+        crate::kernels::matrix_cols_accumulate(x, k, w, n, c0, nb, y);
+        return;
+    }
+    let blocks = column_split(nb, 64);
+    let parts: Vec<Vec<f32>> = blocks
+        .par_iter()
+        .map(|&(s, len)| {
+            let mut part = Vec::with_capacity(m * len);
+            for r in 0..m {
+                part.extend_from_slice(&y[r * nb + s..r * nb + s + len]);
+            }
+            crate::kernels::matrix_cols_accumulate(x, k, w, n, c0 + s, len, &mut part);
+            part
+        })
+        .collect();
+    scatter_columns(&blocks, &parts, m, nb, y);
+}
+
+/// Splits `n` columns into a few blocks per thread, each a multiple of `align`.
+fn column_split(n: usize, align: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let per = n.div_ceil(threads * 2).div_ceil(align).max(1) * align;
+    (0..n).step_by(per).map(|s| (s, per.min(n - s))).collect()
+}
+
+/// Copies per-block results `[m, len]` into their columns of `y` (`[m, n]`).
+fn scatter_columns(blocks: &[(usize, usize)], parts: &[Vec<f32>], m: usize, n: usize, y: &mut [f32]) {
+    for (&(s, len), part) in blocks.iter().zip(parts) {
+        for r in 0..m {
+            y[r * n + s..r * n + s + len].copy_from_slice(&part[r * len..(r + 1) * len]);
+        }
+    }
+}
+
+/// Layer norm of each `d`-row of `x` into `y`, statistics in f64.
+fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f64, y: &mut Vec<f32>) {
+    let d = w.len();
+    y.resize(x.len(), 0.0);
+    for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let (mean, rstd) = (mean as f32, (1.0 / (var + eps).sqrt()) as f32);
+        for i in 0..d {
+            yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+        }
+    }
+}
+
+fn activate(act: Activation, x: &mut [f32], scratch: &mut Vec<f32>) {
+    match act {
+        Activation::GeluTanh => {
+            scratch.clear();
+            scratch.extend_from_slice(x);
+            crate::kernels::gelu(scratch, x);
+        }
+        Activation::GeluErf => {
+            x.iter_mut().for_each(|v| *v = (candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * *v)
+        }
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+    }
+}
+
+impl CpuModel<'_> {
+    /// The classifier `lm_head(ln_f(h))` for rows `h` (`[m, d]`) into `logits` (`[m, vocab]`).
+    pub fn head(&self, h: &[f32], logits: &mut Vec<f32>) {
+        let mut normed = Vec::with_capacity(h.len());
+        layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut normed);
+        self.classify_normed(&normed, logits);
+    }
+
+    fn classify_normed(&self, x: &[f32], logits: &mut Vec<f32>) {
+        let (d, v) = (self.d, self.vocab);
+        if let Some(t) = &self.head_t {
+            return linear_cols(x, d, (t, &self.zeros), 0, v, logits);
+        }
+        let m = x.len() / d;
+        logits.resize(m * v, 0.0);
+        if v * d < PAR_MIN_WEIGHTS {
+            crate::kernels::classify_rows(x, d, self.head, logits, v);
+            return;
+        }
+        let blocks = column_split(v, 16);
+        let parts: Vec<Vec<f32>> = blocks
+            .par_iter()
+            .map(|&(s, len)| {
+                let mut y = vec![0f32; m * len];
+                crate::kernels::classify_rows(x, d, &self.head[s * d..(s + len) * d], &mut y, len);
+                y
+            })
+            .collect();
+        scatter_columns(&blocks, &parts, m, v, logits);
+    }
+}
+
+/// Scratch buffers reused from token to token.
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    hidden: Vec<f32>,
+    act: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Incremental decoding state: the KV cache of every block, filled position by position.
+/// Blocks may be filled to different lengths (a draft runs ahead in the first blocks).
+pub struct Decoder<'m, 'a> {
+    pub model: &'m CpuModel<'a>,
+    /// Per block: keys and values, one row of `d` floats per position (heads side by side).
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    filled: Vec<usize>,
+    s: Scratch,
+}
+
+impl<'m, 'a> Decoder<'m, 'a> {
+    pub fn new(model: &'m CpuModel<'a>) -> Self {
+        let n = model.n_layer;
+        Self { model, keys: vec![Vec::new(); n], values: vec![Vec::new(); n], filled: vec![0; n], s: Scratch::default() }
+    }
+
+    /// Positions cached in block `layer` (0-based).
+    pub fn filled(&self, layer: usize) -> usize {
+        self.filled[layer]
+    }
+
+    /// Forgets every position from `len` on, in every block (rolling back rejected drafts).
+    pub fn truncate(&mut self, len: usize) {
+        for f in &mut self.filled {
+            *f = (*f).min(len);
+        }
+    }
+
+    /// Token + position embeddings of `ids` placed at `pos0..`: `[ids.len(), d]`.
+    pub fn embed(&self, ids: &[u32], pos0: usize) -> Result<Vec<f32>> {
+        let m = self.model;
+        let d = m.d;
+        if pos0 + ids.len() > m.n_positions {
+            bail!("sequence of {} tokens is longer than the model's context of {} positions", pos0 + ids.len(), m.n_positions)
+        }
+        let mut x = Vec::with_capacity(ids.len() * d);
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= m.vocab {
+                bail!("token id {id} is outside the model's vocabulary of {}", m.vocab)
+            }
+            let (t, p) = (&m.wte[id * d..(id + 1) * d], &m.wpe[(pos0 + i) * d..(pos0 + i + 1) * d]);
+            x.extend(t.iter().zip(p).map(|(a, b)| a + b));
+        }
+        Ok(x)
+    }
+
+    fn store_kv(&mut self, layer: usize, kv: &[f32], stride: usize, pos0: usize) {
+        let d = self.model.d;
+        let rows = kv.len() / stride;
+        let need = (pos0 + rows) * d;
+        let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
+        if keys.len() < need {
+            let grow = need.max(2 * keys.len()).min(self.model.n_positions * d);
+            keys.resize(grow, 0.0);
+            values.resize(grow, 0.0);
+        }
+        for r in 0..rows {
+            let row = &kv[r * stride..(r + 1) * stride];
+            let off = stride - 2 * d;
+            keys[(pos0 + r) * d..(pos0 + r + 1) * d].copy_from_slice(&row[off..off + d]);
+            values[(pos0 + r) * d..(pos0 + r + 1) * d].copy_from_slice(&row[off + d..off + 2 * d]);
+        }
+        self.filled[layer] = pos0 + rows;
+    }
+
+    fn check_position(&self, layer: usize, pos0: usize) -> Result<()> {
+        if layer >= self.model.n_layer {
+            bail!("block {layer} is out of range: the model has {} blocks", self.model.n_layer)
+        }
+        if self.filled[layer] != pos0 {
+            bail!("block {} holds {} positions; the next rows must start there, not at {pos0}", layer + 1, self.filled[layer])
+        }
+        Ok(())
+    }
+
+    /// Runs block `layer` (0-based) on the rows `x` (`[rows, d]`, positions `pos0..`), in
+    /// place, appending their keys and values to the block's cache.
+    pub fn block(&mut self, layer: usize, x: &mut [f32], pos0: usize) -> Result<()> {
+        self.check_position(layer, pos0)?;
+        let m = self.model;
+        let (d, inner) = (m.d, m.inner);
+        let rows = x.len() / d;
+        let w = &m.blocks[layer];
+        let mut s = std::mem::take(&mut self.s);
+        layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
+        linear_cols(&s.normed, d, w.attn, 0, 3 * d, &mut s.qkv);
+        self.store_kv(layer, &s.qkv, 3 * d, pos0);
+        self.attention(layer, &s.qkv, pos0, &mut s.att, &mut s.scores);
+        linear_cols(&s.att, d, w.attn_proj, 0, d, &mut s.proj);
+        x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
+        layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
+        linear_cols(&s.normed, d, w.fc, 0, inner, &mut s.hidden);
+        activate(m.activation, &mut s.hidden, &mut s.act);
+        linear_cols(&s.hidden, inner, w.fc_proj, 0, d, &mut s.proj);
+        x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
+        debug_assert_eq!(s.proj.len(), rows * d);
+        self.s = s;
+        Ok(())
+    }
+
+    /// Appends to block `layer`'s cache the keys and values it would compute from input
+    /// rows `x`, without running the block: early exit copies a token's state upwards this
+    /// way (only the k and v columns of the projection are computed).
+    pub fn fill_kv(&mut self, layer: usize, x: &[f32], pos0: usize) -> Result<()> {
+        self.check_position(layer, pos0)?;
+        let m = self.model;
+        let d = m.d;
+        let w = &m.blocks[layer];
+        let mut s = std::mem::take(&mut self.s);
+        layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
+        linear_cols(&s.normed, d, w.attn, d, 2 * d, &mut s.qkv);
+        self.store_kv(layer, &s.qkv, 2 * d, pos0);
+        self.s = s;
+        Ok(())
+    }
+
+    /// Causal attention of the query rows in `qkv` (positions `pos0..`) over the cache.
+    fn attention(&self, layer: usize, qkv: &[f32], pos0: usize, out: &mut Vec<f32>, scores: &mut Vec<f32>) {
+        let m = self.model;
+        let (d, nh) = (m.d, m.n_head);
+        let hd = d / nh;
+        let rows = qkv.len() / (3 * d);
+        let scale = m.blocks[layer].scale;
+        let (keys, values) = (&self.keys[layer][..], &self.values[layer][..]);
+        out.resize(rows * d, 0.0);
+        let work = rows * nh * (pos0 + rows) * hd;
+        if work < PAR_MIN_ATTENTION {
+            scores.resize(pos0 + rows, 0.0);
+            for r in 0..rows {
+                for h in 0..nh {
+                    let q = &qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
+                    let o = &mut out[r * d + h * hd..r * d + (h + 1) * hd];
+                    let cache = HeadCache { keys, values, stride: d, offset: h * hd };
+                    crate::kernels::attend_row(q, cache, scale, &mut scores[..pos0 + r + 1], o);
+                }
+            }
+            return;
+        }
+        out.par_chunks_mut(d).enumerate().for_each(|(r, orow)| {
+            let mut sc = vec![0f32; pos0 + r + 1];
+            for h in 0..nh {
+                let q = &qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
+                let cache = HeadCache { keys, values, stride: d, offset: h * hd };
+                crate::kernels::attend_row(q, cache, scale, &mut sc, &mut orow[h * hd..(h + 1) * hd]);
+            }
+        });
+    }
+
+    /// Runs blocks `from..to` (0-based, `to` exclusive) on `x` at positions `pos0..`.
+    pub fn blocks(&mut self, from: usize, to: usize, x: &mut [f32], pos0: usize) -> Result<()> {
+        for l in from..to {
+            self.block(l, x, pos0)?;
+        }
+        Ok(())
+    }
+
+    /// `lm_head(ln_f(h))` of the rows `h` into `logits` (`[rows, vocab]`).
+    pub fn logits(&self, h: &[f32], logits: &mut Vec<f32>) {
+        self.model.head(h, logits)
+    }
+}
+
+/// The index of the largest value; the first one on ties (NaN never wins).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] || v[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gpt2Config, KvCache};
+    use candle_core::Device;
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst <= tol, "max abs difference {worst}");
+    }
+
+    /// The engine computes what the candle model computes: prefill, then token by token,
+    /// at every layer.
+    #[test]
+    fn matches_the_tensor_model() {
+        let cfg = Gpt2Config::new(3, 64, 4, 300, 40);
+        let model = Gpt2::random(cfg, 3, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 300).collect();
+        with_cpu_model(&model, |m| {
+            let mut dec = Decoder::new(m);
+            let mut cache = KvCache::new(3);
+            let t = Tensor::from_vec(ids[..9].to_vec(), (1, 9), &Device::Cpu)?;
+            let want = model.forward_cached(&t, &mut cache, 3)?;
+            let want_logits: Vec<f32> = model.head(&want)?.flatten_all()?.to_vec1()?;
+            let mut x = dec.embed(&ids[..9], 0)?;
+            dec.blocks(0, 3, &mut x, 0)?;
+            close(&x, &want.flatten_all()?.to_vec1::<f32>()?, 1e-4);
+            let mut logits = Vec::new();
+            dec.logits(&x, &mut logits);
+            close(&logits, &want_logits, 1e-4);
+            for (i, &id) in ids[9..].iter().enumerate() {
+                let pos = 9 + i;
+                let t = Tensor::from_vec(vec![id], (1, 1), &Device::Cpu)?;
+                let want = model.forward_cached(&t, &mut cache, 3)?;
+                let mut x = dec.embed(&[id], pos)?;
+                dec.blocks(0, 3, &mut x, pos)?;
+                close(&x, &want.flatten_all()?.to_vec1::<f32>()?, 1e-4);
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// A batch of rows gives bit for bit what the rows give one at a time, with the work
+    /// split among threads or not (a classifier big enough to be split).
+    #[test]
+    fn rows_are_independent_of_batching() {
+        let cfg = Gpt2Config::new(2, 256, 4, 4096, 64);
+        let model = Gpt2::random(cfg, 5, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..20).map(|i| (i * 131 + 7) % 4096).collect();
+        with_cpu_model(&model, |m| {
+            let mut one = Decoder::new(m);
+            let mut batched = Decoder::new(m);
+            let mut x = one.embed(&ids[..10], 0)?;
+            one.blocks(0, 2, &mut x, 0)?;
+            let mut y = batched.embed(&ids[..10], 0)?;
+            batched.blocks(0, 2, &mut y, 0)?;
+            let mut singles = Vec::new();
+            for (i, &id) in ids[10..].iter().enumerate() {
+                let mut x = one.embed(&[id], 10 + i)?;
+                one.blocks(0, 2, &mut x, 10 + i)?;
+                let mut l = Vec::new();
+                one.logits(&x, &mut l);
+                singles.push((x, l));
+            }
+            let mut x = batched.embed(&ids[10..], 10)?;
+            batched.blocks(0, 2, &mut x, 10)?;
+            let mut l = Vec::new();
+            batched.logits(&x, &mut l);
+            for (r, (xs, ls)) in singles.iter().enumerate() {
+                assert_eq!(&x[r * 256..(r + 1) * 256], &xs[..], "row {r} residual");
+                assert_eq!(&l[r * 4096..(r + 1) * 4096], &ls[..], "row {r} logits");
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -1,0 +1,171 @@
+//! The generation view's decoding modes, per checkpoint side by side: the continuation as
+//! it streams, each token coloured by the layer it left at (early exit) or marked as an
+//! accepted draft, a rejected draft and the full model's replacement (speculative), with
+//! live tokens/s, acceptance and the speedup over full-depth decoding.
+
+use super::{column_placeholder, column_title, message, panel, spinner};
+use crate::analysis::early_exit::ExitMeasure;
+use crate::analysis::generate::StopReason;
+use crate::tui::app::{App, GenMethod};
+use crate::tui::column::DecodeOutput;
+use crate::tui::theme::Theme;
+use crate::tui::worker::{DecodeMethod, PieceKind};
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Wrap};
+
+/// The mode in words, for the column title.
+fn mode_text(app: &App, method: Option<DecodeMethod>) -> String {
+    let s = &app.decoding;
+    match (s.method, method) {
+        (_, Some(DecodeMethod::EarlyExit { threshold, measure })) => {
+            // p: the largest probability (max-prob); cos: saturation.
+            match measure {
+                ExitMeasure::MaxProb => format!("early exit p≥{threshold:.2}"),
+                ExitMeasure::Saturation => format!("early exit cos≥{threshold:.3}"),
+            }
+        }
+        (_, Some(DecodeMethod::Speculative { draft_layer, draft_len })) => format!("speculative L{draft_layer}×{draft_len}"),
+        (GenMethod::Speculative, None) => "speculative".to_string(),
+        _ => "early exit".to_string(),
+    }
+}
+
+pub fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let c = &app.columns[i];
+    let n_layer = c.n_layer();
+    let method = app.decoding.decode_method(c.layer_at(app.layer), n_layer);
+    let mut title = column_title(app, i, theme);
+    title.spans.push(Span::styled(format!("{} · {} ", mode_text(app, method), app.decoding.label()), theme.title()));
+    let block = panel(title, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if let Some((msg, err)) = column_placeholder(app, i) {
+        message(frame, inner, &msg, if err { theme.error() } else { theme.busy() });
+        return;
+    }
+    if method.is_none() {
+        message(frame, inner, "Speculative decoding drafts from an earlier layer: it needs at least 2 layers.", theme.dim());
+        return;
+    }
+    let mut lines: Vec<Line> = Vec::new();
+    let prompt_tail: String = {
+        let chars: Vec<char> = app.prompt.chars().collect();
+        let keep = (inner.width as usize * 2).max(20);
+        if chars.len() > keep { format!("…{}", chars[chars.len() - keep..].iter().collect::<String>()) } else { app.prompt.clone() }
+    };
+    let mut spans = vec![Span::styled(prompt_tail.rsplit('\n').next().unwrap_or("").to_string(), theme.dim())];
+    let decoded = c.decoded.as_ref().filter(|d| Some(d.method) == method);
+    match decoded {
+        Some(d) => {
+            for p in &d.pieces {
+                let style = match &p.kind {
+                    PieceKind::Exit(l) => theme.layer_color(*l, n_layer + 1),
+                    PieceKind::Accepted => theme.ok(),
+                    PieceKind::Corrected { rejected } => {
+                        let shown = rejected.replace('\n', "⏎");
+                        spans.push(Span::styled(format!("‹{shown}›"), theme.error().add_modifier(Modifier::CROSSED_OUT)));
+                        theme.emphasis()
+                    }
+                    PieceKind::Full => theme.title(),
+                };
+                push_text(&mut lines, &mut spans, &p.text, style, theme);
+            }
+            if d.stop.is_none() {
+                spans.push(Span::styled("▌", theme.busy()));
+            }
+        }
+        None if c.generating || app.gen_due.is_some() => spans.push(Span::styled(format!(" {}", spinner(app.ticks)), theme.busy())),
+        None => {}
+    }
+    lines.push(Line::from(spans));
+    if let Some(d) = decoded {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(stats(d, n_layer), theme.dim()));
+        lines.push(legend(d, n_layer, theme));
+    }
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+/// Appends `text` in `style`, breaking the line at newlines (shown as ⏎). A run of
+/// newlines, also over several tokens, breaks the line once, so that a model that emits
+/// many newlines does not push its text off screen.
+fn push_text<'a>(lines: &mut Vec<Line<'a>>, spans: &mut Vec<Span<'a>>, text: &str, style: Style, theme: &Theme) {
+    let mut rest = text;
+    while let Some(i) = rest.find('\n') {
+        let run = rest[i..].chars().take_while(|&c| c == '\n').count();
+        let marks = Span::styled("⏎".repeat(run), theme.dim());
+        match lines.last_mut() {
+            // Only newlines since the last break: extend that break.
+            Some(last) if i == 0 && spans.is_empty() => last.spans.push(marks),
+            _ => {
+                spans.push(Span::styled(rest[..i].to_string(), style));
+                spans.push(marks);
+                lines.push(Line::from(std::mem::take(spans)));
+            }
+        }
+        rest = &rest[i + run..];
+    }
+    if !rest.is_empty() {
+        spans.push(Span::styled(rest.to_string(), style));
+    }
+}
+
+/// Tokens, speed and the speedups, in one line.
+pub fn stats(d: &DecodeOutput, n_layer: usize) -> String {
+    let mut parts = vec![format!("{} tokens", d.tokens)];
+    parts.push(d.tokens_per_second().map_or("… tok/s".into(), |v| format!("{v:.0} tok/s")));
+    match d.method {
+        DecodeMethod::EarlyExit { .. } => {
+            let layer = d.layer_speedup.or_else(|| d.running_layer_speedup(n_layer));
+            parts.push(layer.map_or("layer speedup n/a".into(), |v| format!("layer speedup {v:.2}x")));
+        }
+        DecodeMethod::Speculative { .. } => {
+            let acc = d.acceptance().map_or("acceptance n/a".into(), |v| format!("acceptance {:.0}%", 100.0 * v));
+            parts.push(format!("{acc} ({}/{})", d.drafts.accepted, d.drafts.drafted));
+            if let Some(p) = d.forward_passes.filter(|&p| p > 0) {
+                parts.push(format!("{:.1} tokens/pass", d.tokens as f64 / p as f64));
+            }
+        }
+    }
+    match (d.stop, d.speedup()) {
+        (Some(_), Some(s)) => parts.push(format!("wall {s:.2}x vs full depth")),
+        (Some(_), None) if d.tokens > 0 => parts.push("timing full depth…".into()),
+        _ => {}
+    }
+    if let Some(stop) = d.stop {
+        parts.push(
+            match stop {
+                StopReason::MaxTokens => "token limit",
+                StopReason::EndOfText => "end of text",
+                StopReason::ContextFull => "context full",
+                StopReason::Cancelled => "cancelled",
+            }
+            .into(),
+        );
+    }
+    parts.join(" · ")
+}
+
+/// What the colours and marks mean.
+fn legend<'a>(d: &DecodeOutput, n_layer: usize, theme: &Theme) -> Line<'a> {
+    match d.method {
+        DecodeMethod::EarlyExit { .. } => {
+            let mut spans = vec![Span::styled("exit layer ", theme.dim())];
+            for l in 1..=n_layer {
+                spans.push(Span::styled(format!("{l} "), theme.layer_color(l, n_layer + 1)));
+            }
+            Line::from(spans)
+        }
+        DecodeMethod::Speculative { .. } => Line::from(vec![
+            Span::styled("accepted draft", theme.ok()),
+            Span::styled(" · ", theme.dim()),
+            Span::styled("‹rejected›", theme.error().add_modifier(Modifier::CROSSED_OUT)),
+            Span::styled("replacement", theme.emphasis()),
+            Span::styled(" · ", theme.dim()),
+            Span::styled("full model", theme.title()),
+        ]),
+    }
+}

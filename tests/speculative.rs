@@ -1,0 +1,205 @@
+//! Self-speculative decoding is lossless: greedy output is token for token the full model's
+//! greedy output (fixture and both shipped models, many prompts, lengths, draft layers and
+//! draft lengths, up to the end of the context and end-of-text), and sampled output follows
+//! the full model's distribution.
+
+mod common;
+use alignscope::analysis::generate::{GenerateOptions, Generation, Sampling, StopReason, generate};
+use alignscope::analysis::speculative::{SpeculativeGeneration, SpeculativeOptions, TokenOrigin, generate_speculative, nucleus};
+use alignscope::model::decoder::{Decoder, with_cpu_model};
+use alignscope::model::{Checkpoint, Gpt2};
+use candle_core::Device;
+use common::*;
+use std::ops::ControlFlow;
+
+fn plain(model: &Gpt2, prompt: &[u32], max_new: usize, eos: Option<u32>) -> Generation {
+    let opts = GenerateOptions { exit_layer: model.n_layer(), max_new_tokens: max_new, sampling: Sampling::Greedy, eos };
+    generate(model, prompt, &opts, |_| ControlFlow::Continue(())).unwrap()
+}
+
+fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    let opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: gamma,
+        max_new_tokens: max_new,
+        sampling: Sampling::Greedy,
+        eos,
+    };
+    let mut seen = Vec::new();
+    let g = generate_speculative(model, prompt, &opts, |t, _, _| {
+        seen.push(t);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(seen, g.ids, "the callback sees every token in order");
+    g
+}
+
+/// Runs every (draft layer, draft length) pair against plain greedy decoding, with draft
+/// confidence thresholds from "always draft" to "rarely draft" spread over the pairs.
+fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize], max_new: usize, eos: Option<u32>) -> (usize, usize) {
+    let want = plain(model, prompt, max_new, eos);
+    let (mut drafted, mut accepted) = (0, 0);
+    for &e in layers {
+        for &k in lens {
+            let gamma = [0.0, 0.3, 0.6, 0.9][(e + k) % 4];
+            let g = spec(model, prompt, e, k, gamma, max_new, eos);
+            assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts, confidence {gamma}, prompt of {} tokens", prompt.len());
+            assert_eq!(g.stop, want.stop, "draft layer {e}, {k} drafts");
+            assert_eq!(g.origins.len(), g.ids.len());
+            let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
+            assert!(acc <= g.accepted && g.accepted <= g.drafted);
+            assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
+            drafted += g.drafted;
+            accepted += g.accepted;
+        }
+    }
+    (drafted, accepted)
+}
+
+fn prompts_from_text(ck: &Checkpoint, lens: &[usize]) -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(assets_dir().join("austen/persuasion.txt")).unwrap();
+    let ids = ck.tokenizer.encode(&text[..60_000], false).unwrap().get_ids().to_vec();
+    lens.iter().enumerate().map(|(i, &n)| ids[i * 997..i * 997 + n].to_vec()).collect()
+}
+
+#[test]
+fn greedy_is_identical_on_the_fixture() {
+    let ck = fixture();
+    let m = &ck.model;
+    for case in expected()["cases"].as_array().unwrap() {
+        let prompt = u32s(&case["input_ids"]);
+        check_identical(m, &prompt, &[1, 2, 3], &[1, 2, 3, 4, 6, 9], 40, None);
+    }
+    // To the end of the context (128 positions), from short and long prompts: the last
+    // rounds must shrink their drafts to the room that is left.
+    for prompt in prompts_from_text(&ck, &[3, 50, 117, 126, 128]) {
+        let want = plain(m, &prompt, 300, None);
+        assert_eq!(want.stop, StopReason::ContextFull);
+        assert_eq!(want.ids.len(), 128 - prompt.len() + 1);
+        check_identical(m, &prompt, &[1, 3], &[1, 4, 7], 300, None);
+    }
+}
+
+#[test]
+fn end_of_text_stops_where_plain_decoding_stops() {
+    let ck = fixture();
+    let m = &ck.model;
+    for prompt in prompts_from_text(&ck, &[5, 20]) {
+        let free = plain(m, &prompt, 40, None);
+        // Every token that occurs in the free run, taken as end-of-text in turn: it may
+        // fall on an accepted draft, a correction or a bonus token.
+        for &eos in free.ids.iter().take(12) {
+            let want = plain(m, &prompt, 40, Some(eos));
+            assert_eq!(want.stop, StopReason::EndOfText);
+            check_identical(m, &prompt, &[1, 2, 3], &[1, 3, 5], 40, Some(eos));
+        }
+    }
+}
+
+#[test]
+fn greedy_is_identical_on_the_shipped_models() {
+    let mut summary = Vec::new();
+    for name in ["austen-aligned", "austen-standard"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(name);
+        let ck = Checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
+        let m = &ck.model;
+        let (mut drafted, mut accepted) = (0, 0);
+        for prompt in prompts_from_text(&ck, &[1, 4, 9, 17, 33, 64]) {
+            let (d, a) = check_identical(m, &prompt, &[1, 3, 6, 9, 11], &[1, 2, 4, 7, 12], 48, None);
+            drafted += d;
+            accepted += a;
+        }
+        // Through the end of the context (256 positions) and with end-of-text.
+        for prompt in prompts_from_text(&ck, &[200, 251, 255]) {
+            check_identical(m, &prompt, &[2, 6], &[3, 8], 100, None);
+        }
+        let prompt = prompts_from_text(&ck, &[12]).remove(0);
+        let free = plain(m, &prompt, 30, None);
+        for &eos in free.ids.iter().take(8) {
+            check_identical(m, &prompt, &[3, 8], &[2, 5], 30, Some(eos));
+        }
+        summary.push((name, accepted as f64 / drafted as f64));
+    }
+    // Not a claim of this test, but a sanity check that drafts are being accepted at all.
+    for (name, rate) in &summary {
+        assert!(*rate > 0.05, "{name}: acceptance {rate}");
+    }
+}
+
+/// With sampling, the output follows the full model's nucleus distribution. On the fixture
+/// with a high temperature (a wide distribution) and drafts from block 1 (a poor draft, so
+/// rejections are frequent), the second generated token — the first one that goes through
+/// a draft and its verification — is compared with its exact distribution
+/// `sum_a p(a) p(b | a)`, computed by running the full model on every first token `a`.
+#[test]
+fn sampling_follows_the_full_model_distribution() {
+    let ck = fixture();
+    let m = &ck.model;
+    let prompt = u32s(&expected()["cases"][1]["input_ids"]);
+    let (temperature, top_p) = (1.6, 0.9);
+    let vocab = m.config.vocab_size;
+    let exact = with_cpu_model(m, |cm| {
+        let mut dec = Decoder::new(cm);
+        let mut x = dec.embed(&prompt, 0)?;
+        dec.blocks(0, cm.n_layer, &mut x, 0)?;
+        let mut logits = Vec::new();
+        dec.logits(&x[x.len() - cm.d..], &mut logits);
+        let first = nucleus(&logits, temperature, top_p);
+        let mut second = vec![0.0; vocab];
+        for (a, &pa) in first.iter().enumerate() {
+            if pa == 0.0 {
+                continue;
+            }
+            dec.truncate(prompt.len());
+            let mut x = dec.embed(&[a as u32], prompt.len())?;
+            dec.blocks(0, cm.n_layer, &mut x, prompt.len())?;
+            dec.logits(&x, &mut logits);
+            for (b, pb) in nucleus(&logits, temperature, top_p).into_iter().enumerate() {
+                second[b] += pa * pb;
+            }
+        }
+        Ok(second)
+    })
+    .unwrap();
+    let runs = 6000;
+    let mut counts = vec![0usize; vocab];
+    let (mut drafted, mut accepted) = (0, 0);
+    for seed in 0..runs {
+        let opts = SpeculativeOptions {
+            draft_layer: 1,
+            draft_len: 3,
+            draft_confidence: 0.0,
+            max_new_tokens: 3,
+            sampling: Sampling::TopP { p: top_p, temperature, seed },
+            eos: None,
+        };
+        let g = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
+        counts[g.ids[1] as usize] += 1;
+        drafted += g.drafted;
+        accepted += g.accepted;
+    }
+    assert!(accepted > 0 && accepted < drafted, "both outcomes of the rule occur: {accepted}/{drafted}");
+    // Pool the tokens with small expected counts, then Pearson's chi-square.
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let (mut rest_e, mut rest_o) = (0.0, 0.0);
+    for t in 0..vocab {
+        let e = exact[t] * runs as f64;
+        if e >= 10.0 {
+            cells.push((counts[t] as f64, e));
+        } else {
+            rest_e += e;
+            rest_o += counts[t] as f64;
+        }
+    }
+    cells.push((rest_o, rest_e));
+    let chi2: f64 = cells.iter().map(|(o, e)| (o - e).powi(2) / e).sum();
+    let dof = cells.len() - 1;
+    // The 99.9% quantile of chi-square, Wilson–Hilferty approximation.
+    let z = 3.09;
+    let k = dof as f64;
+    let q999 = k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3);
+    assert!(dof >= 5, "too few cells: {dof}");
+    assert!(chi2 < q999, "chi-square {chi2:.1} over {dof} degrees of freedom (99.9% quantile {q999:.1})");
+}
