@@ -4,9 +4,11 @@ randomly initialised GPT-2-124M with HF transformers (KV cache), on the CPU.
 
     python3 scripts/pytorch_decode_bench.py --threads 2 --tokens 32
 
+With --json it prints one JSON object instead (what `alignscope bench --compare-torch` reads).
 Needs torch and transformers.
 """
 import argparse
+import json
 import time
 
 import torch
@@ -17,6 +19,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -34,6 +37,11 @@ def main():
         model.generate(ids, max_new_tokens=a.tokens, min_new_tokens=a.tokens, do_sample=False, pad_token_id=0,
                        stopping_criteria=[Clock()])
     rate = (len(timings) - 1) / (timings[-1] - timings[0])
+    if a.json:
+        import transformers
+        print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "threads": a.threads,
+                          "tokens_per_sec": rate, "tokens": len(timings) - 1}))
+        return
     print(f"transformers {torch.__version__}, {a.threads} threads: GPT-2-124M greedy decode {rate:.1f} tokens/s ({1e3 / rate:.1f} ms/token)")
 
 

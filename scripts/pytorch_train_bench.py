@@ -4,9 +4,11 @@ aligned loss for the same GPT-2 configuration, batch and context, on the CPU.
 
     python3 scripts/pytorch_train_bench.py --threads 2 --layers 12 --d 128 --vocab 4096 --ctx 256 --batch 16
 
+With --json it prints one JSON object instead (what `alignscope bench --compare-torch` reads).
 Needs torch and transformers (pip install torch transformers).
 """
 import argparse
+import json
 import time
 
 import torch
@@ -23,14 +25,17 @@ def main():
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     a = ap.parse_args()
+    say = (lambda _line: None) if a.json else print
+    results = []
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=a.layers, n_embd=a.d, n_head=a.heads, vocab_size=a.vocab, n_positions=a.ctx,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     L = a.layers
     lambdas = [2 * l / (L * (L + 1)) for l in range(1, L + 1)]
-    print(f"PyTorch {torch.__version__}, {a.threads} threads: {L} layers, d {a.d}, vocab {a.vocab}, batch {a.batch} x ctx {a.ctx}")
+    say(f"PyTorch {torch.__version__}, {a.threads} threads: {L} layers, d {a.d}, vocab {a.vocab}, batch {a.batch} x ctx {a.ctx}")
     for kind in ["standard", "aligned"]:
         model = GPT2LMHeadModel(cfg)
         model.train()
@@ -63,7 +68,11 @@ def main():
             step()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         toks = steps * a.batch * a.ctx
-        print(f"  {kind:>8} loss: {toks / wall:.0f} tokens/s ({wall / steps:.2f} s/step wall, {cpu / steps:.2f} s/step CPU over {steps} steps)")
+        say(f"  {kind:>8} loss: {toks / wall:.0f} tokens/s ({wall / steps:.2f} s/step wall, {cpu / steps:.2f} s/step CPU over {steps} steps)")
+        results.append({"loss": kind, "tokens_per_sec": toks / wall, "wall_secs_per_step": wall / steps,
+                        "cpu_secs_per_step": cpu / steps, "steps": steps})
+    if a.json:
+        print(json.dumps({"torch": torch.__version__, "threads": a.threads, "losses": results}))
 
 
 if __name__ == "__main__":

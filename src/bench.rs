@@ -18,11 +18,14 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod compare;
+mod gemm;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: inference, decode (plain greedy vs self-speculative decoding on the
-    /// shipped Austen pair), train, tui (explorer frame times while scrubbing) or all
-    /// (inference, decode and train)
+    /// shipped Austen pair), train, gemm (GFLOP/s of each matrix product of a CPU training
+    /// step), tui (explorer frame times while scrubbing) or all (inference, decode and train)
     #[arg(long, default_value = "all")]
     pub what: String,
     /// Which models: fixture, gpt2 (random GPT-2-124M), or a checkpoint name/folder;
@@ -60,6 +63,14 @@ pub struct BenchArgs {
     /// Print one JSON object with every measurement instead of text
     #[arg(long)]
     pub json: bool,
+    /// Also show where a training step's time goes (embedding, layer norms, matmuls,
+    /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s
+    #[arg(long)]
+    pub profile: bool,
+    /// Also run the PyTorch/transformers counterparts (scripts/pytorch_*_bench.py, with the
+    /// PyTorch engine's Python) and print alignscope/PyTorch ratios from this one run
+    #[arg(long)]
+    pub compare_torch: bool,
 }
 
 fn project(p: &str) -> PathBuf {
@@ -245,9 +256,14 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         device.synchronize()?;
         // At least --train-steps, and at least ~3 s of steps so small models time well.
         let steps = a.train_steps.max((3.0 / w.elapsed().as_secs_f64().max(1e-3)) as usize);
+        reset_profile(&t);
         let (w0, c0) = (Instant::now(), cpu_time());
+        let mut data_secs = 0.0;
         for _ in 0..steps {
-            train_step(&t, &mut opt, &batch_data()?, &obj, 1e-4, 1.0)?;
+            let d0 = Instant::now();
+            let batch = batch_data()?;
+            data_secs += d0.elapsed().as_secs_f64();
+            train_step(&t, &mut opt, &batch, &obj, 1e-4, 1.0)?;
         }
         // The last optimizer update may still be queued on the device.
         device.synchronize()?;
@@ -266,7 +282,12 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
             toks / wall,
             wall / steps as f64
         ));
+        let profile = step_profile(&t, steps, wall, data_secs);
+        if a.profile {
+            print_profile(&profile, say);
+        }
         losses.push(serde_json::json!({
+            "profile": profile,
             "loss": name,
             "tokens_per_sec": toks / wall,
             "wall_secs_per_step": wall / steps as f64,
@@ -278,6 +299,9 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         "model": s.name,
         "label": s.label,
         "layers": n_layer,
+        "n_embd": s.model.config.n_embd,
+        "n_head": s.model.config.n_head,
+        "vocab": s.model.config.vocab_size,
         "batch": batch,
         "ctx": ctx,
         "losses": losses,
@@ -288,8 +312,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::device::parse_device(&a.device)?;
     let threads = candle_core::utils::get_num_threads();
     let what = a.what.as_str();
-    if !["all", "inference", "decode", "train", "tui"].contains(&what) {
-        bail!("--what must be inference, decode, train, tui or all")
+    if !["all", "inference", "decode", "train", "tui", "gemm"].contains(&what) {
+        bail!("--what must be inference, decode, train, gemm, tui or all")
     }
     if what == "tui" {
         return bench_tui(&a);
@@ -305,6 +329,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut inference = vec![];
     let mut decoding = vec![];
     let mut training = vec![];
+    if what == "gemm" {
+        let products = gemm::run(threads, a.compare_torch, &say)?;
+        if a.json {
+            println!("{}", serde_json::json!({ "arch": std::env::consts::ARCH, "cpu_threads": threads, "gemm": products }));
+        }
+        return Ok(());
+    }
     if what == "inference" || what == "all" {
         let models = if a.model.is_empty() { vec!["fixture".to_string(), "gpt2".to_string()] } else { a.model.clone() };
         for m in &models {
@@ -331,11 +362,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
             training.push(bench_train(s, &a, &device, batch, &say)?);
         }
     }
+    // Decoding batch 1 reads every weight once per token: memory bandwidth is its ceiling.
+    let bandwidth = (what == "inference" || what == "all").then(|| {
+        let bw = compare::read_bandwidth();
+        say(&format!("memory read bandwidth: {bw:.1} GB/s (parallel sum over 512 MiB, {threads} threads, best of 5)"));
+        bw
+    });
+    let torch = match a.compare_torch {
+        true => Some(compare::torch(threads, a.decode_tokens, &inference, &training, bandwidth, &say)?),
+        false => None,
+    };
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "arch": std::env::consts::ARCH,
+                "read_bandwidth_gb_per_sec": bandwidth,
+                "torch": torch,
                 "cpu_threads": threads,
                 "device": crate::model::device::device_name(&device),
                 "device_detail": device_text,
@@ -574,4 +617,45 @@ fn bench_tui(a: &BenchArgs) -> Result<()> {
         println!("  {:<14} median {:.2} ms, max {:.2} ms", view.title(), 1e3 * median(times), 1e3 * max);
     }
     Ok(())
+}
+
+fn reset_profile(t: &Trainable) {
+    if let Ok(mut ws) = t.workspace.lock() {
+        ws.profile = Default::default();
+    }
+}
+
+/// Seconds per step in each section of the CPU training step (empty on other devices),
+/// with the data and what none of the sections saw.
+fn step_profile(t: &Trainable, steps: usize, wall: f64, data_secs: f64) -> serde_json::Value {
+    use crate::train::cpu_step::Section;
+    let Ok(ws) = t.workspace.lock() else { return serde_json::Value::Null };
+    let p = &ws.profile;
+    if p.total().is_zero() {
+        return serde_json::Value::Null;
+    }
+    let per = |d: std::time::Duration| d.as_secs_f64() / steps as f64;
+    let mut sections: Vec<serde_json::Value> =
+        Section::ALL.iter().map(|&s| serde_json::json!({ "section": s.name(), "secs_per_step": per(p.get(s)) })).collect();
+    sections.push(serde_json::json!({ "section": "data", "secs_per_step": data_secs / steps as f64 }));
+    let rest = wall / steps as f64 - per(p.total()) - data_secs / steps as f64;
+    sections.push(serde_json::json!({ "section": "other", "secs_per_step": rest }));
+    let gflops = |fmas: u64, d: std::time::Duration| if d.is_zero() { None } else { Some(2.0 * fmas as f64 / d.as_secs_f64() / 1e9) };
+    serde_json::json!({
+        "wall_secs_per_step": wall / steps as f64,
+        "sections": sections,
+        "trunk_matmul_gflops": gflops(p.trunk_fmas, p.get(Section::TrunkMatmul)),
+        "head_matmul_gflops": gflops(p.head_fmas, p.get(Section::HeadMatmul)),
+    })
+}
+
+fn print_profile(p: &serde_json::Value, say: &dyn Fn(&str)) {
+    let Some(sections) = p["sections"].as_array() else { return };
+    let wall = p["wall_secs_per_step"].as_f64().unwrap_or(f64::NAN);
+    for s in sections {
+        let secs = s["secs_per_step"].as_f64().unwrap_or(f64::NAN);
+        say(&format!("      {:<20} {:>8.1} ms/step {:>5.1}%", s["section"].as_str().unwrap_or("?"), 1e3 * secs, 100.0 * secs / wall));
+    }
+    let g = |k: &str| p[k].as_f64().map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
+    say(&format!("      matmul GFLOP/s: trunk {}, shared head {}", g("trunk_matmul_gflops"), g("head_matmul_gflops")));
 }

@@ -4,6 +4,9 @@
 //! three times, for the baseline target, for AVX2+FMA and for AVX-512, and the widest the
 //! CPU supports is picked at run time.
 
+pub mod blas;
+pub mod layers;
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
@@ -162,6 +165,17 @@ dispatch! {
             let t = tanh(GELU_C * (x + 0.044715 * x * x * x));
             let du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
             *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+        }
+    }
+}
+
+dispatch! {
+    /// d GELU in place: `g = g * gelu'(x)`.
+    pub fn gelu_backward_in_place(x: &[f32], g: &mut [f32]) -> () {
+        for (d, &x) in g.iter_mut().zip(x) {
+            let t = tanh(GELU_C * (x + 0.044715 * x * x * x));
+            let du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
+            *d *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
         }
     }
 }

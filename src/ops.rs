@@ -10,9 +10,10 @@
 //! candle ops that have a backward pass; [`with_portable_ops`] forces those paths on the CPU too
 //! (that is how the CPU tests check what CUDA computes).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
+use crate::kernels::{blas, layers};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, InplaceOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 // ---------------------------------------------------------------- the portable path
 
@@ -149,14 +150,6 @@ pub fn layer_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
     xn.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Mean and 1/std of one row, in f64 like the reference's f32 kernels accumulate.
-fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
-    let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
-}
-
 struct LayerNormOp {
     eps: f64,
 }
@@ -178,16 +171,8 @@ impl CustomOp3 for LayerNormOp {
         let x = cpu_slice(s1, l1, "layer norm input")?;
         let w = cpu_slice(s2, l2, "layer norm weight")?;
         let b = cpu_slice(s3, l3, "layer norm bias")?;
-        let d = w.len();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * 64).zip(x.par_chunks(d * 64)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for i in 0..d {
-                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                }
-            }
-        });
+        let mut y = output_vec(x.len());
+        layers::layer_norm(x, w, b, self.eps, &mut y, None);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -233,46 +218,11 @@ impl CustomOp3 for LayerNormBackward {
         let dy = cpu_slice(s3, l3, "layer norm gradient")?;
         let d = w.len();
         let n = x.len() / d;
-        let mut out = vec![0f32; (n + 2) * d];
+        let mut out = output_vec((n + 2) * d);
         let (dx, rest) = out.split_at_mut(n * d);
-        let rows = 64;
-        // Partial sums per fixed block of rows, added in order: the result must not depend
-        // on how rayon happened to split the work (resumed runs are bit-identical).
-        let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
-            .par_chunks_mut(d * rows)
-            .zip(x.par_chunks(d * rows).zip(dy.par_chunks(d * rows)))
-            .map(|(dxc, (xc, dyc))| {
-                let mut dw = vec![0f64; d];
-                let mut db = vec![0f64; d];
-                let mut xhat = vec![0f32; d];
-                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut s1, mut s2) = (0f64, 0f64);
-                    for i in 0..d {
-                        xhat[i] = (xr[i] - mean) * rstd;
-                        let g = (dyr[i] * w[i]) as f64;
-                        s1 += g;
-                        s2 += g * xhat[i] as f64;
-                        dw[i] += (dyr[i] * xhat[i]) as f64;
-                        db[i] += dyr[i] as f64;
-                    }
-                    let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
-                    for i in 0..d {
-                        dxr[i] = (dyr[i] * w[i] - m1 - xhat[i] * m2) * rstd;
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
-        let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
-        for (pw, pb) in &partials {
-            dw.iter_mut().zip(pw).for_each(|(x, y)| *x += y);
-            db.iter_mut().zip(pb).for_each(|(x, y)| *x += y);
-        }
-        for i in 0..d {
-            rest[i] = dw[i] as f32;
-            rest[d + i] = db[i] as f32;
-        }
+        let (dw, db) = layers::layer_norm_backward(x, w, dy, self.eps, None, dx, false);
+        rest[..d].copy_from_slice(&dw);
+        rest[d..].copy_from_slice(&db);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }
@@ -297,101 +247,13 @@ struct CausalAttention {
     scale: f32,
 }
 
-/// The output buffer of a fused op, shared by rayon tasks that each write their own
-/// disjoint (strided) part of it: a head's columns of every row.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    /// The pointer; a method, so that closures capture the whole `SendPtr` (which is Send)
-    /// rather than its raw-pointer field (which is not).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: the pointer is only dereferenced by tasks writing disjoint elements while the
-// buffer it points into is alive (the op's output vector, dropped after the parallel loop).
-unsafe impl Send for SendPtr {}
-// SAFETY: as for Send: no two tasks access the same element.
-unsafe impl Sync for SendPtr {}
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `dst[m x n] = beta * lhs[m x k] @ rhs[k x n]`, all given by (pointer, row stride,
-/// column stride); single-threaded (the callers parallelise over heads).
-///
-/// # Safety
-/// For the given shapes and strides every element addressed in `dst`, `lhs` and `rhs` must
-/// lie inside a live allocation, and no other thread may touch the elements of `dst`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    dst_cs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    beta: f32,
-) {
-    // SAFETY: the caller guarantees the bounds and exclusive access (see above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 impl CausalAttention {
-    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    fn shape(&self, l: &Layout) -> Result<layers::AttentionShape> {
         let (b, t, c3) = l.shape().dims3()?;
         if c3 % (3 * self.n_head) != 0 {
             candle_core::bail!("qkv width {c3} is not 3 x n_head x head_dim")
         }
-        Ok((b, t, c3 / 3, c3 / 3 / self.n_head))
-    }
-
-    /// Softmax probabilities `p[t x t]` of head `(bi, h)` of the packed `qkv` (`[b, t, 3c]`);
-    /// entries above the diagonal are 0.
-    #[allow(clippy::too_many_arguments)]
-    fn probs(&self, qkv: &[f32], bi: usize, h: usize, t: usize, c: usize, hd: usize, p: &mut [f32]) {
-        let batch = &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c];
-        assert!(p.len() >= t * t && (h + 1) * hd <= c);
-        let (q, k) = (batch[h * hd..].as_ptr(), batch[c + h * hd..].as_ptr());
-        // p = scale * q k^T
-        // SAFETY: q and k address rows 0..t (stride 3c) and columns 0..hd of this head inside
-        // `batch`, which holds t rows of 3c; p is the caller's own t x t buffer.
-        unsafe { mm(t, t, hd, p.as_mut_ptr(), t, 1, q, 3 * c, 1, k, 1, 3 * c, self.scale) };
-        for i in 0..t {
-            let row = &mut p[i * t..(i + 1) * t];
-            crate::kernels::softmax_row(&mut row[..=i]);
-            row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
-        }
+        Ok(layers::AttentionShape { b, t, c: c3 / 3, n_head: self.n_head, scale: self.scale })
     }
 }
 
@@ -402,30 +264,10 @@ impl CustomOp1 for CausalAttention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = cpu_slice(s, l, "qkv")?;
-        let (b, t, c, hd) = self.dims(l)?;
-        let mut y = vec![0f32; b * t * c];
-        let yp = SendPtr(y.as_mut_ptr());
-        (0..b * self.n_head).into_par_iter().for_each(|task| {
-            let (bi, h) = (task / self.n_head, task % self.n_head);
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < t * t {
-                    s.resize(t * t, 0.0);
-                }
-                let p = &mut s[..t * t];
-                self.probs(qkv, bi, h, t, c, hd, p);
-                let v = qkv[bi * t * 3 * c + 2 * c + h * hd..].as_ptr();
-                // SAFETY: v addresses rows 0..t (stride 3c), columns 0..hd of this head's values
-                // inside qkv; `out` addresses rows 0..t (stride c), columns h*hd..(h+1)*hd of
-                // batch bi of y, which has b*t*c elements. Each task writes only its own
-                // (bi, h) block, so no two tasks write the same element.
-                unsafe {
-                    let out = yp.get().add(bi * t * c + h * hd);
-                    mm(t, hd, t, out, c, 1, p.as_ptr(), t, 1, v, 3 * c, 1, 1.0);
-                }
-            });
-        });
-        Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+        let shape = self.shape(l)?;
+        let mut y = output_vec(shape.b * shape.t * shape.c);
+        layers::attention(&shape, qkv, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((shape.b, shape.t, shape.c))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -442,56 +284,22 @@ impl CustomOp2 for CausalAttentionBackward {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let a = self.0;
         let qkv = cpu_slice(s1, l1, "qkv")?;
         let dy = cpu_slice(s2, l2, "attention gradient")?;
-        let (b, t, c, hd) = a.dims(l1)?;
-        let mut dqkv = vec![0f32; qkv.len()];
-        if dy.len() != b * t * c {
-            candle_core::bail!("attention gradient has {} elements, expected {}", dy.len(), b * t * c)
+        let shape = self.0.shape(l1)?;
+        if dy.len() != shape.b * shape.t * shape.c {
+            candle_core::bail!("attention gradient has {} elements, expected {}", dy.len(), shape.b * shape.t * shape.c)
         }
-        let dp_out = SendPtr(dqkv.as_mut_ptr());
-        (0..b * a.n_head).into_par_iter().for_each(|task| {
-            let (bi, h) = (task / a.n_head, task % a.n_head);
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < 2 * t * t {
-                    s.resize(2 * t * t, 0.0);
-                }
-                let (p, dp) = s[..2 * t * t].split_at_mut(t * t);
-                a.probs(qkv, bi, h, t, c, hd, p);
-                let base = &qkv[bi * t * 3 * c..];
-                let (q, k, v) = (base[h * hd..].as_ptr(), base[c + h * hd..].as_ptr(), base[2 * c + h * hd..].as_ptr());
-                let g = dy[bi * t * c + h * hd..].as_ptr();
-                // SAFETY: q, k, v (in qkv) and g (in dy) address rows 0..t of this head's hd
-                // columns with strides 3c and c, inside their slices (lengths checked above);
-                // dq, dk, dv address the same head's columns of batch bi of dqkv (same shape as
-                // qkv). Each task writes only its own (bi, h) columns of dqkv, so no two tasks
-                // write the same element; p and dp are this thread's scratch.
-                unsafe {
-                    let gbase = dp_out.get().add(bi * t * 3 * c);
-                    let (dq, dk, dv) = (gbase.add(h * hd), gbase.add(c + h * hd), gbase.add(2 * c + h * hd));
-                    // dv = p^T dy
-                    mm(t, hd, t, dv, 3 * c, 1, p.as_ptr(), 1, t, g, c, 1, 1.0);
-                    // dp = dy v^T
-                    mm(t, t, hd, dp.as_mut_ptr(), t, 1, g, c, 1, v, 1, 3 * c, 1.0);
-                    // ds = p * (dp - rowsum(dp * p)) * scale, in place in dp
-                    for i in 0..t {
-                        let (pr, dr) = (&p[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
-                        let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(x, y)| x * y).sum();
-                        for j in 0..=i {
-                            dr[j] = pr[j] * (dr[j] - dot) * a.scale;
-                        }
-                        dr[i + 1..].iter_mut().for_each(|v| *v = 0.0);
-                    }
-                    // dq = ds k ; dk = ds^T q
-                    mm(t, hd, t, dq, 3 * c, 1, dp.as_ptr(), t, 1, k, 3 * c, 1, 1.0);
-                    mm(t, hd, t, dk, 3 * c, 1, dp.as_ptr(), 1, t, q, 3 * c, 1, 1.0);
-                }
-            });
-        });
+        let mut dqkv = output_vec(qkv.len());
+        layers::attention_backward(&shape, qkv, dy, &mut dqkv);
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
+}
+
+/// The output vector of a kernel that writes every element (zero-filled: safe Rust has no
+/// cheaper way to hand out floats).
+fn output_vec(n: usize) -> Vec<f32> {
+    vec![0f32; n]
 }
 
 // ---------------------------------------------------------------- linear
@@ -546,37 +354,9 @@ impl CustomOp3 for Linear {
             }
             return Ok((CpuStorage::F32(y), Shape::from((n, m))));
         }
-        let mut y = Vec::with_capacity(n * m);
-        for _ in 0..n {
-            y.extend_from_slice(b);
-        }
-        let threads = candle_core::utils::get_num_threads();
-        let par = if threads > 1 && n * m * k > 64 * 1024 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: y is [n, m], x is [n, k] and w is [k, m] (checked above), all row-major,
-        // and y is not aliased.
-        unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                y.as_mut_ptr(),
-                1,
-                m as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                m as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        let mut y = output_vec(n * m);
+        layers::broadcast_rows(b, None, &mut y);
+        blas::sgemm(n, m, k, 1.0, blas::Operand::n(x, k), blas::Operand::n(w, m), true, &mut y, m, true);
         Ok((CpuStorage::F32(y), Shape::from((n, m))))
     }
 
@@ -607,20 +387,7 @@ impl CustomOp1 for ColumnSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "column-sum input")?;
         let (_, m) = l.shape().dims2()?;
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(m * 128)
-            .map(|block| {
-                let mut acc = vec![0f32; m];
-                for row in block.chunks_exact(m) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f32; m];
-        for p in &partials {
-            out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
-        }
+        let out = layers::column_sums(x, m);
         Ok((CpuStorage::F32(out), Shape::from(m)))
     }
 }
@@ -636,8 +403,8 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(yc, xc)| crate::kernels::gelu(xc, yc));
+        let mut y = output_vec(x.len());
+        layers::gelu(x, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -656,10 +423,45 @@ impl CustomOp2 for GeluTanhBackward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "gelu input")?;
         let dy = cpu_slice(s2, l2, "gelu gradient")?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
-            .for_each(|(dc, (xc, gc))| crate::kernels::gelu_backward(xc, gc, dc));
+        let mut dx = dy.to_vec();
+        layers::gelu_backward_in_place(x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- in place
+
+/// Runs `f` on the host memory of the f32 CPU tensor `t`, which it may change in place
+/// (every tensor sharing that storage sees the change, as with `Var::set`, minus the copy).
+pub fn with_host_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    let mut out = None;
+    let op = HostMut(Cell::new(Some(|s: &mut [f32]| out = Some(f(s)))));
+    t.inplace_op1(&op)?;
+    drop(op);
+    out.ok_or_else(|| candle_core::Error::Msg("with_host_mut: the tensor is not in host memory".into()))
+}
+
+/// Runs `f` on the host memory of the f32 CPU tensor `t` (contiguous), without a copy.
+pub fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*s else { candle_core::bail!("with_host: the tensor is not in host memory") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("with_host: the tensor is not contiguous") };
+    Ok(f(&cpu.as_slice::<f32>()?[a..b]))
+}
+
+struct HostMut<F>(Cell<Option<F>>);
+
+impl<F: FnOnce(&mut [f32])> InplaceOp1 for HostMut<F> {
+    fn name(&self) -> &'static str {
+        "alignscope-host-mut"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = s else { candle_core::bail!("with_host_mut: the tensor is not f32") };
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("with_host_mut: the tensor is not contiguous") };
+        if let Some(f) = self.0.take() {
+            f(&mut data[a..b]);
+        }
+        Ok(())
     }
 }

@@ -142,6 +142,9 @@ pub fn loss_and_grads(
         bail!("objective has {} layer weights for {n_layer} layers", obj.layer_weights.len())
     }
     let (b, t) = inputs.dims2()?;
+    if super::cpu_step::supports(model) {
+        return loss_and_grads_cpu(model, inputs, targets, obj, grad_scale);
+    }
     let n = b * t;
     let d = model.config.n_embd;
     let hs = model.residuals(inputs)?;
@@ -196,6 +199,29 @@ pub fn loss_and_grads(
     let grads = surrogate.backward()?;
     let head_grad = head_grad.unwrap_or_else(|| head.zeros_like().expect("zeros"));
     Ok((LossValue { loss, layer_losses }, grads, head_grad))
+}
+
+/// [`loss_and_grads`] through the CPU training step ([`super::cpu_step`]): its gradients
+/// (the head's already folded into `wte` or `lm_head.weight`) in a `GradStore` under the
+/// model's parameters, and a zero head gradient.
+fn loss_and_grads_cpu(
+    model: &Gpt2,
+    inputs: &Tensor,
+    targets: &[u32],
+    obj: &Objective,
+    grad_scale: f64,
+) -> Result<(LossValue, GradStore, Tensor)> {
+    let (b, t) = inputs.dims2()?;
+    let ids = inputs.flatten_all()?.to_vec1::<u32>()?;
+    let mut ws = super::cpu_step::Workspace::new();
+    let batch = super::cpu_step::MicroBatch { ids: &ids, targets, b, t };
+    let value = super::cpu_step::accumulate_loss_and_grads(model, &batch, obj, grad_scale, &mut ws)?;
+    let mut store = GradStore::default();
+    for ((_, p), g) in model.params().iter().zip(std::mem::take(&mut ws.grads)) {
+        store.insert(p, Tensor::from_vec(g, p.shape(), p.device())?);
+    }
+    let head = model.head_weight().zeros_like()?;
+    Ok((value, store, head))
 }
 
 /// Gradients of every parameter (by name, `model.params()` order), the head's manual

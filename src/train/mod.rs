@@ -1,6 +1,7 @@
 //! The aligned training engine: losses, AdamW with saveable state, data, checkpoints that
 //! survive a kill at any moment, and a background job that speaks typed messages.
 pub mod config;
+pub mod cpu_step;
 pub mod data;
 pub mod events;
 pub mod follow;

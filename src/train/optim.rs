@@ -26,8 +26,9 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig, params: &[Var], decay: Vec<bool>) -> Result<Self> {
+        // Separate storage for each moment: the CPU update writes them in place.
         let m = params.iter().map(|p| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        let v = params.iter().map(|p| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { config, step: 0, m, v, decay })
     }
 
@@ -78,47 +79,109 @@ impl AdamW {
 
 impl AdamW {
     /// The same update as [`AdamW::step_scaled`], op for op, in one parallel pass per
-    /// parameter over host memory (candle would make a dozen single-threaded passes).
+    /// parameter over host memory, in place (candle would make a dozen single-threaded
+    /// passes and allocations).
     fn step_cpu(&mut self, params: &[Var], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
-        use rayon::prelude::*;
-        self.step += 1;
-        let c = self.config.clone();
-        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-        // 1 - beta in f64, then rounded, as torch (and the tensor path) do: computed in
-        // f32, 1 - 0.999 is off by 1.3e-5 of itself.
-        let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        let step_size = (lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let eps = c.eps as f32;
-        let gs = grad_scale as f32;
-        for i in 0..params.len() {
-            let shape = params[i].shape().clone();
-            let decay = if self.decay[i] { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
-            let mut p: Vec<f32> = params[i].as_tensor().flatten_all()?.to_vec1()?;
-            let g: Vec<f32> = grads[i].flatten_all()?.to_vec1()?;
-            let mut m: Vec<f32> = self.m[i].flatten_all()?.to_vec1()?;
-            let mut v: Vec<f32> = self.v[i].flatten_all()?.to_vec1()?;
-            p.par_chunks_mut(4096).zip(m.par_chunks_mut(4096)).zip(v.par_chunks_mut(4096)).zip(g.par_chunks(4096)).for_each(
-                |(((p, m), v), g)| {
-                    for j in 0..p.len() {
-                        let g = if gs == 1.0 { g[j] } else { g[j] * gs };
-                        let theta = if decay == 1.0 { p[j] } else { p[j] * decay };
-                        m[j] = m[j] * b1 + g * one_minus_b1;
-                        v[j] = v[j] * b2 + g * g * one_minus_b2;
-                        let denom = v[j].sqrt() / bc2_sqrt + eps;
-                        p[j] = theta - m[j] / denom * step_size;
-                    }
-                },
-            );
-            let device = params[i].device().clone();
-            params[i].set(&Tensor::from_vec(p, shape.clone(), &device)?)?;
-            self.m[i] = Tensor::from_vec(m, shape.clone(), &device)?;
-            self.v[i] = Tensor::from_vec(v, shape, &device)?;
+        if grads.len() != params.len() {
+            bail!("{} gradients for {} parameters", grads.len(), params.len())
+        }
+        let k = self.begin_step(lr, grad_scale);
+        for (i, g) in grads.iter().enumerate() {
+            let decay = self.decay_factor(i, lr);
+            crate::ops::with_host(&g.contiguous()?, |g| self.update_host(params, i, g, decay, &k))??;
         }
         Ok(())
     }
+
+    /// [`AdamW::step_scaled`] with the gradients in host memory (the CPU training step's
+    /// buffers, same order as `params`), updating parameters and moments in place.
+    pub fn step_host(&mut self, params: &[Var], grads: &[Vec<f32>], lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != params.len() {
+            bail!("{} gradients for {} parameters", grads.len(), params.len())
+        }
+        let k = self.begin_step(lr, grad_scale);
+        for (i, g) in grads.iter().enumerate() {
+            let decay = self.decay_factor(i, lr);
+            self.update_host(params, i, g, decay, &k)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the step and returns its constants.
+    fn begin_step(&mut self, lr: f64, grad_scale: f64) -> StepConstants {
+        self.step += 1;
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        StepConstants {
+            b1: c.beta1 as f32,
+            b2: c.beta2 as f32,
+            // 1 - beta in f64, then rounded, as torch (and the tensor path) do: computed in
+            // f32, 1 - 0.999 is off by 1.3e-5 of itself.
+            one_minus_b1: (1.0 - c.beta1) as f32,
+            one_minus_b2: (1.0 - c.beta2) as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: c.eps as f32,
+            gs: grad_scale as f32,
+        }
+    }
+
+    fn decay_factor(&self, i: usize, lr: f64) -> f32 {
+        if self.decay[i] { (1.0 - lr * self.config.weight_decay) as f32 } else { 1.0 }
+    }
+
+    /// One parameter's update, in place in the parameter's and the moments' storage.
+    fn update_host(&self, params: &[Var], i: usize, g: &[f32], decay: f32, k: &StepConstants) -> Result<()> {
+        use crate::ops::with_host_mut;
+        use rayon::prelude::*;
+        if g.len() != params[i].elem_count() {
+            bail!("gradient {i} has {} elements for a parameter of {}", g.len(), params[i].elem_count())
+        }
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32]| {
+            p.par_chunks_mut(4096).zip(m.par_chunks_mut(4096)).zip(v.par_chunks_mut(4096)).zip(g.par_chunks(4096)).for_each(
+                |(((p, m), v), g)| {
+                    for j in 0..p.len() {
+                        let g = if k.gs == 1.0 { g[j] } else { g[j] * k.gs };
+                        let theta = if decay == 1.0 { p[j] } else { p[j] * decay };
+                        m[j] = m[j] * k.b1 + g * k.one_minus_b1;
+                        v[j] = v[j] * k.b2 + g * g * k.one_minus_b2;
+                        let denom = v[j].sqrt() / k.bc2_sqrt + k.eps;
+                        p[j] = theta - m[j] / denom * k.step_size;
+                    }
+                },
+            )
+        };
+        with_host_mut(params[i].as_tensor(), |p| with_host_mut(&self.m[i], |m| with_host_mut(&self.v[i], |v| update(p, m, v))))???;
+        Ok(())
+    }
+}
+
+/// The per-step constants of an AdamW update.
+struct StepConstants {
+    b1: f32,
+    b2: f32,
+    one_minus_b1: f32,
+    one_minus_b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    gs: f32,
+}
+
+/// [`clip_coefficient`] for gradients in host memory: each gradient's sum of squares in
+/// f64 over fixed blocks, added in order.
+pub fn clip_coefficient_host(grads: &[Vec<f32>], max_norm: f64) -> (f64, f64) {
+    use rayon::prelude::*;
+    let sq: f64 = grads
+        .iter()
+        .map(|g| {
+            g.par_chunks(1 << 14).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).collect::<Vec<f64>>().iter().sum::<f64>()
+        })
+        .sum();
+    let norm = sq.sqrt();
+    let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    (norm, coef)
 }
 
 /// The global L2 norm of the gradients and the factor torch's `clip_grad_norm_` would

@@ -1,10 +1,12 @@
 //! One training step: micro-batches, loss, gradients, clipping, AdamW.
 
+use super::cpu_step::{MicroBatch, Workspace, accumulate_loss_and_grads};
 use super::loss::{LossValue, Objective, aligned_weights, collect_grads, loss_and_grads, standard_weights};
-use super::optim::{AdamW, AdamWConfig, clip_coefficient};
+use super::optim::{AdamW, AdamWConfig, clip_coefficient, clip_coefficient_host};
 use crate::model::Gpt2;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
+use std::sync::Mutex;
 
 /// A model whose parameters are candle `Var`s, so autograd reaches them and the
 /// optimizer can update them in place.
@@ -12,6 +14,9 @@ pub struct Trainable {
     pub model: Gpt2,
     pub vars: Vec<Var>,
     pub names: Vec<String>,
+    /// The CPU training step's buffers (activations, gradients, its profile), kept
+    /// from one step to the next.
+    pub workspace: Mutex<Workspace>,
 }
 
 impl Trainable {
@@ -24,7 +29,7 @@ impl Trainable {
             vars.push(v);
             Ok(shared)
         })?;
-        Ok(Self { model, vars, names })
+        Ok(Self { model, vars, names, workspace: Mutex::new(Workspace::new()) })
     }
 
     /// Which parameters get weight decay: all, or (nanoGPT) only the 2-D weight matrices
@@ -78,6 +83,9 @@ pub fn train_step(
     lr: f64,
     grad_clip: f64,
 ) -> Result<StepOutcome> {
+    if super::cpu_step::supports(&t.model) {
+        return train_step_cpu(t, opt, micro_batches, obj, lr, grad_clip);
+    }
     let k = micro_batches.len();
     let scale = 1.0 / k as f64;
     let mut total: Option<Vec<Tensor>> = None;
@@ -104,5 +112,42 @@ pub fn train_step(
         return Ok(StepOutcome { value, grad_norm });
     }
     opt.step_scaled(&t.vars, &grads, lr, coef)?;
+    Ok(StepOutcome { value, grad_norm })
+}
+
+/// [`train_step`] on the CPU: gradients accumulate in the workspace's buffers, and the
+/// norm and AdamW read them there.
+fn train_step_cpu(
+    t: &Trainable,
+    opt: &mut AdamW,
+    micro_batches: &[(Tensor, Vec<u32>)],
+    obj: &Objective,
+    lr: f64,
+    grad_clip: f64,
+) -> Result<StepOutcome> {
+    let mut ws = t.workspace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let k = micro_batches.len();
+    let scale = 1.0 / k as f64;
+    let mut value = LossValue { loss: 0.0, layer_losses: vec![0.0; t.model.n_layer()] };
+    ws.zero_grads();
+    for (inputs, targets) in micro_batches {
+        let (b, ctx) = inputs.dims2()?;
+        let ids = inputs.flatten_all()?.to_vec1::<u32>()?;
+        let batch = MicroBatch { ids: &ids, targets, b, t: ctx };
+        let v = accumulate_loss_and_grads(&t.model, &batch, obj, scale, &mut ws)?;
+        value.loss += v.loss * scale;
+        for (a, b) in value.layer_losses.iter_mut().zip(&v.layer_losses) {
+            *a += b * scale;
+        }
+    }
+    if !value.loss.is_finite() {
+        return Ok(StepOutcome { value, grad_norm: f64::NAN });
+    }
+    let started = std::time::Instant::now();
+    let (grad_norm, coef) = clip_coefficient_host(&ws.grads, grad_clip);
+    if grad_norm.is_finite() {
+        opt.step_host(&t.vars, &ws.grads, lr, coef)?;
+    }
+    ws.profile.add_optimizer(started.elapsed());
     Ok(StepOutcome { value, grad_norm })
 }

@@ -1,0 +1,296 @@
+//! Single-precision matrix products for the CPU paths, row-major like BLAS's `sgemm`,
+//! through the pure-Rust `gemm` crate.
+//!
+//! Parallel products split the output into fixed blocks of rows or columns, one
+//! sequential product each: no block's sum over `k` is ever split, so the result does not
+//! depend on which thread ran which block (resumed training runs are bit-identical).
+
+/// One operand of a product: a row-major matrix with `ld` floats between rows, read as is
+/// or transposed.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub trans: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// `data` as stored (`[rows, ld]`).
+    pub fn n(data: &'a [f32], ld: usize) -> Self {
+        Self { data, ld, trans: false }
+    }
+
+    /// `data` transposed: a `[rows, ld]` array read as its `[ld, rows]` transpose.
+    pub fn t(data: &'a [f32], ld: usize) -> Self {
+        Self { data, ld, trans: true }
+    }
+
+    /// Whether `op(data)` of `rows x cols` lies inside the slice.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        let (r, c) = if self.trans { (cols, rows) } else { (rows, cols) };
+        r == 0 || c == 0 || (c <= self.ld && (r - 1) * self.ld + c <= self.data.len())
+    }
+}
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_FMAS: usize = 1 << 18;
+
+/// `c[m x n] = alpha * op(a)[m x k] op(b)[k x n]`, added onto `c` when `accumulate`,
+/// spread over the rayon threads when `parallel` and large enough.
+///
+/// Panics if an operand does not hold the shape it is given (a programming error).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    accumulate: bool,
+    c: &mut [f32],
+    ldc: usize,
+    parallel: bool,
+) {
+    assert!(a.fits(m, k) && b.fits(k, n), "sgemm operands do not hold [{m}, {k}] x [{k}, {n}]");
+    assert!(n <= ldc && (m == 0 || (m - 1) * ldc + n <= c.len()), "sgemm output does not hold [{m}, {n}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_FMAS { rayon::current_num_threads() } else { 1 };
+    // SAFETY: the asserts above keep every element of op(a), op(b) and c inside its slice,
+    // and `c` is borrowed mutably, so nothing else reads or writes it meanwhile.
+    unsafe { sgemm_raw(m, n, k, alpha, raw(a), raw(b), accumulate, c.as_mut_ptr(), ldc, threads) }
+}
+
+/// An operand as a pointer, for [`sgemm_raw`].
+#[derive(Clone, Copy, Debug)]
+pub struct RawOperand {
+    pub ptr: *const f32,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+fn raw(o: Operand) -> RawOperand {
+    RawOperand { ptr: o.data.as_ptr(), ld: o.ld, trans: o.trans }
+}
+
+impl RawOperand {
+    /// The operand from its row `i` on (of `op(self)`).
+    ///
+    /// # Safety
+    /// Row `i` of `op(self)` must lie inside the operand's allocation.
+    unsafe fn at_row(self, i: usize) -> Self {
+        // SAFETY: the caller keeps the offset inside the allocation.
+        unsafe { Self { ptr: if self.trans { self.ptr.add(i) } else { self.ptr.add(i * self.ld) }, ..self } }
+    }
+
+    /// The operand from its column `j` on (of `op(self)`).
+    ///
+    /// # Safety
+    /// Column `j` of `op(self)` must lie inside the operand's allocation.
+    unsafe fn at_col(self, j: usize) -> Self {
+        // SAFETY: the caller keeps the offset inside the allocation.
+        unsafe { Self { ptr: if self.trans { self.ptr.add(j * self.ld) } else { self.ptr.add(j) }, ..self } }
+    }
+}
+
+/// A pointer that rayon tasks may carry; each writes only its own block through it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer; a method, so that closures capture the whole `OutPtr` (which is Send)
+    /// rather than its raw-pointer field (which is not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: tasks write disjoint blocks of the output (see `sgemm_raw`) while the caller
+// keeps it alive.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for OutPtr {}
+#[derive(Clone, Copy)]
+struct InPtr(RawOperand);
+// SAFETY: inputs are only read, and the caller keeps them alive and unchanged.
+unsafe impl Send for InPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for InPtr {}
+
+/// [`sgemm`] on pointers with `threads` blocks (1: on the calling thread).
+///
+/// # Safety
+/// Every element of `op(a)` (`m x k`), `op(b)` (`k x n`) and of `c` (`m` rows of `n`,
+/// `ldc` apart) must lie inside live allocations, and no other thread may access those
+/// elements of `c` during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: RawOperand,
+    b: RawOperand,
+    accumulate: bool,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if a.trans && !b.trans && m > n && threads > 1 {
+        // The gemm crate runs `a^T b` into a tall row-major output (the weight gradients
+        // `x^T dy`, the head's `g^T z`) at half the speed of the same sums posed
+        // transposed, `c^T = b^T a`, into a row-major buffer (measured with `alignscope
+        // bench --what gemm`): compute that, then add its transpose onto c. Only the
+        // large products spread over threads were measured; the attention kernels' small
+        // per-head products keep the direct path.
+        let flip = |o: RawOperand| RawOperand { trans: !o.trans, ..o };
+        let mut t = vec![0f32; n * m];
+        // SAFETY: op(b)^T and op(a)^T address the same elements as op(b) and op(a), which
+        // the caller vouched for; t holds n rows of m.
+        unsafe { sgemm_raw(n, m, k, alpha, flip(b), flip(a), false, t.as_mut_ptr(), m, threads) };
+        // SAFETY: forwarded from the caller: c's m rows of n, ldc apart.
+        unsafe { add_transposed(&t, m, n, accumulate, c, ldc, threads) };
+        return;
+    }
+    if threads <= 1 {
+        // SAFETY: forwarded from the caller.
+        unsafe { sequential(m, n, k, alpha, a, b, accumulate, c, ldc) };
+        return;
+    }
+    use rayon::prelude::*;
+    // Blocks along the longer side of c, whole multiples of the kernels' register tiles
+    // (48 rows, 32 columns), a few per thread so a slow thread does not hold up the rest.
+    let (along_rows, len, unit) = if m >= n { (true, m, 48) } else { (false, n, 32) };
+    let per = len.div_ceil(threads * 2).div_ceil(unit) * unit;
+    let blocks: Vec<(usize, usize)> = (0..len).step_by(per.max(1)).map(|s| (s, per.min(len - s))).collect();
+    let (a, b, c) = (InPtr(a), InPtr(b), OutPtr(c));
+    blocks.par_iter().for_each(|&(s, l)| {
+        let (a, b, c) = (a, b, c);
+        // SAFETY: block s..s+l of the rows (or columns) of c, and the matching rows of op(a)
+        // (or columns of op(b)), lie inside what the caller vouched for; blocks are disjoint,
+        // so no two tasks write the same element of c.
+        unsafe {
+            if along_rows {
+                sequential(l, n, k, alpha, a.0.at_row(s), b.0, accumulate, c.0.add(s * ldc), ldc);
+            } else {
+                sequential(m, l, k, alpha, a.0, b.0.at_col(s), accumulate, c.0.add(s), ldc);
+            }
+        }
+    });
+}
+
+/// `c[i, j] = t[j, i]` (or `+=` with `accumulate`) for the `m x n` output `c` and the
+/// `n x m` row-major `t`, in blocks of rows of `c` spread over `threads`.
+///
+/// # Safety
+/// `c`'s `m` rows of `n`, `ldc` apart, must lie inside a live allocation that no other
+/// thread accesses during the call.
+unsafe fn add_transposed(t: &[f32], m: usize, n: usize, accumulate: bool, c: *mut f32, ldc: usize, threads: usize) {
+    use rayon::prelude::*;
+    const ROWS: usize = 64;
+    let out = OutPtr(c);
+    let block = |i0: usize| {
+        let i1 = (i0 + ROWS).min(m);
+        for j in 0..n {
+            let src = &t[j * m + i0..j * m + i1];
+            for (r, &v) in src.iter().enumerate() {
+                // SAFETY: row i0 + r < m and column j < n lie inside c (the caller's
+                // guarantee); only this block writes rows i0..i1.
+                unsafe {
+                    let d = out.get().add((i0 + r) * ldc + j);
+                    *d = if accumulate { *d + v } else { v };
+                }
+            }
+        }
+    };
+    if threads <= 1 {
+        (0..m).step_by(ROWS).for_each(block);
+    } else {
+        (0..m).into_par_iter().step_by(ROWS).for_each(block);
+    }
+}
+
+/// One product on the calling thread.
+///
+/// # Safety
+/// As [`sgemm_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn sequential(m: usize, n: usize, k: usize, alpha: f32, a: RawOperand, b: RawOperand, accumulate: bool, c: *mut f32, ldc: usize) {
+    // (row stride, column stride) of op(x).
+    let strides = |o: RawOperand| if o.trans { (1isize, o.ld as isize) } else { (o.ld as isize, 1isize) };
+    let ((ars, acs), (brs, bcs)) = (strides(a), strides(b));
+    // SAFETY: forwarded from the caller; gemm reads op(a), op(b) and writes c only within
+    // the given shapes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            accumulate,
+            a.ptr,
+            acs,
+            ars,
+            b.ptr,
+            bcs,
+            brs,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of transposes, overwrite and accumulate, sequential and parallel,
+    /// against a plain triple loop in f64.
+    #[test]
+    fn products_match_a_triple_loop() {
+        let (m, n, k) = (150, 70, 33);
+        let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+        for (ta, tb, acc, par) in (0..16).map(|x| (x & 1 != 0, x & 2 != 0, x & 4 != 0, x & 8 != 0)) {
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 5);
+            let a: Vec<f32> = (0..ar * lda).map(val).collect();
+            let b: Vec<f32> = (0..br * ldb).map(|i| val(i + 7)).collect();
+            let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 3)).collect();
+            let mut c = c0.clone();
+            let oa = Operand { data: &a, ld: lda, trans: ta };
+            let ob = Operand { data: &b, ld: ldb, trans: tb };
+            // Large enough to be split when parallel.
+            let threads = if par { 3 } else { 1 };
+            // SAFETY: the shapes and leading dimensions fit the vectors above.
+            unsafe { sgemm_raw(m, n, k, 0.5, raw(oa), raw(ob), acc, c.as_mut_ptr(), ldc, threads) };
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = 0f64;
+                    for p in 0..k {
+                        let x = if ta { a[p * lda + i] } else { a[i * lda + p] };
+                        let y = if tb { b[j * ldb + p] } else { b[p * ldb + j] };
+                        s += x as f64 * y as f64;
+                    }
+                    let want = 0.5 * s + if acc { c0[i * ldc + j] as f64 } else { 0.0 };
+                    let got = c[i * ldc + j] as f64;
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "({ta}, {tb}, {acc}, {par}) [{i}, {j}]: {got} vs {want}");
+                }
+                // Padding between rows is untouched.
+                for j in n..ldc.min(c.len() - i * ldc) {
+                    assert_eq!(c[i * ldc + j], c0[i * ldc + j]);
+                }
+            }
+        }
+    }
+}
