@@ -24,8 +24,8 @@ if ! HF_HUB_OFFLINE=1 "$BIN" embed --text probe >/dev/null 2>&1; then
 fi
 
 if [ -z "${EXITS:-}" ]; then
-    EXITS=$(mktemp --suffix .json)
-    trap 'rm -f "$EXITS"' EXIT
+    # Inside the build folder: the report names the file it drew, and this name says what it is.
+    EXITS=target/exits-austen.json
     "$BIN" exits --ckpt austen-aligned --compare austen-standard \
         --data assets/austen/persuasion.txt ${MAX_CHUNKS:+--max-chunks "$MAX_CHUNKS"} \
         --gen-tokens 0 --json >"$EXITS"
