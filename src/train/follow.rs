@@ -211,6 +211,9 @@ impl RunFollower {
         writeln!(log, "\n=== {} started {:.0} (unix seconds): {}", env!("CARGO_PKG_NAME"), now_secs(), l.command_line())?;
         let err = log.try_clone()?;
         let launched_at = now_secs();
+        // The status an earlier run left in the folder (a resumed checkpoint carries one):
+        // never this run's, however recently it was written.
+        let earlier_status = read_status(&l.run_dir).and_then(|s| s.updated_at);
         let mut cmd = Command::new(&l.program);
         cmd.args(&l.args).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err));
         for (k, v) in &l.env {
@@ -225,7 +228,7 @@ impl RunFollower {
         }
         let child = cmd.spawn().map_err(|e| anyhow!("cannot start {}: {e}", l.program.display()))?;
         let pid = child.id();
-        let mut f = Self::spawn(l.run_dir.clone(), Watch::Child { child, launched_at });
+        let mut f = Self::spawn(l.run_dir.clone(), Watch::Child { child, launched_at, earlier_status });
         f.pid = Some(pid);
         Ok(f)
     }
@@ -306,8 +309,22 @@ impl Drop for RunFollower {
 }
 
 enum Watch {
-    Child { child: Child, launched_at: f64 },
+    Child { child: Child, launched_at: f64, earlier_status: Option<f64> },
     Attached,
+}
+
+impl Watch {
+    /// Whether a status belongs to the watched run: for a run started here, one written
+    /// after the start (the second of slack covers the two clocks' rounding) that is not
+    /// the status the folder held before.
+    fn owns(&self, s: &RunStatus) -> bool {
+        match self {
+            Watch::Child { launched_at, earlier_status, .. } => {
+                s.updated_at.is_some_and(|t| t + 1.0 >= *launched_at && earlier_status.is_none_or(|e| t > e))
+            }
+            Watch::Attached => true,
+        }
+    }
 }
 
 /// The metrics file as far as it has been read.
@@ -469,11 +486,7 @@ impl Watcher {
         };
         // This run's status: for a run started here, only one written after the start (an
         // older file belongs to an earlier run in the same folder).
-        let status = match (&self.watch, status) {
-            (Watch::Child { launched_at, .. }, Some(s)) if s.updated_at.is_some_and(|t| t + 1.0 >= *launched_at) => Some(s),
-            (Watch::Child { .. }, _) => None,
-            (Watch::Attached, s) => s,
-        };
+        let status = status.filter(|s| self.watch.owns(s));
         if !self.started {
             if let Some(s) = &status {
                 self.start_from_status(s);
@@ -557,10 +570,7 @@ impl Watcher {
     }
 
     fn is_fresh(&self, s: &RunStatus) -> bool {
-        match &self.watch {
-            Watch::Child { launched_at, .. } => s.updated_at.is_some_and(|t| t + 1.0 >= *launched_at),
-            Watch::Attached => true,
-        }
+        self.watch.owns(s)
     }
 
     fn start_from_status(&mut self, s: &RunStatus) {
