@@ -2,7 +2,7 @@
 //! matrices over every position of the evaluated chunks (the paper's Figures 1–3 measure
 //! similarity over a dataset, not one prompt).
 
-use super::eval::chunk_ranges;
+use super::eval::checked_chunks;
 use super::similarity::CorpusSimilarity;
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
@@ -37,19 +37,7 @@ pub fn text_similarity(
     max_chunks: Option<usize>,
     mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<TextSimilarity> {
-    if ctx < 2 {
-        bail!("--ctx must be at least 2 tokens")
-    }
-    if ctx > model.config.n_positions {
-        bail!("--ctx {ctx} is longer than the model's context of {} tokens", model.config.n_positions)
-    }
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
-        bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
-    }
-    let ranges = chunk_ranges(ids.len(), ctx, max_chunks);
-    if ranges.is_empty() {
-        bail!("the text has fewer than 2 tokens: nothing to compare")
-    }
+    let ranges = checked_chunks(model, ids, ctx, max_chunks, "compare")?;
     let (k, d) = (model.n_layer() + 1, model.config.n_embd);
     // Batches of ~4096 positions: one gemm of (k d)^2 x 4096 each.
     let batch = (4096 / ranges[0].len()).max(1);

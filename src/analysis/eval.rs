@@ -45,6 +45,29 @@ impl EvalReport {
     }
 }
 
+/// The chunks of `ids` that a pass over a text runs ([`chunk_ranges`]), after checking that
+/// the model can take them: `ctx` in 2..=its context, every id in its vocabulary, and at
+/// least one chunk (`what` names the pass in the error, e.g. "evaluate").
+pub fn checked_chunks(model: &Gpt2, ids: &[u32], ctx: usize, max_chunks: Option<usize>, what: &str) -> Result<Vec<std::ops::Range<usize>>> {
+    if ctx < 2 {
+        bail!("--ctx must be at least 2 tokens")
+    }
+    if ctx > model.config.n_positions {
+        bail!("--ctx {ctx} is longer than the model's context of {} tokens", model.config.n_positions)
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
+        bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
+    }
+    if max_chunks == Some(0) {
+        bail!("max_chunks is 0: nothing to {what}")
+    }
+    let ranges = chunk_ranges(ids.len(), ctx, max_chunks);
+    if ranges.is_empty() {
+        bail!("the text has fewer than 2 tokens: nothing to {what}")
+    }
+    Ok(ranges)
+}
+
 /// Consecutive non-overlapping chunks of `ctx` tokens from the start. A text shorter than
 /// one chunk (but with at least two tokens) is evaluated as a single shorter chunk.
 pub fn chunk_ranges(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> Vec<std::ops::Range<usize>> {
@@ -129,23 +152,7 @@ pub fn evaluate(
     opts: &EvalOptions,
     mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<EvalReport> {
-    let ctx = opts.ctx;
-    if ctx < 2 {
-        bail!("--ctx must be at least 2 tokens")
-    }
-    if ctx > model.config.n_positions {
-        bail!("--ctx {ctx} is longer than the model's context of {} tokens", model.config.n_positions)
-    }
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
-        bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
-    }
-    if opts.max_chunks == Some(0) {
-        bail!("max_chunks is 0: nothing to evaluate")
-    }
-    let ranges = chunk_ranges(ids.len(), ctx, opts.max_chunks);
-    if ranges.is_empty() {
-        bail!("the text has fewer than 2 tokens: nothing to evaluate")
-    }
+    let ranges = checked_chunks(model, ids, opts.ctx, opts.max_chunks, "evaluate")?;
     let n_layer = model.n_layer();
     let (d, vocab) = (model.config.n_embd, model.config.vocab_size);
     // Batch chunks so that one layer's logits stay under ~128 MB.
@@ -235,7 +242,7 @@ pub fn evaluate(
         layers: n_layer,
         tokens: n_pred,
         chunks: ranges.len(),
-        ctx,
+        ctx: opts.ctx,
         ppl: ce.iter().map(|c| c.exp()).collect(),
         acc: hits.iter().map(|&h| h as f64 / n_pred as f64).collect(),
         ce,

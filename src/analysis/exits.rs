@@ -10,7 +10,7 @@
 //! wall-clock time.
 
 use super::early_exit::ExitMeasure;
-use super::eval::chunk_ranges;
+use super::eval::checked_chunks;
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
 use candle_core::Tensor;
@@ -63,19 +63,7 @@ pub fn trace_exits(
     measure: ExitMeasure,
     mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<ExitTrace> {
-    if ctx < 2 {
-        bail!("--ctx must be at least 2 tokens")
-    }
-    if ctx > model.config.n_positions {
-        bail!("--ctx {ctx} is longer than the model's context of {} tokens", model.config.n_positions)
-    }
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
-        bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
-    }
-    let ranges = chunk_ranges(ids.len(), ctx, max_chunks);
-    if ranges.is_empty() {
-        bail!("the text has fewer than 2 tokens: nothing to evaluate")
-    }
+    let ranges = checked_chunks(model, ids, ctx, max_chunks, "evaluate")?;
     let n_layer = model.n_layer();
     let (d, vocab) = (model.config.n_embd, model.config.vocab_size);
     let mut t = ExitTrace { n_layer, measure, targets: vec![], argmax: vec![], value: vec![], chunks: ranges.len(), ctx };
