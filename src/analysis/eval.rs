@@ -59,7 +59,7 @@ pub fn checked_chunks(model: &Gpt2, ids: &[u32], ctx: usize, max_chunks: Option<
         bail!("token id {bad} is outside the model's vocabulary of {}", model.config.vocab_size)
     }
     if max_chunks == Some(0) {
-        bail!("max_chunks is 0: nothing to {what}")
+        bail!("--max-chunks 0 leaves nothing to {what}")
     }
     let ranges = chunk_ranges(ids.len(), ctx, max_chunks);
     if ranges.is_empty() {
