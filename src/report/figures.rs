@@ -31,14 +31,7 @@ fn similarity_figure(r: &Report, cka: bool) -> Figure {
         .collect();
     if let Some(d) = &r.difference {
         let diff = if cka { &d.cka } else { &d.cos };
-        let max_abs = diff.iter().flatten().flatten().map(|x| x.abs()).fold(0.0, f64::max);
-        panels.push(Panel::Heatmap {
-            title: "A − B".into(),
-            matrix: diff.clone(),
-            scale: ColorScale::Diverging { max_abs: (max_abs * 100.0).ceil() / 100.0 },
-            axis: "layer".into(),
-            bar: format!("Δ {metric}"),
-        });
+        panels.push(Panel::difference(diff.clone(), metric));
     }
     Figure {
         title: format!("{metric} between layers over {} positions of {}", r.models[0].similarity.positions, file_name(&r.data)),

@@ -94,6 +94,21 @@ pub enum Panel {
     Text { title: String, lines: Vec<(String, RGBColor)> },
 }
 
+impl Panel {
+    /// The `A − B` heatmap of two layer × layer matrices of `metric`, on a diverging scale
+    /// symmetric around 0 (rounded up to the hundredth).
+    pub fn difference(diff: Vec<Vec<Option<f64>>>, metric: &str) -> Panel {
+        let max_abs = diff.iter().flatten().flatten().map(|x| x.abs()).fold(0.0, f64::max);
+        Panel::Heatmap {
+            title: "A − B".into(),
+            matrix: diff,
+            scale: ColorScale::Diverging { max_abs: (max_abs * 100.0).ceil() / 100.0 },
+            axis: "layer".into(),
+            bar: format!("Δ {metric}"),
+        }
+    }
+}
+
 /// One cell of a [`Panel::Grid`]: its text, the value its colour shows (0..1) and whether
 /// it is marked (the lens top-1 equals the actual next token).
 #[derive(Debug, Clone, PartialEq)]

@@ -83,14 +83,7 @@ fn similarity(app: &App) -> std::result::Result<ExportJob, String> {
     {
         let diff: Vec<Vec<Option<f64>>> =
             a.iter().zip(b.iter()).map(|(r, s)| r.iter().zip(s).map(|(p, q)| Some((*p)? - (*q)?)).collect()).collect();
-        let max_abs = diff.iter().flatten().flatten().map(|x| x.abs()).fold(0.0, f64::max);
-        panels.push(Panel::Heatmap {
-            title: "A − B".into(),
-            matrix: diff.clone(),
-            scale: ColorScale::Diverging { max_abs: (max_abs * 100.0).ceil() / 100.0 },
-            axis: "layer".into(),
-            bar: format!("Δ {metric}"),
-        });
+        panels.push(Panel::difference(diff.clone(), metric));
         data["difference"] = json!(diff);
     }
     let n = app.tokens().map_or(0, |t| t.len());
