@@ -173,7 +173,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Sentence encoder for coherence: a sentence-transformers BERT (folder, name or hub
-    /// id), or `self` (default: all-MiniLM-L6-v2 when it is here, else self)
+    /// id), or `self` (default: all-MiniLM-L6-v2 when it is here, else self). Text streamed
+    /// to a terminal shows diversity and coherence only when this is given
     #[arg(long)]
     pub embedder: Option<String>,
 }
@@ -439,6 +440,12 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         };
         results.push(g);
     }
+    if stream && a.embedder.is_none() {
+        // On a terminal the streamed text is the whole output unless an encoder is named:
+        // coherence embeds the prompt and the continuation (with the self-embedding, a
+        // forward pass over the whole text), a cost per generated token not asked for.
+        return Ok(());
+    }
     let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
     let encoder = SentenceEncoder::open(&choice, &ck.name, &ck.model, &ck.tokenizer, ck.model.device())?;
     let embedder = encoder.info(&choice);
@@ -471,7 +478,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             head = one;
         }
         out(&head.to_string());
-    } else if !stream {
+    } else {
         for (g, o) in results.iter().zip(&objs) {
             out(&format!(
                 "── exit layer {} (diversity {}, coherence {})",
@@ -479,7 +486,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
                 fmt_opt(o["diversity"].as_f64(), 0, 3),
                 fmt_opt(o["coherence"].as_f64(), 0, 3)
             ));
-            out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
+            if !stream {
+                out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
+            }
         }
         out(&embedder_line(&embedder));
     }
