@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod compare;
+mod decode_profile;
 mod gemm;
 
 #[derive(Args, Debug)]
@@ -64,7 +65,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Also show where a training step's time goes (embedding, layer norms, matmuls,
-    /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s
+    /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s,
+    /// and where a decode step's time goes (each part of a block, the shared head)
     #[arg(long)]
     pub profile: bool,
     /// Also run the PyTorch/transformers counterparts (scripts/pytorch_*_bench.py, with the
@@ -212,6 +214,13 @@ fn bench_inference(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<ser
             "tokens": count - 1,
         }));
     }
+    let profile = match a.profile {
+        true => decode_profile::profile(m, &ids[..8.min(ids.len())], a.decode_tokens)?,
+        false => None,
+    };
+    if let Some(p) = &profile {
+        decode_profile::print(p, say);
+    }
     Ok(serde_json::json!({
         "model": s.name,
         "label": s.label,
@@ -220,6 +229,7 @@ fn bench_inference(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<ser
         "analysis_ms_median": analysis_ms,
         "analysis_runs": a.reps,
         "decode": decode,
+        "decode_profile": profile,
     }))
 }
 

@@ -8,9 +8,9 @@
 //! concatenated anew at every step. Here a token costs one pass over the weights.
 //!
 //! Every computation is per row: a row's result does not depend on how many rows are
-//! processed together, nor on how the work is split among threads (linear layers split
-//! output columns, each output sums its inputs in a fixed order; attention runs row by
-//! row). So verifying K drafted tokens in one batched pass gives bit for bit what decoding
+//! processed together, nor on how the work is split among threads (each output of a linear
+//! layer sums its inputs in an order fixed by the layer's shape; the classifier splits its
+//! outputs; attention runs row by row). So verifying K drafted tokens in one batched pass gives bit for bit what decoding
 //! them one at a time gives — what makes self-speculative decoding lossless by construction.
 
 use super::config::Activation;
@@ -19,6 +19,7 @@ use crate::kernels::HeadCache;
 use anyhow::{Result, bail};
 use candle_core::{CpuStorage, Layout, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
+use std::time::Instant;
 
 /// Linear layers and the classifier with at least this many weights are split among the
 /// threads; smaller ones (the Austen blocks: 16k-65k weights) run on one core, where a
@@ -167,31 +168,46 @@ pub struct CpuModel<'a> {
     zeros: Vec<f32>,
 }
 
+/// Rows of a split linear layer's weights summed into one partial result (see
+/// [`linear_cols`]). Fixed, so that an output's sum has the same order however many rows
+/// are computed and however many threads share them.
+const K_CHUNK: usize = 192;
+
 /// `y = x @ w + b` (`x: [m, k]`, `w: [k, n]`, `b: [n]`) over the output columns `c0..c0+nb`
 /// of `w`; `y` is `[m, nb]`.
+///
+/// A layer of at least [`PAR_MIN_WEIGHTS`] weights is split among the threads by its input
+/// rows: each task reads [`K_CHUNK`] consecutive rows of `w` — one contiguous stretch of
+/// memory — into a partial result, and the partials are added to the bias in their order.
+/// Decoding one row is bound by reading the weights, and contiguous stretches read faster
+/// than the strided column blocks a split by outputs reads, most of all for narrow outputs
+/// (`c_proj`: 14 → 20 GB/s in `bench --profile`). Whether a layer is split depends on the
+/// whole matrix, not on `nb`: the k and v columns early exit computes on their own sum as
+/// they do inside the full projection.
 fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usize, y: &mut Vec<f32>) {
     let (m, n) = (x.len() / k, b.len());
     y.clear();
     for _ in 0..m {
         y.extend_from_slice(&b[c0..c0 + nb]);
     }
-    if k * nb < PAR_MIN_WEIGHTS {
+    if k * n < PAR_MIN_WEIGHTS {
         crate::kernels::matrix_cols_accumulate(x, k, w, n, c0, nb, y);
         return;
     }
-    let blocks = column_split(nb, 64);
-    let parts: Vec<Vec<f32>> = blocks
+    let starts: Vec<usize> = (0..k).step_by(K_CHUNK).collect();
+    let parts: Vec<Vec<f32>> = starts
         .par_iter()
-        .map(|&(s, len)| {
-            let mut part = Vec::with_capacity(m * len);
-            for r in 0..m {
-                part.extend_from_slice(&y[r * nb + s..r * nb + s + len]);
-            }
-            crate::kernels::matrix_cols_accumulate(x, k, w, n, c0 + s, len, &mut part);
+        .map(|&i0| {
+            let kk = K_CHUNK.min(k - i0);
+            let xs: Vec<f32> = (0..m).flat_map(|r| x[r * k + i0..r * k + i0 + kk].iter().copied()).collect();
+            let mut part = vec![0f32; m * nb];
+            crate::kernels::matrix_cols_accumulate(&xs, kk, &w[i0 * n..(i0 + kk) * n], n, c0, nb, &mut part);
             part
         })
         .collect();
-    scatter_columns(&blocks, &parts, m, nb, y);
+    for part in &parts {
+        y.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
 }
 
 /// Splits `n` columns into a few blocks per thread, each a multiple of `align`.
@@ -271,6 +287,64 @@ impl CpuModel<'_> {
     }
 }
 
+/// The parts of a block a decode step is timed by (`alignscope bench --profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockPart {
+    /// `ln_1` and `ln_2`.
+    LayerNorm,
+    /// The q, k, v projection (`attn.c_attn`) and storing keys and values.
+    Qkv,
+    Attention,
+    /// The attention output projection (`attn.c_proj`) and its residual add.
+    AttnProj,
+    /// The MLP's up projection (`mlp.c_fc`).
+    Fc,
+    /// The MLP's activation.
+    Activation,
+    /// The MLP's down projection (`mlp.c_proj`) and its residual add.
+    FcProj,
+}
+
+impl BlockPart {
+    pub const ALL: [BlockPart; 7] = [
+        BlockPart::LayerNorm,
+        BlockPart::Qkv,
+        BlockPart::Attention,
+        BlockPart::AttnProj,
+        BlockPart::Fc,
+        BlockPart::Activation,
+        BlockPart::FcProj,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockPart::LayerNorm => "layer norms",
+            BlockPart::Qkv => "c_attn (q, k, v)",
+            BlockPart::Attention => "attention",
+            BlockPart::AttnProj => "attn c_proj",
+            BlockPart::Fc => "mlp c_fc",
+            BlockPart::Activation => "activation",
+            BlockPart::FcProj => "mlp c_proj",
+        }
+    }
+}
+
+/// Time spent in each [`BlockPart`] over every block run while it is switched on, and the
+/// bytes of weights each part read: what bandwidth each part reaches.
+#[derive(Debug, Clone, Default)]
+pub struct BlockProfile {
+    pub secs: [f64; 7],
+    pub weight_bytes: [usize; 7],
+}
+
+impl BlockProfile {
+    fn add(&mut self, part: BlockPart, secs: f64, weights: usize) {
+        let i = BlockPart::ALL.iter().position(|&p| p == part).expect("a part");
+        self.secs[i] += secs;
+        self.weight_bytes[i] += 4 * weights;
+    }
+}
+
 /// Scratch buffers reused from token to token.
 #[derive(Default)]
 struct Scratch {
@@ -292,12 +366,14 @@ pub struct Decoder<'m, 'a> {
     values: Vec<Vec<f32>>,
     filled: Vec<usize>,
     s: Scratch,
+    /// When set, every block run adds its time per part (a clock read per part and block).
+    pub profile: Option<BlockProfile>,
 }
 
 impl<'m, 'a> Decoder<'m, 'a> {
     pub fn new(model: &'m CpuModel<'a>) -> Self {
         let n = model.n_layer;
-        Self { model, keys: vec![Vec::new(); n], values: vec![Vec::new(); n], filled: vec![0; n], s: Scratch::default() }
+        Self { model, keys: vec![Vec::new(); n], values: vec![Vec::new(); n], filled: vec![0; n], s: Scratch::default(), profile: None }
     }
 
     /// Positions cached in block `layer` (0-based).
@@ -369,20 +445,38 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let rows = x.len() / d;
         let w = &m.blocks[layer];
         let mut s = std::mem::take(&mut self.s);
+        let mut clock = self.profile.as_ref().map(|_| Instant::now());
         layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
+        self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
         linear_cols(&s.normed, d, w.attn, 0, 3 * d, &mut s.qkv);
         self.store_kv(layer, &s.qkv, 3 * d, pos0);
+        self.tick(&mut clock, BlockPart::Qkv, w.attn.0.len() + w.attn.1.len());
         self.attention(layer, &s.qkv, pos0, &mut s.att, &mut s.scores);
+        self.tick(&mut clock, BlockPart::Attention, 0);
         linear_cols(&s.att, d, w.attn_proj, 0, d, &mut s.proj);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
+        self.tick(&mut clock, BlockPart::AttnProj, w.attn_proj.0.len() + w.attn_proj.1.len());
         layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
+        self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
         linear_cols(&s.normed, d, w.fc, 0, inner, &mut s.hidden);
+        self.tick(&mut clock, BlockPart::Fc, w.fc.0.len() + w.fc.1.len());
         activate(m.activation, &mut s.hidden, &mut s.act);
+        self.tick(&mut clock, BlockPart::Activation, 0);
         linear_cols(&s.hidden, inner, w.fc_proj, 0, d, &mut s.proj);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
+        self.tick(&mut clock, BlockPart::FcProj, w.fc_proj.0.len() + w.fc_proj.1.len());
         debug_assert_eq!(s.proj.len(), rows * d);
         self.s = s;
         Ok(())
+    }
+
+    /// Adds the time since `clock` to `part` when profiling (`clock` is `None` otherwise).
+    fn tick(&mut self, clock: &mut Option<Instant>, part: BlockPart, weights: usize) {
+        if let (Some(p), Some(t)) = (&mut self.profile, clock.as_mut()) {
+            let now = Instant::now();
+            p.add(part, (now - *t).as_secs_f64(), weights);
+            *t = now;
+        }
     }
 
     /// Appends to block `layer`'s cache the keys and values it would compute from input
@@ -474,7 +568,18 @@ mod tests {
     /// at every layer.
     #[test]
     fn matches_the_tensor_model() {
-        let cfg = Gpt2Config::new(3, 64, 4, 300, 40);
+        matches_the_tensor_model_on(Gpt2Config::new(3, 64, 4, 300, 40));
+    }
+
+    /// The same with the MLP big enough to be split among threads by input rows.
+    #[test]
+    fn matches_the_tensor_model_with_split_layers() {
+        let cfg = Gpt2Config::new(3, 512, 8, 300, 40);
+        assert!(cfg.n_embd * cfg.inner_dim() >= PAR_MIN_WEIGHTS);
+        matches_the_tensor_model_on(cfg);
+    }
+
+    fn matches_the_tensor_model_on(cfg: Gpt2Config) {
         let model = Gpt2::random(cfg, 3, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 300).collect();
         with_cpu_model(&model, |m| {
@@ -503,10 +608,18 @@ mod tests {
     }
 
     /// A batch of rows gives bit for bit what the rows give one at a time, with the work
-    /// split among threads or not (a classifier big enough to be split).
+    /// split among threads or not (a classifier big enough to be split; then linear
+    /// layers big enough to be split too).
     #[test]
     fn rows_are_independent_of_batching() {
-        let cfg = Gpt2Config::new(2, 256, 4, 4096, 64);
+        rows_are_independent_of_batching_on(Gpt2Config::new(2, 256, 4, 4096, 64));
+        let split = Gpt2Config::new(2, 512, 8, 4096, 64);
+        assert!(split.n_embd * split.inner_dim() >= PAR_MIN_WEIGHTS);
+        rows_are_independent_of_batching_on(split);
+    }
+
+    fn rows_are_independent_of_batching_on(cfg: Gpt2Config) {
+        let d = cfg.n_embd;
         let model = Gpt2::random(cfg, 5, &Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..20).map(|i| (i * 131 + 7) % 4096).collect();
         with_cpu_model(&model, |m| {
@@ -529,7 +642,7 @@ mod tests {
             let mut l = Vec::new();
             batched.logits(&x, &mut l);
             for (r, (xs, ls)) in singles.iter().enumerate() {
-                assert_eq!(&x[r * 256..(r + 1) * 256], &xs[..], "row {r} residual");
+                assert_eq!(&x[r * d..(r + 1) * d], &xs[..], "row {r} residual");
                 assert_eq!(&l[r * 4096..(r + 1) * 4096], &ls[..], "row {r} logits");
             }
             Ok(())
