@@ -25,8 +25,10 @@ use std::time::Instant;
 /// threads; smaller ones (the Austen blocks: 16k-65k weights) run on one core, where a
 /// rayon fork-join would cost more than the arithmetic.
 const PAR_MIN_WEIGHTS: usize = 1 << 20;
-/// Attention is split among threads (by row and head) above this many multiply-adds.
-const PAR_MIN_ATTENTION: usize = 1 << 17;
+/// Attention is split among threads (by row and head) above this many multiply-adds: from
+/// the 43rd position on when decoding GPT-2-124M one row at a time (where it took 7% of a
+/// step at 128 positions on one thread), never within the Austen models' 256 positions.
+const PAR_MIN_ATTENTION: usize = 1 << 15;
 
 /// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths
 /// not switched off ([`crate::ops::with_portable_ops`] makes the callers take the tensor
@@ -361,7 +363,10 @@ struct Scratch {
 /// Blocks may be filled to different lengths (a draft runs ahead in the first blocks).
 pub struct Decoder<'m, 'a> {
     pub model: &'m CpuModel<'a>,
-    /// Per block: keys and values, one row of `d` floats per position (heads side by side).
+    /// Per block: keys and values, head by head: each head's rows (`d / n_head` floats per
+    /// position) lie together for the whole context, so attending a head reads one
+    /// contiguous stretch. Allocated at the full context when a block is first filled
+    /// (zeroed pages cost nothing until a position is written).
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     filled: Vec<usize>,
@@ -408,20 +413,22 @@ impl<'m, 'a> Decoder<'m, 'a> {
     }
 
     fn store_kv(&mut self, layer: usize, kv: &[f32], stride: usize, pos0: usize) {
-        let d = self.model.d;
+        let (d, cap) = (self.model.d, self.model.n_positions);
+        let hd = d / self.model.n_head;
         let rows = kv.len() / stride;
-        let need = (pos0 + rows) * d;
         let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
-        if keys.len() < need {
-            let grow = need.max(2 * keys.len()).min(self.model.n_positions * d);
-            keys.resize(grow, 0.0);
-            values.resize(grow, 0.0);
+        if keys.is_empty() {
+            *keys = vec![0.0; cap * d];
+            *values = vec![0.0; cap * d];
         }
+        let off = stride - 2 * d;
         for r in 0..rows {
             let row = &kv[r * stride..(r + 1) * stride];
-            let off = stride - 2 * d;
-            keys[(pos0 + r) * d..(pos0 + r + 1) * d].copy_from_slice(&row[off..off + d]);
-            values[(pos0 + r) * d..(pos0 + r + 1) * d].copy_from_slice(&row[off + d..off + 2 * d]);
+            for h in 0..self.model.n_head {
+                let at = (h * cap + pos0 + r) * hd;
+                keys[at..at + hd].copy_from_slice(&row[off + h * hd..off + (h + 1) * hd]);
+                values[at..at + hd].copy_from_slice(&row[off + d + h * hd..off + d + (h + 1) * hd]);
+            }
         }
         self.filled[layer] = pos0 + rows;
     }
@@ -503,6 +510,10 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let rows = qkv.len() / (3 * d);
         let scale = m.blocks[layer].scale;
         let (keys, values) = (&self.keys[layer][..], &self.values[layer][..]);
+        let head = |h: usize| {
+            let span = h * m.n_positions * hd..(h + 1) * m.n_positions * hd;
+            HeadCache { keys: &keys[span.clone()], values: &values[span], stride: hd, offset: 0 }
+        };
         out.resize(rows * d, 0.0);
         let work = rows * nh * (pos0 + rows) * hd;
         if work < PAR_MIN_ATTENTION {
@@ -511,19 +522,18 @@ impl<'m, 'a> Decoder<'m, 'a> {
                 for h in 0..nh {
                     let q = &qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
                     let o = &mut out[r * d + h * hd..r * d + (h + 1) * hd];
-                    let cache = HeadCache { keys, values, stride: d, offset: h * hd };
-                    crate::kernels::attend_row(q, cache, scale, &mut scores[..pos0 + r + 1], o);
+                    crate::kernels::attend_row(q, head(h), scale, &mut scores[..pos0 + r + 1], o);
                 }
             }
             return;
         }
-        out.par_chunks_mut(d).enumerate().for_each(|(r, orow)| {
-            let mut sc = vec![0f32; pos0 + r + 1];
-            for h in 0..nh {
-                let q = &qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
-                let cache = HeadCache { keys, values, stride: d, offset: h * hd };
-                crate::kernels::attend_row(q, cache, scale, &mut sc, &mut orow[h * hd..(h + 1) * hd]);
-            }
+        // One task per row and head: a single decoded row still spreads its heads over the
+        // threads (its reads of the cache miss the caches the weights just swept).
+        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |sc, (i, o)| {
+            let (r, h) = (i / nh, i % nh);
+            sc.resize(pos0 + r + 1, 0.0);
+            let q = &qkv[r * 3 * d + h * hd..r * 3 * d + (h + 1) * hd];
+            crate::kernels::attend_row(q, head(h), scale, sc, o);
         });
     }
 
