@@ -27,7 +27,8 @@ use std::time::Instant;
 const PAR_MIN_WEIGHTS: usize = 1 << 20;
 /// Attention is split among threads (by row and head) above this many multiply-adds: from
 /// the 43rd position on when decoding GPT-2-124M one row at a time (where it took 7% of a
-/// step at 128 positions on one thread), never within the Austen models' 256 positions.
+/// step at 128 positions on one thread); on the Austen models only for passes over several
+/// rows (a verification of 4 drafts from the 47th position on), never for a single row.
 const PAR_MIN_ATTENTION: usize = 1 << 15;
 
 /// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths
