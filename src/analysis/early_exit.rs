@@ -109,7 +109,8 @@ pub fn generate_early_exit(
     Ok(g)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// CALM's hidden-state saturation `cos(h^l, h^{l-1})` of one position, summed in f64.
+pub(crate) fn saturation(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
         ab += x as f64 * y as f64;
@@ -187,7 +188,7 @@ fn run_cpu(
                     dec.logits(&x, &mut logits);
                     crate::kernels::max_prob(&logits) as f64
                 }
-                ExitMeasure::Saturation => cosine(&x, &prev),
+                ExitMeasure::Saturation => saturation(&x, &prev),
             };
             if conf >= opts.threshold {
                 layer = l + 1;
@@ -251,7 +252,7 @@ fn run_tensor(
                         let v: Vec<f32> = model.head(&x.squeeze(1)?)?.flatten_all()?.to_vec1()?;
                         crate::kernels::max_prob(&v) as f64
                     }
-                    ExitMeasure::Saturation => cosine(&x.flatten_all()?.to_vec1()?, &before.flatten_all()?.to_vec1()?),
+                    ExitMeasure::Saturation => saturation(&x.flatten_all()?.to_vec1()?, &before.flatten_all()?.to_vec1()?),
                 };
                 if conf >= opts.threshold {
                     layer = l;

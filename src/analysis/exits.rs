@@ -9,7 +9,7 @@
 //! get copied states instead (see [`super::early_exit`]), and only generation measures
 //! wall-clock time.
 
-use super::early_exit::ExitMeasure;
+use super::early_exit::{ExitMeasure, saturation};
 use super::eval::checked_chunks;
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
@@ -43,16 +43,6 @@ pub struct ExitRow {
     pub layer_speedup: f64,
 }
 
-fn cosine_rows(a: &[f32], b: &[f32]) -> f32 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    (ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)) as f32
-}
-
 /// Runs the model over consecutive chunks of `ctx` tokens of `ids` (at most `max_chunks`)
 /// and records every layer's prediction and exit measure. `progress(done, total)` may cancel.
 pub fn trace_exits(
@@ -82,7 +72,7 @@ pub fn trace_exits(
                 argmax[p * n_layer + l - 1] = crate::model::decoder::argmax(row);
                 value[p * n_layer + l - 1] = match measure {
                     ExitMeasure::MaxProb => crate::kernels::max_prob(row),
-                    ExitMeasure::Saturation => cosine_rows(&flat[l][p * d..(p + 1) * d], &flat[l - 1][p * d..(p + 1) * d]),
+                    ExitMeasure::Saturation => saturation(&flat[l][p * d..(p + 1) * d], &flat[l - 1][p * d..(p + 1) * d]) as f32,
                 };
             }
         }

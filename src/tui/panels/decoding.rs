@@ -3,7 +3,7 @@
 //! accepted draft, a rejected draft and the full model's replacement (speculative), with
 //! live tokens/s, acceptance and the speedup over full-depth decoding.
 
-use super::{column_placeholder, column_title, message, panel, spinner};
+use super::{column_frame, column_title, message, prompt_tail_span, spinner};
 use crate::analysis::early_exit::ExitMeasure;
 use crate::analysis::generate::StopReason;
 use crate::tui::app::{App, GenMethod};
@@ -39,24 +39,13 @@ pub fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area
     let method = app.decoding.decode_method(c.layer_at(app.layer), n_layer);
     let mut title = column_title(app, i, theme);
     title.spans.push(Span::styled(format!("{} · {} ", mode_text(app, method), app.decoding.label()), theme.title()));
-    let block = panel(title, theme);
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
-    if let Some((msg, err)) = column_placeholder(app, i) {
-        message(frame, inner, &msg, if err { theme.error() } else { theme.busy() });
-        return;
-    }
+    let Some(inner) = column_frame(app, i, title, theme, frame, area) else { return };
     if method.is_none() {
         message(frame, inner, "Speculative decoding drafts from an earlier layer: it needs at least 2 layers.", theme.dim());
         return;
     }
     let mut lines: Vec<Line> = Vec::new();
-    let prompt_tail: String = {
-        let chars: Vec<char> = app.prompt.chars().collect();
-        let keep = (inner.width as usize * 2).max(20);
-        if chars.len() > keep { format!("…{}", chars[chars.len() - keep..].iter().collect::<String>()) } else { app.prompt.clone() }
-    };
-    let mut spans = vec![Span::styled(prompt_tail.rsplit('\n').next().unwrap_or("").to_string(), theme.dim())];
+    let mut spans = vec![prompt_tail_span(&app.prompt, inner.width, theme)];
     let decoded = c.decoded.as_ref().filter(|d| Some(d.method) == method);
     match decoded {
         Some(d) => {

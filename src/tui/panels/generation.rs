@@ -3,7 +3,7 @@
 //! continuations from every exit layer at once; or the decoding modes (early exit,
 //! speculative: [`super::decoding`]).
 
-use super::{clip, column_placeholder, column_title, columns, message, panel, show_token, spinner};
+use super::{clip, column_frame, column_title, columns, message, prompt_tail_span, show_token, spinner};
 use crate::analysis::generate::StopReason;
 use crate::tui::app::{App, GenMethod};
 use crate::tui::column::LayerOutput;
@@ -38,13 +38,7 @@ fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Re
     let mut title = column_title(app, i, theme);
     let mode = if app.decoding.all_layers { "all layers".to_string() } else { format!("exit L{}", c.layer_at(app.layer)) };
     title.spans.push(Span::styled(format!("{mode} · {} ", app.decoding.label()), theme.title()));
-    let block = panel(title, theme);
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
-    if let Some((msg, err)) = column_placeholder(app, i) {
-        message(frame, inner, &msg, if err { theme.error() } else { theme.busy() });
-        return;
-    }
+    let Some(inner) = column_frame(app, i, title, theme, frame, area) else { return };
     if app.decoding.all_layers {
         render_all_layers(app, i, theme, frame, inner);
         return;
@@ -54,15 +48,9 @@ fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area: Re
         message(frame, inner, "Layer 0 is the embeddings: generation exits after a block, from layer 1 on (→).", theme.dim());
         return;
     }
-    // The end of the prompt, then the continuation as it streams.
-    let prompt_tail: String = {
-        let chars: Vec<char> = app.prompt.chars().collect();
-        let keep = (inner.width as usize * 2).max(20);
-        if chars.len() > keep { format!("…{}", chars[chars.len() - keep..].iter().collect::<String>()) } else { app.prompt.clone() }
-    };
-    // The prompt's last line, then the continuation with its own line breaks.
+    // The prompt's last line, then the continuation as it streams, with its own line breaks.
     let mut lines: Vec<Line> = Vec::new();
-    let mut spans = vec![Span::styled(prompt_tail.rsplit('\n').next().unwrap_or("").to_string(), theme.dim())];
+    let mut spans = vec![prompt_tail_span(&app.prompt, inner.width, theme)];
     let mut footer = String::new();
     match c.outputs.get(&layer) {
         Some(o) => {

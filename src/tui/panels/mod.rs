@@ -111,6 +111,36 @@ pub fn message(frame: &mut ratatui::Frame, area: Rect, text: &str, style: ratatu
     frame.render_widget(p, Rect { x: area.x, y, width: area.width, height: h });
 }
 
+/// Draws a column's frame titled `title` and returns the area inside it; while the column
+/// has no content, draws its placeholder there instead and returns `None`.
+pub fn column_frame(
+    app: &super::app::App,
+    i: usize,
+    title: ratatui::text::Line<'_>,
+    theme: &Theme,
+    frame: &mut ratatui::Frame,
+    area: Rect,
+) -> Option<Rect> {
+    let block = panel(title, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if let Some((msg, err)) = column_placeholder(app, i) {
+        message(frame, inner, &msg, if err { theme.error() } else { theme.busy() });
+        return None;
+    }
+    Some(inner)
+}
+
+/// The last line of the prompt, as much of it as fits before a continuation in `width`
+/// columns (cut at the front with `…`), dimmed: where a generation's text starts.
+pub fn prompt_tail_span(prompt: &str, width: u16, theme: &Theme) -> ratatui::text::Span<'static> {
+    let chars: Vec<char> = prompt.chars().collect();
+    let keep = (width as usize * 2).max(20);
+    let tail =
+        if chars.len() > keep { format!("…{}", chars[chars.len() - keep..].iter().collect::<String>()) } else { prompt.to_string() };
+    ratatui::text::Span::styled(tail.rsplit('\n').next().unwrap_or("").to_string(), theme.dim())
+}
+
 /// What a column shows instead of its content while it has none.
 pub fn column_placeholder(app: &super::app::App, i: usize) -> Option<(String, bool)> {
     let c = &app.columns[i];
