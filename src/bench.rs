@@ -335,14 +335,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let device_text = crate::model::device::describe_device(&device);
-    say(&format!("alignscope bench · {} · {threads} threads · device {device_text}", std::env::consts::ARCH));
+    let matmul = crate::kernels::blas::BACKEND;
+    say(&format!("alignscope bench · {} · {threads} threads · device {device_text} · matrix products: {matmul}", std::env::consts::ARCH));
     let mut inference = vec![];
     let mut decoding = vec![];
     let mut training = vec![];
     if what == "gemm" {
         let products = gemm::run(threads, a.compare_torch, &say)?;
         if a.json {
-            println!("{}", serde_json::json!({ "arch": std::env::consts::ARCH, "cpu_threads": threads, "gemm": products }));
+            println!(
+                "{}",
+                serde_json::json!({ "arch": std::env::consts::ARCH, "cpu_threads": threads, "matmul": matmul, "gemm": products })
+            );
         }
         return Ok(());
     }
@@ -390,6 +394,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "read_bandwidth_gb_per_sec": bandwidth,
                 "torch": torch,
                 "cpu_threads": threads,
+                "matmul": matmul,
                 "device": crate::model::device::device_name(&device),
                 "device_detail": device_text,
                 "inference": inference,

@@ -1,5 +1,6 @@
 //! Single-precision matrix products for the CPU paths, row-major like BLAS's `sgemm`,
-//! through the pure-Rust `gemm` crate.
+//! through the pure-Rust `gemm` crate, or Intel MKL's sequential `cblas_sgemm` with the
+//! `mkl` feature.
 //!
 //! Parallel products split the output into fixed blocks of rows or columns, one
 //! sequential product each: no block's sum over `k` is ever split, so the result does not
@@ -31,6 +32,9 @@ impl<'a> Operand<'a> {
         r == 0 || c == 0 || (c <= self.ld && (r - 1) * self.ld + c <= self.data.len())
     }
 }
+
+/// Which library computes the products, for benchmark reports.
+pub const BACKEND: &str = if cfg!(feature = "mkl") { "Intel MKL (sequential, static)" } else { "gemm crate" };
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_FMAS: usize = 1 << 18;
@@ -214,10 +218,85 @@ unsafe fn add_transposed(t: &[f32], m: usize, n: usize, accumulate: bool, c: *mu
     }
 }
 
+#[cfg(feature = "mkl")]
+mod mkl {
+    // CBLAS's enums, as mkl_cblas.h numbers them.
+    pub const ROW_MAJOR: i32 = 101;
+    pub const NO_TRANS: i32 = 111;
+    pub const TRANS: i32 = 112;
+
+    unsafe extern "C" {
+        /// LP64 CBLAS (32-bit ints), from libmkl_intel_lp64 + libmkl_sequential.
+        #[allow(clippy::too_many_arguments)]
+        pub fn cblas_sgemm(
+            layout: i32,
+            trans_a: i32,
+            trans_b: i32,
+            m: i32,
+            n: i32,
+            k: i32,
+            alpha: f32,
+            a: *const f32,
+            lda: i32,
+            b: *const f32,
+            ldb: i32,
+            beta: f32,
+            c: *mut f32,
+            ldc: i32,
+        );
+    }
+}
+
+/// One product on the calling thread: MKL's sequential sgemm.
+///
+/// # Safety
+/// As [`sgemm_raw`].
+#[cfg(feature = "mkl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sequential(m: usize, n: usize, k: usize, alpha: f32, a: RawOperand, b: RawOperand, accumulate: bool, c: *mut f32, ldc: usize) {
+    let int = |x: usize| i32::try_from(x).expect("matrix dimension beyond MKL's LP64 interface (2^31)");
+    let trans = |o: RawOperand| if o.trans { mkl::TRANS } else { mkl::NO_TRANS };
+    // BLAS refuses (with a message, computing nothing) a leading dimension below the
+    // stored row's length. Ours is at least that whenever more than one row is stored;
+    // a single stored row may come with any ld, which then addresses nothing.
+    let ld = |o: RawOperand, cols: usize| int(o.ld.max(cols).max(1));
+    if k == 0 {
+        // beta = 0 would still write c; with nothing to sum, c is alpha * 0 (or unchanged).
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row i of c (n floats) lies inside what the caller vouched for.
+                unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+            }
+        }
+        return;
+    }
+    // SAFETY: forwarded from the caller; with beta = 0 MKL does not read c (NaNs in a
+    // fresh buffer do not leak), with beta = 1 it adds onto it.
+    unsafe {
+        mkl::cblas_sgemm(
+            mkl::ROW_MAJOR,
+            trans(a),
+            trans(b),
+            int(m),
+            int(n),
+            int(k),
+            alpha,
+            a.ptr,
+            ld(a, if a.trans { m } else { k }),
+            b.ptr,
+            ld(b, if b.trans { k } else { n }),
+            if accumulate { 1.0 } else { 0.0 },
+            c,
+            int(ldc.max(n)),
+        )
+    }
+}
+
 /// One product on the calling thread.
 ///
 /// # Safety
 /// As [`sgemm_raw`].
+#[cfg(not(feature = "mkl"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn sequential(m: usize, n: usize, k: usize, alpha: f32, a: RawOperand, b: RawOperand, accumulate: bool, c: *mut f32, ldc: usize) {
     // (row stride, column stride) of op(x).
