@@ -1,5 +1,8 @@
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOC: alignscope::hugepages::HugePageAlloc = alignscope::hugepages::HugePageAlloc;
+
 fn main() -> ExitCode {
     alignscope::util::restore_sigpipe();
     alignscope::util::tune_cpu_threads();
