@@ -79,24 +79,6 @@ fn project(p: &str) -> PathBuf {
     crate::paths::resolve_asset(Path::new(p))
 }
 
-/// CPU time (user + system) of this process, seconds (`None` where not measured).
-#[cfg(unix)]
-fn cpu_time() -> Option<f64> {
-    // SAFETY: rusage is plain old data, for which all-zero bytes are a valid value.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage only writes into the struct we pass.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return None;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    Some(tv(u.ru_utime) + tv(u.ru_stime))
-}
-
-#[cfg(not(unix))]
-fn cpu_time() -> Option<f64> {
-    None
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -267,7 +249,7 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         // At least --train-steps, and at least ~3 s of steps so small models time well.
         let steps = a.train_steps.max((3.0 / w.elapsed().as_secs_f64().max(1e-3)) as usize);
         reset_profile(&t);
-        let (w0, c0) = (Instant::now(), cpu_time());
+        let (w0, c0) = (Instant::now(), crate::util::process_cpu_seconds());
         let mut data_secs = 0.0;
         for _ in 0..steps {
             let d0 = Instant::now();
@@ -278,7 +260,7 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         // The last optimizer update may still be queued on the device.
         device.synchronize()?;
         let wall = w0.elapsed().as_secs_f64();
-        let cpu = match (c0, cpu_time()) {
+        let cpu = match (c0, crate::util::process_cpu_seconds()) {
             (Some(a), Some(b)) => Some((b - a) / steps as f64),
             _ => None,
         };
@@ -650,8 +632,13 @@ fn step_profile(t: &Trainable, steps: usize, wall: f64, data_secs: f64) -> serde
         return serde_json::Value::Null;
     }
     let per = |d: std::time::Duration| d.as_secs_f64() / steps as f64;
-    let mut sections: Vec<serde_json::Value> =
-        Section::ALL.iter().map(|&s| serde_json::json!({ "section": s.name(), "secs_per_step": per(p.get(s)) })).collect();
+    // Busy: CPU seconds of all threads over (wall seconds x threads) while the section ran.
+    let threads = rayon::current_num_threads() as f64;
+    let busy = |s: Section| p.cpu(s).filter(|_| !p.get(s).is_zero()).map(|c| c / (p.get(s).as_secs_f64() * threads));
+    let mut sections: Vec<serde_json::Value> = Section::ALL
+        .iter()
+        .map(|&s| serde_json::json!({ "section": s.name(), "secs_per_step": per(p.get(s)), "cores_busy": busy(s) }))
+        .collect();
     sections.push(serde_json::json!({ "section": "data", "secs_per_step": data_secs / steps as f64 }));
     let rest = wall / steps as f64 - per(p.total()) - data_secs / steps as f64;
     sections.push(serde_json::json!({ "section": "other", "secs_per_step": rest }));
@@ -669,7 +656,8 @@ fn print_profile(p: &serde_json::Value, say: &dyn Fn(&str)) {
     let wall = p["wall_secs_per_step"].as_f64().unwrap_or(f64::NAN);
     for s in sections {
         let secs = s["secs_per_step"].as_f64().unwrap_or(f64::NAN);
-        say(&format!("      {:<20} {:>8.1} ms/step {:>5.1}%", s["section"].as_str().unwrap_or("?"), 1e3 * secs, 100.0 * secs / wall));
+        let busy = s["cores_busy"].as_f64().map(|b| format!("   cores {:>3.0}% busy", 100.0 * b)).unwrap_or_default();
+        say(&format!("      {:<20} {:>8.1} ms/step {:>5.1}%{busy}", s["section"].as_str().unwrap_or("?"), 1e3 * secs, 100.0 * secs / wall));
     }
     let g = |k: &str| p[k].as_f64().map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
     say(&format!("      matmul GFLOP/s: trunk {}, shared head {}", g("trunk_matmul_gflops"), g("head_matmul_gflops")));

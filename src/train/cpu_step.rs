@@ -76,10 +76,12 @@ impl Section {
     }
 }
 
-/// Wall time per [`Section`] and the floating-point work of the matrix products.
+/// Wall time and CPU time (all threads) per [`Section`], and the floating-point work of
+/// the matrix products.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
     time: [Duration; 9],
+    cpu: [f64; 9],
     /// Multiply-adds of the trunk's and the head's products.
     pub trunk_fmas: u64,
     pub head_fmas: u64,
@@ -90,13 +92,27 @@ impl Profile {
         self.time[s as usize] += d;
     }
 
+    /// Charges the wall time `d` and the CPU time since `cpu_at_start` to `s`.
+    fn add_since(&mut self, s: Section, d: Duration, cpu_at_start: Option<f64>) {
+        self.add(s, d);
+        if let (Some(c0), Some(c1)) = (cpu_at_start, crate::util::process_cpu_seconds()) {
+            self.cpu[s as usize] += c1 - c0;
+        }
+    }
+
     pub fn get(&self, s: Section) -> Duration {
         self.time[s as usize]
     }
 
-    /// Charges time spent outside this module's step (the optimizer) to [`Section::Optimizer`].
-    pub fn add_optimizer(&mut self, d: Duration) {
-        self.add(Section::Optimizer, d);
+    /// CPU seconds of all threads while `s` ran (`None` where the clock is not available).
+    pub fn cpu(&self, s: Section) -> Option<f64> {
+        crate::util::process_cpu_seconds().map(|_| self.cpu[s as usize])
+    }
+
+    /// Charges time spent outside this module's step (the optimizer, started when the
+    /// process had used `cpu_at_start` seconds of CPU) to [`Section::Optimizer`].
+    pub fn add_optimizer(&mut self, d: Duration, cpu_at_start: Option<f64>) {
+        self.add_since(Section::Optimizer, d, cpu_at_start);
     }
 
     pub fn total(&self) -> Duration {
@@ -104,11 +120,11 @@ impl Profile {
     }
 }
 
-/// Runs `f`, charging its wall time to `s`.
+/// Runs `f`, charging its wall time and the process's CPU time to `s`.
 fn timed<R>(p: &mut Profile, s: Section, f: impl FnOnce() -> R) -> R {
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), crate::util::process_cpu_seconds());
     let r = f();
-    p.add(s, t.elapsed());
+    p.add_since(s, t.elapsed(), c);
     r
 }
 
@@ -220,11 +236,11 @@ impl Workspace {
 
     /// Sets every gradient to zero (the start of an optimizer step).
     pub fn zero_grads(&mut self) {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), crate::util::process_cpu_seconds());
         for g in &mut self.grads {
             g.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
         }
-        self.profile.add(Section::Optimizer, t.elapsed());
+        self.profile.add_since(Section::Optimizer, t.elapsed(), c);
     }
 }
 

@@ -143,11 +143,11 @@ fn train_step_cpu(
     if !value.loss.is_finite() {
         return Ok(StepOutcome { value, grad_norm: f64::NAN });
     }
-    let started = std::time::Instant::now();
+    let (started, cpu) = (std::time::Instant::now(), crate::util::process_cpu_seconds());
     let (grad_norm, coef) = clip_coefficient_host(&ws.grads, grad_clip);
     if grad_norm.is_finite() {
         opt.step_host(&t.vars, &ws.grads, lr, coef)?;
     }
-    ws.profile.add_optimizer(started.elapsed());
+    ws.profile.add_optimizer(started.elapsed(), cpu);
     Ok(StepOutcome { value, grad_norm })
 }
