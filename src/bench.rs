@@ -65,8 +65,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Also show where a training step's time goes (embedding, layer norms, matmuls,
-    /// attention, the shared head, the optimizer, data) and each matmul shape's GFLOP/s,
-    /// and where a decode step's time goes (each part of a block, the shared head)
+    /// attention, the shared head, the optimizer, data), how busy the cores are in each,
+    /// and the matmuls' GFLOP/s, and where a decode step's time goes (each part of a block,
+    /// the shared head)
     #[arg(long)]
     pub profile: bool,
     /// Also run the PyTorch/transformers counterparts (scripts/pytorch_*_bench.py, with the
