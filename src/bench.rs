@@ -220,7 +220,7 @@ fn bench_inference(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<ser
 fn exit_weight_bytes(m: &Gpt2, exit: usize) -> usize {
     let c = &m.config;
     let per_block = 12 * c.n_embd * c.n_embd + 13 * c.n_embd; // c_attn, c_proj, c_fc, c_proj, norms, biases (n_inner = 4d)
-    4 * (exit * per_block + c.vocab_size * c.n_embd)
+    4 * exit * per_block + crate::model::decoder::greedy_head_bytes(c.vocab_size, c.n_embd)
 }
 
 fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &dyn Fn(&str)) -> Result<serde_json::Value> {

@@ -287,6 +287,76 @@ dispatch! {
     }
 }
 
+/// Whether [`dot_f16`] runs on vector instructions here (AVX2, FMA and F16C): where it
+/// does not, reading half-precision weights saves no time.
+pub fn f16_dot_is_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[v] = sum_i x[i] * w[v, i]` for the rows of the half-precision `w` (`[out.len(),
+/// x.len()]`), accumulated in f32 in no fixed order: estimates whose error the caller
+/// bounds (see `decoder::bounded_argmax`), not results.
+pub fn dot_f16_rows(x: &[f32], w: &[half::f16], out: &mut [f32]) {
+    let d = x.len();
+    assert_eq!(w.len(), d * out.len(), "dot_f16_rows: w is not [rows, d]");
+    #[cfg(target_arch = "x86_64")]
+    if f16_dot_is_fast() {
+        for (o, r) in out.iter_mut().zip(w.chunks_exact(d)) {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the lengths match.
+            *o = unsafe { dot_f16_avx2(x, r) };
+        }
+        return;
+    }
+    for (o, r) in out.iter_mut().zip(w.chunks_exact(d)) {
+        *o = x.iter().zip(r).map(|(&a, b)| a * b.to_f32()).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(x: &[f32], w: &[half::f16]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, a) in acc.iter_mut().enumerate() {
+            let j = i + 8 * u;
+            // SAFETY: j + 8 <= n for both slices, which have n elements; unaligned loads.
+            unsafe {
+                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(j) as *const __m128i));
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(j)), wv, *a);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: as above.
+        unsafe {
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i) as *const __m128i));
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), wv, acc[0]);
+        }
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: lanes holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    let mut s: f32 = lanes.iter().sum();
+    for j in i..n {
+        s += x[j] * w[j].to_f32();
+    }
+    s
+}
+
 /// Dot product: four vector accumulators of 16 lanes, reduced as a tree. Vectorised, with
 /// no long chain of dependent additions, and the same order for the same length.
 #[inline(always)]

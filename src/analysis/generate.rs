@@ -106,6 +106,11 @@ impl TokenPicker {
         Self { proc: matches!(sampling, Sampling::TopP { .. }).then(|| sampling.processor()) }
     }
 
+    /// Whether the pick is the largest logit (then only that index is needed).
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.proc.is_none()
+    }
+
     pub(crate) fn pick(&mut self, logits: &[f32]) -> Result<u32> {
         match &mut self.proc {
             None => Ok(decoder::argmax(logits)),
@@ -137,8 +142,13 @@ fn generate_cpu(
         let mut x = dec.embed(&input, pos)?;
         dec.blocks(0, l, &mut x, pos)?;
         pos += input.len();
-        dec.logits(&x[x.len() - m.d..], &mut logits);
-        let next = picker.pick(&logits)?;
+        let row = &x[x.len() - m.d..];
+        let next = if picker.is_greedy() {
+            dec.greedy_token(row)
+        } else {
+            dec.logits(row, &mut logits);
+            picker.pick(&logits)?
+        };
         out.push(next);
         if on_token(next).is_break() {
             stop = StopReason::Cancelled;
