@@ -287,7 +287,33 @@ dispatch! {
     }
 }
 
-/// Whether [`dot_f16`] runs on vector instructions here (AVX2, FMA and F16C): where it
+dispatch! {
+    /// The sum of squares of a row (f32, in lanes: relative error at most `len * 2^-24`,
+    /// all terms being non-negative) and its largest magnitude (NaN never counts: a NaN
+    /// shows in the sum).
+    pub fn sum_squares_and_max_abs(row: &[f32]) -> (f32, f32) {
+        let mut sq = [0f32; LANES];
+        let mut mx = [0f32; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for j in 0..LANES {
+                sq[j] += c[j] * c[j];
+                let a = c[j].abs();
+                mx[j] = if a > mx[j] { a } else { mx[j] };
+            }
+        }
+        let mut s: f32 = sq.iter().sum();
+        let mut m = mx.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+        for &v in tail {
+            s += v * v;
+            m = if v.abs() > m { v.abs() } else { m };
+        }
+        (s, m)
+    }
+}
+
+/// Whether [`dot_f16_rows`] runs on vector instructions here (AVX2, FMA and F16C): where it
 /// does not, reading half-precision weights saves no time.
 pub fn f16_dot_is_fast() -> bool {
     #[cfg(target_arch = "x86_64")]

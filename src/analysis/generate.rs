@@ -143,7 +143,7 @@ fn generate_cpu(
         dec.blocks(0, l, &mut x, pos)?;
         pos += input.len();
         let row = &x[x.len() - m.d..];
-        let next = if picker.is_greedy() {
+        let next = if picker.is_greedy() && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS {
             dec.greedy_token(row)
         } else {
             dec.logits(row, &mut logits);
