@@ -277,29 +277,46 @@ fn bounded_argmax(x: &[f32], head: &[f32], half: &HalfHead) -> Option<u32> {
     let err = |v: usize| per_norm * half.row_norms[v] + floor;
     let mut estimates = vec![0f32; vocab];
     let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-    estimates.par_chunks_mut(per).enumerate().for_each(|(b, out)| {
-        let v0 = b * per;
-        let rows = &half.w[v0 * d..(v0 + out.len()) * d];
-        crate::kernels::dot_f16_rows(x, half::slice::HalfBitsSliceExt::reinterpret_cast(rows), out);
-    });
-    let mut lower = f64::NEG_INFINITY;
-    for (v, &a) in estimates.iter().enumerate() {
-        if !a.is_finite() {
-            return None;
-        }
-        lower = lower.max(a as f64 - err(v));
+    // Each block's estimates and the largest lower end among them (NaN: a non-finite estimate).
+    let lowers: Vec<f64> = estimates
+        .par_chunks_mut(per)
+        .enumerate()
+        .map(|(b, out)| {
+            let v0 = b * per;
+            let rows = &half.w[v0 * d..(v0 + out.len()) * d];
+            crate::kernels::dot_f16_rows(x, half::slice::HalfBitsSliceExt::reinterpret_cast(rows), out);
+            let mut lower = f64::NEG_INFINITY;
+            for (i, &a) in out.iter().enumerate() {
+                if !a.is_finite() {
+                    return f64::NAN;
+                }
+                lower = lower.max(a as f64 - err(v0 + i));
+            }
+            lower
+        })
+        .collect();
+    if lowers.iter().any(|l| l.is_nan()) {
+        return None;
     }
+    let lower = lowers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // In ascending order (rayon's collect keeps it), so the first of equal logits wins.
+    let candidates: Vec<usize> = estimates
+        .par_chunks(per)
+        .enumerate()
+        .flat_map_iter(|(b, out)| {
+            let v0 = b * per;
+            out.iter().enumerate().filter(move |&(i, &a)| a as f64 + err(v0 + i) >= lower).map(move |(i, _)| v0 + i)
+        })
+        .collect();
     let mut best: Option<(u32, f32)> = None;
     let mut z = [0f32];
-    for (v, &a) in estimates.iter().enumerate() {
-        if a as f64 + err(v) >= lower {
-            crate::kernels::classify_rows(x, d, &head[v * d..(v + 1) * d], &mut z, 1);
-            if !z[0].is_finite() {
-                return None;
-            }
-            if best.is_none_or(|(_, b)| z[0] > b) {
-                best = Some((v as u32, z[0]));
-            }
+    for v in candidates {
+        crate::kernels::classify_rows(x, d, &head[v * d..(v + 1) * d], &mut z, 1);
+        if !z[0].is_finite() {
+            return None;
+        }
+        if best.is_none_or(|(_, b)| z[0] > b) {
+            best = Some((v as u32, z[0]));
         }
     }
     best.map(|(v, _)| v)
