@@ -254,8 +254,9 @@ impl HalfHead {
 ///
 /// Why it is exact: each estimate `a_v` (the half-precision dot product) is within `e_v` of
 /// the f32 logit `z_v`, with `e_v` bounding (i) rounding the weights to half precision, at
-/// most 2^-10 of `|w|` (one unit in the last place, whatever the rounding mode) or 2^-25
-/// below half's normal range, and (ii) the f32 rounding of both dot products, at most
+/// most 2^-10 of `|w|` (one unit in the last place, whatever the rounding mode) or 2^-24
+/// (one unit of half's subnormals) below its normal range, and (ii) the f32 rounding of
+/// both dot products, at most
 /// `gamma_d = d u / (1 - d u)` (u = 2^-24) times `sum |x_i w_i|`, for any summation order;
 /// `sum |x_i w_i| <= |x| |w_v|`. Every `v` with `a_v + e_v` below `max_u (a_u - e_u)` has
 /// `z_v` below some other row's logit, so the largest `z` (and all its ties) lies among the
@@ -273,7 +274,7 @@ fn bounded_argmax(x: &[f32], head: &[f32], half: &HalfHead) -> Option<u32> {
     let rel = 2f64.powi(-10);
     // A millionth of slack for the f64 arithmetic of the bound itself.
     let per_norm = (rel + 2.0 * gamma * (1.0 + rel)) * l2 * (1.0 + 1e-6);
-    let floor = 2f64.powi(-25) * (1.0 + 2.0 * gamma) * l1 * (1.0 + 1e-6);
+    let floor = 2f64.powi(-24) * (1.0 + 2.0 * gamma) * l1 * (1.0 + 1e-6);
     let err = |v: usize| per_norm * half.row_norms[v] + floor;
     let mut estimates = vec![0f32; vocab];
     let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
