@@ -81,7 +81,8 @@ impl Section {
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
     time: [Duration; 9],
-    cpu: [f64; 9],
+    /// `None` until the process CPU clock has been read around the section.
+    cpu: [Option<f64>; 9],
     /// Multiply-adds of the trunk's and the head's products.
     pub trunk_fmas: u64,
     pub head_fmas: u64,
@@ -96,7 +97,8 @@ impl Profile {
     fn add_since(&mut self, s: Section, d: Duration, cpu_at_start: Option<f64>) {
         self.add(s, d);
         if let (Some(c0), Some(c1)) = (cpu_at_start, crate::util::process_cpu_seconds()) {
-            self.cpu[s as usize] += c1 - c0;
+            let slot = &mut self.cpu[s as usize];
+            *slot = Some(slot.unwrap_or(0.0) + (c1 - c0));
         }
     }
 
@@ -106,7 +108,7 @@ impl Profile {
 
     /// CPU seconds of all threads while `s` ran (`None` where the clock is not available).
     pub fn cpu(&self, s: Section) -> Option<f64> {
-        crate::util::process_cpu_seconds().map(|_| self.cpu[s as usize])
+        self.cpu[s as usize]
     }
 
     /// Charges time spent outside this module's step (the optimizer, started when the
