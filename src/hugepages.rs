@@ -176,12 +176,12 @@ mod tests {
             let big = MIN_BYTES * 2 + 12345;
             let q = a.realloc(p, small, big);
             assert!(!q.is_null());
-            assert_eq!(q as usize % HUGE, 0, "a large block starts on a huge page");
+            assert!((q as usize).is_multiple_of(HUGE), "a large block starts on a huge page");
             assert!(holds(q, 1 << 10, 0));
             fill(q, big, 3);
             let bigger = big * 3;
             let r = a.realloc(q, Layout::from_size_align(big, 64).unwrap(), bigger);
-            assert!(!r.is_null() && r as usize % HUGE == 0);
+            assert!(!r.is_null() && (r as usize).is_multiple_of(HUGE));
             assert!(holds(r, big, 3));
             std::ptr::write_bytes(r.add(big), 7, bigger - big);
             assert_eq!(*r.add(bigger - 1), 7);
@@ -192,7 +192,7 @@ mod tests {
             for _ in 0..3 {
                 let l = Layout::from_size_align(MIN_BYTES, 4096).unwrap();
                 let z = a.alloc_zeroed(l);
-                assert!(!z.is_null() && z as usize % HUGE == 0);
+                assert!(!z.is_null() && (z as usize).is_multiple_of(HUGE));
                 assert!((0..MIN_BYTES).step_by(4093).all(|i| *z.add(i) == 0));
                 fill(z, MIN_BYTES, 5);
                 a.dealloc(z, l);
@@ -200,7 +200,7 @@ mod tests {
             // An alignment beyond a huge page is the system's to give.
             let wide = Layout::from_size_align(MIN_BYTES, HUGE * 2).unwrap();
             let w = a.alloc(wide);
-            assert!(!w.is_null() && w as usize % (HUGE * 2) == 0);
+            assert!(!w.is_null() && (w as usize).is_multiple_of(HUGE * 2));
             fill(w, MIN_BYTES, 1);
             a.dealloc(w, wide);
         }
