@@ -128,6 +128,33 @@ fn greedy_is_identical_on_the_shipped_models() {
     }
 }
 
+/// Greedy drafts of a large classifier come through its half-precision copy and an exact
+/// bound (as plain greedy decoding's tokens do) when they need no confidence: still the
+/// full model's output, token for token. Random weights of GPT-2's shape at a smaller size.
+#[test]
+fn greedy_drafts_through_the_half_precision_head_are_identical() {
+    use alignscope::model::Gpt2Config;
+    use alignscope::model::decoder::HALF_HEAD_MIN_TOKENS;
+    let model = Gpt2::random(Gpt2Config::new(3, 512, 8, 8192, 96), 17, &Device::Cpu).unwrap();
+    let mut drafted = 0;
+    for p in 0..3u32 {
+        let prompt: Vec<u32> = (0..5).map(|i| (i * 977 + 11 + p * 1301) % 8192).collect();
+        let max_new = HALF_HEAD_MIN_TOKENS + 9 * p as usize;
+        let want = plain(&model, &prompt, max_new, None);
+        for (e, k) in [(1, 3), (2, 1), (2, 6)] {
+            let g = spec(&model, &prompt, e, k, 0.0, max_new, None);
+            assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts, prompt {p}");
+            drafted += g.drafted;
+        }
+        // To the end of the context: drafts shrink to the room left.
+        let long: Vec<u32> = (0..70).map(|i| (i * 613 + p * 7) % 8192).collect();
+        let want = plain(&model, &long, 64, None);
+        assert_eq!(want.stop, StopReason::ContextFull);
+        assert_eq!(spec(&model, &long, 2, 5, 0.0, 64, None).ids, want.ids);
+    }
+    assert!(drafted > 0);
+}
+
 /// With sampling, the output follows the full model's nucleus distribution. On the fixture
 /// with a high temperature (a wide distribution) and drafts from block 1 (a poor draft, so
 /// rejections are frequent), the second generated token — the first one that goes through

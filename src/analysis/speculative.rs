@@ -100,6 +100,15 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     Ok(())
 }
 
+/// Whether drafts are found as [`Decoder::greedy_token`] finds plain decoding's tokens —
+/// on a large classifier through its half-precision copy and an exact bound, reading half
+/// the bytes of the f32 logits — rather than from every logit: greedy drafts that need no
+/// confidence, in generations long enough to repay the copy (as plain decoding decides).
+/// The drafts are the same tokens either way.
+pub fn greedy_token_drafts(opts: &SpeculativeOptions) -> bool {
+    matches!(opts.sampling, Sampling::Greedy) && opts.draft_confidence <= 0.0 && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS
+}
+
 /// Drafts so far, and how many of them the full model accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DraftCounts {
@@ -210,6 +219,7 @@ fn run(
     let mut going = emit(&mut g, pending, TokenOrigin::Full);
     let mut rows: Vec<f32> = Vec::new();
     let mut drafts: Vec<(u32, Option<Vec<f64>>)> = Vec::new();
+    let greedy_drafts = greedy_token_drafts(opts);
     while going {
         // `pending` is fed at position n; the round's rows are positions n..=n+k.
         if n >= m.n_positions {
@@ -231,11 +241,16 @@ fn run(
             if i == k {
                 break;
             }
-            dec.logits(&x, &mut logits);
-            let (t, q, conf) = picker.draft(&logits);
-            if conf < opts.draft_confidence {
-                break;
-            }
+            let (t, q) = if greedy_drafts {
+                (dec.greedy_token(&x), None)
+            } else {
+                dec.logits(&x, &mut logits);
+                let (t, q, conf) = picker.draft(&logits);
+                if conf < opts.draft_confidence {
+                    break;
+                }
+                (t, q)
+            };
             tok = t;
             drafts.push((t, q));
         }
@@ -379,6 +394,9 @@ pub struct Calibration {
     /// Measured milliseconds of one block and of the head on 1..=MAX_AUTO_DRAFT+1 rows.
     pub block_ms: Vec<f64>,
     pub head_ms: Vec<f64>,
+    /// A greedy token of one row ([`Decoder::greedy_token`]): what a draft costs at draft
+    /// confidence 0 when [`greedy_token_drafts`] holds (then measured; `None` otherwise).
+    pub greedy_ms: Option<f64>,
     pub draft_layer: usize,
     pub draft_len: usize,
     pub draft_confidence: f64,
@@ -398,10 +416,11 @@ struct DraftTrace {
 }
 
 /// Costs of the replay, in milliseconds: a block and the head on `r` rows are
-/// `block[r - 1]` and `head[r - 1]`.
+/// `block[r - 1]` and `head[r - 1]`; a draft at confidence 0 costs `greedy` where set.
 struct Costs<'a> {
     block: &'a [f64],
     head: &'a [f64],
+    greedy: Option<f64>,
 }
 
 /// Replays speculative decoding along the trace (greedy output is the trace's own tokens)
@@ -417,8 +436,9 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
         let mut good = true;
         let mut acc = 0;
         ms += e as f64 * c.block[0];
+        let draft_head = if gamma <= 0.0 { c.greedy.unwrap_or(c.head[0]) } else { c.head[0] };
         for i in 0..k {
-            ms += c.head[0];
+            ms += draft_head;
             if (conf[p + i] as f64) < gamma {
                 break;
             }
@@ -440,8 +460,10 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
 /// model's greedy continuation of `prompt` for `positions` tokens, reading every layer's
 /// prediction and confidence on the way; times a block and the head on 1..=MAX_AUTO_DRAFT+1
 /// rows; then replays speculative decoding along the continuation for every choice and
-/// keeps the fastest.
-pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize) -> Result<Calibration> {
+/// keeps the fastest. `greedy_drafts`: whether greedy tokens — drafts at confidence 0 (see
+/// [`greedy_token_drafts`]) and plain decoding's, the baseline — come from
+/// [`Decoder::greedy_token`], which the replay then costs as such.
+pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_drafts: bool) -> Result<Calibration> {
     check_prompt(model, prompt)?;
     if !decoder::supported(model) {
         bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
@@ -464,9 +486,10 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize) -> Result<Calib
                     .then(|| trace.tokens[l - 1].iter().zip(&trace.full).filter(|(a, b)| a == b).count() as f64 / seen as f64)
             })
             .collect();
-        let (block_ms, head_ms) = measure_costs(m)?;
-        let costs = Costs { block: &block_ms, head: &head_ms };
-        let plain = n_layer as f64 * block_ms[0] + head_ms[0];
+        let (block_ms, head_ms, greedy_ms) = measure_costs(m, greedy_drafts)?;
+        let costs = Costs { block: &block_ms, head: &head_ms, greedy: greedy_ms };
+        // Plain greedy decoding finds its tokens as greedy drafts do.
+        let plain = n_layer as f64 * block_ms[0] + greedy_ms.unwrap_or(head_ms[0]);
         let mut best: Option<(f64, usize, usize, f64, Option<f64>)> = None;
         for e in 1..n_layer {
             for k in 1..=MAX_AUTO_DRAFT {
@@ -486,6 +509,7 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize) -> Result<Calib
             agreement,
             block_ms,
             head_ms,
+            greedy_ms,
             draft_layer,
             draft_len,
             draft_confidence,
@@ -525,8 +549,9 @@ fn trace_drafts(m: &CpuModel, prompt: &[u32], positions: usize) -> Result<DraftT
 }
 
 /// Median milliseconds of one block (averaged over the blocks) and of the head, for
-/// 1..=MAX_AUTO_DRAFT+1 rows after 32 cached positions.
-fn measure_costs(m: &CpuModel) -> Result<(Vec<f64>, Vec<f64>)> {
+/// 1..=MAX_AUTO_DRAFT+1 rows after 32 cached positions; with `greedy`, also of a greedy
+/// token of one row.
+fn measure_costs(m: &CpuModel, greedy: bool) -> Result<(Vec<f64>, Vec<f64>, Option<f64>)> {
     const REPS: usize = 15;
     let ctx = 32.min(m.n_positions.saturating_sub(MAX_AUTO_DRAFT + 1));
     let ids: Vec<u32> = (0..ctx + MAX_AUTO_DRAFT + 1).map(|i| (i * 7919 % m.vocab) as u32).collect();
@@ -551,7 +576,21 @@ fn measure_costs(m: &CpuModel) -> Result<(Vec<f64>, Vec<f64>)> {
         block_ms.push(median(tb));
         head_ms.push(median(th));
     }
-    Ok((block_ms, head_ms))
+    let greedy_ms = greedy.then(|| {
+        let row = &x[x.len() - m.d..];
+        // The first call builds a large classifier's half-precision copy: not a draft's cost.
+        std::hint::black_box(dec.greedy_token(row));
+        median(
+            (0..REPS)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(dec.greedy_token(row));
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        )
+    });
+    Ok((block_ms, head_ms, greedy_ms))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

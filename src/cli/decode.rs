@@ -10,6 +10,7 @@ use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::speculative::{Calibration, SpeculativeOptions, TokenOrigin, calibrate, generate_speculative};
 use crate::model::Checkpoint;
+use crate::model::decoder::HALF_HEAD_MIN_TOKENS;
 use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -172,7 +173,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let m = &ck.model;
     let n_layer = m.n_layer();
     let spec = a.speculative.as_deref().expect("checked by the caller");
-    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS)?) } else { None };
+    let greedy_drafts = matches!(sampling, Sampling::Greedy) && a.max_new_tokens >= HALF_HEAD_MIN_TOKENS;
+    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_drafts)?) } else { None };
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
         (Some(c), _) => c.draft_layer,
         (None, Ok(e)) if e >= 1 && e < n_layer => e,
@@ -218,6 +220,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 "agreement": c.agreement,
                 "block_ms": c.block_ms[0],
                 "head_ms": c.head_ms[0],
+                "greedy_ms": c.greedy_ms,
                 "draft_layer": c.draft_layer,
                 "draft": c.draft_len,
                 "draft_confidence": c.draft_confidence,
