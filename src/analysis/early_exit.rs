@@ -169,6 +169,10 @@ fn run_cpu(
     let mut layer = n_layer;
     let mut pos = prompt.len();
     let mut prev = vec![0f32; d];
+    // Where only the exit layer's classifier runs (saturation, or a token that reached the
+    // last layer), a greedy token is found as plain greedy decoding finds it: on a large
+    // classifier through its half-precision copy, in generations long enough to repay it.
+    let greedy_tokens = picker.is_greedy() && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS;
     while out.emit(next, layer) {
         if pos >= m.n_positions {
             out.g.stop = StopReason::ContextFull;
@@ -202,10 +206,14 @@ fn run_cpu(
         if layer == n_layer {
             dec.block(n_layer - 1, &mut x, pos)?;
         }
-        if !have_logits {
+        next = if have_logits {
+            picker.pick(&logits)?
+        } else if greedy_tokens {
+            dec.greedy_token(&x)
+        } else {
             dec.logits(&x, &mut logits);
-        }
-        next = picker.pick(&logits)?;
+            picker.pick(&logits)?
+        };
         pos += 1;
     }
     Ok(out.g)
@@ -287,5 +295,30 @@ mod tests {
             assert_eq!(a.exit_layers, b.exit_layers, "{measure:?} {threshold}");
             assert!(a.exit_layers.iter().any(|&l| l < 4), "{measure:?} {threshold}: some token leaves early");
         }
+    }
+
+    /// The same with a classifier large enough for greedy tokens to come through its
+    /// half-precision copy (random weights, GPT-2's shape at a smaller size): a token that
+    /// leaves by saturation, or reaches the last layer, runs only that classifier.
+    #[test]
+    fn engine_and_tensor_paths_agree_through_the_half_precision_head() {
+        let model = crate::model::Gpt2::random(crate::model::Gpt2Config::new(3, 512, 8, 8192, 96), 5, &candle_core::Device::Cpu).unwrap();
+        let prompt: Vec<u32> = (0..6).map(|i| (i * 919 + 17) % 8192).collect();
+        let mut layers = std::collections::HashSet::new();
+        for threshold in [0.3, 0.6, 0.9, 0.99] {
+            let opts = EarlyExitOptions {
+                threshold,
+                measure: ExitMeasure::Saturation,
+                max_new_tokens: decoder::HALF_HEAD_MIN_TOKENS + 8,
+                sampling: Sampling::Greedy,
+                eos: None,
+            };
+            let a = decoder::with_cpu_model(&model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
+            let b = run_tensor(&model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+            assert_eq!(a.ids, b.ids, "saturation {threshold}");
+            assert_eq!(a.exit_layers, b.exit_layers, "saturation {threshold}");
+            layers.extend(a.exit_layers.iter().skip(1).copied());
+        }
+        assert!(layers.len() > 1, "tokens leave early and late over the thresholds: {layers:?}");
     }
 }
