@@ -24,8 +24,10 @@ use std::time::Instant;
 
 /// Linear layers and the classifier with at least this many weights are split among the
 /// threads; smaller ones (the Austen blocks: 16k-65k weights) run on one core, where a
-/// rayon fork-join would cost more than the arithmetic.
-const PAR_MIN_WEIGHTS: usize = 1 << 20;
+/// rayon fork-join would cost more than the arithmetic. GPT-2-124M's attention projection
+/// (590k weights) is above it: on one core it read its weights at 10-12 GB/s, split 16-17
+/// (1.7 instead of 2.3-2.8 ms per token over three alternating pairs).
+const PAR_MIN_WEIGHTS: usize = 1 << 18;
 /// Attention is split among threads (by row and head) above this many multiply-adds: from
 /// the 43rd position on when decoding GPT-2-124M one row at a time (where it took 7% of a
 /// step at 128 positions on one thread); on the Austen models only for passes over several
@@ -345,7 +347,9 @@ fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usi
     for _ in 0..m {
         y.extend_from_slice(&b[c0..c0 + nb]);
     }
-    if k * n < PAR_MIN_WEIGHTS {
+    // With no more than one chunk of rows there is nothing to share (the Austen head's
+    // transposed copy: 128 rows).
+    if k * n < PAR_MIN_WEIGHTS || k <= K_CHUNK {
         crate::kernels::matrix_cols_accumulate(x, k, w, n, c0, nb, y);
         return;
     }
