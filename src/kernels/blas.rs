@@ -152,10 +152,17 @@ pub unsafe fn sgemm_raw(
         // large products spread over threads were measured; the attention kernels' small
         // per-head products keep the direct path.
         let flip = |o: RawOperand| RawOperand { trans: !o.trans, ..o };
-        let mut t = vec![0f32; n * m];
+        // Not zeroed: the product overwrites all of it (zeroing was a serial 2 MB memset
+        // per head chunk of the aligned loss, with the other core idle). With nothing to
+        // sum, it is zeros.
+        let mut t: Vec<f32> = if k == 0 { vec![0f32; n * m] } else { Vec::with_capacity(n * m) };
         // SAFETY: op(b)^T and op(a)^T address the same elements as op(b) and op(a), which
-        // the caller vouched for; t holds n rows of m.
-        unsafe { sgemm_raw(n, m, k, alpha, flip(b), flip(a), false, t.as_mut_ptr(), m, threads) };
+        // the caller vouched for; t has room for n rows of m, every element of which the
+        // product writes (without reading it) before the length covers it.
+        unsafe {
+            sgemm_raw(n, m, k, alpha, flip(b), flip(a), false, t.as_mut_ptr(), m, threads);
+            t.set_len(n * m);
+        }
         // SAFETY: forwarded from the caller: c's m rows of n, ldc apart.
         unsafe { add_transposed(&t, m, n, accumulate, c, ldc, threads) };
         return;
