@@ -6,7 +6,6 @@
 use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::speculative::{SpeculativeOptions, calibrate, generate_speculative};
-use crate::model::decoder::HALF_HEAD_MIN_TOKENS;
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
@@ -411,7 +410,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
     let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
         (Some(e), Some(k), Some(g)) => (e, k, g),
         (e, k, g) => {
-            let c = calibrate(m, &calib, CALIBRATION_TOKENS, a.decode_tokens >= HALF_HEAD_MIN_TOKENS)?;
+            let c = calibrate(m, &calib, CALIBRATION_TOKENS, Sampling::Greedy.greedy_tokens(a.decode_tokens))?;
             say(&format!(
                 "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows; agreement with the last layer by layer: {}",
                 c.positions,

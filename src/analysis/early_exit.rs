@@ -172,7 +172,7 @@ fn run_cpu(
     // Where only the exit layer's classifier runs (saturation, or a token that reached the
     // last layer), a greedy token is found as plain greedy decoding finds it: on a large
     // classifier through its half-precision copy, in generations long enough to repay it.
-    let greedy_tokens = picker.is_greedy() && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS;
+    let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
     while out.emit(next, layer) {
         if pos >= m.n_positions {
             out.g.stop = StopReason::ContextFull;

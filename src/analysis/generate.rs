@@ -29,6 +29,14 @@ impl Sampling {
         }
     }
 
+    /// Whether a generation of `max_new_tokens` finds its tokens with
+    /// [`Decoder::greedy_token`](crate::model::decoder::Decoder::greedy_token) — on a large
+    /// classifier through its half-precision copy, the same tokens as the argmax of every
+    /// logit — rather than from the logits: greedy, and long enough to repay the copy.
+    pub fn greedy_tokens(&self, max_new_tokens: usize) -> bool {
+        matches!(self, Sampling::Greedy) && max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS
+    }
+
     pub fn validate(&self) -> Result<()> {
         if let Sampling::TopP { p, temperature, .. } = *self {
             if !(p > 0.0 && p <= 1.0) {
@@ -106,11 +114,6 @@ impl TokenPicker {
         Self { proc: matches!(sampling, Sampling::TopP { .. }).then(|| sampling.processor()) }
     }
 
-    /// Whether the pick is the largest logit (then only that index is needed).
-    pub(crate) fn is_greedy(&self) -> bool {
-        self.proc.is_none()
-    }
-
     pub(crate) fn pick(&mut self, logits: &[f32]) -> Result<u32> {
         match &mut self.proc {
             None => Ok(decoder::argmax(logits)),
@@ -129,6 +132,7 @@ fn generate_cpu(
     let l = opts.exit_layer;
     let mut dec = Decoder::new(m);
     let mut picker = TokenPicker::new(&opts.sampling);
+    let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
     let mut out = Vec::new();
     let mut input = prompt.to_vec();
     let mut pos = 0;
@@ -143,7 +147,7 @@ fn generate_cpu(
         dec.blocks(0, l, &mut x, pos)?;
         pos += input.len();
         let row = &x[x.len() - m.d..];
-        let next = if picker.is_greedy() && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS {
+        let next = if greedy_tokens {
             dec.greedy_token(row)
         } else {
             dec.logits(row, &mut logits);

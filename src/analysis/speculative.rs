@@ -100,13 +100,12 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     Ok(())
 }
 
-/// Whether drafts are found as [`Decoder::greedy_token`] finds plain decoding's tokens —
-/// on a large classifier through its half-precision copy and an exact bound, reading half
-/// the bytes of the f32 logits — rather than from every logit: greedy drafts that need no
-/// confidence, in generations long enough to repay the copy (as plain decoding decides).
-/// The drafts are the same tokens either way.
+/// Whether drafts are found as [`Decoder::greedy_token`] finds plain decoding's tokens
+/// ([`Sampling::greedy_tokens`]: on a large classifier through its half-precision copy,
+/// reading half the bytes of the f32 logits) rather than from every logit: when plain
+/// decoding would, and the drafts need no confidence. The same tokens either way.
 pub fn greedy_token_drafts(opts: &SpeculativeOptions) -> bool {
-    matches!(opts.sampling, Sampling::Greedy) && opts.draft_confidence <= 0.0 && opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS
+    opts.sampling.greedy_tokens(opts.max_new_tokens) && opts.draft_confidence <= 0.0
 }
 
 /// Drafts so far, and how many of them the full model accepted.
@@ -460,10 +459,11 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
 /// model's greedy continuation of `prompt` for `positions` tokens, reading every layer's
 /// prediction and confidence on the way; times a block and the head on 1..=MAX_AUTO_DRAFT+1
 /// rows; then replays speculative decoding along the continuation for every choice and
-/// keeps the fastest. `greedy_drafts`: whether greedy tokens — drafts at confidence 0 (see
-/// [`greedy_token_drafts`]) and plain decoding's, the baseline — come from
-/// [`Decoder::greedy_token`], which the replay then costs as such.
-pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_drafts: bool) -> Result<Calibration> {
+/// keeps the fastest. `greedy_tokens` ([`Sampling::greedy_tokens`] of the generation):
+/// whether greedy tokens — plain decoding's, the baseline, and drafts at confidence 0 (see
+/// [`greedy_token_drafts`]) — come from [`Decoder::greedy_token`], which the replay then
+/// costs as such.
+pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: bool) -> Result<Calibration> {
     check_prompt(model, prompt)?;
     if !decoder::supported(model) {
         bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
@@ -486,7 +486,7 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_drafts: 
                     .then(|| trace.tokens[l - 1].iter().zip(&trace.full).filter(|(a, b)| a == b).count() as f64 / seen as f64)
             })
             .collect();
-        let (block_ms, head_ms, greedy_ms) = measure_costs(m, greedy_drafts)?;
+        let (block_ms, head_ms, greedy_ms) = measure_costs(m, greedy_tokens)?;
         let costs = Costs { block: &block_ms, head: &head_ms, greedy: greedy_ms };
         // Plain greedy decoding finds its tokens as greedy drafts do.
         let plain = n_layer as f64 * block_ms[0] + greedy_ms.unwrap_or(head_ms[0]);

@@ -10,7 +10,6 @@ use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::speculative::{Calibration, SpeculativeOptions, TokenOrigin, calibrate, generate_speculative};
 use crate::model::Checkpoint;
-use crate::model::decoder::HALF_HEAD_MIN_TOKENS;
 use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -173,8 +172,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let m = &ck.model;
     let n_layer = m.n_layer();
     let spec = a.speculative.as_deref().expect("checked by the caller");
-    let greedy_drafts = matches!(sampling, Sampling::Greedy) && a.max_new_tokens >= HALF_HEAD_MIN_TOKENS;
-    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_drafts)?) } else { None };
+    let greedy_tokens = sampling.greedy_tokens(a.max_new_tokens);
+    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_tokens)?) } else { None };
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
         (Some(c), _) => c.draft_layer,
         (None, Ok(e)) if e >= 1 && e < n_layer => e,
