@@ -533,6 +533,23 @@ dispatch! {
 /// [`attend_row`] for any head size.
 #[inline(always)]
 fn attend_row_any(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    out.iter_mut().for_each(|o| *o = 0.0);
+    attend_row_into(q, cache, scale, scores, out);
+}
+
+/// [`attend_row`] for head size `HD`: the same arithmetic into a local row, which the
+/// compiler keeps in registers.
+#[inline(always)]
+fn attend_row_sized<const HD: usize>(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let q: &[f32; HD] = q.try_into().expect("a query of the head size");
+    let mut acc = [0f32; HD];
+    attend_row_into(q, cache, scale, scores, &mut acc);
+    out.copy_from_slice(&acc);
+}
+
+/// Attention of one query row, added onto `acc` (zero on entry: `out` of [`attend_row`]).
+#[inline(always)]
+fn attend_row_into(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], acc: &mut [f32]) {
     let hd = q.len();
     let HeadCache { keys, values, stride, offset } = cache;
     for (j, s) in scores.iter_mut().enumerate() {
@@ -540,36 +557,13 @@ fn attend_row_any(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32
     }
     let max = max_of(scores);
     let inv = 1.0 / exp_shift_sum(scores, max);
-    out.iter_mut().for_each(|o| *o = 0.0);
     for (j, &p) in scores.iter().enumerate() {
         let p = p * inv;
         let vr = &values[j * stride + offset..j * stride + offset + hd];
-        for (o, &v) in out.iter_mut().zip(vr) {
+        for (o, &v) in acc.iter_mut().zip(vr) {
             *o += p * v;
         }
     }
-}
-
-/// [`attend_row_any`] for head size `HD`, the same arithmetic.
-#[inline(always)]
-fn attend_row_sized<const HD: usize>(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    let HeadCache { keys, values, stride, offset } = cache;
-    let q: &[f32; HD] = q.try_into().expect("a query of the head size");
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k: &[f32; HD] = keys[j * stride + offset..j * stride + offset + HD].try_into().expect("a key of the head size");
-        *s = dot_lanes(q, k) * scale;
-    }
-    let max = max_of(scores);
-    let inv = 1.0 / exp_shift_sum(scores, max);
-    let mut acc = [0f32; HD];
-    for (j, &p) in scores.iter().enumerate() {
-        let p = p * inv;
-        let vr: &[f32; HD] = values[j * stride + offset..j * stride + offset + HD].try_into().expect("a value of the head size");
-        for d in 0..HD {
-            acc[d] += p * vr[d];
-        }
-    }
-    out.copy_from_slice(&acc);
 }
 
 #[cfg(test)]
