@@ -520,8 +520,8 @@ dispatch! {
     pub fn attend_row(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) -> () {
         // The common head sizes get a copy compiled for their size, the same operations
         // in the same order (so the same bits): the output row stays in registers across
-        // positions, and the dot products unroll. Generic, the compiler kept neither
-        // (GPT-2's 64 and the Austen models' 32: attention was a fifth of their decoding).
+        // positions, and the dot products unroll. Generic, the compiler kept neither (the
+        // Austen models' 32, where attention was a fifth of decoding; GPT-2's 64).
         match q.len() {
             32 => attend_row_sized::<32>(q, cache, scale, scores, out),
             64 => attend_row_sized::<64>(q, cache, scale, scores, out),
