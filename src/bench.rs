@@ -5,7 +5,7 @@
 
 use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
-use crate::analysis::speculative::{SpeculativeOptions, calibrate, generate_speculative};
+use crate::analysis::speculative::{DEFAULT_LOOKAHEAD, SpeculativeOptions, calibrate, generate_pipelined, generate_speculative};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// Decode benchmark: draft confidence below which drafting stops (default: picked by calibration)
     #[arg(long)]
     pub draft_confidence: Option<f64>,
+    /// Decode benchmark: time pipelined speculative decoding (`generate --pipelined`: drafting
+    /// and verification on two threads) instead of the one-thread rounds; its draft layer as
+    /// `--speculative auto --pipelined` picks it unless --draft-layer is given
+    #[arg(long)]
+    pub pipelined: bool,
     /// Decode benchmark: also time every draft layer (with the calibrated or given draft length)
     #[arg(long)]
     pub sweep: bool,
@@ -408,6 +413,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
     say(&s.label);
     let mut calibration = serde_json::Value::Null;
     let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
+        (Some(e), k, _) if a.pipelined => (e, k.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
         (Some(e), Some(k), Some(g)) => (e, k, g),
         (e, k, g) => {
             let c = calibrate(m, &calib, CALIBRATION_TOKENS, Sampling::Greedy.greedy_tokens(a.decode_tokens))?;
@@ -442,7 +448,13 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 "head_ms_by_rows": c.head_ms,
                 "greedy_ms": c.greedy_ms,
             });
-            (e.unwrap_or(c.draft_layer), k.unwrap_or(c.draft_len), g.unwrap_or(c.draft_confidence))
+            say(&format!("  pipelined (--pipelined): draft layer {}, predicted speedup {:.2}x", c.pipelined_layer, c.pipelined_speedup));
+            calibration["pipelined_layer"] = c.pipelined_layer.into();
+            calibration["pipelined_speedup"] = c.pipelined_speedup.into();
+            match a.pipelined {
+                true => (e.unwrap_or(c.pipelined_layer), k.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
+                false => (e.unwrap_or(c.draft_layer), k.unwrap_or(c.draft_len), g.unwrap_or(c.draft_confidence)),
+            }
         }
     };
     let layers: Vec<usize> = if a.sweep { (1..n_layer).collect() } else { vec![e] };
@@ -527,7 +539,10 @@ fn decode_pair(
         let t = Instant::now();
         let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, passes: 0 };
         for p in prompts {
-            let g = generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?;
+            let g = match a.pipelined {
+                true => generate_pipelined(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
+                false => generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
+            };
             r.drafted += g.drafted;
             r.accepted += g.accepted;
             r.passes += g.forward_passes;
@@ -557,8 +572,12 @@ fn decode_pair(
     // Acceptance is undefined when nothing was drafted.
     let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
     say(&format!(
-        "  plain greedy: {:.0} tokens/s | speculative, draft layer {e}, up to {k} drafts, confidence {gamma}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
+        "  plain greedy: {:.0} tokens/s | {}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
         tokens as f64 / p,
+        match a.pipelined {
+            true => format!("pipelined speculative, draft layer {e}, up to {k} drafts ahead"),
+            false => format!("speculative, draft layer {e}, up to {k} drafts, confidence {gamma}"),
+        },
         tokens as f64 / s,
         acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
         tokens as f64 / passes as f64,
@@ -567,6 +586,7 @@ fn decode_pair(
         if same { "yes" } else { "NO" }
     ));
     Ok(serde_json::json!({
+        "pipelined": a.pipelined,
         "draft_layer": e,
         "draft": k,
         "draft_confidence": gamma,

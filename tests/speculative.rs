@@ -5,7 +5,9 @@
 
 mod common;
 use alignscope::analysis::generate::{GenerateOptions, Generation, Sampling, StopReason, generate};
-use alignscope::analysis::speculative::{SpeculativeGeneration, SpeculativeOptions, TokenOrigin, generate_speculative, nucleus};
+use alignscope::analysis::speculative::{
+    SpeculativeGeneration, SpeculativeOptions, TokenOrigin, generate_pipelined, generate_speculative, nucleus,
+};
 use alignscope::model::decoder::{Decoder, with_cpu_model};
 use alignscope::model::{Checkpoint, Gpt2};
 use candle_core::Device;
@@ -36,8 +38,47 @@ fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: u
     g
 }
 
+/// Pipelined speculative decoding (two threads), with `k` drafts in flight at most.
+fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    let opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: 0.0,
+        max_new_tokens: max_new,
+        sampling: Sampling::Greedy,
+        eos,
+    };
+    let mut seen = Vec::new();
+    let mut counts = (0, 0);
+    let g = generate_pipelined(model, prompt, &opts, |t, origin, c| {
+        seen.push((t, origin));
+        assert!(c.accepted <= c.drafted && c.drafted >= counts.0 && c.accepted >= counts.1, "the counts only grow");
+        counts = (c.drafted, c.accepted);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), g.ids, "the callback sees every token in order");
+    assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), g.origins);
+    g
+}
+
+/// Checks a pipelined generation against plain greedy decoding; the thread timing differs
+/// from run to run, so each case runs a few times.
+fn check_pipelined(model: &Gpt2, prompt: &[u32], want: &Generation, e: usize, k: usize, max_new: usize, eos: Option<u32>) {
+    for run in 0..3 {
+        let g = piped(model, prompt, e, k, max_new, eos);
+        assert_eq!(g.ids, want.ids, "pipelined: draft layer {e}, {k} drafts ahead, prompt of {} tokens, run {run}", prompt.len());
+        assert_eq!(g.stop, want.stop, "pipelined: draft layer {e}, {k} drafts ahead");
+        let judged = g.origins.iter().filter(|o| matches!(o, TokenOrigin::Accepted | TokenOrigin::Corrected { .. })).count();
+        let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
+        assert_eq!((judged, acc), (g.drafted, g.accepted), "drafted counts the judged drafts");
+        assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
+    }
+}
+
 /// Runs every (draft layer, draft length) pair against plain greedy decoding, with draft
-/// confidence thresholds from "always draft" to "rarely draft" spread over the pairs.
+/// confidence thresholds from "always draft" to "rarely draft" spread over the pairs, and
+/// pipelined decoding with the same draft layers and lengths.
 fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize], max_new: usize, eos: Option<u32>) -> (usize, usize) {
     let want = plain(model, prompt, max_new, eos);
     let (mut drafted, mut accepted) = (0, 0);
@@ -53,6 +94,7 @@ fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize
             assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
             drafted += g.drafted;
             accepted += g.accepted;
+            check_pipelined(model, prompt, &want, e, k, max_new, eos);
         }
     }
     (drafted, accepted)
@@ -151,8 +193,54 @@ fn greedy_drafts_through_the_half_precision_head_are_identical() {
         let want = plain(&model, &long, 64, None);
         assert_eq!(want.stop, StopReason::ContextFull);
         assert_eq!(spec(&model, &long, 2, 5, 0.0, 64, None).ids, want.ids);
+        assert_eq!(piped(&model, &long, 2, 5, 64, None).ids, want.ids);
     }
     assert!(drafted > 0);
+}
+
+/// The shipped models decode a row on one thread (so pipelined decoding's two threads
+/// overlap); a GPT-2-shaped model shares its rows among the threads.
+#[test]
+fn which_models_decode_a_row_on_one_thread() {
+    use alignscope::model::Gpt2Config;
+    for name in ["austen-aligned", "austen-standard"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(name);
+        let ck = Checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
+        assert!(with_cpu_model(&ck.model, |m| Ok(m.rows_use_one_thread())).unwrap(), "{name}");
+    }
+    let wide = Gpt2::random(Gpt2Config::new(1, 768, 12, 8192, 64), 3, &Device::Cpu).unwrap();
+    assert!(!with_cpu_model(&wide, |m| Ok(m.rows_use_one_thread())).unwrap());
+}
+
+/// Pipelined decoding is greedy only, and says so; one token needs no drafting thread.
+#[test]
+fn pipelined_decoding_refuses_sampling() {
+    let ck = fixture();
+    let prompt = prompts_from_text(&ck, &[5]).remove(0);
+    let mut opts = SpeculativeOptions {
+        draft_layer: 1,
+        draft_len: 3,
+        draft_confidence: 0.0,
+        max_new_tokens: 10,
+        sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 },
+        eos: None,
+    };
+    let err = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("greedy only"), "{err}");
+    opts.sampling = Sampling::Greedy;
+    opts.max_new_tokens = 1;
+    let g = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
+    assert_eq!(g.ids, plain(&ck.model, &prompt, 1, None).ids);
+    // Cancelling from the callback stops the generation (and its drafting thread).
+    opts.max_new_tokens = 40;
+    let mut n = 0;
+    let g = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| {
+        n += 1;
+        if n == 7 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })
+    .unwrap();
+    assert_eq!((g.ids.len(), g.stop), (7, StopReason::Cancelled));
+    assert_eq!(g.ids[..], plain(&ck.model, &prompt, 7, None).ids[..]);
 }
 
 /// With sampling, the output follows the full model's nucleus distribution. On the fixture

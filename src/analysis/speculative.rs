@@ -129,6 +129,25 @@ pub fn generate_speculative(
     decoder::with_cpu_model(model, |m| run(m, prompt, opts, on_token))
 }
 
+/// Default most drafts in flight ahead of the verified tokens in [`generate_pipelined`]:
+/// drafts that far ahead are rarely all right, and a wrong one voids those after it anyway.
+pub const DEFAULT_LOOKAHEAD: usize = 8;
+
+/// [`generate_speculative`] with drafting and verification on two threads that overlap
+/// (see [`super::pipelined`]): greedy only; `draft_len` bounds how far the drafts run ahead
+/// of the verified tokens. The same tokens as plain greedy decoding.
+pub fn generate_pipelined(
+    model: &Gpt2,
+    prompt: &[u32],
+    opts: &SpeculativeOptions,
+    on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+) -> Result<SpeculativeGeneration> {
+    check_prompt(model, prompt)?;
+    opts.sampling.validate()?;
+    validate(model, opts)?;
+    decoder::with_cpu_model(model, |m| super::pipelined::run(m, prompt, opts, on_token))
+}
+
 /// The sampling side of a round: greedy compares argmaxes, sampling applies the rule.
 enum Picker {
     Greedy,
@@ -403,6 +422,29 @@ pub struct Calibration {
     /// decoding (below 1: speculation is not expected to pay on this model).
     pub predicted_acceptance: Option<f64>,
     pub predicted_speedup: f64,
+    /// The draft layer for pipelined decoding (`--pipelined`, [`generate_pipelined`]) and
+    /// its predicted speedup (see [`pipelined_speedup`]).
+    pub pipelined_layer: usize,
+    pub pipelined_speedup: f64,
+}
+
+/// The speedup pipelined decoding ([`generate_pipelined`]) is expected to reach drafting
+/// from layer `e` whose drafts agree with the full model's tokens a fraction `p` of the
+/// time, with a block costing `block` and a token's head `head` (on one row). A drafted
+/// row follows the previous one after `e` blocks and the head when the previous draft was
+/// right; after a wrong one, only once the verifier has found the right token — the rest
+/// of the depth and its head later — so that token costs what plain decoding costs. The
+/// verifier, `L - e` blocks and a head per row, bounds the pace from below. Where a row
+/// already runs on every core (`!overlap`: see [`CpuModel::rows_use_one_thread`]) the two
+/// threads take turns, and a right draft costs its drafting and its verification.
+pub fn pipelined_speedup(n_layer: usize, e: usize, p: f64, block: f64, head: f64, overlap: bool) -> f64 {
+    let plain = n_layer as f64 * block + head;
+    let drafted = e as f64 * block + head;
+    let verified = (n_layer - e) as f64 * block + head;
+    match overlap {
+        true => plain / (p * drafted + (1.0 - p) * plain).max(verified),
+        false => plain / (p * (drafted + verified) + (1.0 - p) * plain),
+    }
 }
 
 /// What blocks `1..E` + the head predict at each position of a greedy continuation.
@@ -504,6 +546,11 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
             }
         }
         let (predicted_speedup, draft_layer, draft_len, draft_confidence, predicted_acceptance) = best.expect("at least one choice");
+        let draft_head = greedy_ms.unwrap_or(head_ms[0]);
+        let (pipelined_speedup, pipelined_layer) = (1..n_layer)
+            .map(|e| (pipelined_speedup(n_layer, e, agreement[e].unwrap_or(0.0), block_ms[0], draft_head, m.rows_use_one_thread()), e))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("at least one layer");
         Ok(Calibration {
             positions: seen,
             agreement,
@@ -515,6 +562,8 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
             draft_confidence,
             predicted_acceptance,
             predicted_speedup,
+            pipelined_layer,
+            pipelined_speedup,
         })
     })
 }
@@ -607,6 +656,21 @@ mod tests {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!((x - y).abs() <= tol, "entry {i}: {x} vs {y}\n{a:?}\n{b:?}");
         }
+    }
+
+    /// The pipelined prediction by hand: 12 blocks of 1 and a head of 2 (plain: 14 a token).
+    #[test]
+    fn pipelined_prediction_by_hand() {
+        // Drafts always right from layer 6: a token every 6 + 2 (the verifier's 6 + 2 keeps up).
+        assert!((pipelined_speedup(12, 6, 1.0, 1.0, 2.0, true) - 14.0 / 8.0).abs() < 1e-12);
+        // Never right: every token costs plain decoding's time.
+        assert!((pipelined_speedup(12, 6, 0.0, 1.0, 2.0, true) - 1.0).abs() < 1e-12);
+        // From layer 2, always right: the verifier (10 + 2) sets the pace.
+        assert!((pipelined_speedup(12, 2, 1.0, 1.0, 2.0, true) - 14.0 / 12.0).abs() < 1e-12);
+        // Half right from layer 4: 0.5 * 6 + 0.5 * 14 = 10.
+        assert!((pipelined_speedup(12, 4, 0.5, 1.0, 2.0, true) - 1.4).abs() < 1e-12);
+        // Threads that take turns: a right draft pays both halves (6 + 10), so it cannot pay.
+        assert!((pipelined_speedup(12, 4, 1.0, 1.0, 2.0, false) - 14.0 / 16.0).abs() < 1e-12);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::analysis::embedder::{EmbedderChoice, SentenceEncoder};
 use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
-use crate::analysis::speculative::{Calibration, SpeculativeOptions, TokenOrigin, calibrate, generate_speculative};
+use crate::analysis::speculative::{
+    Calibration, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate, generate_pipelined, generate_speculative,
+};
 use crate::model::Checkpoint;
 use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
 use anyhow::{Result, bail};
@@ -43,6 +45,9 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
         bail!("--early-exit is a threshold in [0, 1], got {th}")
     }
     if a.speculative.is_none() {
+        if a.pipelined {
+            bail!("--pipelined needs --speculative")
+        }
         if a.draft.is_some() {
             bail!("--draft needs --speculative")
         }
@@ -55,6 +60,12 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
         && s.parse::<usize>().is_err()
     {
         bail!("--speculative must be a draft layer (a number) or auto, got {s:?}")
+    }
+    if a.pipelined && (a.top_p.is_some() || a.sample) {
+        bail!("--pipelined decodes greedily: it cannot be used with --top-p or --sample")
+    }
+    if a.pipelined && a.draft_confidence.is_some_and(|g| g > 0.0) {
+        bail!("--pipelined drafts every token: it cannot be used with --draft-confidence")
     }
     if a.draft == Some(0) {
         bail!("--draft must be at least 1")
@@ -175,6 +186,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let greedy_tokens = sampling.greedy_tokens(a.max_new_tokens);
     let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_tokens)?) } else { None };
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
+        (Some(c), _) if a.pipelined => c.pipelined_layer,
         (Some(c), _) => c.draft_layer,
         (None, Ok(e)) if e >= 1 && e < n_layer => e,
         (None, Ok(e)) => {
@@ -182,10 +194,18 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
         }
         (None, Err(_)) => bail!("--speculative must be a draft layer (a number) or auto, got {spec:?}"),
     };
-    let draft_len = a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT);
-    let draft_confidence = a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0);
+    let (draft_len, draft_confidence) = match a.pipelined {
+        true => (a.draft.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
+        false => (
+            a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT),
+            a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0),
+        ),
+    };
     let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos };
-    let g = generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?;
+    let g = match a.pipelined {
+        true => generate_pipelined(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
+        false => generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
+    };
     let text = decode_ids(&ck.tokenizer, &g.ids);
     let acceptance = g.acceptance();
     let tok_per_s = g.tokens_per_second();
@@ -200,6 +220,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             "text": text,
             "stop": g.stop,
             "draft_layer": draft_layer,
+            "pipelined": a.pipelined,
             "draft": draft_len,
             "draft_confidence": draft_confidence,
             "drafted": g.drafted,
@@ -225,12 +246,22 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 "draft_confidence": c.draft_confidence,
                 "predicted_acceptance": c.predicted_acceptance,
                 "predicted_speedup": c.predicted_speedup,
+                "pipelined_layer": c.pipelined_layer,
+                "pipelined_speedup": c.pipelined_speedup,
             });
         }
         out(&v.to_string());
     } else {
         out(&format!("{}{}", a.prompt, text));
-        if let Some(c) = &calibration {
+        if let Some(c) = calibration.as_ref().filter(|_| a.pipelined) {
+            out(&format!(
+                "-- auto: draft layer {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{})",
+                c.pipelined_layer,
+                c.positions,
+                c.pipelined_speedup,
+                if c.pipelined_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
+            ));
+        } else if let Some(c) = &calibration {
             out(&format!(
                 "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{})",
                 c.draft_layer,
@@ -241,8 +272,12 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 if c.predicted_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
             ));
         }
+        let mode = match a.pipelined {
+            true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts ahead"),
+            false => format!("draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts"),
+        };
         out(&format!(
-            "-- speculative: draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts; {} drafted, {} accepted ({}); {} full-depth passes for {} tokens; {}",
+            "-- speculative: {mode}; {} drafted, {} accepted ({}); {} full-depth passes for {} tokens; {}",
             g.drafted,
             g.accepted,
             acceptance.map_or("acceptance n/a".into(), |v| format!("{:.1}%", 100.0 * v)),

@@ -169,6 +169,10 @@ pub struct GenerateArgs {
     /// (default 0: always draft --draft tokens, or calibrated)
     #[arg(long)]
     pub draft_confidence: Option<f64>,
+    /// Speculative decoding on two threads: drafting and verification overlap (greedy only;
+    /// --draft then bounds how far the drafts run ahead of the verified tokens, default 8)
+    #[arg(long)]
+    pub pipelined: bool,
     /// Keep generating past end-of-text
     #[arg(long)]
     pub ignore_eos: bool,

@@ -347,9 +347,7 @@ fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usi
     for _ in 0..m {
         y.extend_from_slice(&b[c0..c0 + nb]);
     }
-    // With no more than one chunk of rows there is nothing to share (the Austen head's
-    // transposed copy: 128 rows).
-    if k * n < PAR_MIN_WEIGHTS || k <= K_CHUNK {
+    if !splits_linear(k, n) {
         crate::kernels::matrix_cols_accumulate(x, k, w, n, c0, nb, y);
         return;
     }
@@ -367,6 +365,12 @@ fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usi
     for part in &parts {
         y.iter_mut().zip(part).for_each(|(a, p)| *a += p);
     }
+}
+
+/// Whether [`linear_cols`] shares a `[k, n]` layer among the threads. With no more than one
+/// chunk of rows there is nothing to share (the Austen head's transposed copy: 128 rows).
+fn splits_linear(k: usize, n: usize) -> bool {
+    k * n >= PAR_MIN_WEIGHTS && k > K_CHUNK
 }
 
 /// Splits `n` columns into a few blocks per thread, each a multiple of `align`.
@@ -438,6 +442,20 @@ impl CpuModel<'_> {
         let mut logits = Vec::new();
         self.classify_normed(&normed, &mut logits);
         argmax(&logits)
+    }
+
+    /// Whether decoding one row keeps to one thread: no layer and not the head is shared
+    /// among the threads (the Austen models; GPT-2-124M shares every one). Attention is left
+    /// out: it is shared only for long contexts. Two decoders on two threads then overlap
+    /// ([`crate::analysis::speculative::generate_pipelined`]) instead of taking turns.
+    pub fn rows_use_one_thread(&self) -> bool {
+        let (d, inner) = (self.d, self.inner);
+        let layers = [(d, 3 * d), (d, d), (d, inner), (inner, d)];
+        let head = match self.head_t {
+            Some(_) => !splits_linear(d, self.vocab),
+            None => self.vocab * d < PAR_MIN_WEIGHTS,
+        };
+        head && layers.iter().all(|&(k, n)| !splits_linear(k, n))
     }
 
     fn classify_normed(&self, x: &[f32], logits: &mut Vec<f32>) {

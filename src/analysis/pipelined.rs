@@ -1,0 +1,383 @@
+//! Self-speculative decoding on two threads (`generate --speculative E --pipelined`): the
+//! drafting thread runs blocks `1..E` and the shared classifier token after token, feeding
+//! each draft straight back in, while the calling thread runs blocks `E+1..L` and the head
+//! on whatever rows the drafter has handed over, in one pass, and checks each row's token
+//! against the draft the next row was fed. A wrong draft sends the drafter a correction (a
+//! new epoch, the position and the full model's token); both threads roll their caches back
+//! to it and the drafter's rows of the old epoch are dropped. The idea is PEARL's (Liu et
+//! al. 2024, parallel speculative decoding): drafting and verifying overlap, so a round no
+//! longer pays the drafts and the verification one after the other — on a CPU whose second
+//! core plain batch-1 decoding of a small model cannot use.
+//!
+//! Greedy only, and lossless the same way as [`super::speculative`]: every row the
+//! verifier keeps was fed the full model's own token and is computed by the same row
+//! kernels at the same position as in plain decoding, so the output is plain greedy
+//! decoding's, token for token. `draft_len` bounds how far the drafter may run ahead of the
+//! last verified position. `drafted` counts the drafts the verifier judged (accepted or
+//! corrected): the drafter's work past a wrong draft is void, not judged, so acceptance is
+//! how often a draft from blocks `1..E` after the full model's own tokens is right.
+//!
+//! Both threads wait by spinning (a thread woken through the kernel takes 30–45 µs on the
+//! machines measured, a tenth of a draft on the Austen models).
+
+use super::generate::StopReason;
+use super::speculative::{DraftCounts, SpeculativeGeneration, SpeculativeOptions, TokenOrigin};
+use crate::model::decoder::{self, CpuModel, Decoder};
+use anyhow::{Result, anyhow, bail};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
+use std::time::Instant;
+
+/// A row the drafter hands over: `h^E` of `token` fed at `pos`, in drafting epoch `epoch`.
+struct DraftRow {
+    epoch: usize,
+    pos: usize,
+    token: u32,
+    h: Vec<f32>,
+}
+
+/// A correction from the verifier: from `pos` on, the drafter's rows were fed a wrong draft;
+/// the full model's token there is `token`, and rows of earlier epochs are void.
+#[derive(Clone, Copy)]
+struct Fix {
+    epoch: usize,
+    pos: usize,
+    token: u32,
+}
+
+/// What the two threads share besides the channels.
+struct Shared {
+    /// The latest epoch (bumped with each correction, after the correction is sent).
+    epoch: AtomicUsize,
+    /// Positions the verifier's caches hold: the drafter stays within `draft_len` of it.
+    verified: AtomicUsize,
+    /// Set when the generation is over (or the verifier failed): the drafter returns.
+    stop: AtomicBool,
+    /// The drafter's latest draft as soon as its head has picked it, before the row fed
+    /// with it is done ([`pack`]): a verifier holding that position's token rejects a wrong
+    /// draft at once, and the drafter drops the row between blocks.
+    draft: AtomicU64,
+}
+
+/// Bits of the epoch, the position and the token in [`Shared::draft`].
+const EPOCH_BITS: u32 = 20;
+const POS_BITS: u32 = 20;
+const TOKEN_BITS: u32 = 24;
+
+/// `(epoch, pos, token)` in one word; the epoch is kept modulo 2^20 (the drafter's latest
+/// epoch is never more than one behind the verifier's). `None` where a position or token
+/// does not fit: then no draft is published and wrong drafts are found when their row comes.
+fn pack(epoch: usize, pos: usize, token: u32) -> Option<u64> {
+    (pos < 1 << POS_BITS && (token as u64) < 1 << TOKEN_BITS)
+        .then_some(((epoch as u64 & ((1 << EPOCH_BITS) - 1)) << (POS_BITS + TOKEN_BITS)) | ((pos as u64) << TOKEN_BITS) | token as u64)
+}
+
+/// The published draft at `pos` in `epoch`, if the latest one is that.
+fn published(word: u64, epoch: usize, pos: usize) -> Option<u32> {
+    let at = ((epoch as u64 & ((1 << EPOCH_BITS) - 1)) << POS_BITS) | pos as u64;
+    (word != u64::MAX && word >> TOKEN_BITS == at).then_some((word & ((1 << TOKEN_BITS) - 1)) as u32)
+}
+
+/// The greedy token of one row, as plain greedy decoding picks it (see
+/// [`crate::analysis::generate`]): through [`Decoder::greedy_token`] where plain decoding
+/// uses it, else the argmax of the logits — the same token either way.
+fn greedy(dec: &Decoder, row: &[f32], greedy_tokens: bool, logits: &mut Vec<f32>) -> u32 {
+    if greedy_tokens {
+        dec.greedy_token(row)
+    } else {
+        dec.logits(row, logits);
+        decoder::argmax(logits)
+    }
+}
+
+pub(crate) fn run(
+    m: &CpuModel,
+    prompt: &[u32],
+    opts: &SpeculativeOptions,
+    mut on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+) -> Result<SpeculativeGeneration> {
+    if !matches!(opts.sampling, super::generate::Sampling::Greedy) {
+        bail!("pipelined speculative decoding is greedy only")
+    }
+    if opts.draft_confidence > 0.0 {
+        bail!("pipelined speculative decoding drafts every token: it takes no draft confidence")
+    }
+    let start = Instant::now();
+    let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
+    let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
+    let mut g = SpeculativeGeneration {
+        ids: Vec::new(),
+        origins: Vec::new(),
+        stop: StopReason::MaxTokens,
+        draft_layer: e,
+        draft_len: opts.draft_len,
+        draft_confidence: 0.0,
+        drafted: 0,
+        accepted: 0,
+        forward_passes: 0,
+        seconds: 0.0,
+    };
+    if opts.max_new_tokens == 0 {
+        return Ok(g);
+    }
+    // The prompt through the full model, as plain decoding runs it: the drafter's decoder
+    // holds blocks 1..E, the verifier's the rest.
+    let mut drafter = Decoder::new(m);
+    let mut dec = Decoder::new(m);
+    let mut logits = Vec::new();
+    let mut x = drafter.embed(prompt, 0)?;
+    drafter.blocks(0, e, &mut x, 0)?;
+    dec.blocks(e, n_layer, &mut x, 0)?;
+    g.forward_passes += 1;
+    let first = greedy(&dec, &x[x.len() - d..], greedy_tokens, &mut logits);
+    let n0 = prompt.len();
+    let shared = Shared {
+        epoch: AtomicUsize::new(0),
+        verified: AtomicUsize::new(n0),
+        stop: AtomicBool::new(false),
+        draft: AtomicU64::new(u64::MAX),
+    };
+    // The last position a row is fed at: the last token is never fed, nor one past the context.
+    let last_pos = (n0 + opts.max_new_tokens - 2).min(m.n_positions - 1);
+    let (row_tx, row_rx) = mpsc::channel::<DraftRow>();
+    let (fix_tx, fix_rx) = mpsc::channel::<Fix>();
+    let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens };
+    std::thread::scope(|s| -> Result<()> {
+        let shared = &shared;
+        let drafting = s.spawn(move || {
+            let r = draft(drafter, shared, &plan, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx);
+            if r.is_err() {
+                shared.stop.store(true, Ordering::Release);
+            }
+            r
+        });
+        let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, &mut on_token);
+        shared.stop.store(true, Ordering::Release);
+        let drafted = drafting.join().map_err(|_| anyhow!("the drafting thread panicked"))?;
+        // The drafter's error explains a verifier that lost its rows.
+        drafted?;
+        verified
+    })?;
+    g.seconds = start.elapsed().as_secs_f64();
+    Ok(g)
+}
+
+/// What the drafting thread runs: blocks `1..=layer`, rows up to position `last_pos`, at
+/// most `lookahead` positions past the verified ones.
+#[derive(Clone, Copy)]
+struct DraftPlan {
+    layer: usize,
+    last_pos: usize,
+    lookahead: usize,
+    greedy_tokens: bool,
+}
+
+/// The drafting thread: blocks 1..E and the head, token after token, from `fix` on.
+fn draft(
+    mut dec: Decoder,
+    shared: &Shared,
+    plan: &DraftPlan,
+    mut fix: Fix,
+    rows: mpsc::Sender<DraftRow>,
+    fixes: mpsc::Receiver<Fix>,
+) -> Result<()> {
+    let DraftPlan { layer: e, last_pos, lookahead, greedy_tokens } = *plan;
+    let mut logits = Vec::new();
+    let (mut pos, mut token) = (fix.pos, fix.token);
+    'rows: while !shared.stop.load(Ordering::Acquire) {
+        if shared.epoch.load(Ordering::Acquire) != fix.epoch {
+            // The correction of the latest epoch was sent before the epoch was bumped.
+            while let Ok(f) = fixes.try_recv() {
+                fix = f;
+            }
+            dec.truncate(fix.pos);
+            (pos, token) = (fix.pos, fix.token);
+            continue;
+        }
+        if pos > last_pos || pos > shared.verified.load(Ordering::Acquire) + lookahead {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut x = dec.embed(&[token], pos)?;
+        for l in 0..e {
+            // A correction voids this row: drop it between blocks rather than finish it.
+            if shared.epoch.load(Ordering::Relaxed) != fix.epoch {
+                continue 'rows;
+            }
+            dec.block(l, &mut x, pos)?;
+        }
+        // The row goes out before its draft is picked: the verifier starts on it meanwhile.
+        let row = DraftRow { epoch: fix.epoch, pos, token, h: x.clone() };
+        if rows.send(row).is_err() {
+            return Ok(()); // the verifier is done
+        }
+        let next = (pos < last_pos).then(|| greedy(&dec, &x, greedy_tokens, &mut logits));
+        if let Some(word) = next.and_then(|t| pack(fix.epoch, pos + 1, t)) {
+            shared.draft.store(word, Ordering::Release);
+        }
+        match next {
+            Some(t) => (pos, token) = (pos + 1, t),
+            None => pos += 1, // the last row: wait for the end
+        }
+    }
+    Ok(())
+}
+
+/// The verifying side, on the calling thread: blocks E+1..L and the head on the rows the
+/// drafter has handed over, the tokens emitted as each is known to be drafted right or not.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    dec: &mut Decoder,
+    g: &mut SpeculativeGeneration,
+    shared: &Shared,
+    first: u32,
+    n0: usize,
+    greedy_tokens: bool,
+    rows: &mpsc::Receiver<DraftRow>,
+    fixes: &mpsc::Sender<Fix>,
+    opts: &SpeculativeOptions,
+    on_token: &mut impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+) -> Result<()> {
+    let (m, e) = (dec.model, g.draft_layer);
+    let (n_layer, d) = (m.n_layer, m.d);
+    // Emits a token; false when generation ends here.
+    let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
+        g.ids.push(t);
+        g.origins.push(origin);
+        match origin {
+            TokenOrigin::Accepted => (g.drafted, g.accepted) = (g.drafted + 1, g.accepted + 1),
+            TokenOrigin::Corrected { .. } => g.drafted += 1,
+            _ => {}
+        }
+        let counts = DraftCounts { drafted: g.drafted, accepted: g.accepted };
+        if on_token(t, origin, counts).is_break() {
+            g.stop = StopReason::Cancelled;
+            return false;
+        }
+        if Some(t) == opts.eos {
+            g.stop = StopReason::EndOfText;
+            return false;
+        }
+        g.ids.len() < opts.max_new_tokens
+    };
+    if !emit(g, first, TokenOrigin::Full) {
+        return Ok(());
+    }
+    let mut epoch = 0;
+    // The verifier's caches hold positions ..n; `expect` is the full model's token for n.
+    // A token the verifier found at the end of a pass is `held` until the drafter's row at
+    // its position tells whether the drafter drafted it.
+    let (mut n, mut expect, mut held) = (n0, first, None::<u32>);
+    let mut queue: VecDeque<DraftRow> = VecDeque::new();
+    let mut logits = Vec::new();
+    let mut xs: Vec<f32> = Vec::new();
+    let correct = |epoch: &mut usize, pos: usize, token: u32, queue: &mut VecDeque<DraftRow>| {
+        *epoch += 1;
+        // Sent before the epoch is bumped: a drafter that sees the new epoch finds its fix.
+        let _ = fixes.send(Fix { epoch: *epoch, pos, token });
+        shared.epoch.store(*epoch, Ordering::Release);
+        queue.clear();
+    };
+    loop {
+        // A held token with no row to come (the last token, or the context is full) is the
+        // full model's alone.
+        if let Some(t) = held
+            && (g.ids.len() + 1 >= opts.max_new_tokens || n >= m.n_positions)
+        {
+            held = None;
+            if !emit(g, t, TokenOrigin::Full) {
+                return Ok(());
+            }
+        }
+        if n >= m.n_positions {
+            g.stop = StopReason::ContextFull;
+            return Ok(());
+        }
+        // Every row of this epoch the drafter has handed over; at least the one at n, unless
+        // the draft it is being fed is published and wrong.
+        let mut wrong = None;
+        loop {
+            match rows.try_recv() {
+                Ok(r) if r.epoch == epoch => queue.push_back(r),
+                Ok(_) => {} // fed a draft already corrected
+                Err(TryRecvError::Empty) if queue.is_empty() => {
+                    if held.is_some()
+                        && let Some(t) = published(shared.draft.load(Ordering::Acquire), epoch, n)
+                        && t != expect
+                    {
+                        wrong = Some(t);
+                        break;
+                    }
+                    std::hint::spin_loop()
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => bail!("the drafting thread stopped"),
+            }
+        }
+        if let Some(rejected) = wrong.or_else(|| (queue[0].token != expect).then_some(queue[0].token)) {
+            // The held token's draft was wrong.
+            correct(&mut epoch, n, expect, &mut queue);
+            if let Some(t) = held.take()
+                && !emit(g, t, TokenOrigin::Corrected { rejected })
+            {
+                return Ok(());
+            }
+            continue;
+        }
+        debug_assert_eq!(queue[0].pos, n);
+        if let Some(t) = held.take()
+            && !emit(g, t, TokenOrigin::Accepted)
+        {
+            return Ok(());
+        }
+        // Blocks E+1..L on every queued row in one pass; rows after a wrong draft are wasted.
+        xs.clear();
+        queue.iter().for_each(|r| xs.extend_from_slice(&r.h));
+        dec.blocks(e, n_layer, &mut xs, n)?;
+        g.forward_passes += 1;
+        let count = queue.len();
+        for i in 0..count {
+            let t = greedy(dec, &xs[i * d..(i + 1) * d], greedy_tokens, &mut logits);
+            n += 1;
+            shared.verified.store(n, Ordering::Release);
+            expect = t;
+            if i + 1 == count {
+                held = Some(t);
+                queue.clear();
+                break;
+            }
+            let drafted = queue[i + 1].token;
+            if drafted != t {
+                dec.truncate(n);
+                correct(&mut epoch, n, t, &mut queue);
+                if !emit(g, t, TokenOrigin::Corrected { rejected: drafted }) {
+                    return Ok(());
+                }
+                break;
+            }
+            if !emit(g, t, TokenOrigin::Accepted) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_draft_is_read_back_only_at_its_epoch_and_position() {
+        let w = pack(3, 200, 50_256).unwrap();
+        assert_eq!(published(w, 3, 200), Some(50_256));
+        assert_eq!(published(w, 4, 200), None);
+        assert_eq!(published(w, 3, 201), None);
+        assert_eq!(published(u64::MAX, 3, 200), None);
+        // Epochs wrap; positions and tokens that do not fit are not published.
+        assert_eq!(published(pack(1 << EPOCH_BITS, 7, 1).unwrap(), 0, 7), Some(1));
+        assert_eq!(pack(0, 1 << POS_BITS, 1), None);
+        assert_eq!(pack(0, 1, 1 << TOKEN_BITS), None);
+    }
+}
