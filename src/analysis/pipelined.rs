@@ -92,6 +92,7 @@ fn greedy(dec: &Decoder, row: &[f32], greedy_tokens: bool, logits: &mut Vec<f32>
     }
 }
 
+/// [`super::speculative::generate_pipelined`] on the CPU engine's weights.
 pub(crate) fn run(
     m: &CpuModel,
     prompt: &[u32],
