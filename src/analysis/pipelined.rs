@@ -108,18 +108,7 @@ pub(crate) fn run(
     let start = Instant::now();
     let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
     let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
-    let mut g = SpeculativeGeneration {
-        ids: Vec::new(),
-        origins: Vec::new(),
-        stop: StopReason::MaxTokens,
-        draft_layer: e,
-        draft_len: opts.draft_len,
-        draft_confidence: 0.0,
-        drafted: 0,
-        accepted: 0,
-        forward_passes: 0,
-        seconds: 0.0,
-    };
+    let mut g = SpeculativeGeneration::start(opts);
     if opts.max_new_tokens == 0 {
         return Ok(g);
     }
@@ -243,25 +232,14 @@ fn verify(
 ) -> Result<()> {
     let (m, e) = (dec.model, g.draft_layer);
     let (n_layer, d) = (m.n_layer, m.d);
-    // Emits a token; false when generation ends here.
+    // Emits a token, counting the draft it judges; false when generation ends here.
     let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
-        g.ids.push(t);
-        g.origins.push(origin);
         match origin {
             TokenOrigin::Accepted => (g.drafted, g.accepted) = (g.drafted + 1, g.accepted + 1),
             TokenOrigin::Corrected { .. } => g.drafted += 1,
-            _ => {}
+            TokenOrigin::Bonus | TokenOrigin::Full => {}
         }
-        let counts = DraftCounts { drafted: g.drafted, accepted: g.accepted };
-        if on_token(t, origin, counts).is_break() {
-            g.stop = StopReason::Cancelled;
-            return false;
-        }
-        if Some(t) == opts.eos {
-            g.stop = StopReason::EndOfText;
-            return false;
-        }
-        g.ids.len() < opts.max_new_tokens
+        g.emit(t, origin, opts, on_token)
     };
     if !emit(g, first, TokenOrigin::Full) {
         return Ok(());

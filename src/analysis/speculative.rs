@@ -70,6 +70,44 @@ pub struct SpeculativeGeneration {
 }
 
 impl SpeculativeGeneration {
+    /// Nothing generated yet, with `opts`' draft settings.
+    pub(crate) fn start(opts: &SpeculativeOptions) -> Self {
+        Self {
+            ids: Vec::new(),
+            origins: Vec::new(),
+            stop: StopReason::MaxTokens,
+            draft_layer: opts.draft_layer,
+            draft_len: opts.draft_len,
+            draft_confidence: opts.draft_confidence,
+            drafted: 0,
+            accepted: 0,
+            forward_passes: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// Emits token `t`: records it and shows it to `on_token` with the draft counts so far;
+    /// false when generation ends here (cancelled, end-of-text, or the last token).
+    pub(crate) fn emit(
+        &mut self,
+        t: u32,
+        origin: TokenOrigin,
+        opts: &SpeculativeOptions,
+        on_token: &mut impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
+    ) -> bool {
+        self.ids.push(t);
+        self.origins.push(origin);
+        if on_token(t, origin, DraftCounts { drafted: self.drafted, accepted: self.accepted }).is_break() {
+            self.stop = StopReason::Cancelled;
+            return false;
+        }
+        if Some(t) == opts.eos {
+            self.stop = StopReason::EndOfText;
+            return false;
+        }
+        self.ids.len() < opts.max_new_tokens
+    }
+
     /// `accepted / drafted`; `None` when nothing was drafted.
     pub fn acceptance(&self) -> Option<f64> {
         (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
@@ -123,10 +161,16 @@ pub fn generate_speculative(
     opts: &SpeculativeOptions,
     on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
 ) -> Result<SpeculativeGeneration> {
+    on_cpu_model(model, prompt, opts, |m| run(m, prompt, opts, on_token))
+}
+
+/// `f` on the CPU engine's weights, once the prompt, the sampling and the draft settings
+/// are checked.
+fn on_cpu_model<R>(model: &Gpt2, prompt: &[u32], opts: &SpeculativeOptions, f: impl FnOnce(&CpuModel) -> Result<R>) -> Result<R> {
     check_prompt(model, prompt)?;
     opts.sampling.validate()?;
     validate(model, opts)?;
-    decoder::with_cpu_model(model, |m| run(m, prompt, opts, on_token))
+    decoder::with_cpu_model(model, f)
 }
 
 /// Default most drafts in flight ahead of the verified tokens in [`generate_pipelined`]:
@@ -142,10 +186,7 @@ pub fn generate_pipelined(
     opts: &SpeculativeOptions,
     on_token: impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
 ) -> Result<SpeculativeGeneration> {
-    check_prompt(model, prompt)?;
-    opts.sampling.validate()?;
-    validate(model, opts)?;
-    decoder::with_cpu_model(model, |m| super::pipelined::run(m, prompt, opts, on_token))
+    on_cpu_model(model, prompt, opts, |m| super::pipelined::run(m, prompt, opts, on_token))
 }
 
 /// The sampling side of a round: greedy compares argmaxes, sampling applies the rule.
@@ -197,32 +238,7 @@ fn run(
     let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
     let mut dec = Decoder::new(m);
     let mut picker = Picker::new(&opts.sampling);
-    let mut g = SpeculativeGeneration {
-        ids: Vec::new(),
-        origins: Vec::new(),
-        stop: StopReason::MaxTokens,
-        draft_layer: e,
-        draft_len: opts.draft_len,
-        draft_confidence: opts.draft_confidence,
-        drafted: 0,
-        accepted: 0,
-        forward_passes: 0,
-        seconds: 0.0,
-    };
-    // Emits a token; false when generation ends here.
-    let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
-        g.ids.push(t);
-        g.origins.push(origin);
-        if on_token(t, origin, DraftCounts { drafted: g.drafted, accepted: g.accepted }).is_break() {
-            g.stop = StopReason::Cancelled;
-            return false;
-        }
-        if Some(t) == opts.eos {
-            g.stop = StopReason::EndOfText;
-            return false;
-        }
-        g.ids.len() < opts.max_new_tokens
-    };
+    let mut g = SpeculativeGeneration::start(opts);
     if opts.max_new_tokens == 0 {
         return Ok(g);
     }
@@ -234,7 +250,7 @@ fn run(
     dec.logits(&x[x.len() - d..], &mut logits);
     let (mut pending, _) = picker.draw(&logits);
     let mut n = prompt.len();
-    let mut going = emit(&mut g, pending, TokenOrigin::Full);
+    let mut going = g.emit(pending, TokenOrigin::Full, opts, &mut on_token);
     let mut rows: Vec<f32> = Vec::new();
     let mut drafts: Vec<(u32, Option<Vec<f64>>)> = Vec::new();
     let greedy_drafts = greedy_token_drafts(opts);
@@ -312,13 +328,13 @@ fn run(
         g.drafted += k;
         g.accepted += accepted;
         for &(t, _) in &drafts[..accepted] {
-            going = emit(&mut g, t, TokenOrigin::Accepted);
+            going = g.emit(t, TokenOrigin::Accepted, opts, &mut on_token);
             if !going {
                 break;
             }
         }
         if going {
-            going = emit(&mut g, next, origin);
+            going = g.emit(next, origin, opts, &mut on_token);
         }
         // Keep positions n..=n+accepted (the fed token and the accepted drafts).
         dec.truncate(n + accepted + 1);
