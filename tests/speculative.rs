@@ -241,6 +241,15 @@ fn pipelined_decoding_refuses_sampling() {
     .unwrap();
     assert_eq!((g.ids.len(), g.stop), (7, StopReason::Cancelled));
     assert_eq!(g.ids[..], plain(&ck.model, &prompt, 7, None).ids[..]);
+    // A callback that panics ends the generation with its panic (the drafting thread is
+    // told to stop, not left spinning).
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        generate_pipelined(&ck.model, &prompt, &opts, |_, _, c| {
+            assert!(c.drafted < 3, "the callback gives up");
+            ControlFlow::Continue(())
+        })
+    }));
+    assert!(r.is_err());
 }
 
 /// With sampling, the output follows the full model's nucleus distribution. On the fixture

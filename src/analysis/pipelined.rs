@@ -143,8 +143,9 @@ pub(crate) fn run(
             }
             r
         });
+        let stop = StopOnDrop(&shared.stop);
         let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, &mut on_token);
-        shared.stop.store(true, Ordering::Release);
+        drop(stop);
         let drafted = drafting.join().map_err(|_| anyhow!("the drafting thread panicked"))?;
         // The drafter's error explains a verifier that lost its rows.
         drafted?;
@@ -152,6 +153,17 @@ pub(crate) fn run(
     })?;
     g.seconds = start.elapsed().as_secs_f64();
     Ok(g)
+}
+
+/// Sets the flag when dropped, so the drafter stops however the verifier leaves — a
+/// panicking `on_token` included — and the scope's join does not wait forever on a
+/// thread that spins.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// What the drafting thread runs: blocks `1..=layer`, rows up to position `last_pos`, at
