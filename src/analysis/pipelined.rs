@@ -53,7 +53,7 @@ struct Shared {
     epoch: AtomicUsize,
     /// Positions the verifier's caches hold: the drafter stays within `draft_len` of it.
     verified: AtomicUsize,
-    /// Set when the generation is over (or the verifier failed): the drafter returns.
+    /// Set when the verifier is done, however it ends: the drafter returns.
     stop: AtomicBool,
     /// The drafter's latest draft as soon as its head has picked it, before the row fed
     /// with it is done ([`pack`]): a verifier holding that position's token rejects a wrong
@@ -136,13 +136,8 @@ pub(crate) fn run(
     let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens };
     std::thread::scope(|s| -> Result<()> {
         let shared = &shared;
-        let drafting = s.spawn(move || {
-            let r = draft(drafter, shared, &plan, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx);
-            if r.is_err() {
-                shared.stop.store(true, Ordering::Release);
-            }
-            r
-        });
+        // A drafter that fails drops its channel: the verifier finds it disconnected.
+        let drafting = s.spawn(move || draft(drafter, shared, &plan, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx));
         let stop = StopOnDrop(&shared.stop);
         let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, &mut on_token);
         drop(stop);

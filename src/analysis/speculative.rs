@@ -455,9 +455,9 @@ pub struct Calibration {
 /// rows drafted past a wrong draft (austen-aligned measured 0.74x from layer 1 and 1.06x
 /// from layer 3, where this gives 1.17x and 1.27x with the measured acceptances and block
 /// and head times), so `--speculative auto` keeps to `2e >= L`, where it held (layer 7:
-/// 1.28x, measured 1.29x). Where a row
-/// already runs on every core (`!overlap`: see [`CpuModel::rows_use_one_thread`]) the two
-/// threads take turns, and a right draft costs its drafting and its verification.
+/// 1.28x, measured 1.29x). Where a row already runs on every core (`!overlap`: see
+/// [`CpuModel::rows_use_one_thread`]) the two threads take turns, and a right draft costs
+/// its drafting and its verification.
 pub fn pipelined_speedup(n_layer: usize, e: usize, p: f64, block: f64, head: f64, overlap: bool) -> f64 {
     let plain = n_layer as f64 * block + head;
     let drafted = e as f64 * block + head;
@@ -569,8 +569,9 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
         let (predicted_speedup, draft_layer, draft_len, draft_confidence, predicted_acceptance) = best.expect("at least one choice");
         let draft_head = greedy_ms.unwrap_or(head_ms[0]);
         // Layers whose verifier keeps pace with the drafter (see [`pipelined_speedup`]).
+        let overlap = m.rows_use_one_thread();
         let (pipelined_speedup, pipelined_layer) = (n_layer.div_ceil(2)..n_layer)
-            .map(|e| (pipelined_speedup(n_layer, e, agreement[e].unwrap_or(0.0), block_ms[0], draft_head, m.rows_use_one_thread()), e))
+            .map(|e| (pipelined_speedup(n_layer, e, agreement[e].unwrap_or(0.0), block_ms[0], draft_head, overlap), e))
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .expect("at least one layer");
         Ok(Calibration {

@@ -451,11 +451,15 @@ impl CpuModel<'_> {
     pub fn rows_use_one_thread(&self) -> bool {
         let (d, inner) = (self.d, self.inner);
         let layers = [(d, 3 * d), (d, d), (d, inner), (inner, d)];
-        let head = match self.head_t {
-            Some(_) => !splits_linear(d, self.vocab),
-            None => self.vocab * d < PAR_MIN_WEIGHTS,
-        };
-        head && layers.iter().all(|&(k, n)| !splits_linear(k, n))
+        !self.splits_head() && layers.iter().all(|&(k, n)| !splits_linear(k, n))
+    }
+
+    /// Whether [`Self::classify_normed`] shares the classifier among the threads.
+    fn splits_head(&self) -> bool {
+        match self.head_t {
+            Some(_) => splits_linear(self.d, self.vocab),
+            None => self.vocab * self.d >= PAR_MIN_WEIGHTS,
+        }
     }
 
     fn classify_normed(&self, x: &[f32], logits: &mut Vec<f32>) {
@@ -465,7 +469,7 @@ impl CpuModel<'_> {
         }
         let m = x.len() / d;
         logits.resize(m * v, 0.0);
-        if v * d < PAR_MIN_WEIGHTS {
+        if !self.splits_head() {
             crate::kernels::classify_rows(x, d, self.head, logits, v);
             return;
         }
