@@ -287,6 +287,53 @@ dispatch! {
     }
 }
 
+/// What [`matrix_cols_accumulate`] adds up for one output, starting from `init` (the bias),
+/// with that output's weights `w` (its column of the matrix, length `k`) given as one
+/// contiguous row: the same products summed in the same order, so the same bits. A greedy
+/// token's few candidate logits are computed this way from the untransposed classifier
+/// instead of walking a column of the transposed one (see `decoder::bounded_argmax_i8`).
+pub fn matrix_col_dot(x: &[f32], w: &[f32], init: f32) -> f32 {
+    let k = w.len();
+    let mut y = init;
+    let mut i = 0;
+    while i + 4 <= k {
+        y += x[i] * w[i] + x[i + 1] * w[i + 1] + x[i + 2] * w[i + 2] + x[i + 3] * w[i + 3];
+        i += 4;
+    }
+    while i < k {
+        y += x[i] * w[i];
+        i += 1;
+    }
+    y
+}
+
+dispatch! {
+    /// `y[j] = sum_i x[i] * q[i, j]` (`q`: `[k, n]` 8-bit integers, row-major), in f32:
+    /// estimates whose error the caller bounds (see `decoder::bounded_argmax_i8`). Reads a
+    /// quarter of the bytes of the f32 product over the same matrix.
+    pub fn i8_cols(x: &[f32], k: usize, q: &[i8], n: usize, y: &mut [f32]) -> () {
+        let y = &mut y[..n];
+        y.fill(0.0);
+        let col = |i: usize| &q[i * n..(i + 1) * n];
+        let mut i = 0;
+        while i + 4 <= k {
+            let (q0, q1, q2, q3) = (col(i), col(i + 1), col(i + 2), col(i + 3));
+            let (a0, a1, a2, a3) = (x[i], x[i + 1], x[i + 2], x[i + 3]);
+            for j in 0..n {
+                y[j] += a0 * q0[j] as f32 + a1 * q1[j] as f32 + a2 * q2[j] as f32 + a3 * q3[j] as f32;
+            }
+            i += 4;
+        }
+        while i < k {
+            let (q0, a) = (col(i), x[i]);
+            for j in 0..n {
+                y[j] += a * q0[j] as f32;
+            }
+            i += 1;
+        }
+    }
+}
+
 dispatch! {
     /// The sum of squares of a row (f32, in lanes: relative error at most `len * 2^-24`,
     /// all terms being non-negative) and its largest magnitude (NaN never counts: a NaN
@@ -593,6 +640,44 @@ mod tests {
         }
         check::<32>();
         check::<64>();
+    }
+
+    /// One output of the column product computed from its contiguous weights is the
+    /// column product's output, bit for bit, whatever the length's remainder mod 4.
+    #[test]
+    fn a_column_dot_is_the_column_product() {
+        let val = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
+        for k in [1, 3, 4, 5, 8, 127, 128, 130] {
+            let n = 37;
+            let x: Vec<f32> = (0..2 * k).map(|i| val(i + 5) * 0.3).collect();
+            let w: Vec<f32> = (0..k * n).map(val).collect();
+            let bias: Vec<f32> = (0..n).map(|j| val(j + 1) * 0.01).collect();
+            let mut y: Vec<f32> = bias.iter().chain(&bias).copied().collect();
+            super::matrix_cols_accumulate(&x, k, &w, n, 0, n, &mut y);
+            for r in 0..2 {
+                for j in 0..n {
+                    let col: Vec<f32> = (0..k).map(|i| w[i * n + j]).collect();
+                    let got = super::matrix_col_dot(&x[r * k..(r + 1) * k], &col, bias[j]);
+                    assert_eq!(got.to_bits(), y[r * n + j].to_bits(), "k {k}, row {r}, output {j}");
+                }
+            }
+        }
+    }
+
+    /// The 8-bit column product is the plain sum (to f32 rounding), whatever the remainder.
+    #[test]
+    fn the_8_bit_column_product_is_the_sum() {
+        for k in [1, 3, 4, 6, 128] {
+            let n = 21;
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let q: Vec<i8> = (0..k * n).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
+            let mut y = vec![f32::NAN; n];
+            super::i8_cols(&x, k, &q, n, &mut y);
+            for j in 0..n {
+                let want: f64 = (0..k).map(|i| x[i] as f64 * q[i * n + j] as f64).sum();
+                assert!((y[j] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "k {k}, output {j}: {} vs {want}", y[j]);
+            }
+        }
     }
 
     /// Each vector path of the half-precision dot product agrees with the plain sum (to

@@ -76,3 +76,38 @@ fn the_shipped_weights_behave_as_reported() {
     let full = report("austen-aligned");
     assert!((a.ce[12] - full.ce[12]).abs() < 0.5);
 }
+
+/// On the shipped weights, the greedy token a decoder finds through its reduced copy of the
+/// classifier (see `CpuModel::greedy_token`) is the argmax of its f32 logits, after every
+/// layer (drafts and early exits read early layers), along each model's own greedy text.
+#[test]
+fn greedy_tokens_are_the_argmax_of_the_logits_on_the_shipped_weights() {
+    use alignscope::model::decoder::{self, Decoder};
+    let text = alignscope::analysis::eval::read_text(&assets_dir().join("austen/persuasion.txt")).unwrap();
+    for name in ["austen-aligned", "austen-standard"] {
+        let ck = Checkpoint::load_dir(&ckpt(name), &Device::Cpu).unwrap();
+        let ids = ck.tokenizer.encode(&text[..20_000], false).unwrap().get_ids().to_vec();
+        decoder::with_cpu_model(&ck.model, |m| {
+            let mut logits = Vec::new();
+            for p in 1..=4 {
+                let mut dec = Decoder::new(m);
+                let prompt = &ids[p * 700..p * 700 + 16];
+                let mut x = dec.embed(prompt, 0)?;
+                dec.blocks(0, m.n_layer, &mut x, 0)?;
+                let mut next = dec.greedy_token(&x[(prompt.len() - 1) * m.d..]);
+                for pos in prompt.len()..prompt.len() + 96 {
+                    let mut x = dec.embed(&[next], pos)?;
+                    for l in 0..m.n_layer {
+                        dec.block(l, &mut x, pos)?;
+                        dec.logits(&x, &mut logits);
+                        let want = decoder::argmax(&logits);
+                        assert_eq!(dec.greedy_token(&x), want, "{name}, prompt {p}, position {pos}, layer {}", l + 1);
+                        next = want;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -118,6 +118,7 @@ pub fn with_cpu_model<R>(model: &Gpt2, f: impl FnOnce(&CpuModel) -> Result<R>) -
         head,
         head_t,
         half_head: OnceLock::new(),
+        int8_head: OnceLock::new(),
         zeros: vec![0.0; cfg.vocab_size],
     };
     f(&m)
@@ -175,16 +176,30 @@ pub struct CpuModel<'a> {
     /// The classifier in half precision, made on the first greedy token of a large head
     /// (see [`CpuModel::greedy_token`]); `None` inside when it cannot be used.
     half_head: OnceLock<Option<HalfHead>>,
+    /// The transposed classifier in 8 bits, made on the first greedy token of a narrow
+    /// model whose head runs on one thread (see [`CpuModel::greedy_token`]).
+    int8_head: OnceLock<Option<Int8Head>>,
     zeros: Vec<f32>,
 }
 
-/// Classifiers with at least this many weights pick greedy tokens through a half-precision
-/// copy (GPT-2-124M: 38.6M; the Austen models' 0.5M are read from cache anyway).
+/// Wide classifiers with at least this many weights pick greedy tokens through a
+/// half-precision copy (GPT-2-124M: 38.6M); narrow ones through an 8-bit copy (see
+/// [`uses_int8_head`]).
 const HALF_HEAD_MIN_WEIGHTS: usize = 1 << 22;
 
-/// Greedy generations of at least this many tokens are worth the half-precision copy: it
-/// takes 35-100 ms to make for GPT-2-124M here and saves about 4 ms per token.
+/// Greedy generations of at least this many tokens are worth the reduced copy of the
+/// classifier: the half-precision one takes 35-100 ms to make for GPT-2-124M here and saves
+/// about 4 ms per token.
 pub const HALF_HEAD_MIN_TOKENS: usize = 32;
+
+/// Whether greedy tokens of a narrow `[vocab, d]` classifier (one run transposed, see
+/// [`SHORT_ROWS`]) are found through an 8-bit copy: where the head runs on one thread (the
+/// Austen models: beside the blocks, its 2 MB of f32 weights stream from the shared cache
+/// every token, 100-130 us of a 600-750 us decode step here; the greedy token through the
+/// 8-bit copy took 64-76 us, in the same decode loop).
+fn uses_int8_head(vocab: usize, d: usize) -> bool {
+    d <= SHORT_ROWS && !splits_linear(d, vocab)
+}
 
 /// Whether greedy tokens of a `[vocab, d]` classifier are found through a half-precision
 /// copy (see [`CpuModel::greedy_token`]).
@@ -196,7 +211,107 @@ fn uses_half_head(vocab: usize, d: usize) -> bool {
 /// weights and a norm per row where [`CpuModel::greedy_token`] uses them (the few
 /// candidates' f32 rows left out), else the f32 weights.
 pub fn greedy_head_bytes(vocab: usize, d: usize) -> usize {
-    if uses_half_head(vocab, d) { vocab * d * 2 + vocab * 8 } else { vocab * d * 4 }
+    if uses_half_head(vocab, d) {
+        vocab * d * 2 + vocab * 8
+    } else if uses_int8_head(vocab, d) {
+        vocab * d + vocab * (4 + 8)
+    } else {
+        vocab * d * 4
+    }
+}
+
+/// An 8-bit copy of a narrow classifier, transposed like the f32 copy it is made from
+/// (`[d, vocab]`), with one scale per token, and each token's error bound per unit of the
+/// input's L1 norm: what [`bounded_argmax_i8`] needs to find the greedy token reading a
+/// quarter of the bytes.
+struct Int8Head {
+    q: Vec<i8>,
+    scale: Vec<f32>,
+    err_per_l1: Vec<f64>,
+}
+
+impl Int8Head {
+    /// From the transposed classifier `head_t` (`[d, vocab]`); `None` where a weight is not
+    /// finite.
+    fn new(head_t: &[f32], d: usize, vocab: usize) -> Option<Self> {
+        let mut wmax = vec![0f32; vocab];
+        for row in head_t.chunks_exact(vocab) {
+            for (m, &w) in wmax.iter_mut().zip(row) {
+                *m = m.max(w.abs());
+            }
+        }
+        if wmax.iter().any(|m| !m.is_finite()) || head_t.iter().any(|w| w.is_nan()) {
+            return None;
+        }
+        let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
+        let mut q = vec![0i8; head_t.len()];
+        // Each token's largest rounding error |w - scale q|, in f64.
+        let mut qerr = vec![0f64; vocab];
+        for (qrow, row) in q.chunks_exact_mut(vocab).zip(head_t.chunks_exact(vocab)) {
+            for v in 0..vocab {
+                let s = scale[v];
+                let qv = if s > 0.0 { (row[v] / s).round().clamp(-127.0, 127.0) } else { 0.0 };
+                qrow[v] = qv as i8;
+                qerr[v] = qerr[v].max((row[v] as f64 - s as f64 * qv as f64).abs());
+            }
+        }
+        // f32 sums of d products, in any order, are within gamma_d of the exact sum of the
+        // products' magnitudes; twice gamma_(d+1) covers both the 8-bit estimate's sum (its
+        // terms |x_i| 127 scale at most) and the f32 logit's (|x_i| max|w| at most).
+        let u = 2f64.powi(-24);
+        let gamma = (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u);
+        let err_per_l1 = (0..vocab).map(|v| (qerr[v] + 2.0 * gamma * (127.0 * scale[v] as f64 + wmax[v] as f64)) * (1.0 + 1e-6)).collect();
+        Some(Self { q, scale, err_per_l1 })
+    }
+}
+
+/// The greedy token of the normed row `x` over a narrow classifier, as [`argmax`] picks it
+/// from [`CpuModel::head`]'s logits (bit for bit the same logits, the first index on ties),
+/// reading the 8-bit copy for all tokens and the f32 weights of the few candidates only.
+/// `None` where something is not finite (the caller then computes every logit).
+///
+/// Why it is exact: with `s_v` the token's scale and `q_v` its 8-bit weights, the estimate
+/// `a_v = s_v * sum_i x_i q_iv` is within `|x|_1 (max_i |w_iv - s_v q_iv| + 2 gamma (127 s_v +
+/// max_i |w_iv|))` of the f32 logit `z_v` (the weights' rounding to 8 bits, then the f32
+/// rounding of both sums; see [`Int8Head::new`]), plus a floor for products that underflow.
+/// Every `v` whose upper end `a_v + e_v` lies below the largest lower end has `z_v` below
+/// another token's logit, so the largest `z` and all its ties lie among the rest, which are
+/// computed exactly, in the classifier's own summation order
+/// ([`crate::kernels::matrix_col_dot`]).
+fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
+    let d = x.len();
+    let vocab = int8.scale.len();
+    let l1 = x.iter().map(|&v| (v as f64).abs()).sum::<f64>();
+    if !l1.is_finite() {
+        return None;
+    }
+    // Each product and sum that underflows loses at most half the smallest subnormal.
+    let floor = 2.0 * (d + 1) as f64 * 2f64.powi(-149);
+    let mut est = vec![0f32; vocab];
+    crate::kernels::i8_cols(x, d, &int8.q, vocab, &mut est);
+    // Each token's estimate and its error bound.
+    let bounds = || est.iter().zip(&int8.scale).zip(&int8.err_per_l1).map(|((&a, &s), &e)| (a as f64 * s as f64, l1 * e + floor));
+    let mut lower = f64::NEG_INFINITY;
+    for (a, e) in bounds() {
+        if !a.is_finite() {
+            return None;
+        }
+        lower = lower.max(a - e);
+    }
+    let mut best: Option<(u32, f32)> = None;
+    for (v, (a, e)) in bounds().enumerate() {
+        if a + e < lower {
+            continue;
+        }
+        let z = crate::kernels::matrix_col_dot(x, &head[v * d..(v + 1) * d], 0.0);
+        if !z.is_finite() {
+            return None;
+        }
+        if best.is_none_or(|(_, b)| z > b) {
+            best = Some((v as u32, z));
+        }
+    }
+    best.map(|(v, _)| v)
 }
 
 /// A half-precision copy of the classifier and each row's Euclidean norm: what
@@ -430,9 +545,18 @@ impl CpuModel<'_> {
     /// [`argmax`] picks from [`Self::head`]'s logits, bit for bit. Large classifiers find
     /// it through their half-precision copy and an error bound ([`bounded_argmax`]),
     /// reading about half the bytes: on GPT-2-124M the head is a third of a decode step.
+    /// Narrow ones on one thread do so through an 8-bit copy ([`bounded_argmax_i8`]).
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
         let mut normed = Vec::with_capacity(h.len());
         layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut normed);
+        if let Some(head_t) = &self.head_t
+            && uses_int8_head(self.vocab, self.d)
+        {
+            let int8 = self.int8_head.get_or_init(|| Int8Head::new(head_t, self.d, self.vocab));
+            if let Some(t) = int8.as_ref().and_then(|int8| bounded_argmax_i8(&normed, self.head, int8)) {
+                return t;
+            }
+        }
         if self.head_t.is_none() && uses_half_head(self.vocab, self.d) {
             let half = self.half_head.get_or_init(|| HalfHead::new(self.head, self.d));
             if let Some(t) = half.as_ref().and_then(|half| bounded_argmax(&normed, self.head, half)) {
@@ -875,6 +999,89 @@ mod tests {
             x[3] = f32::NAN;
             assert_eq!(bounded_argmax(&x, &head, &half), None);
         }
+    }
+
+    /// The greedy token through the 8-bit classifier is the f32 logits' argmax: random rows,
+    /// exact ties (the first index wins), ties broken only in f32 (rows one unit in the last
+    /// place apart, identical in 8 bits), tiny weights, widths that are not multiples of 4,
+    /// a token whose weights are all zero.
+    #[test]
+    fn bounded_argmax_i8_is_the_argmax_of_the_logits() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let mut candidates_seen = 0;
+        for (trial, d) in [128, 64, 33, 130, 128, 128, 128, 128].into_iter().enumerate() {
+            let vocab = 3000;
+            let scale = if trial == 4 { 1e-36 } else { 0.05 };
+            let mut head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect();
+            head[7 * d..8 * d].fill(0.0);
+            let x: Vec<f32> = (0..d).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            let logits_of = |head: &[f32]| {
+                let t = transpose(head, vocab, d);
+                let mut logits = Vec::new();
+                linear_cols(&x, d, (&t, &vec![0.0; vocab]), 0, vocab, &mut logits);
+                (t, logits)
+            };
+            if trial >= 5 {
+                let (_, logits) = logits_of(&head);
+                let best = argmax(&logits) as usize;
+                let r = head[best * d..(best + 1) * d].to_vec();
+                let (early, late, nudged) = if best > 10 { (3, vocab - 5, 8) } else { (vocab - 9, vocab - 5, vocab - 7) };
+                head[early * d..(early + 1) * d].copy_from_slice(&r);
+                head[late * d..(late + 1) * d].copy_from_slice(&r);
+                let mut n = r.clone();
+                n[d / 2] = f32::from_bits(n[d / 2].to_bits() + if trial == 5 { 1 } else { 0x800 });
+                head[nudged * d..(nudged + 1) * d].copy_from_slice(&n);
+            }
+            let (t, logits) = logits_of(&head);
+            let int8 = Int8Head::new(&t, d, vocab).unwrap();
+            assert_eq!(bounded_argmax_i8(&x, &head, &int8), Some(argmax(&logits)), "trial {trial}, d {d}");
+            candidates_seen += 1;
+        }
+        assert_eq!(candidates_seen, 8);
+    }
+
+    /// Weights that are not finite, or an input that is not finite, leave the choice to the
+    /// f32 logits.
+    #[test]
+    fn bounded_argmax_i8_declines_what_it_cannot_bound() {
+        let (d, vocab) = (64, 100);
+        let mut t = vec![0.01f32; vocab * d];
+        t[5] = f32::INFINITY;
+        assert!(Int8Head::new(&t, d, vocab).is_none());
+        t[5] = f32::NAN;
+        assert!(Int8Head::new(&t, d, vocab).is_none());
+        t[5] = 0.01;
+        let int8 = Int8Head::new(&t, d, vocab).unwrap();
+        let mut x = vec![1f32; d];
+        x[3] = f32::NAN;
+        assert_eq!(bounded_argmax_i8(&x, &transpose(&t, d, vocab), &int8), None);
+    }
+
+    /// Greedy decoding of a narrow model (the Austen models' shape, smaller), whose greedy
+    /// tokens come through the 8-bit classifier, picks the tokens the tensor model's logits
+    /// pick.
+    #[test]
+    fn greedy_tokens_through_the_int8_head_are_the_tensor_models() {
+        let cfg = Gpt2Config::new(2, 128, 4, 4096, 96);
+        assert!(uses_int8_head(cfg.vocab_size, cfg.n_embd));
+        let model = Gpt2::random(cfg, 21, &Device::Cpu).unwrap();
+        let mut picked = std::collections::HashSet::new();
+        for (p, exit_layer) in [(0, 2), (1, 1), (2, 2), (3, 1)] {
+            let prompt: Vec<u32> = (0..6).map(|i| (i * 977 + 3 + p * 1301) % 4096).collect();
+            let opts = crate::analysis::generate::GenerateOptions {
+                exit_layer,
+                max_new_tokens: HALF_HEAD_MIN_TOKENS + 8,
+                sampling: crate::analysis::generate::Sampling::Greedy,
+                eos: None,
+            };
+            let go = |_| std::ops::ControlFlow::Continue(());
+            let engine = crate::analysis::generate::generate(&model, &prompt, &opts, go).unwrap();
+            let tensor = crate::analysis::generate::generate_tensor(&model, &prompt, &opts, go).unwrap();
+            assert_eq!(engine.ids, tensor.ids, "prompt {p}, exit layer {exit_layer}");
+            picked.extend(engine.ids);
+        }
+        assert!(picked.len() > 3, "a test that picks one token says little: {picked:?}");
     }
 
     /// Greedy decoding through a classifier large enough for the half-precision copy picks
