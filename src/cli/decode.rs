@@ -262,14 +262,27 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 if c.pipelined_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
             ));
         } else if let Some(c) = &calibration {
+            // Pipelined decoding is greedy only; where it is predicted to beat the rounds,
+            // the user learns how to get it.
+            let hint = match sampling {
+                Sampling::Greedy if c.pipelined_speedup > c.predicted_speedup.max(1.0) => format!(
+                    "; pipelined decoding is predicted {:.2}x from draft layer {}: add --pipelined",
+                    c.pipelined_speedup, c.pipelined_layer
+                ),
+                _ => String::new(),
+            };
             out(&format!(
-                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{})",
+                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{}){hint}",
                 c.draft_layer,
                 c.draft_len,
                 c.draft_confidence,
                 c.positions,
                 c.predicted_speedup,
-                if c.predicted_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
+                match (c.predicted_speedup < 1.0, hint.is_empty()) {
+                    (true, true) => ": speculation is not expected to pay on this model",
+                    (true, false) => ": these one-thread rounds are not expected to pay on this model",
+                    (false, _) => "",
+                }
             ));
         }
         let mode = match a.pipelined {
