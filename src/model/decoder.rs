@@ -285,12 +285,14 @@ fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
     if !l1.is_finite() {
         return None;
     }
-    // Each product and sum that underflows loses at most half the smallest subnormal.
-    let floor = 2.0 * (d + 1) as f64 * 2f64.powi(-149);
+    // Each product and sum that underflows loses at most half the smallest subnormal: in
+    // the f32 logit and in the estimate's sum, which is then scaled.
+    let floor = (d + 1) as f64 * 2f64.powi(-149);
     let mut est = vec![0f32; vocab];
     crate::kernels::i8_cols(x, d, &int8.q, vocab, &mut est);
     // Each token's estimate and its error bound.
-    let bounds = || est.iter().zip(&int8.scale).zip(&int8.err_per_l1).map(|((&a, &s), &e)| (a as f64 * s as f64, l1 * e + floor));
+    let bounds =
+        || est.iter().zip(&int8.scale).zip(&int8.err_per_l1).map(|((&a, &s), &e)| (a as f64 * s as f64, l1 * e + floor * (1.0 + s as f64)));
     let mut lower = f64::NEG_INFINITY;
     for (a, e) in bounds() {
         if !a.is_finite() {
