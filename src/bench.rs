@@ -418,7 +418,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
         (e, k, g) => {
             let c = calibrate(m, &calib, CALIBRATION_TOKENS, Sampling::Greedy.greedy_tokens(a.decode_tokens))?;
             say(&format!(
-                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows; agreement with the last layer by layer: {}",
+                "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows{}; agreement with the last layer by layer: {}",
                 c.positions,
                 c.draft_layer,
                 c.draft_len,
@@ -430,6 +430,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 c.block_ms[c.block_ms.len() - 1] / c.block_ms[0],
                 c.head_ms[c.head_ms.len() - 1] / c.head_ms[0],
                 c.block_ms.len(),
+                c.greedy_ms.map_or(String::new(), |g| format!("; a greedy token (the drafts' and plain greedy's head) {g:.3} ms")),
                 c.agreement[1..n_layer]
                     .iter()
                     .map(|v| v.map_or("n/a".into(), |v| format!("{:.0}%", 100.0 * v)))
