@@ -84,6 +84,9 @@ fn generate_json_every_exit_layer() {
             let l = g["exit_layer"].as_u64().unwrap().to_string();
             assert_eq!(g["ids"], case["greedy16_by_exit_layer"][&l], "exit layer {l}");
             assert!(g["text"].is_string());
+            // 16 tokens in a positive time: a rate; its wall time is the generation's own.
+            assert!(g["tok_per_s"].as_f64().unwrap() > 0.0);
+            assert!(g["seconds"].as_f64().unwrap() > 0.0);
         }
         let one = run_json(&[
             "generate",
@@ -101,6 +104,10 @@ fn generate_json_every_exit_layer() {
         assert_eq!(one["exit_layer"], 2);
         assert_eq!(one["ids"], case["greedy16_by_exit_layer"]["2"]);
     }
+    // No tokens: no rate (null, not 0).
+    let none = run_json(&["generate", "--ckpt", &ck, "--prompt", "Hello", "--max-new-tokens", "0", "--json"]);
+    assert!(none["ids"].as_array().unwrap().is_empty());
+    assert!(none["tok_per_s"].is_null());
 }
 
 #[test]

@@ -424,8 +424,11 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     };
     let stream = !a.common.json && layers.len() == 1 && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut results = Vec::new();
+    // Each generation's wall time (the prompt's pass included), for its tokens per second.
+    let mut seconds = Vec::new();
     for &l in &layers {
         let opts = GenerateOptions { exit_layer: l, max_new_tokens: a.max_new_tokens, sampling, eos };
+        let start = std::time::Instant::now();
         let g: Generation = if stream {
             // Stream text as it is produced: print the decoded growth of the continuation.
             print!("{}", a.prompt);
@@ -442,6 +445,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         } else {
             generate(&ck.model, &ids, &opts, |_| ControlFlow::Continue(()))?
         };
+        seconds.push(start.elapsed().as_secs_f64());
         results.push(g);
     }
     if stream && a.embedder.is_none() {
@@ -459,7 +463,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         .iter()
         .zip(texts)
         .zip(coh)
-        .map(|((g, text), coherence)| {
+        .zip(&seconds)
+        .map(|(((g, text), coherence), &secs)| {
             json!({
                 "exit_layer": g.exit_layer,
                 "ids": g.ids,
@@ -467,6 +472,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
                 "stop": g.stop,
                 "diversity": diversity(&g.ids),
                 "coherence": coherence,
+                "seconds": secs,
+                "tok_per_s": (!g.ids.is_empty() && secs > 0.0).then(|| g.ids.len() as f64 / secs),
             })
         })
         .collect();
@@ -485,10 +492,11 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     } else {
         for (g, o) in results.iter().zip(&objs) {
             out(&format!(
-                "── exit layer {} (diversity {}, coherence {})",
+                "── exit layer {} (diversity {}, coherence {}, {} tok/s)",
                 g.exit_layer,
                 fmt_opt(o["diversity"].as_f64(), 0, 3),
-                fmt_opt(o["coherence"].as_f64(), 0, 3)
+                fmt_opt(o["coherence"].as_f64(), 0, 3),
+                fmt_opt(o["tok_per_s"].as_f64(), 0, 0)
             ));
             if !stream {
                 out(&format!("{}{}", a.prompt, o["text"].as_str().unwrap()));
