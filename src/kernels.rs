@@ -308,28 +308,160 @@ pub fn matrix_col_dot(x: &[f32], w: &[f32], init: f32) -> f32 {
 }
 
 dispatch! {
-    /// `y[j] = sum_i x[i] * q[i, j]` (`q`: `[k, n]` 8-bit integers, row-major), in f32:
-    /// estimates whose error the caller bounds (see `decoder::bounded_argmax_i8`). Reads a
-    /// quarter of the bytes of the f32 product over the same matrix.
-    pub fn i8_cols(x: &[f32], k: usize, q: &[i8], n: usize, y: &mut [f32]) -> () {
-        let y = &mut y[..n];
-        y.fill(0.0);
-        let col = |i: usize| &q[i * n..(i + 1) * n];
-        let mut i = 0;
-        while i + 4 <= k {
-            let (q0, q1, q2, q3) = (col(i), col(i + 1), col(i + 2), col(i + 3));
-            let (a0, a1, a2, a3) = (x[i], x[i + 1], x[i + 2], x[i + 3]);
-            for j in 0..n {
-                y[j] += a0 * q0[j] as f32 + a1 * q1[j] as f32 + a2 * q2[j] as f32 + a3 * q3[j] as f32;
+    /// Estimates from [`i16_i8_cols`]'s integer sums and their error bounds, as
+    /// `decoder::bounded_argmax_i8` defines them: `a_v = sums_v (scale_v step)` within
+    /// `e_v = (l1 err_v[0] + step err_v[1] + floor) (1 + 1e-6) + |a_v| 2^-50`. Writes each
+    /// upper end `a_v + e_v` into `hi` and returns the largest lower end `a_v - e_v`
+    /// (minus infinity when there is none). In f64, in lanes, so the loop is vectorised.
+    pub fn bounded_estimates(sums: &[i32], scale: &[f32], err: &[[f64; 2]], l1: f64, step: f64, floor: f64, hi: &mut [f64]) -> f64 {
+        const W: usize = 8;
+        let n = hi.len();
+        let (sums, scale, err) = (&sums[..n], &scale[..n], &err[..n]);
+        let one = |z: i32, s: f32, e: &[f64; 2]| {
+            let a = z as f64 * (s as f64 * step);
+            let e = (l1 * e[0] + step * e[1] + floor) * (1.0 + 1e-6) + a.abs() * (1.0 / (1u64 << 50) as f64);
+            (a + e, a - e)
+        };
+        let mut lower = [f64::NEG_INFINITY; W];
+        let mut h = hi.chunks_exact_mut(W);
+        let mut z = sums.chunks_exact(W);
+        let mut s = scale.chunks_exact(W);
+        let mut e = err.chunks_exact(W);
+        for (((h, z), s), e) in (&mut h).zip(&mut z).zip(&mut s).zip(&mut e) {
+            for j in 0..W {
+                let (up, lo) = one(z[j], s[j], &e[j]);
+                h[j] = up;
+                lower[j] = if lo > lower[j] { lo } else { lower[j] };
             }
-            i += 4;
         }
-        while i < k {
-            let (q0, a) = (col(i), x[i]);
-            for j in 0..n {
-                y[j] += a * q0[j] as f32;
+        let mut best = lower.into_iter().fold(f64::NEG_INFINITY, f64::max);
+        let tail = h.into_remainder().iter_mut().zip(z.remainder()).zip(s.remainder()).zip(e.remainder());
+        for (((h, &z), &s), e) in tail {
+            let (up, lo) = one(z, s, e);
+            *h = up;
+            best = best.max(lo);
+        }
+        best
+    }
+}
+
+/// Outputs per block of [`pack_i8_pairs`]'s layout: four AVX-512 registers of 32-bit sums.
+pub const I8_BLOCK: usize = 64;
+
+/// The 8-bit matrix `q` (`[k, n]`, row-major) in the layout [`i16_i8_cols`] reads: blocks of
+/// [`I8_BLOCK`] outputs, one after the other, each `[ceil(k/2), I8_BLOCK, 2]` (the weights
+/// of two consecutive inputs side by side, as the pairwise multiply-add takes them), padded
+/// with zeros to whole blocks and an even `k`. A block is one contiguous read.
+pub fn pack_i8_pairs(q: &[i8], k: usize, n: usize) -> Vec<i8> {
+    assert_eq!(q.len(), k * n, "pack_i8_pairs: q is not [k, n]");
+    let (k2, blocks) = (k.div_ceil(2), n.div_ceil(I8_BLOCK));
+    let mut packed = vec![0i8; blocks * k2 * I8_BLOCK * 2];
+    for i in 0..k {
+        for j in 0..n {
+            let (b, c) = (j / I8_BLOCK, j % I8_BLOCK);
+            packed[((b * k2 + i / 2) * I8_BLOCK + c) * 2 + i % 2] = q[i * n + j];
+        }
+    }
+    packed
+}
+
+/// `y[j] = sum_i x[i] * q[i, j]` over 16-bit inputs and 8-bit weights packed by
+/// [`pack_i8_pairs`] (`x` padded with a zero to the packing's even length), in 32-bit
+/// integers: exact, so every path gives the same sums. The caller keeps them from
+/// overflowing (`k * max|x| * 127 < 2^31`). `y` has a whole number of blocks.
+pub fn i16_i8_cols(x: &[i16], packed: &[i8], y: &mut [i32]) {
+    let k2 = x.len() / 2;
+    assert_eq!(x.len(), 2 * k2, "i16_i8_cols: x has an odd length");
+    let blocks = y.len() / I8_BLOCK;
+    assert!(y.len() == blocks * I8_BLOCK && packed.len() == blocks * k2 * I8_BLOCK * 2, "i16_i8_cols: shapes do not match");
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512F and BW (checked above); the lengths match.
+        return unsafe { i16_i8_cols_avx512(x, packed, y) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above); the lengths match.
+        return unsafe { i16_i8_cols_avx2(x, packed, y) };
+    }
+    i16_i8_cols_plain(x, packed, y);
+}
+
+/// [`i16_i8_cols`] without vector instructions.
+fn i16_i8_cols_plain(x: &[i16], packed: &[i8], y: &mut [i32]) {
+    let k2 = x.len() / 2;
+    for (yb, qb) in y.chunks_exact_mut(I8_BLOCK).zip(packed.chunks_exact(k2 * I8_BLOCK * 2)) {
+        yb.fill(0);
+        for (p, qp) in qb.chunks_exact(I8_BLOCK * 2).enumerate() {
+            let (x0, x1) = (x[2 * p] as i32, x[2 * p + 1] as i32);
+            for (yv, w) in yb.iter_mut().zip(qp.chunks_exact(2)) {
+                *yv += x0 * w[0] as i32 + x1 * w[1] as i32;
             }
-            i += 1;
+        }
+    }
+}
+
+/// The pair of inputs `2p, 2p + 1` as one 32-bit lane, for the pairwise multiply-add.
+#[cfg(target_arch = "x86_64")]
+fn input_pair(x: &[i16], p: usize) -> i32 {
+    (x[2 * p] as u16 as u32 | (x[2 * p + 1] as u16 as u32) << 16) as i32
+}
+
+/// [`i16_i8_cols`] on AVX-512: a block's 64 sums in four registers, two sets of them
+/// (even and odd input pairs) so the additions do not wait on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn i16_i8_cols_avx512(x: &[i16], packed: &[i8], y: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let k2 = x.len() / 2;
+    for (b, yb) in y.chunks_exact_mut(I8_BLOCK).enumerate() {
+        let qb = packed[b * k2 * I8_BLOCK * 2..(b + 1) * k2 * I8_BLOCK * 2].as_ptr();
+        let (mut even, mut odd) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
+        // One input pair into one set of sums.
+        let step = |acc: &mut [__m512i; 4], p: usize| {
+            let xv = _mm512_set1_epi32(input_pair(x, p));
+            for (t, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the block holds k2 * 128 bytes; p < k2 and t * 32 + 32 <= 128.
+                let w = unsafe { _mm512_cvtepi8_epi16(_mm256_loadu_si256(qb.add(p * I8_BLOCK * 2 + t * 32) as *const __m256i)) };
+                *a = _mm512_add_epi32(*a, _mm512_madd_epi16(w, xv));
+            }
+        };
+        let mut p = 0;
+        while p + 2 <= k2 {
+            step(&mut even, p);
+            step(&mut odd, p + 1);
+            p += 2;
+        }
+        if p < k2 {
+            step(&mut even, p);
+        }
+        for t in 0..4 {
+            // SAFETY: yb has 64 elements; t * 16 + 16 <= 64; unaligned store.
+            unsafe { _mm512_storeu_si512(yb.as_mut_ptr().add(t * 16) as *mut _, _mm512_add_epi32(even[t], odd[t])) };
+        }
+    }
+}
+
+/// [`i16_i8_cols`] on AVX2: a block's 64 sums in eight registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn i16_i8_cols_avx2(x: &[i16], packed: &[i8], y: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let k2 = x.len() / 2;
+    for (b, yb) in y.chunks_exact_mut(I8_BLOCK).enumerate() {
+        let qb = packed[b * k2 * I8_BLOCK * 2..(b + 1) * k2 * I8_BLOCK * 2].as_ptr();
+        let mut acc = [_mm256_setzero_si256(); 8];
+        for p in 0..k2 {
+            let xv = _mm256_set1_epi32(input_pair(x, p));
+            for (t, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the block holds k2 * 128 bytes; p < k2 and t * 16 + 16 <= 128.
+                let w = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(qb.add(p * I8_BLOCK * 2 + t * 16) as *const __m128i)) };
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(w, xv));
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            // SAFETY: yb has 64 elements; t * 8 + 8 <= 64; unaligned store.
+            unsafe { _mm256_storeu_si256(yb.as_mut_ptr().add(t * 8) as *mut __m256i, *a) };
         }
     }
 }
@@ -664,18 +796,41 @@ mod tests {
         }
     }
 
-    /// The 8-bit column product is the plain sum (to f32 rounding), whatever the remainder.
+    /// The packed 8-bit column product is the exact integer sum on every path the CPU has,
+    /// whatever the remainders of `k` (odd: a padded input) and `n` (a partial block).
     #[test]
-    fn the_8_bit_column_product_is_the_sum() {
-        for k in [1, 3, 4, 6, 128] {
-            let n = 21;
-            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+    fn the_8_bit_column_product_is_the_exact_sum() {
+        for (k, n) in [(1, 21), (3, 64), (6, 65), (128, 4096), (129, 130)] {
+            let x: Vec<i16> = (0..k).map(|i| ((i * 7919 % 65535) as i32 - 32767) as i16).collect();
             let q: Vec<i8> = (0..k * n).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
-            let mut y = vec![f32::NAN; n];
-            super::i8_cols(&x, k, &q, n, &mut y);
-            for j in 0..n {
-                let want: f64 = (0..k).map(|i| x[i] as f64 * q[i * n + j] as f64).sum();
-                assert!((y[j] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "k {k}, output {j}: {} vs {want}", y[j]);
+            let packed = super::pack_i8_pairs(&q, k, n);
+            let mut xp = x.clone();
+            xp.resize(k.div_ceil(2) * 2, 0);
+            let blocks = n.div_ceil(super::I8_BLOCK);
+            let want: Vec<i32> = (0..blocks * super::I8_BLOCK)
+                .map(|j| if j < n { (0..k).map(|i| x[i] as i32 * q[i * n + j] as i32).sum() } else { 0 })
+                .collect();
+            let mut paths = Vec::new();
+            let mut y = vec![7i32; want.len()];
+            super::i16_i8_cols(&xp, &packed, &mut y);
+            paths.push(("dispatched", y.clone()));
+            super::i16_i8_cols_plain(&xp, &packed, &mut y);
+            paths.push(("plain", y.clone()));
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { super::i16_i8_cols_avx2(&xp, &packed, &mut y) };
+                    paths.push(("avx2", y.clone()));
+                }
+                if std::is_x86_feature_detected!("avx512bw") {
+                    // SAFETY: the CPU has AVX-512F and BW.
+                    unsafe { super::i16_i8_cols_avx512(&xp, &packed, &mut y) };
+                    paths.push(("avx512", y.clone()));
+                }
+            }
+            for (name, got) in paths {
+                assert_eq!(got, want, "{name}, k {k}, n {n}");
             }
         }
     }

@@ -214,20 +214,26 @@ pub fn greedy_head_bytes(vocab: usize, d: usize) -> usize {
     if uses_half_head(vocab, d) {
         vocab * d * 2 + vocab * 8
     } else if uses_int8_head(vocab, d) {
-        vocab * d + vocab * (4 + 8)
+        vocab.div_ceil(crate::kernels::I8_BLOCK) * crate::kernels::I8_BLOCK * d.div_ceil(2) * 2 + vocab * (4 + 8 + 8)
     } else {
         vocab * d * 4
     }
 }
 
-/// An 8-bit copy of a narrow classifier, transposed like the f32 copy it is made from
-/// (`[d, vocab]`), with one scale per token, and each token's error bound per unit of the
-/// input's L1 norm: what [`bounded_argmax_i8`] needs to find the greedy token reading a
-/// quarter of the bytes.
+/// An 8-bit copy of a narrow classifier, with one scale per token, packed for
+/// [`crate::kernels::i16_i8_cols`], and what each token's error bound is made of: what
+/// [`bounded_argmax_i8`] needs to find the greedy token reading a quarter of the bytes.
 struct Int8Head {
+    /// `q[i, v] = round(w[v, i] / scale[v])`, packed by [`crate::kernels::pack_i8_pairs`].
     q: Vec<i8>,
     scale: Vec<f32>,
-    err_per_l1: Vec<f64>,
+    /// Each token's error bound in two parts: per unit of the input's L1 norm, its largest
+    /// rounding error `max_i |w_iv - scale_v q_iv|` plus the f32 rounding of its logit's sum;
+    /// per unit of the input's 16-bit step, `scale_v sum_i |q_iv|` halved (rounding the input
+    /// to its step moves each term by half a step at most).
+    err: Vec<[f64; 2]>,
+    /// The largest 16-bit input: the integer sums cannot overflow.
+    qmax: f64,
 }
 
 impl Int8Head {
@@ -245,64 +251,72 @@ impl Int8Head {
         }
         let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
         let mut q = vec![0i8; head_t.len()];
-        // Each token's largest rounding error |w - scale q|, in f64.
         let mut qerr = vec![0f64; vocab];
+        let mut q_l1 = vec![0f64; vocab];
         for (qrow, row) in q.chunks_exact_mut(vocab).zip(head_t.chunks_exact(vocab)) {
             for v in 0..vocab {
                 let s = scale[v];
                 let qv = if s > 0.0 { (row[v] / s).round().clamp(-127.0, 127.0) } else { 0.0 };
                 qrow[v] = qv as i8;
                 qerr[v] = qerr[v].max((row[v] as f64 - s as f64 * qv as f64).abs());
+                q_l1[v] += (qv as f64).abs();
             }
         }
-        // f32 sums of d products, in any order, are within gamma_d of the exact sum of the
-        // products' magnitudes; twice gamma_(d+1) covers both the 8-bit estimate's sum (its
-        // terms |x_i| 127 scale at most) and the f32 logit's (|x_i| max|w| at most).
+        // An f32 sum of d products, in any order, is within gamma_d of the exact sum of the
+        // products' magnitudes (|x_i| max|w| at most): the logit's rounding. The 8-bit
+        // estimate's sum is exact (integers).
         let u = 2f64.powi(-24);
         let gamma = (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u);
-        let err_per_l1 = (0..vocab).map(|v| (qerr[v] + 2.0 * gamma * (127.0 * scale[v] as f64 + wmax[v] as f64)) * (1.0 + 1e-6)).collect();
-        Some(Self { q, scale, err_per_l1 })
+        let err = (0..vocab).map(|v| [qerr[v] + gamma * wmax[v] as f64, scale[v] as f64 * q_l1[v] * (0.5 + 1e-9)]).collect();
+        let qmax = (i32::MAX as usize / (127 * d.div_ceil(2) * 2)).min(i16::MAX as usize) as f64;
+        Some(Self { q: crate::kernels::pack_i8_pairs(&q, d, vocab), scale, err, qmax })
     }
 }
 
 /// The greedy token of the normed row `x` over a narrow classifier, as [`argmax`] picks it
 /// from [`CpuModel::head`]'s logits (bit for bit the same logits, the first index on ties),
 /// reading the 8-bit copy for all tokens and the f32 weights of the few candidates only.
-/// `None` where something is not finite (the caller then computes every logit).
+/// `None` where the input is not finite (the caller then computes every logit).
 ///
-/// Why it is exact: with `s_v` the token's scale and `q_v` its 8-bit weights, the estimate
-/// `a_v = s_v * sum_i x_i q_iv` is within `|x|_1 (max_i |w_iv - s_v q_iv| + 2 gamma (127 s_v +
-/// max_i |w_iv|))` of the f32 logit `z_v` (the weights' rounding to 8 bits, then the f32
-/// rounding of both sums; see [`Int8Head::new`]), plus a floor for products that underflow.
-/// Every `v` whose upper end `a_v + e_v` lies below the largest lower end has `z_v` below
-/// another token's logit, so the largest `z` and all its ties lie among the rest, which are
-/// computed exactly, in the classifier's own summation order
-/// ([`crate::kernels::matrix_col_dot`]).
+/// Why it is exact: `x` is rounded to 16-bit integers `r_i` in steps of `t` (`|x_i - t r_i|
+/// <= t / 2`), and `sum_i r_i q_iv` is summed exactly in integers. With `s_v` the token's
+/// scale, the estimate `a_v = s_v t sum_i r_i q_iv` is within `|x|_1 (max_i |w_iv - s_v q_iv|
+/// + gamma_d max_i |w_iv|) + t s_v sum_i |q_iv| / 2` of the f32 logit `z_v` (the weights'
+/// rounding to 8 bits, the input's to 16, the f32 rounding of the logit's sum; see
+/// [`Int8Head::new`]), plus a floor for products that underflow and a margin for the f64
+/// arithmetic of the bound itself. Every `v` whose upper end `a_v + e_v` lies below the
+/// largest lower end has `z_v` below another token's logit, so the largest `z` and all its
+/// ties lie among the rest, which are computed exactly, in the classifier's own summation
+/// order ([`crate::kernels::matrix_col_dot`]).
 fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
+    use crate::kernels::{I8_BLOCK, i16_i8_cols};
     let d = x.len();
     let vocab = int8.scale.len();
-    let l1 = x.iter().map(|&v| (v as f64).abs()).sum::<f64>();
+    let (mut l1, mut xmax) = (0f64, 0f64);
+    for &v in x {
+        l1 += (v as f64).abs();
+        xmax = xmax.max((v as f64).abs());
+    }
     if !l1.is_finite() {
         return None;
     }
-    // Each product and sum that underflows loses at most half the smallest subnormal: in
-    // the f32 logit and in the estimate's sum, which is then scaled.
-    let floor = (d + 1) as f64 * 2f64.powi(-149);
-    let mut est = vec![0f32; vocab];
-    crate::kernels::i8_cols(x, d, &int8.q, vocab, &mut est);
-    // Each token's estimate and its error bound.
-    let bounds =
-        || est.iter().zip(&int8.scale).zip(&int8.err_per_l1).map(|((&a, &s), &e)| (a as f64 * s as f64, l1 * e + floor * (1.0 + s as f64)));
-    let mut lower = f64::NEG_INFINITY;
-    for (a, e) in bounds() {
-        if !a.is_finite() {
-            return None;
+    let step = xmax / int8.qmax;
+    let mut r = vec![0i16; d.div_ceil(2) * 2];
+    if step > 0.0 {
+        for (r, &v) in r.iter_mut().zip(x) {
+            *r = (v as f64 / step).round() as i16;
         }
-        lower = lower.max(a - e);
     }
+    let mut sums = vec![0i32; vocab.div_ceil(I8_BLOCK) * I8_BLOCK];
+    i16_i8_cols(&r, &int8.q, &mut sums);
+    // Each product that underflows in the f32 logit loses at most half the smallest
+    // subnormal.
+    let floor = (d + 1) as f64 * 2f64.powi(-149);
+    let mut hi = vec![0f64; vocab];
+    let lower = crate::kernels::bounded_estimates(&sums, &int8.scale, &int8.err, l1, step, floor, &mut hi);
     let mut best: Option<(u32, f32)> = None;
-    for (v, (a, e)) in bounds().enumerate() {
-        if a + e < lower {
+    for (v, &hi) in hi.iter().enumerate() {
+        if hi < lower {
             continue;
         }
         let z = crate::kernels::matrix_col_dot(x, &head[v * d..(v + 1) * d], 0.0);
