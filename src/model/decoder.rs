@@ -250,16 +250,21 @@ impl Int8Head {
             return None;
         }
         let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
+        let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
         let mut q = vec![0i8; head_t.len()];
         let mut qerr = vec![0f64; vocab];
         let mut q_l1 = vec![0f64; vocab];
         for (qrow, row) in q.chunks_exact_mut(vocab).zip(head_t.chunks_exact(vocab)) {
+            // Any rounding will do (the error is measured below): half away from zero by
+            // truncation, which vectorises without SSE4.1 (`f32::round` is a library call).
+            for ((qv, &w), &k) in qrow.iter_mut().zip(row).zip(&inv) {
+                let y = w * k;
+                *qv = ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8;
+            }
             for v in 0..vocab {
-                let s = scale[v];
-                let qv = if s > 0.0 { (row[v] / s).round().clamp(-127.0, 127.0) } else { 0.0 };
-                qrow[v] = qv as i8;
-                qerr[v] = qerr[v].max((row[v] as f64 - s as f64 * qv as f64).abs());
-                q_l1[v] += (qv as f64).abs();
+                let qv = qrow[v] as f64;
+                qerr[v] = qerr[v].max((row[v] as f64 - scale[v] as f64 * qv).abs());
+                q_l1[v] += qv.abs();
             }
         }
         // An f32 sum of d products, in any order, is within gamma_d of the exact sum of the
