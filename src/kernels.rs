@@ -309,39 +309,83 @@ pub fn matrix_col_dot(x: &[f32], w: &[f32], init: f32) -> f32 {
 
 dispatch! {
     /// Estimates from [`i16_i8_cols`]'s integer sums and their error bounds, as
-    /// `decoder::bounded_argmax_i8` defines them: `a_v = sums_v (scale_v step)` within
-    /// `e_v = (l1 err_v[0] + step err_v[1] + floor) (1 + 1e-6) + |a_v| 2^-50`. Writes each
-    /// upper end `a_v + e_v` into `hi` and returns the largest lower end `a_v - e_v`
-    /// (minus infinity when there is none). In f64, in lanes, so the loop is vectorised.
-    pub fn bounded_estimates(sums: &[i32], scale: &[f32], err: &[[f64; 2]], l1: f64, step: f64, floor: f64, hi: &mut [f64]) -> f64 {
+    /// `decoder::bounded_argmax_i8` defines them: with `[l1, step, floor] = k`, `a_v =
+    /// z_v (scale_v step)` within `e_v = (l1 err_v[0] + step err_v[1] + floor) (1 + 1e-6) +
+    /// |a_v| 2^-50`, where `z_v = sums_v`, or `254 sums_v + fine_v` when `fine` (a second
+    /// plane's sums) is not empty. Writes each token's `[a_v - e_v, a_v + e_v]` into `bounds`
+    /// and returns the largest lower end (minus infinity when there is none). In f64, in
+    /// lanes, so the loop is vectorised.
+    pub fn bounded_estimates(sums: &[i32], fine: &[i32], scale: &[f32], err: &[[f64; 2]], k: [f64; 3], bounds: &mut [[f64; 2]]) -> f64 {
         const W: usize = 8;
-        let n = hi.len();
+        let [l1, step, floor] = k;
+        let n = bounds.len();
         let (sums, scale, err) = (&sums[..n], &scale[..n], &err[..n]);
-        let one = |z: i32, s: f32, e: &[f64; 2]| {
-            let a = z as f64 * (s as f64 * step);
+        let two = !fine.is_empty();
+        let fine = if two { &fine[..n] } else { &sums[..n] };
+        let one = |z: i32, f: i32, s: f32, e: &[f64; 2]| {
+            let z = if two { 254.0 * z as f64 + f as f64 } else { z as f64 };
+            let a = z * (s as f64 * step);
             let e = (l1 * e[0] + step * e[1] + floor) * (1.0 + 1e-6) + a.abs() * (1.0 / (1u64 << 50) as f64);
-            (a + e, a - e)
+            [a - e, a + e]
         };
         let mut lower = [f64::NEG_INFINITY; W];
-        let mut h = hi.chunks_exact_mut(W);
+        let mut b = bounds.chunks_exact_mut(W);
         let mut z = sums.chunks_exact(W);
+        let mut f = fine.chunks_exact(W);
         let mut s = scale.chunks_exact(W);
         let mut e = err.chunks_exact(W);
-        for (((h, z), s), e) in (&mut h).zip(&mut z).zip(&mut s).zip(&mut e) {
+        for ((((b, z), f), s), e) in (&mut b).zip(&mut z).zip(&mut f).zip(&mut s).zip(&mut e) {
             for j in 0..W {
-                let (up, lo) = one(z[j], s[j], &e[j]);
-                h[j] = up;
-                lower[j] = if lo > lower[j] { lo } else { lower[j] };
+                b[j] = one(z[j], f[j], s[j], &e[j]);
+                lower[j] = if b[j][0] > lower[j] { b[j][0] } else { lower[j] };
             }
         }
         let mut best = lower.into_iter().fold(f64::NEG_INFINITY, f64::max);
-        let tail = h.into_remainder().iter_mut().zip(z.remainder()).zip(s.remainder()).zip(e.remainder());
-        for (((h, &z), &s), e) in tail {
-            let (up, lo) = one(z, s, e);
-            *h = up;
-            best = best.max(lo);
+        let tail = b.into_remainder().iter_mut().zip(z.remainder()).zip(f.remainder()).zip(s.remainder()).zip(e.remainder());
+        for ((((b, &z), &f), &s), e) in tail {
+            *b = one(z, f, s, e);
+            best = best.max(b[0]);
         }
         best
+    }
+}
+
+/// Terms of a softmax's sum below `exp(-EXP_TAIL)` of the largest count that much in
+/// [`exp_bound_sums`]' upper sum (at most 4096 e^-16 = 5e-4 of the sum in all for a
+/// 4096-token vocabulary; the top term is 1).
+const EXP_TAIL: f32 = 16.0;
+
+dispatch! {
+    /// Lower and upper bounds on `sum_v exp(z_v - zmax)` over the tokens whose logit `z_v`
+    /// lies in `bounds[v]` (`[lower, upper]`), leaving out those whose upper end reaches
+    /// `cut` (`zmax` the largest logit: no term above 1). Each term through [`exp`] in f32
+    /// (the caller allows for its error); in the upper sum a term counts at least
+    /// `exp(-EXP_TAIL)`, in the lower one a term below `exp(-80)` counts 0. In lanes,
+    /// without branches, so the loop is vectorised.
+    pub fn exp_bound_sums(bounds: &[[f64; 2]], zmax: f64, cut: f64) -> (f64, f64) {
+        // The exponents first, as f32 (a term left out: minus infinity), then the exps
+        // over plain f32 slices.
+        let mut ls = vec![0f32; bounds.len()];
+        let mut hs = vec![0f32; bounds.len()];
+        for ((b, l), h) in bounds.iter().zip(&mut ls).zip(&mut hs) {
+            let keep = b[1] < cut;
+            let lv = (b[0] - zmax) as f32;
+            *l = if keep && lv >= -80.0 { lv } else { f32::NEG_INFINITY };
+            *h = if keep { ((b[1] - zmax) as f32).clamp(-EXP_TAIL, 0.0) } else { f32::NEG_INFINITY };
+        }
+        let sum = |xs: &[f32]| {
+            let mut acc = [0f32; LANES];
+            let chunks = xs.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for j in 0..LANES {
+                    let e = exp(c[j]);
+                    acc[j] += if c[j] == f32::NEG_INFINITY { 0.0 } else { e };
+                }
+            }
+            acc.iter().map(|&v| v as f64).sum::<f64>() + tail.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { exp(x) as f64 }).sum::<f64>()
+        };
+        (sum(&ls), sum(&hs))
     }
 }
 
@@ -363,6 +407,19 @@ pub fn pack_i8_pairs(q: &[i8], k: usize, n: usize) -> Vec<i8> {
         }
     }
     packed
+}
+
+/// [`pack_i8_pairs`]'s matrix back as `[k, n]`, row-major.
+pub fn unpack_i8_pairs(packed: &[i8], k: usize, n: usize) -> Vec<i8> {
+    let k2 = k.div_ceil(2);
+    let mut q = vec![0i8; k * n];
+    for i in 0..k {
+        for j in 0..n {
+            let (b, c) = (j / I8_BLOCK, j % I8_BLOCK);
+            q[i * n + j] = packed[((b * k2 + i / 2) * I8_BLOCK + c) * 2 + i % 2];
+        }
+    }
+    q
 }
 
 /// `y[j] = sum_i x[i] * q[i, j]` over 16-bit inputs and 8-bit weights packed by

@@ -17,7 +17,7 @@
 //!   and the k/v projections of the skipped blocks).
 
 use super::generate::{Sampling, StopReason, TokenPicker, check_prompt};
-use crate::model::decoder::{self, CpuModel, Decoder};
+use crate::model::decoder::{self, CpuModel, Decoder, MaxProbCheck};
 use crate::model::{Gpt2, KvCache};
 use anyhow::{Result, bail};
 use candle_core::Tensor;
@@ -147,6 +147,15 @@ fn empty() -> EarlyExitGeneration {
     EarlyExitGeneration { ids: vec![], exit_layers: vec![], speedup: 1.0, stop: StopReason::MaxTokens, seconds: 0.0 }
 }
 
+/// What the exit check left for picking the token at the exit layer.
+enum Picked {
+    Nothing,
+    /// `logits` hold the exit layer's.
+    Logits,
+    /// The greedy token.
+    Token(u32),
+}
+
 fn run_cpu(
     m: &CpuModel,
     prompt: &[u32],
@@ -173,6 +182,9 @@ fn run_cpu(
     // last layer), a greedy token is found as plain greedy decoding finds it: on a large
     // classifier through its half-precision copy, in generations long enough to repay it.
     let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
+    // The same for the max-prob check at each layer, sampling or not: a narrow classifier
+    // decides it through its 8-bit copy (see `CpuModel::max_prob_check`).
+    let reduced_checks = opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS;
     while out.emit(next, layer) {
         if pos >= m.n_positions {
             out.g.stop = StopReason::ContextFull;
@@ -181,38 +193,51 @@ fn run_cpu(
         // The new token, layer by layer, until the measure says it may leave.
         let mut x = dec.embed(&[next], pos)?;
         layer = n_layer;
-        let mut have_logits = false;
+        // Where the check already computed it: the logits, or the greedy token.
+        let mut picked = Picked::Nothing;
         for l in 0..n_layer - 1 {
             if opts.measure == ExitMeasure::Saturation {
                 prev.copy_from_slice(&x);
             }
             dec.block(l, &mut x, pos)?;
-            let conf = match opts.measure {
+            let leaves = match opts.measure {
                 ExitMeasure::MaxProb => {
-                    dec.logits(&x, &mut logits);
-                    crate::kernels::max_prob(&logits) as f64
+                    let check = if reduced_checks { dec.max_prob_check(&x, opts.threshold) } else { MaxProbCheck::Undecided };
+                    match check {
+                        MaxProbCheck::Reaches(t) => {
+                            picked = if greedy_tokens { Picked::Token(t) } else { Picked::Nothing };
+                            true
+                        }
+                        MaxProbCheck::Below => false,
+                        MaxProbCheck::Undecided => {
+                            dec.logits(&x, &mut logits);
+                            picked = Picked::Logits;
+                            crate::kernels::max_prob(&logits) as f64 >= opts.threshold
+                        }
+                    }
                 }
-                ExitMeasure::Saturation => saturation(&x, &prev),
+                ExitMeasure::Saturation => saturation(&x, &prev) >= opts.threshold,
             };
-            if conf >= opts.threshold {
+            if leaves {
                 layer = l + 1;
-                have_logits = opts.measure == ExitMeasure::MaxProb;
                 for j in layer..n_layer {
                     dec.fill_kv(j, &x, pos)?;
                 }
                 break;
             }
+            picked = Picked::Nothing;
         }
         if layer == n_layer {
             dec.block(n_layer - 1, &mut x, pos)?;
         }
-        next = if have_logits {
-            picker.pick(&logits)?
-        } else if greedy_tokens {
-            dec.greedy_token(&x)
-        } else {
-            dec.logits(&x, &mut logits);
-            picker.pick(&logits)?
+        next = match picked {
+            Picked::Token(t) => t,
+            Picked::Logits => picker.pick(&logits)?,
+            Picked::Nothing if greedy_tokens => dec.greedy_token(&x),
+            Picked::Nothing => {
+                dec.logits(&x, &mut logits);
+                picker.pick(&logits)?
+            }
         };
         pos += 1;
     }
@@ -281,14 +306,17 @@ mod tests {
     use super::*;
 
     /// The CPU engine and the tensor path (other devices) apply the same rule: the same
-    /// tokens leave at the same layers, with either measure.
+    /// tokens leave at the same layers, with either measure (the engine's max-prob checks
+    /// through the classifier's half-precision copy).
     #[test]
     fn engine_and_tensor_paths_agree() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
         let ck = crate::model::Checkpoint::load_dir(&dir, &candle_core::Device::Cpu).unwrap();
         let prompt = ck.tokenizer.encode("Mr. Darcy looked at Elizabeth and said", false).unwrap().get_ids().to_vec();
         for (measure, threshold) in [(ExitMeasure::MaxProb, 0.3), (ExitMeasure::MaxProb, 0.15), (ExitMeasure::Saturation, 0.9)] {
-            let opts = EarlyExitOptions { threshold, measure, max_new_tokens: 24, sampling: Sampling::Greedy, eos: None };
+            // Long enough for the max-prob check through the half-precision copy.
+            let max_new_tokens = decoder::HALF_HEAD_MIN_TOKENS + 8;
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling: Sampling::Greedy, eos: None };
             let a = decoder::with_cpu_model(&ck.model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
             let b = run_tensor(&ck.model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
             assert_eq!(a.ids, b.ids, "{measure:?} {threshold}");

@@ -19,7 +19,7 @@ use crate::kernels::HeadCache;
 use anyhow::{Result, bail};
 use candle_core::{CpuStorage, Layout, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Linear layers and the classifier with at least this many weights are split among the
@@ -101,7 +101,7 @@ pub fn with_cpu_model<R>(model: &Gpt2, f: impl FnOnce(&CpuModel) -> Result<R>) -
     }
     let ln_f = (next(), next());
     let head = if model.lm_head.is_some() { next() } else { wte };
-    let head_t = (cfg.n_embd <= SHORT_ROWS).then(|| transpose(head, cfg.vocab_size, cfg.n_embd));
+    let narrow = (cfg.n_embd <= SHORT_ROWS).then(|| NarrowHead::of(head, cfg.vocab_size, cfg.n_embd));
     let m = CpuModel {
         n_layer: cfg.n_layer,
         d: cfg.n_embd,
@@ -116,9 +116,8 @@ pub fn with_cpu_model<R>(model: &Gpt2, f: impl FnOnce(&CpuModel) -> Result<R>) -
         blocks,
         ln_f,
         head,
-        head_t,
+        narrow,
         half_head: OnceLock::new(),
-        int8_head: OnceLock::new(),
         zeros: vec![0.0; cfg.vocab_size],
     };
     f(&m)
@@ -171,15 +170,50 @@ pub struct CpuModel<'a> {
     blocks: Vec<BlockWeights<'a>>,
     ln_f: (&'a [f32], &'a [f32]),
     head: &'a [f32],
-    /// The classifier transposed (`[d, vocab]`), for narrow models (see [`SHORT_ROWS`]).
-    head_t: Option<Vec<f32>>,
+    /// The classifier transposed and its 8-bit copy, for narrow models (see [`SHORT_ROWS`]).
+    narrow: Option<Arc<NarrowHead>>,
     /// The classifier in half precision, made on the first greedy token of a large head
-    /// (see [`CpuModel::greedy_token`]); `None` inside when it cannot be used.
+    /// (see [`CpuModel::greedy_token`] and [`CpuModel::max_prob_check`]); `None` inside when
+    /// it cannot be used.
     half_head: OnceLock<Option<HalfHead>>,
-    /// The transposed classifier in 8 bits, made on the first greedy token of a narrow
-    /// model whose head runs on one thread (see [`CpuModel::greedy_token`]).
-    int8_head: OnceLock<Option<Int8Head>>,
     zeros: Vec<f32>,
+}
+
+/// A narrow classifier's derived copies, made once per classifier and process rather than
+/// per [`with_cpu_model`] call (each generation makes one): the transposed f32 weights
+/// (1-2 ms to make for the Austen models' 2 MB) and the 8-bit copy (about 4 ms, 5 more for
+/// its second plane), which a generation of a few dozen tokens would not repay.
+struct NarrowHead {
+    /// The classifier it was made from, `[vocab, d]`, to recognise it by its bits.
+    head: Vec<f32>,
+    /// `[d, vocab]`.
+    head_t: Vec<f32>,
+    /// The transposed classifier in 8 bits, made on the first greedy token or max-prob
+    /// check of a narrow model whose head runs on one thread (see [`CpuModel::greedy_token`]).
+    int8: OnceLock<Option<Int8Head>>,
+}
+
+/// The narrow classifiers seen lately (the explorer's two models, and a few more).
+static NARROW_HEADS: Mutex<Vec<Arc<NarrowHead>>> = Mutex::new(Vec::new());
+
+impl NarrowHead {
+    /// The copies of `head` (`[vocab, d]`): those made before for a classifier with the same
+    /// bits, else new ones (the least recently used of five dropped).
+    fn of(head: &[f32], vocab: usize, d: usize) -> Arc<Self> {
+        let mut seen = NARROW_HEADS.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |h: &Arc<Self>| h.head.len() == head.len() && h.head.iter().zip(head).all(|(a, b)| a.to_bits() == b.to_bits());
+        if let Some(i) = seen.iter().position(same) {
+            let h = seen.remove(i);
+            seen.push(h.clone());
+            return h;
+        }
+        let h = Arc::new(Self { head: head.to_vec(), head_t: transpose(head, vocab, d), int8: OnceLock::new() });
+        if seen.len() >= 5 {
+            seen.remove(0);
+        }
+        seen.push(h.clone());
+        h
+    }
 }
 
 /// Wide classifiers with at least this many weights pick greedy tokens through a
@@ -234,6 +268,32 @@ struct Int8Head {
     err: Vec<[f64; 2]>,
     /// The largest 16-bit input: the integer sums cannot overflow.
     qmax: f64,
+    /// The second plane of a finer copy, made on the first max-prob check (see
+    /// [`int8_bounds`]).
+    fine: OnceLock<FinePlane>,
+}
+
+/// What is left of each weight after [`Int8Head`]'s first plane, in steps 254 times finer:
+/// `w[v, i]` is `scale[v] (254 q[i, v] + r[i, v])` to within `err[v]`'s first part (`err` as
+/// in [`Int8Head`]); `r` packed as `q`.
+struct FinePlane {
+    r: Vec<i8>,
+    scale: Vec<f32>,
+    err: Vec<[f64; 2]>,
+}
+
+/// `round(y)` (half away from zero) clamped to the 8-bit range, by truncation: it
+/// vectorises without SSE4.1, where `f32::round` is a library call per weight.
+fn round_i8(y: f32) -> i8 {
+    ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8
+}
+
+/// An f32 sum of `d` products, in any order, is within `gamma` times the exact sum of the
+/// products' magnitudes (`|x|_1 max|w|` at most): the logit's rounding, in the bounds of
+/// [`Int8Head`] and [`FinePlane`].
+fn logit_gamma(d: usize) -> f64 {
+    let u = 2f64.powi(-24);
+    (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u)
 }
 
 impl Int8Head {
@@ -252,14 +312,11 @@ impl Int8Head {
         let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
         let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
         let mut q = vec![0i8; head_t.len()];
-        let mut qerr = vec![0f64; vocab];
-        let mut q_l1 = vec![0f64; vocab];
+        let (mut qerr, mut q_l1) = (vec![0f64; vocab], vec![0f64; vocab]);
         for (qrow, row) in q.chunks_exact_mut(vocab).zip(head_t.chunks_exact(vocab)) {
-            // Any rounding will do (the error is measured below): half away from zero by
-            // truncation, which vectorises without SSE4.1 (`f32::round` is a library call).
+            // Any rounding will do (the error is measured below).
             for ((qv, &w), &k) in qrow.iter_mut().zip(row).zip(&inv) {
-                let y = w * k;
-                *qv = ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8;
+                *qv = round_i8(w * k);
             }
             for v in 0..vocab {
                 let qv = qrow[v] as f64;
@@ -267,14 +324,40 @@ impl Int8Head {
                 q_l1[v] += qv.abs();
             }
         }
-        // An f32 sum of d products, in any order, is within gamma_d of the exact sum of the
-        // products' magnitudes (|x_i| max|w| at most): the logit's rounding. The 8-bit
-        // estimate's sum is exact (integers).
-        let u = 2f64.powi(-24);
-        let gamma = (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u);
+        let gamma = logit_gamma(d);
         let err = (0..vocab).map(|v| [qerr[v] + gamma * wmax[v] as f64, scale[v] as f64 * q_l1[v] * (0.5 + 1e-9)]).collect();
         let qmax = (i32::MAX as usize / (127 * d.div_ceil(2) * 2)).min(i16::MAX as usize) as f64;
-        Some(Self { q: crate::kernels::pack_i8_pairs(&q, d, vocab), scale, err, qmax })
+        Some(Self { q: crate::kernels::pack_i8_pairs(&q, d, vocab), scale, err, qmax, fine: OnceLock::new() })
+    }
+
+    /// The second plane, made from `head_t` (the classifier this copy was made from) on the
+    /// first call.
+    fn fine(&self, head_t: &[f32]) -> &FinePlane {
+        self.fine.get_or_init(|| {
+            let vocab = self.scale.len();
+            let d = head_t.len() / vocab;
+            let q = crate::kernels::unpack_i8_pairs(&self.q, d, vocab);
+            let scale: Vec<f32> = self.scale.iter().map(|&s| s / 254.0).collect();
+            let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
+            let mut r = vec![0i8; head_t.len()];
+            let (mut rerr, mut l1, mut wmax) = (vec![0f64; vocab], vec![0f64; vocab], vec![0f64; vocab]);
+            for ((rrow, qrow), row) in r.chunks_exact_mut(vocab).zip(q.chunks_exact(vocab)).zip(head_t.chunks_exact(vocab)) {
+                // Any rounding will do (the error is measured below): in f32, vectorised.
+                for (((rv, &qv), &w), (&s, &k)) in rrow.iter_mut().zip(qrow).zip(row).zip(scale.iter().zip(&inv)) {
+                    *rv = round_i8((w - s * 254.0 * qv as f32) * k);
+                }
+                for v in 0..vocab {
+                    let (s, coarse) = (scale[v] as f64, 254.0 * qrow[v] as f64);
+                    let level = coarse + rrow[v] as f64;
+                    rerr[v] = rerr[v].max((row[v] as f64 - s * level).abs());
+                    l1[v] += level.abs();
+                    wmax[v] = wmax[v].max((row[v] as f64).abs());
+                }
+            }
+            let gamma = logit_gamma(d);
+            let err = (0..vocab).map(|v| [rerr[v] + gamma * wmax[v], scale[v] as f64 * l1[v] * (0.5 + 1e-9)]).collect();
+            FinePlane { r: crate::kernels::pack_i8_pairs(&r, d, vocab), scale, err }
+        })
     }
 }
 
@@ -294,6 +377,16 @@ impl Int8Head {
 /// ties lie among the rest, which are computed exactly, in the classifier's own summation
 /// order ([`crate::kernels::matrix_col_dot`]).
 fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
+    let (bounds, lower) = int8_bounds(x, int8, None)?;
+    let d = x.len();
+    exact_argmax(&bounds, lower, |v| crate::kernels::matrix_col_dot(x, &head[v * d..(v + 1) * d], 0.0)).map(|(v, _)| v)
+}
+
+/// Each token's logit for the normed row `x` as the 8-bit head bounds it (`[lower, upper]`,
+/// see [`bounded_argmax_i8`]), and the largest lower end; with the second plane `fine` too
+/// when given (twice the bytes, a bound about 250 times narrower where the weights'
+/// rounding dominates it). `None` when `x` is not finite.
+fn int8_bounds(x: &[f32], int8: &Int8Head, fine: Option<&FinePlane>) -> Option<(Vec<[f64; 2]>, f64)> {
     use crate::kernels::{I8_BLOCK, i16_i8_cols};
     let d = x.len();
     let vocab = int8.scale.len();
@@ -312,19 +405,33 @@ fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
             *r = (v as f64 / step).round() as i16;
         }
     }
-    let mut sums = vec![0i32; vocab.div_ceil(I8_BLOCK) * I8_BLOCK];
+    let blocks = vocab.div_ceil(I8_BLOCK) * I8_BLOCK;
+    let mut sums = vec![0i32; blocks];
     i16_i8_cols(&r, &int8.q, &mut sums);
+    let mut fine_sums = Vec::new();
+    if let Some(fine) = fine {
+        fine_sums.resize(blocks, 0);
+        i16_i8_cols(&r, &fine.r, &mut fine_sums);
+    }
     // Each product that underflows in the f32 logit loses at most half the smallest
     // subnormal.
     let floor = (d + 1) as f64 * 2f64.powi(-149);
-    let mut hi = vec![0f64; vocab];
-    let lower = crate::kernels::bounded_estimates(&sums, &int8.scale, &int8.err, l1, step, floor, &mut hi);
+    let (scale, err) = fine.map_or((&int8.scale, &int8.err), |f| (&f.scale, &f.err));
+    let mut bounds = vec![[0f64; 2]; vocab];
+    let lower = crate::kernels::bounded_estimates(&sums, &fine_sums, scale, err, [l1, step, floor], &mut bounds);
+    Some((bounds, lower))
+}
+
+/// The first token with the largest f32 logit (`logit`), and that logit, computed for the
+/// tokens whose upper end reaches `lower` only; `None` when one of those logits is not
+/// finite.
+fn exact_argmax(bounds: &[[f64; 2]], lower: f64, logit: impl Fn(usize) -> f32) -> Option<(u32, f32)> {
     let mut best: Option<(u32, f32)> = None;
-    for (v, &hi) in hi.iter().enumerate() {
-        if hi < lower {
+    for (v, b) in bounds.iter().enumerate() {
+        if b[1] < lower {
             continue;
         }
-        let z = crate::kernels::matrix_col_dot(x, &head[v * d..(v + 1) * d], 0.0);
+        let z = logit(v);
         if !z.is_finite() {
             return None;
         }
@@ -332,7 +439,87 @@ fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
             best = Some((v as u32, z));
         }
     }
-    best.map(|(v, _)| v)
+    best
+}
+
+/// What a reduced copy of the classifier tells of a row's largest softmax probability
+/// against a threshold (see [`CpuModel::max_prob_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxProbCheck {
+    /// [`crate::kernels::max_prob`] of the f32 logits reaches the threshold; the greedy
+    /// token (their [`argmax`]).
+    Reaches(u32),
+    /// It stays below the threshold.
+    Below,
+    /// The bound cannot tell (or this classifier has no reduced copy): compute the logits.
+    Undecided,
+}
+
+/// Tokens whose logit may come within this of the largest get their exact logit in a
+/// max-prob check: their terms of the softmax's sum weigh most, and the rest, each at most
+/// `e^-4` of the largest, are bounded from the estimates.
+const MAX_PROB_NEAR: f64 = 4.0;
+
+/// Beyond this many tokens near the largest logit the check gives up (an almost flat
+/// distribution: the logits are cheaper).
+const MAX_PROB_NEAR_MAX: usize = 256;
+
+/// [`CpuModel::max_prob_check`] from bounds on every logit (`bounds`, with `lower` the
+/// largest lower end) and the exact f32 logit of any token (`logit`). The largest logit
+/// `z*` and the greedy token are exact (as in [`exact_argmax`]); the softmax's sum `S =
+/// sum_v exp(z_v - z*)` takes the exact term of every token whose upper end comes within
+/// [`MAX_PROB_NEAR`] of `z*`, and the rest's bounds (or, first, every term's bounds: where
+/// that decides, no other logit is computed); `1 / S` then lies between the bounds of the
+/// two sums (the lower one at least 1, the term of `z*`). They are widened by 1e-4 for `exp`'s rounding (relative 1e-5 here at
+/// most, arguments included) and by 1e-3 for the f32 arithmetic of `max_prob` itself (in 16
+/// lanes, its sum of up to 2^16 terms is within 3e-4 of exact), so a decision is the one
+/// `max_prob(logits) >= threshold` would take.
+fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, logit: impl Fn(usize) -> f32) -> MaxProbCheck {
+    if bounds.len() > 1 << 16 {
+        return MaxProbCheck::Undecided;
+    }
+    let Some((token, zmax)) = exact_argmax(bounds, lower, &logit) else {
+        return MaxProbCheck::Undecided;
+    };
+    let zmax = zmax as f64;
+    let decide = |lo: f64, hi: f64| {
+        let p_lo = (1.0 - 1e-3) / (hi * (1.0 + 1e-4));
+        let p_hi = (1.0 + 1e-3) / (lo * (1.0 - 1e-4));
+        if p_lo >= threshold {
+            MaxProbCheck::Reaches(token)
+        } else if p_hi < threshold {
+            MaxProbCheck::Below
+        } else {
+            MaxProbCheck::Undecided
+        }
+    };
+    // Every term from its bounds first: enough where the probability is far from the
+    // threshold (flat distributions among them, with hundreds of tokens near the top).
+    let (lo, hi) = crate::kernels::exp_bound_sums(bounds, zmax, f64::INFINITY);
+    let first = decide(lo.max(1.0), hi);
+    if first != MaxProbCheck::Undecided {
+        return first;
+    }
+    let cut = zmax - MAX_PROB_NEAR;
+    let (mut lo, mut hi) = crate::kernels::exp_bound_sums(bounds, zmax, cut);
+    let mut near = 0;
+    for (v, b) in bounds.iter().enumerate() {
+        if b[1] < cut {
+            continue;
+        }
+        near += 1;
+        if near > MAX_PROB_NEAR_MAX {
+            return MaxProbCheck::Undecided;
+        }
+        let z = logit(v);
+        if !z.is_finite() {
+            return MaxProbCheck::Undecided;
+        }
+        let t = crate::kernels::exp((z as f64 - zmax) as f32) as f64;
+        lo += t;
+        hi += t;
+    }
+    decide(lo, hi)
 }
 
 /// A half-precision copy of the classifier and each row's Euclidean norm: what
@@ -384,6 +571,57 @@ impl HalfHead {
     }
 }
 
+/// The two parts of [`bounded_argmax`]'s error bound for the row `x`: `e_v = per_norm
+/// |w_v| + floor`. `None` when `x` is not finite.
+fn half_error_terms(x: &[f32]) -> Option<(f64, f64)> {
+    let d = x.len();
+    let l2 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let l1 = x.iter().map(|&v| (v as f64).abs()).sum::<f64>();
+    if !(l2.is_finite() && l1.is_finite()) {
+        return None;
+    }
+    let u = 2f64.powi(-24);
+    let gamma = d as f64 * u / (1.0 - d as f64 * u);
+    let rel = 2f64.powi(-10);
+    // A millionth of slack for the f64 arithmetic of the bound itself.
+    let per_norm = (rel + 2.0 * gamma * (1.0 + rel)) * l2 * (1.0 + 1e-6);
+    let floor = 2f64.powi(-24) * (1.0 + 2.0 * gamma) * l1 * (1.0 + 1e-6);
+    Some((per_norm, floor))
+}
+
+/// Each row's logit `x . w_v` as the half-precision copy bounds it (`[lower, upper]`, see
+/// [`bounded_argmax`]), and the largest lower end, on every thread. `None` when something
+/// is not finite.
+fn half_bounds(x: &[f32], half: &HalfHead) -> Option<(Vec<[f64; 2]>, f64)> {
+    let d = x.len();
+    let vocab = half.row_norms.len();
+    let (per_norm, floor) = half_error_terms(x)?;
+    let mut bounds = vec![[0f64; 2]; vocab];
+    let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+    // Each block's bounds and the largest lower end among them (NaN: a non-finite estimate).
+    let block = |(b, out): (usize, &mut [[f64; 2]])| {
+        let v0 = b * per;
+        let mut est = vec![0f32; out.len()];
+        crate::kernels::dot_f16_rows(x, half::slice::HalfBitsSliceExt::reinterpret_cast(&half.w[v0 * d..(v0 + out.len()) * d]), &mut est);
+        let mut lower = f64::NEG_INFINITY;
+        for ((o, &a), &norm) in out.iter_mut().zip(&est).zip(&half.row_norms[v0..]) {
+            if !a.is_finite() {
+                return f64::NAN;
+            }
+            let e = per_norm * norm + floor;
+            *o = [a as f64 - e, a as f64 + e];
+            lower = lower.max(o[0]);
+        }
+        lower
+    };
+    let lowers: Vec<f64> = bounds.par_chunks_mut(per).enumerate().map(block).collect();
+    if lowers.iter().any(|l| l.is_nan()) {
+        return None;
+    }
+    let lower = lowers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((bounds, lower))
+}
+
 /// The index of the largest of `x . w_v` over the rows `w_v` of `head` (`[vocab, d]`), as
 /// [`argmax`] over [`crate::kernels::classify_rows`]'s logits picks it (bit for bit the same
 /// logits, the first index on ties), reading the half-precision copy for all rows and the
@@ -402,17 +640,7 @@ impl HalfHead {
 fn bounded_argmax(x: &[f32], head: &[f32], half: &HalfHead) -> Option<u32> {
     let d = x.len();
     let vocab = half.row_norms.len();
-    let l2 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-    let l1 = x.iter().map(|&v| (v as f64).abs()).sum::<f64>();
-    if !(l2.is_finite() && l1.is_finite()) {
-        return None;
-    }
-    let u = 2f64.powi(-24);
-    let gamma = d as f64 * u / (1.0 - d as f64 * u);
-    let rel = 2f64.powi(-10);
-    // A millionth of slack for the f64 arithmetic of the bound itself.
-    let per_norm = (rel + 2.0 * gamma * (1.0 + rel)) * l2 * (1.0 + 1e-6);
-    let floor = 2f64.powi(-24) * (1.0 + 2.0 * gamma) * l1 * (1.0 + 1e-6);
+    let (per_norm, floor) = half_error_terms(x)?;
     let err = |v: usize| per_norm * half.row_norms[v] + floor;
     let mut estimates = vec![0f32; vocab];
     let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
@@ -570,15 +798,15 @@ impl CpuModel<'_> {
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
         let mut normed = Vec::with_capacity(h.len());
         layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut normed);
-        if let Some(head_t) = &self.head_t
+        if let Some(n) = &self.narrow
             && uses_int8_head(self.vocab, self.d)
         {
-            let int8 = self.int8_head.get_or_init(|| Int8Head::new(head_t, self.d, self.vocab));
+            let int8 = n.int8.get_or_init(|| Int8Head::new(&n.head_t, self.d, self.vocab));
             if let Some(t) = int8.as_ref().and_then(|int8| bounded_argmax_i8(&normed, self.head, int8)) {
                 return t;
             }
         }
-        if self.head_t.is_none() && uses_half_head(self.vocab, self.d) {
+        if self.narrow.is_none() && uses_half_head(self.vocab, self.d) {
             let half = self.half_head.get_or_init(|| HalfHead::new(self.head, self.d));
             if let Some(t) = half.as_ref().and_then(|half| bounded_argmax(&normed, self.head, half)) {
                 return t;
@@ -587,6 +815,51 @@ impl CpuModel<'_> {
         let mut logits = Vec::new();
         self.classify_normed(&normed, &mut logits);
         argmax(&logits)
+    }
+
+    /// Whether the largest softmax probability of `lm_head(ln_f(h))` (one row) reaches
+    /// `threshold`, as [`crate::kernels::max_prob`] over [`Self::head`]'s logits says it,
+    /// with the greedy token when it does: the max-prob early-exit check, decided from
+    /// bounds on every logit and the exact logits of the few tokens near the top
+    /// ([`max_prob_from_bounds`]). Narrow models on one thread bound the logits through both
+    /// planes of their 8-bit copy (half the bytes of the f32 classifier; the first plane
+    /// alone bounds too loosely for the softmax's tail), large classifiers through their
+    /// half-precision copy. [`MaxProbCheck::Undecided`] when the bound cannot tell, or where
+    /// neither copy is used.
+    pub fn max_prob_check(&self, h: &[f32], threshold: f64) -> MaxProbCheck {
+        let d = self.d;
+        let mut x = Vec::with_capacity(h.len());
+        let bounds = if let Some(n) = self.narrow.as_ref().filter(|_| uses_int8_head(self.vocab, d)) {
+            let Some(int8) = n.int8.get_or_init(|| Int8Head::new(&n.head_t, d, self.vocab)) else {
+                return MaxProbCheck::Undecided;
+            };
+            layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
+            int8_bounds(&x, int8, Some(int8.fine(&n.head_t)))
+        } else if self.narrow.is_none() && uses_half_head(self.vocab, d) {
+            let Some(half) = self.half_head.get_or_init(|| HalfHead::new(self.head, d)) else {
+                return MaxProbCheck::Undecided;
+            };
+            layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
+            half_bounds(&x, half)
+        } else {
+            return MaxProbCheck::Undecided;
+        };
+        let Some((bounds, lower)) = bounds else {
+            return MaxProbCheck::Undecided;
+        };
+        // Each token's f32 logit as the classifier computes it.
+        let narrow = self.narrow.is_some();
+        let logit = |v: usize| {
+            let w = &self.head[v * d..(v + 1) * d];
+            if narrow {
+                crate::kernels::matrix_col_dot(&x, w, 0.0)
+            } else {
+                let mut z = [0f32];
+                crate::kernels::classify_rows(&x, d, w, &mut z, 1);
+                z[0]
+            }
+        };
+        max_prob_from_bounds(&bounds, lower, threshold, logit)
     }
 
     /// Whether decoding one row keeps to one thread: no layer and not the head is shared
@@ -601,7 +874,7 @@ impl CpuModel<'_> {
 
     /// Whether [`Self::classify_normed`] shares the classifier among the threads.
     fn splits_head(&self) -> bool {
-        match self.head_t {
+        match self.narrow {
             Some(_) => splits_linear(self.d, self.vocab),
             None => self.vocab * self.d >= PAR_MIN_WEIGHTS,
         }
@@ -609,8 +882,8 @@ impl CpuModel<'_> {
 
     fn classify_normed(&self, x: &[f32], logits: &mut Vec<f32>) {
         let (d, v) = (self.d, self.vocab);
-        if let Some(t) = &self.head_t {
-            return linear_cols(x, d, (t, &self.zeros), 0, v, logits);
+        if let Some(n) = &self.narrow {
+            return linear_cols(x, d, (&n.head_t, &self.zeros), 0, v, logits);
         }
         let m = x.len() / d;
         logits.resize(m * v, 0.0);
@@ -897,6 +1170,11 @@ impl<'m, 'a> Decoder<'m, 'a> {
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
         self.model.greedy_token(h)
     }
+
+    /// The max-prob early-exit check of one row `h` (see [`CpuModel::max_prob_check`]).
+    pub fn max_prob_check(&self, h: &[f32], threshold: f64) -> MaxProbCheck {
+        self.model.max_prob_check(h, threshold)
+    }
 }
 
 /// The index of the largest value; the first one on ties (NaN never wins).
@@ -1056,6 +1334,51 @@ mod tests {
             let int8 = Int8Head::new(&t, d, vocab).unwrap();
             assert_eq!(bounded_argmax_i8(&x, &head, &int8), Some(argmax(&logits)), "trial {trial}, d {d}");
         }
+    }
+
+    /// The max-prob check through both 8-bit planes takes the decision `max_prob(logits) >= threshold` takes,
+    /// with the logits' argmax, over rows from flat to peaked distributions and thresholds
+    /// on both sides of the probability, at it and one unit in the last place above it; it
+    /// leaves undecided only thresholds within 5% of the probability.
+    #[test]
+    fn the_max_prob_check_decides_as_the_logits_do() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let (d, vocab) = (128, 4096);
+        let head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * 0.05).collect();
+        let t = transpose(&head, vocab, d);
+        let int8 = Int8Head::new(&t, d, vocab).unwrap();
+        let (mut decided, mut far, mut probs) = (0, 0, Vec::new());
+        for trial in 0..60 {
+            // Larger inputs, more peaked distributions.
+            let gain = 0.5 + trial as f32 * 0.5;
+            let x: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0) * gain).collect();
+            let mut logits = Vec::new();
+            linear_cols(&x, d, (&t, &vec![0.0; vocab]), 0, vocab, &mut logits);
+            let p = crate::kernels::max_prob(&logits);
+            probs.push(p);
+            for tau in [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, p as f64, p.next_up() as f64, p as f64 * 1.01, p as f64 * 0.99] {
+                let reaches = p as f64 >= tau;
+                let (bounds, lower) = int8_bounds(&x, &int8, Some(int8.fine(&t))).unwrap();
+                let logit = |v: usize| crate::kernels::matrix_col_dot(&x, &head[v * d..(v + 1) * d], 0.0);
+                match max_prob_from_bounds(&bounds, lower, tau, logit) {
+                    MaxProbCheck::Reaches(tok) => {
+                        assert!(reaches, "trial {trial}: p {p} < {tau}, but the check says it reaches");
+                        assert_eq!(tok, argmax(&logits), "trial {trial}");
+                        decided += 1;
+                    }
+                    MaxProbCheck::Below => {
+                        assert!(!reaches, "trial {trial}: p {p} >= {tau}, but the check says below");
+                        decided += 1;
+                    }
+                    MaxProbCheck::Undecided => far += usize::from((p as f64 / tau - 1.0).abs() > 0.05),
+                }
+            }
+        }
+        assert!(far == 0, "{far} checks undecided with the probability more than 5% from the threshold");
+        assert!(decided > 60 * 7, "{decided} decided");
+        let spread = probs.iter().fold((1f32, 0f32), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        assert!(spread.0 < 0.05 && spread.1 > 0.9, "the rows span flat to peaked: {spread:?}");
     }
 
     /// Weights that are not finite, or an input that is not finite, leave the choice to the
