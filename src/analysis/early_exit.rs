@@ -327,26 +327,35 @@ mod tests {
 
     /// The same with a classifier large enough for greedy tokens to come through its
     /// half-precision copy (random weights, GPT-2's shape at a smaller size): a token that
-    /// leaves by saturation, or reaches the last layer, runs only that classifier.
+    /// leaves by saturation, or reaches the last layer, runs only that classifier; max-prob
+    /// checks are decided through the copy.
     #[test]
     fn engine_and_tensor_paths_agree_through_the_half_precision_head() {
         let model = crate::model::Gpt2::random(crate::model::Gpt2Config::new(3, 512, 8, 8192, 96), 5, &candle_core::Device::Cpu).unwrap();
         let prompt: Vec<u32> = (0..6).map(|i| (i * 919 + 17) % 8192).collect();
-        let mut layers = std::collections::HashSet::new();
-        for threshold in [0.3, 0.6, 0.9, 0.99] {
+        let (mut layers, mut max_prob_early) = (std::collections::HashSet::new(), false);
+        let cases = [0.3, 0.6, 0.9, 0.99]
+            .map(|t| (ExitMeasure::Saturation, t))
+            .into_iter()
+            .chain([0.002, 0.01, 0.3].map(|t| (ExitMeasure::MaxProb, t)));
+        for (measure, threshold) in cases {
             let opts = EarlyExitOptions {
                 threshold,
-                measure: ExitMeasure::Saturation,
+                measure,
                 max_new_tokens: decoder::HALF_HEAD_MIN_TOKENS + 8,
                 sampling: Sampling::Greedy,
                 eos: None,
             };
             let a = decoder::with_cpu_model(&model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
             let b = run_tensor(&model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
-            assert_eq!(a.ids, b.ids, "saturation {threshold}");
-            assert_eq!(a.exit_layers, b.exit_layers, "saturation {threshold}");
-            layers.extend(a.exit_layers.iter().skip(1).copied());
+            assert_eq!(a.ids, b.ids, "{measure:?} {threshold}");
+            assert_eq!(a.exit_layers, b.exit_layers, "{measure:?} {threshold}");
+            match measure {
+                ExitMeasure::Saturation => layers.extend(a.exit_layers.iter().skip(1).copied()),
+                ExitMeasure::MaxProb => max_prob_early |= a.exit_layers.iter().skip(1).any(|&l| l < 3),
+            }
         }
         assert!(layers.len() > 1, "tokens leave early and late over the thresholds: {layers:?}");
+        assert!(max_prob_early, "some token leaves early by max-prob");
     }
 }

@@ -469,12 +469,12 @@ const MAX_PROB_NEAR_MAX: usize = 256;
 /// `z*` and the greedy token are exact (as in [`exact_argmax`]); the softmax's sum `S =
 /// sum_v exp(z_v - z*)` takes the exact term of every token whose upper end comes within
 /// [`MAX_PROB_NEAR`] of `z*`, and the rest's bounds (or, first, every term's bounds: where
-/// that decides, no other logit is computed); `1 / S` then lies between the bounds of the
+/// that decides, or unless `refine`, no other logit is computed); `1 / S` then lies between the bounds of the
 /// two sums (the lower one at least 1, the term of `z*`). They are widened by 1e-4 for `exp`'s rounding (relative 1e-5 here at
 /// most, arguments included) and by 1e-3 for the f32 arithmetic of `max_prob` itself (in 16
 /// lanes, its sum of up to 2^16 terms is within 3e-4 of exact), so a decision is the one
 /// `max_prob(logits) >= threshold` would take.
-fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, logit: impl Fn(usize) -> f32) -> MaxProbCheck {
+fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, refine: bool, logit: impl Fn(usize) -> f32) -> MaxProbCheck {
     if bounds.len() > 1 << 16 {
         return MaxProbCheck::Undecided;
     }
@@ -497,7 +497,7 @@ fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, logit: 
     // threshold (flat distributions among them, with hundreds of tokens near the top).
     let (lo, hi) = crate::kernels::exp_bound_sums(bounds, zmax, f64::INFINITY);
     let first = decide(lo.max(1.0), hi);
-    if first != MaxProbCheck::Undecided {
+    if first != MaxProbCheck::Undecided || !refine {
         return first;
     }
     let cut = zmax - MAX_PROB_NEAR;
@@ -829,11 +829,32 @@ impl CpuModel<'_> {
     pub fn max_prob_check(&self, h: &[f32], threshold: f64) -> MaxProbCheck {
         let d = self.d;
         let mut x = Vec::with_capacity(h.len());
+        // Each token's f32 logit as the classifier computes it.
+        let narrow = self.narrow.is_some();
+        let logit = |x: &[f32], v: usize| {
+            let w = &self.head[v * d..(v + 1) * d];
+            if narrow {
+                crate::kernels::matrix_col_dot(x, w, 0.0)
+            } else {
+                let mut z = [0f32];
+                crate::kernels::classify_rows(x, d, w, &mut z, 1);
+                z[0]
+            }
+        };
         let bounds = if let Some(n) = self.narrow.as_ref().filter(|_| uses_int8_head(self.vocab, d)) {
             let Some(int8) = n.int8.get_or_init(|| Int8Head::new(&n.head_t, d, self.vocab)) else {
                 return MaxProbCheck::Undecided;
             };
             layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
+            // The first plane alone decides most checks (those far from the threshold), with
+            // half the bytes.
+            let Some((bounds, lower)) = int8_bounds(&x, int8, None) else {
+                return MaxProbCheck::Undecided;
+            };
+            let coarse = max_prob_from_bounds(&bounds, lower, threshold, false, |v| logit(&x, v));
+            if coarse != MaxProbCheck::Undecided {
+                return coarse;
+            }
             int8_bounds(&x, int8, Some(int8.fine(&n.head_t)))
         } else if self.narrow.is_none() && uses_half_head(self.vocab, d) {
             let Some(half) = self.half_head.get_or_init(|| HalfHead::new(self.head, d)) else {
@@ -847,19 +868,7 @@ impl CpuModel<'_> {
         let Some((bounds, lower)) = bounds else {
             return MaxProbCheck::Undecided;
         };
-        // Each token's f32 logit as the classifier computes it.
-        let narrow = self.narrow.is_some();
-        let logit = |v: usize| {
-            let w = &self.head[v * d..(v + 1) * d];
-            if narrow {
-                crate::kernels::matrix_col_dot(&x, w, 0.0)
-            } else {
-                let mut z = [0f32];
-                crate::kernels::classify_rows(&x, d, w, &mut z, 1);
-                z[0]
-            }
-        };
-        max_prob_from_bounds(&bounds, lower, threshold, logit)
+        max_prob_from_bounds(&bounds, lower, threshold, true, |v| logit(&x, v))
     }
 
     /// Whether decoding one row keeps to one thread: no layer and not the head is shared
@@ -1361,7 +1370,7 @@ mod tests {
                 let reaches = p as f64 >= tau;
                 let (bounds, lower) = int8_bounds(&x, &int8, Some(int8.fine(&t))).unwrap();
                 let logit = |v: usize| crate::kernels::matrix_col_dot(&x, &head[v * d..(v + 1) * d], 0.0);
-                match max_prob_from_bounds(&bounds, lower, tau, logit) {
+                match max_prob_from_bounds(&bounds, lower, tau, true, logit) {
                     MaxProbCheck::Reaches(tok) => {
                         assert!(reaches, "trial {trial}: p {p} < {tau}, but the check says it reaches");
                         assert_eq!(tok, argmax(&logits), "trial {trial}");
