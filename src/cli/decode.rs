@@ -160,7 +160,7 @@ pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: Exit
             if w < 1.0 {
                 s += match measure {
                     ExitMeasure::MaxProb => {
-                        " — slower: the max-prob check runs the shared classifier at every layer it tries (try --exit-measure saturation)"
+                        " — slower: the max-prob check at every layer a token passes costs more than the blocks it skips (try --exit-measure saturation)"
                     }
                     ExitMeasure::Saturation => " — slower: too few tokens leave early to pay for the checks and the copied states",
                 };
