@@ -373,17 +373,18 @@ dispatch! {
             *l = if keep && lv >= -80.0 { lv } else { f32::NEG_INFINITY };
             *h = if keep { ((b[1] - zmax) as f32).clamp(-EXP_TAIL, 0.0) } else { f32::NEG_INFINITY };
         }
+        // Summed in f64, so the sum's rounding stays negligible for any vocabulary.
         let sum = |xs: &[f32]| {
-            let mut acc = [0f32; LANES];
+            let mut acc = [0f64; LANES];
             let chunks = xs.chunks_exact(LANES);
             let tail = chunks.remainder();
             for c in chunks {
                 for j in 0..LANES {
                     let e = exp(c[j]);
-                    acc[j] += if c[j] == f32::NEG_INFINITY { 0.0 } else { e };
+                    acc[j] += if c[j] == f32::NEG_INFINITY { 0.0 } else { e as f64 };
                 }
             }
-            acc.iter().map(|&v| v as f64).sum::<f64>() + tail.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { exp(x) as f64 }).sum::<f64>()
+            acc.iter().sum::<f64>() + tail.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { exp(x) as f64 }).sum::<f64>()
         };
         (sum(&ls), sum(&hs))
     }

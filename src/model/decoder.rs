@@ -466,14 +466,14 @@ const MAX_PROB_NEAR_MAX: usize = 256;
 
 /// [`CpuModel::max_prob_check`] from bounds on every logit (`bounds`, with `lower` the
 /// largest lower end) and the exact f32 logit of any token (`logit`). The largest logit
-/// `z*` and the greedy token are exact (as in [`exact_argmax`]); the softmax's sum `S =
-/// sum_v exp(z_v - z*)` takes the exact term of every token whose upper end comes within
-/// [`MAX_PROB_NEAR`] of `z*`, and the rest's bounds (or, first, every term's bounds: where
-/// that decides, or unless `refine`, no other logit is computed); `1 / S` then lies between the bounds of the
-/// two sums (the lower one at least 1, the term of `z*`). They are widened by 1e-4 for `exp`'s rounding (relative 1e-5 here at
-/// most, arguments included) and by 1e-3 for the f32 arithmetic of `max_prob` itself (in 16
-/// lanes, its sum of up to 2^16 terms is within 3e-4 of exact), so a decision is the one
-/// `max_prob(logits) >= threshold` would take.
+/// `z*` and the greedy token are exact (as in [`exact_argmax`]). The softmax's sum `S =
+/// sum_v exp(z_v - z*)` is bounded from every term's bounds first (at least 1: the term of
+/// `z*`); where that does not decide and `refine` asks, again with the exact term of every
+/// token whose upper end comes within [`MAX_PROB_NEAR`] of `z*`. `1 / S` then lies between
+/// the bounds of the two sums, widened by 1e-4 for `exp`'s rounding (relative 1e-5 here at
+/// most, arguments included; the sums are in f64) and by 1e-3 for the f32 arithmetic of
+/// `max_prob` itself (in 16 lanes, its sum of up to 2^16 terms is within 3e-4 of exact), so
+/// a decision is the one `max_prob(logits) >= threshold` would take.
 fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, refine: bool, logit: impl Fn(usize) -> f32) -> MaxProbCheck {
     if bounds.len() > 1 << 16 {
         return MaxProbCheck::Undecided;
