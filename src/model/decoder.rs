@@ -184,7 +184,8 @@ pub struct CpuModel<'a> {
 /// (1-2 ms to make for the Austen models' 2 MB) and the 8-bit copy (about 4 ms, 5 more for
 /// its second plane), which a generation of a few dozen tokens would not repay.
 struct NarrowHead {
-    /// The classifier it was made from, `[vocab, d]`, to recognise it by its bits.
+    /// The classifier it was made from, `[vocab, d]`, to recognise it by its shape and bits.
+    vocab: usize,
     head: Vec<f32>,
     /// `[d, vocab]`.
     head_t: Vec<f32>,
@@ -197,17 +198,19 @@ struct NarrowHead {
 static NARROW_HEADS: Mutex<Vec<Arc<NarrowHead>>> = Mutex::new(Vec::new());
 
 impl NarrowHead {
-    /// The copies of `head` (`[vocab, d]`): those made before for a classifier with the same
-    /// bits, else new ones (the least recently used of five dropped).
+    /// The copies of `head` (`[vocab, d]`): those made before for a classifier of the same
+    /// shape and bits, else new ones (the least recently used of five dropped).
     fn of(head: &[f32], vocab: usize, d: usize) -> Arc<Self> {
         let mut seen = NARROW_HEADS.lock().unwrap_or_else(|e| e.into_inner());
-        let same = |h: &Arc<Self>| h.head.len() == head.len() && h.head.iter().zip(head).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = |h: &Arc<Self>| {
+            h.vocab == vocab && h.head.len() == head.len() && h.head.iter().zip(head).all(|(a, b)| a.to_bits() == b.to_bits())
+        };
         if let Some(i) = seen.iter().position(same) {
             let h = seen.remove(i);
             seen.push(h.clone());
             return h;
         }
-        let h = Arc::new(Self { head: head.to_vec(), head_t: transpose(head, vocab, d), int8: OnceLock::new() });
+        let h = Arc::new(Self { vocab, head: head.to_vec(), head_t: transpose(head, vocab, d), int8: OnceLock::new() });
         if seen.len() >= 5 {
             seen.remove(0);
         }
@@ -1405,6 +1408,20 @@ mod tests {
         let mut x = vec![1f32; d];
         x[3] = f32::NAN;
         assert_eq!(bounded_argmax_i8(&x, &transpose(&t, d, vocab), &int8), None);
+    }
+
+    /// A classifier's derived copies are those of a classifier with the same shape and bits:
+    /// the same bits in another shape, or one weight changed, get their own.
+    #[test]
+    fn narrow_heads_are_recognised_by_shape_and_bits() {
+        let w: Vec<f32> = (0..64 * 32).map(|i| i as f32 * 0.01).collect();
+        let mut changed = w.clone();
+        changed[5] += 1.0;
+        for _ in 0..2 {
+            for (w, vocab, d) in [(&w, 64, 32), (&w, 32, 64), (&changed, 64, 32)] {
+                assert_eq!(NarrowHead::of(w, vocab, d).head_t, transpose(w, vocab, d), "{vocab} x {d}");
+            }
+        }
     }
 
     /// Greedy decoding of a narrow model (the Austen models' shape, smaller), whose greedy
