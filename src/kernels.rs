@@ -410,19 +410,6 @@ pub fn pack_i8_pairs(q: &[i8], k: usize, n: usize) -> Vec<i8> {
     packed
 }
 
-/// [`pack_i8_pairs`]'s matrix back as `[k, n]`, row-major.
-pub fn unpack_i8_pairs(packed: &[i8], k: usize, n: usize) -> Vec<i8> {
-    let k2 = k.div_ceil(2);
-    let mut q = vec![0i8; k * n];
-    for i in 0..k {
-        for j in 0..n {
-            let (b, c) = (j / I8_BLOCK, j % I8_BLOCK);
-            q[i * n + j] = packed[((b * k2 + i / 2) * I8_BLOCK + c) * 2 + i % 2];
-        }
-    }
-    q
-}
-
 /// `y[j] = sum_i x[i] * q[i, j]` over 16-bit inputs and 8-bit weights packed by
 /// [`pack_i8_pairs`] (`x` padded with a zero to the packing's even length), in 32-bit
 /// integers: exact, so every path gives the same sums. The caller keeps them from

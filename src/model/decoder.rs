@@ -299,6 +299,20 @@ fn logit_gamma(d: usize) -> f64 {
     (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u)
 }
 
+/// [`Int8Head`]'s first plane, unpacked (`[d, vocab]`, as `head_t`): each weight over its
+/// token's scale, rounded. Any rounding will do (the error is measured from the result);
+/// the second plane makes it again rather than keep an unpacked copy.
+fn quantize_first_plane(head_t: &[f32], scale: &[f32]) -> Vec<i8> {
+    let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
+    let mut q = vec![0i8; head_t.len()];
+    for (qrow, row) in q.chunks_exact_mut(scale.len()).zip(head_t.chunks_exact(scale.len())) {
+        for ((qv, &w), &k) in qrow.iter_mut().zip(row).zip(&inv) {
+            *qv = round_i8(w * k);
+        }
+    }
+    q
+}
+
 impl Int8Head {
     /// From the transposed classifier `head_t` (`[d, vocab]`); `None` where a weight is not
     /// finite.
@@ -313,14 +327,9 @@ impl Int8Head {
             return None;
         }
         let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
-        let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
-        let mut q = vec![0i8; head_t.len()];
+        let q = quantize_first_plane(head_t, &scale);
         let (mut qerr, mut q_l1) = (vec![0f64; vocab], vec![0f64; vocab]);
-        for (qrow, row) in q.chunks_exact_mut(vocab).zip(head_t.chunks_exact(vocab)) {
-            // Any rounding will do (the error is measured below).
-            for ((qv, &w), &k) in qrow.iter_mut().zip(row).zip(&inv) {
-                *qv = round_i8(w * k);
-            }
+        for (qrow, row) in q.chunks_exact(vocab).zip(head_t.chunks_exact(vocab)) {
             for v in 0..vocab {
                 let qv = qrow[v] as f64;
                 qerr[v] = qerr[v].max((row[v] as f64 - scale[v] as f64 * qv).abs());
@@ -339,7 +348,7 @@ impl Int8Head {
         self.fine.get_or_init(|| {
             let vocab = self.scale.len();
             let d = head_t.len() / vocab;
-            let q = crate::kernels::unpack_i8_pairs(&self.q, d, vocab);
+            let q = quantize_first_plane(head_t, &self.scale);
             let scale: Vec<f32> = self.scale.iter().map(|&s| s / 254.0).collect();
             let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
             let mut r = vec![0i8; head_t.len()];
@@ -594,7 +603,8 @@ fn half_error_terms(x: &[f32]) -> Option<(f64, f64)> {
 
 /// Each row's logit `x . w_v` as the half-precision copy bounds it (`[lower, upper]`, see
 /// [`bounded_argmax`]), and the largest lower end, on every thread. `None` when something
-/// is not finite.
+/// is not finite. The max-prob check needs every bound; [`bounded_argmax`] keeps its own
+/// pass, which stores a quarter of the bytes (f32 estimates) on GPT-2's every token.
 fn half_bounds(x: &[f32], half: &HalfHead) -> Option<(Vec<[f64; 2]>, f64)> {
     let d = x.len();
     let vocab = half.row_norms.len();
@@ -679,17 +689,25 @@ fn bounded_argmax(x: &[f32], head: &[f32], half: &HalfHead) -> Option<u32> {
         })
         .collect();
     let mut best: Option<(u32, f32)> = None;
-    let mut z = [0f32];
     for v in candidates {
-        crate::kernels::classify_rows(x, d, &head[v * d..(v + 1) * d], &mut z, 1);
-        if !z[0].is_finite() {
+        let z = row_logit(x, head, v);
+        if !z.is_finite() {
             return None;
         }
-        if best.is_none_or(|(_, b)| z[0] > b) {
-            best = Some((v as u32, z[0]));
+        if best.is_none_or(|(_, b)| z > b) {
+            best = Some((v as u32, z));
         }
     }
     best.map(|(v, _)| v)
+}
+
+/// The f32 logit of token `v` as [`crate::kernels::classify_rows`] computes it from the
+/// classifier's row (`head`: `[vocab, d]`).
+fn row_logit(x: &[f32], head: &[f32], v: usize) -> f32 {
+    let d = x.len();
+    let mut z = [0f32];
+    crate::kernels::classify_rows(x, d, &head[v * d..(v + 1) * d], &mut z, 1);
+    z[0]
 }
 
 /// Rows of a split linear layer's weights summed into one partial result (see
@@ -835,14 +853,7 @@ impl CpuModel<'_> {
         // Each token's f32 logit as the classifier computes it.
         let narrow = self.narrow.is_some();
         let logit = |x: &[f32], v: usize| {
-            let w = &self.head[v * d..(v + 1) * d];
-            if narrow {
-                crate::kernels::matrix_col_dot(x, w, 0.0)
-            } else {
-                let mut z = [0f32];
-                crate::kernels::classify_rows(x, d, w, &mut z, 1);
-                z[0]
-            }
+            if narrow { crate::kernels::matrix_col_dot(x, &self.head[v * d..(v + 1) * d], 0.0) } else { row_logit(x, self.head, v) }
         };
         let bounds = if let Some(n) = self.narrow.as_ref().filter(|_| uses_int8_head(self.vocab, d)) {
             let Some(int8) = n.int8.get_or_init(|| Int8Head::new(&n.head_t, d, self.vocab)) else {
