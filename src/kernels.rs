@@ -390,6 +390,116 @@ dispatch! {
     }
 }
 
+/// `round(y)` (half away from zero) clamped to the 8-bit range (NaN to 0), by truncation:
+/// it vectorises (without SSE4.1 too, where `f32::round` is a library call per weight).
+#[inline(always)]
+pub fn round_i8(y: f32) -> i8 {
+    let t = (y + 0.5f32.copysign(y)).clamp(-127.0, 127.0);
+    let t = if t.is_nan() { 0.0 } else { t };
+    // SAFETY: `t` is finite and within the 8-bit range.
+    unsafe { t.to_int_unchecked::<i32>() as i8 }
+}
+
+dispatch! {
+    /// The largest `|w|` of `row`, `None` where a weight is not finite; in lanes, so it
+    /// vectorises.
+    pub fn max_abs_finite(row: &[f32]) -> Option<f32> {
+        const W: usize = 16;
+        let (mut m, mut ok) = ([0f32; W], [true; W]);
+        let mut chunks = row.chunks_exact(W);
+        for c in &mut chunks {
+            for j in 0..W {
+                let a = c[j].abs();
+                m[j] = if a > m[j] { a } else { m[j] };
+                ok[j] &= a <= f32::MAX;
+            }
+        }
+        let (mut best, mut finite) = (0f32, ok.iter().all(|&o| o));
+        for a in chunks.remainder().iter().map(|w| w.abs()).chain(m) {
+            best = if a > best { a } else { best };
+            finite &= a <= f32::MAX;
+        }
+        finite.then_some(best)
+    }
+}
+
+/// Lanes of `max |w - s l|` and `sum |l|` (see [`quantize_i8`]), folded.
+#[inline(always)]
+fn fold_lanes<const W: usize>(e: [f64; W], l: [f64; W], mut err: f64, mut l1: f64) -> [f64; 2] {
+    for j in 0..W {
+        err = err.max(e[j]);
+        l1 += l[j];
+    }
+    [err, l1]
+}
+
+dispatch! {
+    /// A row of weights in 8 bits at step `s`: `q_i = round(w_i / s)` (by [`round_i8`];
+    /// zero where `s` is), and `[max_i |w_i - s q_i|, sum_i |q_i|]` in f64 (each term exact
+    /// but the difference's last rounding), the parts of the copy's error bound (see
+    /// `decoder::Int8Head`). In lanes, so it vectorises.
+    pub fn quantize_i8(row: &[f32], s: f32, q: &mut [i8]) -> [f64; 2] {
+        const W: usize = 16;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        let sd = s as f64;
+        let (mut e, mut l) = ([0f64; W], [0f64; W]);
+        let (mut ws, mut qs) = (row.chunks_exact(W), q.chunks_exact_mut(W));
+        for (w, q) in (&mut ws).zip(&mut qs) {
+            for j in 0..W {
+                q[j] = round_i8(w[j] * inv);
+                let level = q[j] as f64;
+                let d = (w[j] as f64 - sd * level).abs();
+                e[j] = if d > e[j] { d } else { e[j] };
+                l[j] += level.abs();
+            }
+        }
+        let (mut err, mut l1) = (0f64, 0f64);
+        for (&w, q) in ws.remainder().iter().zip(qs.into_remainder()) {
+            *q = round_i8(w * inv);
+            err = err.max((w as f64 - sd * *q as f64).abs());
+            l1 += (*q as f64).abs();
+        }
+        fold_lanes(e, l, err, l1)
+    }
+}
+
+dispatch! {
+    /// What [`quantize_i8`] at step `coarse` leaves of each weight, in 8 bits at step `fine`
+    /// (`coarse / 254`): `r_i = round((w_i - 254 fine q_i) / fine)` (any rounding would do:
+    /// the error is measured from the result), and `[max_i |w_i - fine l_i|, sum_i |l_i|]`
+    /// with `l_i = 254 q_i + r_i`, the two planes' level. In lanes, so it vectorises.
+    pub fn quantize_i8_remainder(row: &[f32], coarse: f32, fine: f32, r: &mut [i8]) -> [f64; 2] {
+        const W: usize = 16;
+        let inv = if coarse > 0.0 { 1.0 / coarse } else { 0.0 };
+        let k = if fine > 0.0 { 1.0 / fine } else { 0.0 };
+        let fd = fine as f64;
+        let one = |w: f32| {
+            let q = round_i8(w * inv);
+            let r = round_i8((w - fine * 254.0 * q as f32) * k);
+            (r, 254.0 * q as f64 + r as f64)
+        };
+        let (mut e, mut l) = ([0f64; W], [0f64; W]);
+        let (mut ws, mut rs) = (row.chunks_exact(W), r.chunks_exact_mut(W));
+        for (w, r) in (&mut ws).zip(&mut rs) {
+            for j in 0..W {
+                let (rv, level) = one(w[j]);
+                r[j] = rv;
+                let d = (w[j] as f64 - fd * level).abs();
+                e[j] = if d > e[j] { d } else { e[j] };
+                l[j] += level.abs();
+            }
+        }
+        let (mut err, mut l1) = (0f64, 0f64);
+        for (&w, r) in ws.remainder().iter().zip(rs.into_remainder()) {
+            let (rv, level) = one(w);
+            *r = rv;
+            err = err.max((w as f64 - fd * level).abs());
+            l1 += level.abs();
+        }
+        fold_lanes(e, l, err, l1)
+    }
+}
+
 /// Outputs per block of [`pack_i8_pairs`]'s layout: four AVX-512 registers of 32-bit sums.
 pub const I8_BLOCK: usize = 64;
 
@@ -511,148 +621,17 @@ unsafe fn i16_i8_cols_avx2(x: &[i16], packed: &[i8], y: &mut [i32]) {
     }
 }
 
-dispatch! {
-    /// The sum of squares of a row (f32, in lanes: relative error at most `len * 2^-24`,
-    /// all terms being non-negative) and its largest magnitude (NaN never counts: a NaN
-    /// shows in the sum).
-    pub fn sum_squares_and_max_abs(row: &[f32]) -> (f32, f32) {
-        let mut sq = [0f32; LANES];
-        let mut mx = [0f32; LANES];
-        let chunks = row.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for j in 0..LANES {
-                sq[j] += c[j] * c[j];
-                let a = c[j].abs();
-                mx[j] = if a > mx[j] { a } else { mx[j] };
-            }
-        }
-        let mut s: f32 = sq.iter().sum();
-        let mut m = mx.iter().fold(0f32, |m, &v| if v > m { v } else { m });
-        for &v in tail {
-            s += v * v;
-            m = if v.abs() > m { v.abs() } else { m };
-        }
-        (s, m)
-    }
-}
-
-/// Whether [`dot_f16_rows`] runs on vector instructions here (AVX2, FMA and F16C): where it
-/// does not, reading half-precision weights saves no time.
-pub fn f16_dot_is_fast() -> bool {
+/// Whether [`i16_i8_cols`] runs on vector instructions here (AVX-512BW or AVX2): where it
+/// does not, an 8-bit copy of a wide classifier saves no time.
+pub fn i16_i8_cols_is_fast() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+        std::is_x86_feature_detected!("avx512bw") || std::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
-}
-
-/// `out[v] = sum_i x[i] * w[v, i]` for the rows of the half-precision `w` (`[out.len(),
-/// x.len()]`), accumulated in f32 in no fixed order: estimates whose error the caller
-/// bounds (see `decoder::bounded_argmax`), not results.
-pub fn dot_f16_rows(x: &[f32], w: &[half::f16], out: &mut [f32]) {
-    let d = x.len();
-    assert_eq!(w.len(), d * out.len(), "dot_f16_rows: w is not [rows, d]");
-    if d == 0 {
-        out.fill(0.0);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        for (o, r) in out.iter_mut().zip(w.chunks_exact(d)) {
-            // SAFETY: the CPU has AVX-512F (checked above); the lengths match.
-            *o = unsafe { dot_f16_avx512(x, r) };
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if f16_dot_is_fast() {
-        for (o, r) in out.iter_mut().zip(w.chunks_exact(d)) {
-            // SAFETY: the CPU has AVX2, FMA and F16C (checked above); the lengths match.
-            *o = unsafe { dot_f16_avx2(x, r) };
-        }
-        return;
-    }
-    for (o, r) in out.iter_mut().zip(w.chunks_exact(d)) {
-        *o = x.iter().zip(r).map(|(&a, b)| a * b.to_f32()).sum();
-    }
-}
-
-/// [`dot_f16_rows`]'s row on AVX-512: 16 lanes, four accumulators.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_f16_avx512(x: &[f32], w: &[half::f16]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (u, a) in acc.iter_mut().enumerate() {
-            let j = i + 16 * u;
-            // SAFETY: j + 16 <= n for both slices, which have n elements; unaligned loads.
-            unsafe {
-                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j) as *const __m256i));
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(j)), wv, *a);
-            }
-        }
-        i += 64;
-    }
-    while i + 16 <= n {
-        // SAFETY: as above.
-        unsafe {
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(i) as *const __m256i));
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), wv, acc[0]);
-        }
-        i += 16;
-    }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-    for j in i..n {
-        s += x[j] * w[j].to_f32();
-    }
-    s
-}
-
-/// [`dot_f16_rows`]'s row on AVX2 with F16C: 8 lanes, four accumulators.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(x: &[f32], w: &[half::f16]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let (xp, wp) = (x.as_ptr(), w.as_ptr() as *const u16);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (u, a) in acc.iter_mut().enumerate() {
-            let j = i + 8 * u;
-            // SAFETY: j + 8 <= n for both slices, which have n elements; unaligned loads.
-            unsafe {
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(j) as *const __m128i));
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(j)), wv, *a);
-            }
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        // SAFETY: as above.
-        unsafe {
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i) as *const __m128i));
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), wv, acc[0]);
-        }
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    // SAFETY: lanes holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-    let mut s: f32 = lanes.iter().sum();
-    for j in i..n {
-        s += x[j] * w[j].to_f32();
-    }
-    s
 }
 
 /// Dot product: four vector accumulators of 16 lanes, reduced as a tree. Vectorised, with
@@ -880,33 +859,43 @@ mod tests {
         }
     }
 
-    /// Each vector path of the half-precision dot product agrees with the plain sum (to
-    /// f32 rounding), whatever the length's remainder.
+    /// Rounding to 8 bits is `f32::round` clamped to +-127 (NaN to 0), and a row's 8-bit
+    /// levels and error terms, in lanes, are those of a plain loop, whatever the length's
+    /// remainder; the second plane's level is within half a fine step of each weight.
     #[test]
-    fn half_precision_dot_products_agree_across_paths() {
-        let val = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 97.0;
-        for n in [0, 1, 7, 8, 15, 16, 31, 33, 64, 65, 100, 768, 1000] {
-            let x: Vec<f32> = (0..n).map(val).collect();
-            let w: Vec<half::f16> = (0..n).map(|i| half::f16::from_f32(val(i + 5) / 8.0)).collect();
-            let want: f64 = x.iter().zip(&w).map(|(&a, b)| a as f64 * b.to_f64()).sum();
-            let scale: f64 = x.iter().zip(&w).map(|(&a, b)| (a as f64 * b.to_f64()).abs()).sum::<f64>() + 1e-30;
-            let mut got = [0f32];
-            super::dot_f16_rows(&x, &w, &mut got);
-            let mut paths = vec![("dispatched", got[0])];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if super::f16_dot_is_fast() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C.
-                    paths.push(("avx2", unsafe { super::dot_f16_avx2(&x, &w) }));
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F.
-                    paths.push(("avx512", unsafe { super::dot_f16_avx512(&x, &w) }));
-                }
-            }
-            for (name, g) in paths {
-                assert!(((g as f64 - want) / scale).abs() < 1e-5, "{name}, n {n}: {g} vs {want}");
-            }
+    fn eight_bit_rows_are_the_plain_loops() {
+        for y in [0.0f32, 0.49, 0.5, -0.5, 1.5, -2.5, 126.5, 127.4, 130.0, -1e9, f32::NAN, f32::INFINITY] {
+            let want = if y.is_nan() { 0 } else { y.round().clamp(-127.0, 127.0) as i8 };
+            assert_eq!(super::round_i8(y), want, "{y}");
+        }
+        let val = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 211.0;
+        for n in [1, 15, 16, 17, 33, 768, 769] {
+            let row: Vec<f32> = (0..n).map(val).collect();
+            let s = super::max_abs_finite(&row).unwrap() / 127.0;
+            let mut q = vec![0i8; n];
+            let [err, l1] = super::quantize_i8(&row, s, &mut q);
+            let want_q: Vec<i8> = row.iter().map(|&w| super::round_i8(w * (1.0 / s))).collect();
+            assert_eq!(q, want_q, "n {n}");
+            let want_err = row.iter().zip(&q).map(|(&w, &q)| (w as f64 - s as f64 * q as f64).abs()).fold(0.0, f64::max);
+            assert_eq!(err, want_err, "n {n}");
+            assert_eq!(l1, q.iter().map(|&q| (q as f64).abs()).sum::<f64>(), "n {n}");
+            let fine = s / 254.0;
+            let mut r = vec![0i8; n];
+            let [ferr, fl1] = super::quantize_i8_remainder(&row, s, fine, &mut r);
+            let levels: Vec<f64> = q.iter().zip(&r).map(|(&q, &r)| 254.0 * q as f64 + r as f64).collect();
+            let want_ferr = row.iter().zip(&levels).map(|(&w, &l)| (w as f64 - fine as f64 * l).abs()).fold(0.0, f64::max);
+            assert_eq!(ferr, want_ferr, "n {n}");
+            assert_eq!(fl1, levels.iter().map(|l| l.abs()).sum::<f64>(), "n {n}");
+            assert!(ferr <= fine as f64 * 0.51, "n {n}: {ferr} vs a fine step {fine}");
+        }
+        assert_eq!(super::max_abs_finite(&[1.0, -3.0, 2.0]), Some(3.0));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = vec![0.5f32; 40];
+            row[37] = bad;
+            assert_eq!(super::max_abs_finite(&row), None, "{bad}");
+            row[37] = 0.5;
+            row[3] = bad;
+            assert_eq!(super::max_abs_finite(&row), None, "{bad}");
         }
     }
 

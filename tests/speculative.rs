@@ -170,18 +170,18 @@ fn greedy_is_identical_on_the_shipped_models() {
     }
 }
 
-/// Greedy drafts of a large classifier come through its half-precision copy and an exact
-/// bound (as plain greedy decoding's tokens do) when they need no confidence: still the
-/// full model's output, token for token. Random weights of GPT-2's shape at a smaller size.
+/// Greedy drafts of a wide classifier come through its 8-bit copy and an exact bound (as
+/// plain greedy decoding's tokens do) when they need no confidence: still the full model's
+/// output, token for token. Random weights of GPT-2's shape at a smaller size.
 #[test]
-fn greedy_drafts_through_the_half_precision_head_are_identical() {
+fn greedy_drafts_through_a_wide_int8_head_are_identical() {
     use alignscope::model::Gpt2Config;
-    use alignscope::model::decoder::HALF_HEAD_MIN_TOKENS;
+    use alignscope::model::decoder::REDUCED_HEAD_MIN_TOKENS;
     let model = Gpt2::random(Gpt2Config::new(3, 512, 8, 8192, 96), 17, &Device::Cpu).unwrap();
     let mut drafted = 0;
     for p in 0..3u32 {
         let prompt: Vec<u32> = (0..5).map(|i| (i * 977 + 11 + p * 1301) % 8192).collect();
-        let max_new = HALF_HEAD_MIN_TOKENS + 9 * p as usize;
+        let max_new = REDUCED_HEAD_MIN_TOKENS + 9 * p as usize;
         let want = plain(&model, &prompt, max_new, None);
         for (e, k) in [(1, 3), (2, 1), (2, 6)] {
             let g = spec(&model, &prompt, e, k, 0.0, max_new, None);

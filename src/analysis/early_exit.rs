@@ -181,13 +181,12 @@ fn run_cpu(
     let mut pos = prompt.len();
     let mut prev = vec![0f32; d];
     // Where only the exit layer's classifier runs (saturation, or a token that reached the
-    // last layer), a greedy token is found as plain greedy decoding finds it: on a large
-    // classifier through its half-precision copy, in generations long enough to repay it.
+    // last layer), a greedy token is found as plain greedy decoding finds it: through the
+    // classifier's 8-bit copy, in generations long enough to repay it.
     let greedy_tokens = opts.sampling.greedy_tokens(opts.max_new_tokens);
-    // The same for the max-prob check at each layer, sampling or not: a narrow classifier
-    // decides it through its 8-bit copy, a large one through its half-precision copy (see
-    // `CpuModel::max_prob_check`).
-    let reduced_checks = opts.max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS;
+    // The same for the max-prob check at each layer, sampling or not: decided through the
+    // classifier's 8-bit copy where it has one (see `CpuModel::max_prob_check`).
+    let reduced_checks = opts.max_new_tokens >= decoder::REDUCED_HEAD_MIN_TOKENS;
     while out.emit(next, layer) {
         if pos >= m.n_positions {
             out.g.stop = StopReason::ContextFull;
@@ -318,7 +317,7 @@ mod tests {
         let prompt = ck.tokenizer.encode("Mr. Darcy looked at Elizabeth and said", false).unwrap().get_ids().to_vec();
         for (measure, threshold) in [(ExitMeasure::MaxProb, 0.3), (ExitMeasure::MaxProb, 0.15), (ExitMeasure::Saturation, 0.9)] {
             // Long enough for the max-prob check through the classifier's 8-bit copy.
-            let max_new_tokens = decoder::HALF_HEAD_MIN_TOKENS + 8;
+            let max_new_tokens = decoder::REDUCED_HEAD_MIN_TOKENS + 8;
             let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling: Sampling::Greedy, eos: None };
             let a = decoder::with_cpu_model(&ck.model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
             let b = run_tensor(&ck.model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
@@ -328,12 +327,12 @@ mod tests {
         }
     }
 
-    /// The same with a classifier large enough for greedy tokens to come through its
-    /// half-precision copy (random weights, GPT-2's shape at a smaller size): a token that
-    /// leaves by saturation, or reaches the last layer, runs only that classifier; max-prob
-    /// checks are decided through the copy.
+    /// The same with a wide classifier large enough for greedy tokens to come through its
+    /// 8-bit copy (random weights, GPT-2's shape at a smaller size): a token that leaves by
+    /// saturation, or reaches the last layer, runs only that classifier; max-prob checks
+    /// are decided through the copy.
     #[test]
-    fn engine_and_tensor_paths_agree_through_the_half_precision_head() {
+    fn engine_and_tensor_paths_agree_through_a_wide_int8_head() {
         let model = crate::model::Gpt2::random(crate::model::Gpt2Config::new(3, 512, 8, 8192, 96), 5, &candle_core::Device::Cpu).unwrap();
         let prompt: Vec<u32> = (0..6).map(|i| (i * 919 + 17) % 8192).collect();
         let (mut layers, mut max_prob_early) = (std::collections::HashSet::new(), false);
@@ -345,7 +344,7 @@ mod tests {
             let opts = EarlyExitOptions {
                 threshold,
                 measure,
-                max_new_tokens: decoder::HALF_HEAD_MIN_TOKENS + 8,
+                max_new_tokens: decoder::REDUCED_HEAD_MIN_TOKENS + 8,
                 sampling: Sampling::Greedy,
                 eos: None,
             };

@@ -30,11 +30,11 @@ impl Sampling {
     }
 
     /// Whether a generation of `max_new_tokens` finds its tokens with
-    /// [`Decoder::greedy_token`](crate::model::decoder::Decoder::greedy_token) — on a large
-    /// classifier through its half-precision copy, the same tokens as the argmax of every
+    /// [`Decoder::greedy_token`](crate::model::decoder::Decoder::greedy_token) — through the
+    /// classifier's 8-bit copy where it has one, the same tokens as the argmax of every
     /// logit — rather than from the logits: greedy, and long enough to repay the copy.
     pub fn greedy_tokens(&self, max_new_tokens: usize) -> bool {
-        matches!(self, Sampling::Greedy) && max_new_tokens >= decoder::HALF_HEAD_MIN_TOKENS
+        matches!(self, Sampling::Greedy) && max_new_tokens >= decoder::REDUCED_HEAD_MIN_TOKENS
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -139,8 +139,8 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
 }
 
 /// Whether drafts are found as [`Decoder::greedy_token`] finds plain decoding's tokens
-/// ([`Sampling::greedy_tokens`]: on a large classifier through its half-precision copy,
-/// reading half the bytes of the f32 logits) rather than from every logit: when plain
+/// ([`Sampling::greedy_tokens`]: through the classifier's 8-bit copy, reading a quarter of
+/// the bytes of the f32 logits) rather than from every logit: when plain
 /// decoding would, and the drafts need no confidence. The same tokens either way.
 pub fn greedy_token_drafts(opts: &SpeculativeOptions) -> bool {
     opts.sampling.greedy_tokens(opts.max_new_tokens) && opts.draft_confidence <= 0.0
@@ -650,7 +650,7 @@ fn measure_costs(m: &CpuModel, greedy: bool) -> Result<(Vec<f64>, Vec<f64>, Opti
     }
     let greedy_ms = greedy.then(|| {
         let row = &x[x.len() - m.d..];
-        // The first call builds a large classifier's half-precision copy: not a draft's cost.
+        // The first call may build the classifier's 8-bit copy: not a draft's cost.
         std::hint::black_box(dec.greedy_token(row));
         median(
             (0..REPS)

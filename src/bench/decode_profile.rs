@@ -19,7 +19,7 @@ pub fn profile(m: &Gpt2, prompt: &[u32], tokens: usize) -> Result<Option<Value>>
         let mut dec = Decoder::new(cm);
         let mut x = dec.embed(prompt, 0)?;
         dec.blocks(0, n_layer, &mut x, 0)?;
-        // Also makes the classifier's half-precision copy, if it has one, before timing.
+        // Also makes the classifier's 8-bit copy, if it has one, before timing.
         let mut next = dec.greedy_token(&x[(prompt.len() - 1) * cm.d..]);
         dec.profile = Some(BlockProfile::default());
         let (mut blocks, mut head, mut rest) = (0.0, 0.0, 0.0);

@@ -117,7 +117,7 @@ pub fn with_cpu_model<R>(model: &Gpt2, f: impl FnOnce(&CpuModel) -> Result<R>) -
         ln_f,
         head,
         narrow,
-        half_head: OnceLock::new(),
+        wide_int8: OnceLock::new(),
         zeros: vec![0.0; cfg.vocab_size],
     };
     f(&m)
@@ -172,10 +172,10 @@ pub struct CpuModel<'a> {
     head: &'a [f32],
     /// The classifier transposed and its 8-bit copy, for narrow models (see [`SHORT_ROWS`]).
     narrow: Option<Arc<NarrowHead>>,
-    /// The classifier in half precision, made on the first greedy token of a large head
-    /// (see [`CpuModel::greedy_token`] and [`CpuModel::max_prob_check`]); `None` inside when
-    /// it cannot be used.
-    half_head: OnceLock<Option<HalfHead>>,
+    /// A wide classifier in 8 bits, made on its first greedy token or max-prob check (see
+    /// [`uses_int8_head`]); `None` inside when it cannot be made. Narrow ones keep theirs
+    /// in `narrow`.
+    wide_int8: OnceLock<Option<Int8Head>>,
     zeros: Vec<f32>,
 }
 
@@ -219,45 +219,42 @@ impl NarrowHead {
     }
 }
 
-/// Wide classifiers with at least this many weights pick greedy tokens through a
-/// half-precision copy (GPT-2-124M: 38.6M); narrow ones through an 8-bit copy (see
-/// [`uses_int8_head`]).
-const HALF_HEAD_MIN_WEIGHTS: usize = 1 << 22;
+/// Wide classifiers with at least this many weights pick greedy tokens through an 8-bit
+/// copy (GPT-2-124M: 38.6M), shared among the threads.
+const WIDE_INT8_MIN_WEIGHTS: usize = 1 << 22;
 
 /// Greedy generations of at least this many tokens are worth the reduced copy of the
-/// classifier: the half-precision one takes 35-100 ms to make for GPT-2-124M here and saves
-/// about 4 ms per token.
-pub const HALF_HEAD_MIN_TOKENS: usize = 32;
+/// classifier: the 8-bit one takes 20-60 ms to make for GPT-2-124M here and saves about
+/// 5 ms per token.
+pub const REDUCED_HEAD_MIN_TOKENS: usize = 32;
 
-/// Whether greedy tokens of a narrow `[vocab, d]` classifier (one run transposed, see
-/// [`SHORT_ROWS`]) are found through an 8-bit copy: where the head runs on one thread (the
-/// Austen models: beside the blocks, its 2 MB of f32 weights stream from the shared cache
-/// every token, 100-130 us of a 600-750 us decode step here; the greedy token through the
-/// 8-bit copy took 64-76 us, in the same decode loop).
+/// Whether greedy tokens and max-prob checks of a `[vocab, d]` classifier are found through
+/// an 8-bit copy ([`Int8Head`]). Narrow ones (one run transposed, see [`SHORT_ROWS`]) where
+/// the head runs on one thread (the Austen models: beside the blocks, its 2 MB of f32
+/// weights stream from the shared cache every token, 100-130 us of a 600-750 us decode
+/// step here; the greedy token through the 8-bit copy took 64-76 us, in the same decode
+/// loop). Wide ones from [`WIDE_INT8_MIN_WEIGHTS`], where the CPU has the integer
+/// multiply-add (GPT-2-124M: the head read 154 MB of a 570 MB step; through the copy
+/// 39 MB, 2.7 instead of 5.1-5.5 ms per token with the half-precision copy used before).
 fn uses_int8_head(vocab: usize, d: usize) -> bool {
-    d <= SHORT_ROWS && !splits_linear(d, vocab)
+    match d <= SHORT_ROWS {
+        true => !splits_linear(d, vocab),
+        false => vocab * d >= WIDE_INT8_MIN_WEIGHTS && crate::kernels::i16_i8_cols_is_fast(),
+    }
 }
 
-/// Whether greedy tokens of a `[vocab, d]` classifier are found through a half-precision
-/// copy (see [`CpuModel::greedy_token`]).
-fn uses_half_head(vocab: usize, d: usize) -> bool {
-    d > SHORT_ROWS && vocab * d >= HALF_HEAD_MIN_WEIGHTS && crate::kernels::f16_dot_is_fast()
-}
-
-/// Bytes of the classifier a greedy token reads, for bandwidth figures: the half-precision
-/// weights and a norm per row where [`CpuModel::greedy_token`] uses them (the few
+/// Bytes of the classifier a greedy token reads, for bandwidth figures: the 8-bit weights,
+/// a scale and an error bound per token where [`CpuModel::greedy_token`] uses them (the few
 /// candidates' f32 rows left out), else the f32 weights.
 pub fn greedy_head_bytes(vocab: usize, d: usize) -> usize {
-    if uses_half_head(vocab, d) {
-        vocab * d * 2 + vocab * 8
-    } else if uses_int8_head(vocab, d) {
+    if uses_int8_head(vocab, d) {
         vocab.div_ceil(crate::kernels::I8_BLOCK) * crate::kernels::I8_BLOCK * d.div_ceil(2) * 2 + vocab * (4 + 8 + 8)
     } else {
         vocab * d * 4
     }
 }
 
-/// An 8-bit copy of a narrow classifier, with one scale per token, packed for
+/// An 8-bit copy of the classifier, with one scale per token, packed for
 /// [`crate::kernels::i16_i8_cols`], and what each token's error bound is made of: what
 /// [`bounded_argmax_i8`] needs to find the greedy token reading a quarter of the bytes.
 struct Int8Head {
@@ -285,10 +282,19 @@ struct FinePlane {
     err: Vec<[f64; 2]>,
 }
 
-/// `round(y)` (half away from zero) clamped to the 8-bit range, by truncation: it
-/// vectorises without SSE4.1, where `f32::round` is a library call per weight.
-fn round_i8(y: f32) -> i8 {
-    ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8
+/// Writes one token's 8-bit weights `q` (length `d`) into column `c` of its block in
+/// [`crate::kernels::pack_i8_pairs`]'s layout (`out`: the block).
+fn scatter_pairs(q: &[i8], c: usize, out: &mut [i8]) {
+    use crate::kernels::I8_BLOCK;
+    let mut pairs = q.chunks_exact(2);
+    for (p, pair) in (&mut pairs).enumerate() {
+        let o = (p * I8_BLOCK + c) * 2;
+        out[o] = pair[0];
+        out[o + 1] = pair[1];
+    }
+    if let [last] = pairs.remainder() {
+        out[(q.len() / 2 * I8_BLOCK + c) * 2] = *last;
+    }
 }
 
 /// An f32 sum of `d` products, in any order, is within `gamma` times the exact sum of the
@@ -299,83 +305,79 @@ fn logit_gamma(d: usize) -> f64 {
     (d + 1) as f64 * u / (1.0 - (d + 1) as f64 * u)
 }
 
-/// [`Int8Head`]'s first plane, unpacked (`[d, vocab]`, as `head_t`): each weight over its
-/// token's scale, rounded. Any rounding will do (the error is measured from the result);
-/// the second plane makes it again rather than keep an unpacked copy.
-fn quantize_first_plane(head_t: &[f32], scale: &[f32]) -> Vec<i8> {
-    let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
-    let mut q = vec![0i8; head_t.len()];
-    for (qrow, row) in q.chunks_exact_mut(scale.len()).zip(head_t.chunks_exact(scale.len())) {
-        for ((qv, &w), &k) in qrow.iter_mut().zip(row).zip(&inv) {
-            *qv = round_i8(w * k);
-        }
-    }
-    q
-}
-
 impl Int8Head {
-    /// From the transposed classifier `head_t` (`[d, vocab]`); `None` where a weight is not
-    /// finite.
-    fn new(head_t: &[f32], d: usize, vocab: usize) -> Option<Self> {
-        let mut wmax = vec![0f32; vocab];
-        for row in head_t.chunks_exact(vocab) {
-            for (m, &w) in wmax.iter_mut().zip(row) {
-                *m = m.max(w.abs());
-            }
-        }
-        if wmax.iter().any(|m| !m.is_finite()) || head_t.iter().any(|w| w.is_nan()) {
+    /// From the classifier's rows `head` (`[vocab, d]`), a block of
+    /// [`crate::kernels::I8_BLOCK`] tokens per task. `None` where a weight is not finite.
+    fn new(head: &[f32], d: usize, vocab: usize) -> Option<Self> {
+        use crate::kernels::I8_BLOCK;
+        let k2 = d.div_ceil(2);
+        let blocks = vocab.div_ceil(I8_BLOCK);
+        let gamma = logit_gamma(d);
+        let mut packed = vec![0i8; blocks * k2 * I8_BLOCK * 2];
+        let mut scale = vec![0f32; vocab];
+        let mut err = vec![[0f64; 2]; vocab];
+        let ok = packed
+            .par_chunks_mut(k2 * I8_BLOCK * 2)
+            .zip(scale.par_chunks_mut(I8_BLOCK))
+            .zip(err.par_chunks_mut(I8_BLOCK))
+            .enumerate()
+            .map(|(b, ((out, scale), err))| {
+                let mut q = vec![0i8; d];
+                for (c, (s, e)) in scale.iter_mut().zip(err.iter_mut()).enumerate() {
+                    let v = b * I8_BLOCK + c;
+                    let row = &head[v * d..(v + 1) * d];
+                    let Some(wmax) = crate::kernels::max_abs_finite(row) else {
+                        return false;
+                    };
+                    *s = wmax / 127.0;
+                    let [qerr, q_l1] = crate::kernels::quantize_i8(row, *s, &mut q);
+                    scatter_pairs(&q, c, out);
+                    *e = [qerr + gamma * wmax as f64, *s as f64 * q_l1 * (0.5 + 1e-9)];
+                }
+                true
+            })
+            .reduce(|| true, |a, b| a && b);
+        if !ok {
             return None;
         }
-        let scale: Vec<f32> = wmax.iter().map(|&m| m / 127.0).collect();
-        let q = quantize_first_plane(head_t, &scale);
-        let (mut qerr, mut q_l1) = (vec![0f64; vocab], vec![0f64; vocab]);
-        for (qrow, row) in q.chunks_exact(vocab).zip(head_t.chunks_exact(vocab)) {
-            for v in 0..vocab {
-                let qv = qrow[v] as f64;
-                qerr[v] = qerr[v].max((row[v] as f64 - scale[v] as f64 * qv).abs());
-                q_l1[v] += qv.abs();
-            }
-        }
-        let gamma = logit_gamma(d);
-        let err = (0..vocab).map(|v| [qerr[v] + gamma * wmax[v] as f64, scale[v] as f64 * q_l1[v] * (0.5 + 1e-9)]).collect();
-        let qmax = (i32::MAX as usize / (127 * d.div_ceil(2) * 2)).min(i16::MAX as usize) as f64;
-        Some(Self { q: crate::kernels::pack_i8_pairs(&q, d, vocab), scale, err, qmax, fine: OnceLock::new() })
+        let qmax = (i32::MAX as usize / (127 * k2 * 2)).min(i16::MAX as usize) as f64;
+        Some(Self { q: packed, scale, err, qmax, fine: OnceLock::new() })
     }
 
-    /// The second plane, made from `head_t` (the classifier this copy was made from) on the
-    /// first call.
-    fn fine(&self, head_t: &[f32]) -> &FinePlane {
+    /// The second plane, made from `head` (the classifier's rows, as this copy was made)
+    /// on the first call, a block of tokens per task.
+    fn fine(&self, head: &[f32]) -> &FinePlane {
+        use crate::kernels::I8_BLOCK;
         self.fine.get_or_init(|| {
             let vocab = self.scale.len();
-            let d = head_t.len() / vocab;
-            let q = quantize_first_plane(head_t, &self.scale);
-            let scale: Vec<f32> = self.scale.iter().map(|&s| s / 254.0).collect();
-            let inv: Vec<f32> = scale.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }).collect();
-            let mut r = vec![0i8; head_t.len()];
-            let (mut rerr, mut l1, mut wmax) = (vec![0f64; vocab], vec![0f64; vocab], vec![0f64; vocab]);
-            for ((rrow, qrow), row) in r.chunks_exact_mut(vocab).zip(q.chunks_exact(vocab)).zip(head_t.chunks_exact(vocab)) {
-                // Any rounding will do (the error is measured below): in f32, vectorised.
-                for (((rv, &qv), &w), (&s, &k)) in rrow.iter_mut().zip(qrow).zip(row).zip(scale.iter().zip(&inv)) {
-                    *rv = round_i8((w - s * 254.0 * qv as f32) * k);
-                }
-                for v in 0..vocab {
-                    let (s, coarse) = (scale[v] as f64, 254.0 * qrow[v] as f64);
-                    let level = coarse + rrow[v] as f64;
-                    rerr[v] = rerr[v].max((row[v] as f64 - s * level).abs());
-                    l1[v] += level.abs();
-                    wmax[v] = wmax[v].max((row[v] as f64).abs());
-                }
-            }
+            let d = head.len() / vocab;
+            let k2 = d.div_ceil(2);
             let gamma = logit_gamma(d);
-            let err = (0..vocab).map(|v| [rerr[v] + gamma * wmax[v], scale[v] as f64 * l1[v] * (0.5 + 1e-9)]).collect();
-            FinePlane { r: crate::kernels::pack_i8_pairs(&r, d, vocab), scale, err }
+            let scale: Vec<f32> = self.scale.iter().map(|&s| s / 254.0).collect();
+            let mut r = vec![0i8; self.q.len()];
+            let mut err = vec![[0f64; 2]; vocab];
+            r.par_chunks_mut(k2 * I8_BLOCK * 2).zip(err.par_chunks_mut(I8_BLOCK)).enumerate().for_each(|(b, (out, err))| {
+                let mut r = vec![0i8; d];
+                for (c, e) in err.iter_mut().enumerate() {
+                    let v = b * I8_BLOCK + c;
+                    let row = &head[v * d..(v + 1) * d];
+                    // The first plane's weights again, rounded as `new` rounded them, and what
+                    // each leaves, in steps 254 times finer.
+                    let [rerr, l1] = crate::kernels::quantize_i8_remainder(row, self.scale[v], scale[v], &mut r);
+                    scatter_pairs(&r, c, out);
+                    let wmax = crate::kernels::max_abs_finite(row).unwrap_or(f32::INFINITY) as f64;
+                    let s = scale[v];
+                    *e = [rerr + gamma * wmax, s as f64 * l1 * (0.5 + 1e-9)];
+                }
+            });
+            FinePlane { r, scale, err }
         })
     }
 }
 
-/// The greedy token of the normed row `x` over a narrow classifier, as [`argmax`] picks it
-/// from [`CpuModel::head`]'s logits (bit for bit the same logits, the first index on ties),
-/// reading the 8-bit copy for all tokens and the f32 weights of the few candidates only.
+/// The greedy token of the normed row `x`, as [`argmax`] picks it from [`CpuModel::head`]'s
+/// logits (bit for bit the same logits, the first index on ties), reading the 8-bit copy for
+/// all tokens and the f32 weights of the few candidates only (their exact logits: `logit`).
 /// `None` where the input is not finite (the caller then computes every logit).
 ///
 /// Why it is exact: `x` is rounded to 16-bit integers `r_i` in steps of `t` (`|x_i - t r_i|
@@ -387,11 +389,10 @@ impl Int8Head {
 /// arithmetic of the bound itself. Every `v` whose upper end `a_v + e_v` lies below the
 /// largest lower end has `z_v` below another token's logit, so the largest `z` and all its
 /// ties lie among the rest, which are computed exactly, in the classifier's own summation
-/// order ([`crate::kernels::matrix_col_dot`]).
-fn bounded_argmax_i8(x: &[f32], head: &[f32], int8: &Int8Head) -> Option<u32> {
+/// order ([`CpuModel::exact_logit`]).
+fn bounded_argmax_i8(x: &[f32], int8: &Int8Head, logit: impl Fn(usize) -> f32) -> Option<u32> {
     let (bounds, lower) = int8_bounds(x, int8, None)?;
-    let d = x.len();
-    exact_argmax(&bounds, lower, |v| crate::kernels::matrix_col_dot(x, &head[v * d..(v + 1) * d], 0.0)).map(|(v, _)| v)
+    exact_argmax(&bounds, lower, logit).map(|(v, _)| v)
 }
 
 /// Each token's logit for the normed row `x` as the 8-bit head bounds it (`[lower, upper]`,
@@ -417,20 +418,33 @@ fn int8_bounds(x: &[f32], int8: &Int8Head, fine: Option<&FinePlane>) -> Option<(
             *r = (v as f64 / step).round() as i16;
         }
     }
-    let blocks = vocab.div_ceil(I8_BLOCK) * I8_BLOCK;
-    let mut sums = vec![0i32; blocks];
-    i16_i8_cols(&r, &int8.q, &mut sums);
-    let mut fine_sums = Vec::new();
-    if let Some(fine) = fine {
-        fine_sums.resize(blocks, 0);
-        i16_i8_cols(&r, &fine.r, &mut fine_sums);
-    }
     // Each product that underflows in the f32 logit loses at most half the smallest
     // subnormal.
     let floor = (d + 1) as f64 * 2f64.powi(-149);
     let (scale, err) = fine.map_or((&int8.scale, &int8.err), |f| (&f.scale, &f.err));
     let mut bounds = vec![[0f64; 2]; vocab];
-    let lower = crate::kernels::bounded_estimates(&sums, &fine_sums, scale, err, [l1, step, floor], &mut bounds);
+    // Tokens per task: all of them on one thread for narrow classifiers (see
+    // `uses_int8_head`), a few tasks per thread for wide ones.
+    let tasks = if d > SHORT_ROWS { rayon::current_num_threads().max(1) * 4 } else { 1 };
+    let per = vocab.div_ceil(tasks).div_ceil(I8_BLOCK) * I8_BLOCK;
+    let bytes = d.div_ceil(2) * 2;
+    let task = |(t, out): (usize, &mut [[f64; 2]])| {
+        let v0 = t * per;
+        let n = out.len().div_ceil(I8_BLOCK) * I8_BLOCK;
+        let mut sums = vec![0i32; n];
+        i16_i8_cols(&r, &int8.q[v0 * bytes..(v0 + n) * bytes], &mut sums);
+        let mut fine_sums = Vec::new();
+        if let Some(fine) = fine {
+            fine_sums.resize(n, 0);
+            i16_i8_cols(&r, &fine.r[v0 * bytes..(v0 + n) * bytes], &mut fine_sums);
+        }
+        crate::kernels::bounded_estimates(&sums, &fine_sums, &scale[v0..], &err[v0..], [l1, step, floor], out)
+    };
+    let lower = if tasks == 1 {
+        task((0, &mut bounds[..]))
+    } else {
+        bounds.par_chunks_mut(per).enumerate().map(task).reduce(|| f64::NEG_INFINITY, f64::max)
+    };
     Some((bounds, lower))
 }
 
@@ -532,173 +546,6 @@ fn max_prob_from_bounds(bounds: &[[f64; 2]], lower: f64, threshold: f64, refine:
         hi += t;
     }
     decide(lo, hi)
-}
-
-/// A half-precision copy of the classifier and each row's Euclidean norm: what
-/// [`bounded_argmax`] needs to find the greedy token reading half the bytes.
-struct HalfHead {
-    /// The weights' half-precision bits, `[vocab, d]`.
-    w: Vec<u16>,
-    row_norms: Vec<f64>,
-}
-
-impl HalfHead {
-    /// `None` when half precision cannot hold the weights (a magnitude above 65504, or not
-    /// finite) or the CPU has no fast half-precision dot product.
-    fn new(head: &[f32], d: usize) -> Option<Self> {
-        if !crate::kernels::f16_dot_is_fast() {
-            return None;
-        }
-        const ROWS: usize = 256;
-        // The norms enter the bound, so they are rounded up: an f32 sum of d non-negative
-        // terms (each square rounded too) is within gamma_(d+1) of the true sum; twice that
-        // covers it.
-        let u = 2f64.powi(-24) * (d + 1) as f64;
-        let up = 1.0 + 2.0 * u / (1.0 - u);
-        // As bits: a zeroed allocation the kernel maps lazily (`vec![f16::ZERO; n]` would
-        // write all 77 MB of GPT-2's copy once more before the conversion does).
-        let mut w = vec![0u16; head.len()];
-        let parts: Vec<Option<Vec<f64>>> = w
-            .par_chunks_mut(ROWS * d)
-            .zip(head.par_chunks(ROWS * d))
-            .map(|(out, rows)| {
-                let mut norms = Vec::with_capacity(rows.len() / d);
-                for r in rows.chunks(d) {
-                    let (sq, max) = crate::kernels::sum_squares_and_max_abs(r);
-                    if !(sq.is_finite() && max <= 65504.0) {
-                        return None;
-                    }
-                    norms.push((sq as f64 * up).sqrt());
-                }
-                let out: &mut [half::f16] = half::slice::HalfBitsSliceExt::reinterpret_cast_mut(out);
-                half::slice::HalfFloatSliceExt::convert_from_f32_slice(out, rows);
-                Some(norms)
-            })
-            .collect();
-        let mut row_norms = Vec::with_capacity(head.len() / d);
-        for p in parts {
-            row_norms.extend(p?);
-        }
-        Some(Self { w, row_norms })
-    }
-}
-
-/// The two parts of [`bounded_argmax`]'s error bound for the row `x`: `e_v = per_norm
-/// |w_v| + floor`. `None` when `x` is not finite.
-fn half_error_terms(x: &[f32]) -> Option<(f64, f64)> {
-    let d = x.len();
-    let l2 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-    let l1 = x.iter().map(|&v| (v as f64).abs()).sum::<f64>();
-    if !(l2.is_finite() && l1.is_finite()) {
-        return None;
-    }
-    let u = 2f64.powi(-24);
-    let gamma = d as f64 * u / (1.0 - d as f64 * u);
-    let rel = 2f64.powi(-10);
-    // A millionth of slack for the f64 arithmetic of the bound itself.
-    let per_norm = (rel + 2.0 * gamma * (1.0 + rel)) * l2 * (1.0 + 1e-6);
-    let floor = 2f64.powi(-24) * (1.0 + 2.0 * gamma) * l1 * (1.0 + 1e-6);
-    Some((per_norm, floor))
-}
-
-/// Each row's logit `x . w_v` as the half-precision copy bounds it (`[lower, upper]`, see
-/// [`bounded_argmax`]), and the largest lower end, on every thread. `None` when something
-/// is not finite. The max-prob check needs every bound; [`bounded_argmax`] keeps its own
-/// pass, which stores a quarter of the bytes (f32 estimates) on GPT-2's every token.
-fn half_bounds(x: &[f32], half: &HalfHead) -> Option<(Vec<[f64; 2]>, f64)> {
-    let d = x.len();
-    let vocab = half.row_norms.len();
-    let (per_norm, floor) = half_error_terms(x)?;
-    let mut bounds = vec![[0f64; 2]; vocab];
-    let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-    // Each block's bounds and the largest lower end among them (NaN: a non-finite estimate).
-    let block = |(b, out): (usize, &mut [[f64; 2]])| {
-        let v0 = b * per;
-        let mut est = vec![0f32; out.len()];
-        crate::kernels::dot_f16_rows(x, half::slice::HalfBitsSliceExt::reinterpret_cast(&half.w[v0 * d..(v0 + out.len()) * d]), &mut est);
-        let mut lower = f64::NEG_INFINITY;
-        for ((o, &a), &norm) in out.iter_mut().zip(&est).zip(&half.row_norms[v0..]) {
-            if !a.is_finite() {
-                return f64::NAN;
-            }
-            let e = per_norm * norm + floor;
-            *o = [a as f64 - e, a as f64 + e];
-            lower = lower.max(o[0]);
-        }
-        lower
-    };
-    let lowers: Vec<f64> = bounds.par_chunks_mut(per).enumerate().map(block).collect();
-    if lowers.iter().any(|l| l.is_nan()) {
-        return None;
-    }
-    let lower = lowers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Some((bounds, lower))
-}
-
-/// The index of the largest of `x . w_v` over the rows `w_v` of `head` (`[vocab, d]`), as
-/// [`argmax`] over [`crate::kernels::classify_rows`]'s logits picks it (bit for bit the same
-/// logits, the first index on ties), reading the half-precision copy for all rows and the
-/// f32 rows only of the few candidates. `None` where something is not finite (the caller
-/// then computes every logit).
-///
-/// Why it is exact: each estimate `a_v` (the half-precision dot product) is within `e_v` of
-/// the f32 logit `z_v`, with `e_v` bounding (i) rounding the weights to half precision, at
-/// most 2^-10 of `|w|` (one unit in the last place, whatever the rounding mode) or 2^-24
-/// (one unit of half's subnormals) below its normal range, and (ii) the f32 rounding of
-/// both dot products, at most
-/// `gamma_d = d u / (1 - d u)` (u = 2^-24) times `sum |x_i w_i|`, for any summation order;
-/// `sum |x_i w_i| <= |x| |w_v|`. Every `v` with `a_v + e_v` below `max_u (a_u - e_u)` has
-/// `z_v` below some other row's logit, so the largest `z` (and all its ties) lies among the
-/// rest, which are computed exactly.
-fn bounded_argmax(x: &[f32], head: &[f32], half: &HalfHead) -> Option<u32> {
-    let d = x.len();
-    let vocab = half.row_norms.len();
-    let (per_norm, floor) = half_error_terms(x)?;
-    let err = |v: usize| per_norm * half.row_norms[v] + floor;
-    let mut estimates = vec![0f32; vocab];
-    let per = vocab.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-    // Each block's estimates and the largest lower end among them (NaN: a non-finite estimate).
-    let lowers: Vec<f64> = estimates
-        .par_chunks_mut(per)
-        .enumerate()
-        .map(|(b, out)| {
-            let v0 = b * per;
-            let rows = &half.w[v0 * d..(v0 + out.len()) * d];
-            crate::kernels::dot_f16_rows(x, half::slice::HalfBitsSliceExt::reinterpret_cast(rows), out);
-            let mut lower = f64::NEG_INFINITY;
-            for (i, &a) in out.iter().enumerate() {
-                if !a.is_finite() {
-                    return f64::NAN;
-                }
-                lower = lower.max(a as f64 - err(v0 + i));
-            }
-            lower
-        })
-        .collect();
-    if lowers.iter().any(|l| l.is_nan()) {
-        return None;
-    }
-    let lower = lowers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // In ascending order (rayon's collect keeps it), so the first of equal logits wins.
-    let candidates: Vec<usize> = estimates
-        .par_chunks(per)
-        .enumerate()
-        .flat_map_iter(|(b, out)| {
-            let v0 = b * per;
-            out.iter().enumerate().filter(move |&(i, &a)| a as f64 + err(v0 + i) >= lower).map(move |(i, _)| v0 + i)
-        })
-        .collect();
-    let mut best: Option<(u32, f32)> = None;
-    for v in candidates {
-        let z = row_logit(x, head, v);
-        if !z.is_finite() {
-            return None;
-        }
-        if best.is_none_or(|(_, b)| z > b) {
-            best = Some((v as u32, z));
-        }
-    }
-    best.map(|(v, _)| v)
 }
 
 /// The f32 logit of token `v` as [`crate::kernels::classify_rows`] computes it from the
@@ -812,77 +659,73 @@ impl CpuModel<'_> {
     }
 
     /// The greedy token of one row `h` (`[d]`): `argmax(lm_head(ln_f(h)))`, the token
-    /// [`argmax`] picks from [`Self::head`]'s logits, bit for bit. Large classifiers find
-    /// it through their half-precision copy and an error bound ([`bounded_argmax`]),
-    /// reading about half the bytes: on GPT-2-124M the head is a third of a decode step.
-    /// Narrow ones on one thread do so through an 8-bit copy ([`bounded_argmax_i8`]).
+    /// [`argmax`] picks from [`Self::head`]'s logits, bit for bit. Where the classifier has
+    /// an 8-bit copy ([`uses_int8_head`]) it is found through it ([`bounded_argmax_i8`]),
+    /// reading about a quarter of the bytes: on GPT-2-124M the f32 head was a quarter of a
+    /// decode step.
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
         let mut normed = Vec::with_capacity(h.len());
         layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut normed);
-        if let Some(n) = &self.narrow
-            && uses_int8_head(self.vocab, self.d)
+        if let Some(int8) = self.int8_head()
+            && let Some(t) = bounded_argmax_i8(&normed, int8, |v| self.exact_logit(&normed, v))
         {
-            let int8 = n.int8.get_or_init(|| Int8Head::new(&n.head_t, self.d, self.vocab));
-            if let Some(t) = int8.as_ref().and_then(|int8| bounded_argmax_i8(&normed, self.head, int8)) {
-                return t;
-            }
-        }
-        if self.narrow.is_none() && uses_half_head(self.vocab, self.d) {
-            let half = self.half_head.get_or_init(|| HalfHead::new(self.head, self.d));
-            if let Some(t) = half.as_ref().and_then(|half| bounded_argmax(&normed, self.head, half)) {
-                return t;
-            }
+            return t;
         }
         let mut logits = Vec::new();
         self.classify_normed(&normed, &mut logits);
         argmax(&logits)
     }
 
+    /// The classifier's 8-bit copy, made on the first call, where [`uses_int8_head`] says
+    /// to use one and it can be made.
+    fn int8_head(&self) -> Option<&Int8Head> {
+        if !uses_int8_head(self.vocab, self.d) {
+            return None;
+        }
+        let (head, copy) = match &self.narrow {
+            Some(n) => (&n.head[..], &n.int8),
+            None => (self.head, &self.wide_int8),
+        };
+        copy.get_or_init(|| Int8Head::new(head, self.d, self.vocab)).as_ref()
+    }
+
+    /// Token `v`'s f32 logit for the normed row `x`, as [`Self::classify_normed`] computes it.
+    fn exact_logit(&self, x: &[f32], v: usize) -> f32 {
+        let d = self.d;
+        match self.narrow {
+            Some(_) => crate::kernels::matrix_col_dot(x, &self.head[v * d..(v + 1) * d], 0.0),
+            None => row_logit(x, self.head, v),
+        }
+    }
+
     /// Whether the largest softmax probability of `lm_head(ln_f(h))` (one row) reaches
     /// `threshold`, as [`crate::kernels::max_prob`] over [`Self::head`]'s logits says it,
     /// with the greedy token when it does: the max-prob early-exit check, decided from
     /// bounds on every logit and the exact logits of the few tokens near the top
-    /// ([`max_prob_from_bounds`]). Narrow models on one thread bound the logits through both
-    /// planes of their 8-bit copy (half the bytes of the f32 classifier; the first plane
-    /// alone bounds too loosely for the softmax's tail), large classifiers through their
-    /// half-precision copy. [`MaxProbCheck::Undecided`] when the bound cannot tell, or where
-    /// neither copy is used.
+    /// ([`max_prob_from_bounds`]), through the classifier's 8-bit copy: the first plane
+    /// alone where it decides (checks far from the threshold), else both planes (half the
+    /// bytes of the f32 classifier; the first plane alone bounds too loosely for the
+    /// softmax's tail). [`MaxProbCheck::Undecided`] when the bound cannot tell, or where the
+    /// classifier has no 8-bit copy.
     pub fn max_prob_check(&self, h: &[f32], threshold: f64) -> MaxProbCheck {
-        let d = self.d;
+        let Some(int8) = self.int8_head() else {
+            return MaxProbCheck::Undecided;
+        };
         let mut x = Vec::with_capacity(h.len());
-        // Each token's f32 logit as the classifier computes it.
-        let narrow = self.narrow.is_some();
-        let logit = |x: &[f32], v: usize| {
-            if narrow { crate::kernels::matrix_col_dot(x, &self.head[v * d..(v + 1) * d], 0.0) } else { row_logit(x, self.head, v) }
-        };
-        let bounds = if let Some(n) = self.narrow.as_ref().filter(|_| uses_int8_head(self.vocab, d)) {
-            let Some(int8) = n.int8.get_or_init(|| Int8Head::new(&n.head_t, d, self.vocab)) else {
-                return MaxProbCheck::Undecided;
-            };
-            layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
-            // The first plane alone decides most checks (those far from the threshold), with
-            // half the bytes.
-            let Some((bounds, lower)) = int8_bounds(&x, int8, None) else {
-                return MaxProbCheck::Undecided;
-            };
-            let coarse = max_prob_from_bounds(&bounds, lower, threshold, false, |v| logit(&x, v));
-            if coarse != MaxProbCheck::Undecided {
-                return coarse;
-            }
-            int8_bounds(&x, int8, Some(int8.fine(&n.head_t)))
-        } else if self.narrow.is_none() && uses_half_head(self.vocab, d) {
-            let Some(half) = self.half_head.get_or_init(|| HalfHead::new(self.head, d)) else {
-                return MaxProbCheck::Undecided;
-            };
-            layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
-            half_bounds(&x, half)
-        } else {
+        layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
+        let logit = |v: usize| self.exact_logit(&x, v);
+        let Some((bounds, lower)) = int8_bounds(&x, int8, None) else {
             return MaxProbCheck::Undecided;
         };
-        let Some((bounds, lower)) = bounds else {
+        let coarse = max_prob_from_bounds(&bounds, lower, threshold, false, logit);
+        if coarse != MaxProbCheck::Undecided {
+            return coarse;
+        }
+        let head = self.narrow.as_ref().map_or(self.head, |n| &n.head[..]);
+        let Some((bounds, lower)) = int8_bounds(&x, int8, Some(int8.fine(head))) else {
             return MaxProbCheck::Undecided;
         };
-        max_prob_from_bounds(&bounds, lower, threshold, true, |v| logit(&x, v))
+        max_prob_from_bounds(&bounds, lower, threshold, true, logit)
     }
 
     /// Whether decoding one row keeps to one thread: no layer and not the head is shared
@@ -1280,52 +1123,35 @@ mod tests {
         head[nudged * d..(nudged + 1) * d].copy_from_slice(&n);
     }
 
-    /// The greedy token through the half-precision classifier is the f32 logits' argmax:
-    /// random rows, exact ties (the first index wins), ties broken only in f32 (rows one
-    /// unit in the last place apart, identical in half precision), weights in half's
-    /// subnormal range, widths that are not multiples of the vector length.
+    /// The greedy token of a wide classifier through its 8-bit copy is the argmax of the
+    /// f32 logits as [`crate::kernels::classify_rows`] computes them (the wide head's own
+    /// order, [`row_logit`]): random rows, exact ties (the first index wins), ties broken
+    /// only in f32 (rows one unit in the last place apart, identical in 8 bits), tiny
+    /// weights, widths that are not multiples of the vector length or even, with the copy
+    /// and its bounds cut into blocks among the threads.
     #[test]
-    fn bounded_argmax_is_the_argmax_of_the_logits() {
+    fn bounded_argmax_i8_is_the_argmax_of_wide_logits() {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        for (trial, d) in [768, 64, 100, 33, 769, 768, 768, 768].into_iter().enumerate() {
-            let vocab = 3000;
-            let scale = if trial == 5 { 1e-6 } else { 0.05 };
+        for (trial, d) in [768, 300, 769, 768, 768, 768].into_iter().enumerate() {
+            assert!(d > SHORT_ROWS);
+            let vocab = 3001;
+            let scale = if trial == 3 { 1e-36 } else { 0.05 };
             let mut head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect();
+            head[9 * d..10 * d].fill(0.0);
             let x: Vec<f32> = (0..d).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-            if trial >= 6 {
-                // The best row, copied to an earlier and a later index (exact ties), and
-                // again with one weight nudged by one ulp (a tie only in half precision).
+            let logits_of = |head: &[f32]| {
                 let mut logits = vec![0f32; vocab];
-                crate::kernels::classify_rows(&x, d, &head, &mut logits, vocab);
-                plant_ties(&mut head, d, argmax(&logits) as usize, 7, if trial == 6 { 1 } else { 0x800 });
+                crate::kernels::classify_rows(&x, d, head, &mut logits, vocab);
+                logits
+            };
+            if trial >= 4 {
+                let best = argmax(&logits_of(&head)) as usize;
+                plant_ties(&mut head, d, best, 7, if trial == 4 { 1 } else { 0x800 });
             }
-            let mut logits = vec![0f32; vocab];
-            crate::kernels::classify_rows(&x, d, &head, &mut logits, vocab);
-            let want = argmax(&logits);
-            let half = HalfHead::new(&head, d);
-            if !crate::kernels::f16_dot_is_fast() {
-                assert!(half.is_none());
-                continue;
-            }
-            let got = bounded_argmax(&x, &head, half.as_ref().unwrap());
-            assert_eq!(got, Some(want), "trial {trial}, d {d}");
-        }
-    }
-
-    /// Weights half precision cannot hold, or an input that is not finite, leave the
-    /// choice to the f32 logits.
-    #[test]
-    fn bounded_argmax_declines_what_it_cannot_bound() {
-        let d = 64;
-        let mut head = vec![0.01f32; 100 * d];
-        head[5] = 70000.0;
-        assert!(HalfHead::new(&head, d).is_none());
-        head[5] = 0.01;
-        if let Some(half) = HalfHead::new(&head, d) {
-            let mut x = vec![1f32; d];
-            x[3] = f32::NAN;
-            assert_eq!(bounded_argmax(&x, &head, &half), None);
+            let int8 = Int8Head::new(&head, d, vocab).unwrap();
+            let got = bounded_argmax_i8(&x, &int8, |v| row_logit(&x, &head, v));
+            assert_eq!(got, Some(argmax(&logits_of(&head))), "trial {trial}, d {d}");
         }
     }
 
@@ -1353,72 +1179,106 @@ mod tests {
                 let (_, logits) = logits_of(&head);
                 plant_ties(&mut head, d, argmax(&logits) as usize, 8, if trial == 5 { 1 } else { 0x800 });
             }
-            let (t, logits) = logits_of(&head);
-            let int8 = Int8Head::new(&t, d, vocab).unwrap();
-            assert_eq!(bounded_argmax_i8(&x, &head, &int8), Some(argmax(&logits)), "trial {trial}, d {d}");
+            let (_, logits) = logits_of(&head);
+            let int8 = Int8Head::new(&head, d, vocab).unwrap();
+            let logit = |v: usize| crate::kernels::matrix_col_dot(&x, &head[v * d..(v + 1) * d], 0.0);
+            assert_eq!(bounded_argmax_i8(&x, &int8, logit), Some(argmax(&logits)), "trial {trial}, d {d}");
         }
     }
 
-    /// The max-prob check through both 8-bit planes takes the decision `max_prob(logits) >= threshold` takes,
-    /// with the logits' argmax, over rows from flat to peaked distributions and thresholds
-    /// on both sides of the probability, at it and one unit in the last place above it; it
-    /// leaves undecided only thresholds within 5% of the probability.
+    /// The 8-bit copy made row by row is [`crate::kernels::pack_i8_pairs`]'s layout of the
+    /// rounded transposed classifier, for narrow and wide shapes, odd widths and a partial
+    /// last block; its second plane likewise.
+    #[test]
+    fn the_8_bit_copy_is_the_packed_layout() {
+        let val = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 4000.0;
+        for (d, vocab) in [(128, 300), (33, 70), (301, 130)] {
+            let head: Vec<f32> = (0..vocab * d).map(val).collect();
+            let int8 = Int8Head::new(&head, d, vocab).unwrap();
+            let fine = int8.fine(&head);
+            let (mut q, mut r) = (vec![0i8; d * vocab], vec![0i8; d * vocab]);
+            for v in 0..vocab {
+                let (mut qv, mut rv) = (vec![0i8; d], vec![0i8; d]);
+                crate::kernels::quantize_i8(&head[v * d..(v + 1) * d], int8.scale[v], &mut qv);
+                crate::kernels::quantize_i8_remainder(&head[v * d..(v + 1) * d], int8.scale[v], fine.scale[v], &mut rv);
+                for i in 0..d {
+                    (q[i * vocab + v], r[i * vocab + v]) = (qv[i], rv[i]);
+                }
+            }
+            assert_eq!(int8.q, crate::kernels::pack_i8_pairs(&q, d, vocab), "{d} x {vocab}");
+            assert_eq!(fine.r, crate::kernels::pack_i8_pairs(&r, d, vocab), "{d} x {vocab}");
+        }
+    }
+
+    /// The max-prob check through both 8-bit planes takes the decision `max_prob(logits) >=
+    /// threshold` takes, with the logits' argmax, over rows from flat to peaked
+    /// distributions and thresholds on both sides of the probability, at it and one unit in
+    /// the last place above it; it leaves undecided only thresholds within 5% of the
+    /// probability. A narrow classifier (the Austen models' shape) and a wide one.
     #[test]
     fn the_max_prob_check_decides_as_the_logits_do() {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
-        let (d, vocab) = (128, 4096);
-        let head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * 0.05).collect();
-        let t = transpose(&head, vocab, d);
-        let int8 = Int8Head::new(&t, d, vocab).unwrap();
-        let (mut decided, mut far, mut probs) = (0, 0, Vec::new());
-        for trial in 0..60 {
-            // Larger inputs, more peaked distributions.
-            let gain = 0.5 + trial as f32 * 0.5;
-            let x: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0) * gain).collect();
-            let mut logits = Vec::new();
-            linear_cols(&x, d, (&t, &vec![0.0; vocab]), 0, vocab, &mut logits);
-            let p = crate::kernels::max_prob(&logits);
-            probs.push(p);
-            for tau in [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, p as f64, p.next_up() as f64, p as f64 * 1.01, p as f64 * 0.99] {
-                let reaches = p as f64 >= tau;
-                let (bounds, lower) = int8_bounds(&x, &int8, Some(int8.fine(&t))).unwrap();
-                let logit = |v: usize| crate::kernels::matrix_col_dot(&x, &head[v * d..(v + 1) * d], 0.0);
-                match max_prob_from_bounds(&bounds, lower, tau, true, logit) {
-                    MaxProbCheck::Reaches(tok) => {
-                        assert!(reaches, "trial {trial}: p {p} < {tau}, but the check says it reaches");
-                        assert_eq!(tok, argmax(&logits), "trial {trial}");
-                        decided += 1;
+        for (d, vocab, trials) in [(128, 4096, 60), (768, 4096, 24)] {
+            let head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * 0.05).collect();
+            let t = transpose(&head, vocab, d);
+            let int8 = Int8Head::new(&head, d, vocab).unwrap();
+            let (mut decided, mut far, mut probs) = (0, 0, Vec::new());
+            for trial in 0..trials {
+                // Larger inputs, more peaked distributions.
+                let gain = (0.5 + trial as f32 * 30.0 / trials as f32) * if d <= SHORT_ROWS { 1.0 } else { 0.6 };
+                let x: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0) * gain).collect();
+                let mut logits = Vec::new();
+                let logit: Box<dyn Fn(usize) -> f32> = if d <= SHORT_ROWS {
+                    linear_cols(&x, d, (&t, &vec![0.0; vocab]), 0, vocab, &mut logits);
+                    Box::new(|v: usize| crate::kernels::matrix_col_dot(&x, &head[v * d..(v + 1) * d], 0.0))
+                } else {
+                    logits.resize(vocab, 0.0);
+                    crate::kernels::classify_rows(&x, d, &head, &mut logits, vocab);
+                    Box::new(|v: usize| row_logit(&x, &head, v))
+                };
+                let p = crate::kernels::max_prob(&logits);
+                probs.push(p);
+                let (bounds, lower) = int8_bounds(&x, &int8, Some(int8.fine(&head))).unwrap();
+                for tau in [0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, p as f64, p.next_up() as f64, p as f64 * 1.01, p as f64 * 0.99] {
+                    let reaches = p as f64 >= tau;
+                    match max_prob_from_bounds(&bounds, lower, tau, true, &logit) {
+                        MaxProbCheck::Reaches(tok) => {
+                            assert!(reaches, "d {d}, trial {trial}: p {p} < {tau}, but the check says it reaches");
+                            assert_eq!(tok, argmax(&logits), "d {d}, trial {trial}");
+                            decided += 1;
+                        }
+                        MaxProbCheck::Below => {
+                            assert!(!reaches, "d {d}, trial {trial}: p {p} >= {tau}, but the check says below");
+                            decided += 1;
+                        }
+                        MaxProbCheck::Undecided => far += usize::from((p as f64 / tau - 1.0).abs() > 0.05),
                     }
-                    MaxProbCheck::Below => {
-                        assert!(!reaches, "trial {trial}: p {p} >= {tau}, but the check says below");
-                        decided += 1;
-                    }
-                    MaxProbCheck::Undecided => far += usize::from((p as f64 / tau - 1.0).abs() > 0.05),
                 }
             }
+            assert!(far == 0, "d {d}: {far} checks undecided with the probability more than 5% from the threshold");
+            assert!(decided > trials * 7, "d {d}: {decided} decided");
+            let spread = probs.iter().fold((1f32, 0f32), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+            assert!(spread.0 < 0.05 && spread.1 > 0.9, "d {d}: the rows span flat to peaked: {spread:?}");
         }
-        assert!(far == 0, "{far} checks undecided with the probability more than 5% from the threshold");
-        assert!(decided > 60 * 7, "{decided} decided");
-        let spread = probs.iter().fold((1f32, 0f32), |(lo, hi), &p| (lo.min(p), hi.max(p)));
-        assert!(spread.0 < 0.05 && spread.1 > 0.9, "the rows span flat to peaked: {spread:?}");
     }
 
     /// Weights that are not finite, or an input that is not finite, leave the choice to the
     /// f32 logits.
     #[test]
     fn bounded_argmax_i8_declines_what_it_cannot_bound() {
-        let (d, vocab) = (64, 100);
-        let mut t = vec![0.01f32; vocab * d];
-        t[5] = f32::INFINITY;
-        assert!(Int8Head::new(&t, d, vocab).is_none());
-        t[5] = f32::NAN;
-        assert!(Int8Head::new(&t, d, vocab).is_none());
-        t[5] = 0.01;
-        let int8 = Int8Head::new(&t, d, vocab).unwrap();
-        let mut x = vec![1f32; d];
-        x[3] = f32::NAN;
-        assert_eq!(bounded_argmax_i8(&x, &transpose(&t, d, vocab), &int8), None);
+        for (d, vocab) in [(64, 100), (300, 200)] {
+            let mut head = vec![0.01f32; vocab * d];
+            head[5 * d + 1] = f32::INFINITY;
+            assert!(Int8Head::new(&head, d, vocab).is_none());
+            head[5 * d + 1] = f32::NAN;
+            assert!(Int8Head::new(&head, d, vocab).is_none());
+            head[5 * d + 1] = 0.01;
+            let int8 = Int8Head::new(&head, d, vocab).unwrap();
+            let mut x = vec![1f32; d];
+            x[3] = f32::NAN;
+            assert_eq!(bounded_argmax_i8(&x, &int8, |v| row_logit(&x, &head, v)), None);
+        }
     }
 
     /// A classifier's derived copies are those of a classifier with the same shape and bits:
@@ -1445,12 +1305,13 @@ mod tests {
         greedy_tokens_are_the_tensor_models(cfg, 21);
     }
 
-    /// Greedy decoding through a classifier large enough for the half-precision copy picks
-    /// the tokens the tensor model's logits pick.
+    /// Greedy decoding through a wide classifier large enough for its 8-bit copy picks the
+    /// tokens the tensor model's logits pick.
     #[test]
-    fn greedy_tokens_through_the_half_head_are_the_tensor_models() {
+    fn greedy_tokens_through_a_wide_int8_head_are_the_tensor_models() {
         let cfg = Gpt2Config::new(2, 512, 8, 8192, 64);
-        assert!(cfg.vocab_size * cfg.n_embd >= HALF_HEAD_MIN_WEIGHTS);
+        assert!(cfg.n_embd > SHORT_ROWS && cfg.vocab_size * cfg.n_embd >= WIDE_INT8_MIN_WEIGHTS);
+        assert_eq!(uses_int8_head(cfg.vocab_size, cfg.n_embd), crate::kernels::i16_i8_cols_is_fast());
         greedy_tokens_are_the_tensor_models(cfg, 9);
     }
 
@@ -1464,7 +1325,7 @@ mod tests {
             let prompt: Vec<u32> = (0..6).map(|i| (i * 977 + 3 + p * 1301) % vocab).collect();
             let opts = crate::analysis::generate::GenerateOptions {
                 exit_layer,
-                max_new_tokens: HALF_HEAD_MIN_TOKENS + 8,
+                max_new_tokens: REDUCED_HEAD_MIN_TOKENS + 8,
                 sampling: crate::analysis::generate::Sampling::Greedy,
                 eos: None,
             };
