@@ -423,9 +423,32 @@ dispatch! {
     }
 }
 
-/// Lanes of `max |w - s l|` and `sum |l|` (see [`quantize_i8`]), folded.
+/// Each weight of `row` through `one` (its 8-bit value into `out`, and its level: the
+/// weight is `step` times the level to within the rounding), and `[max_i |w_i - step l_i|,
+/// sum_i |l_i|]` in f64 (each term exact but the difference's last rounding). In lanes, so
+/// it vectorises: the body of [`quantize_i8`] and [`quantize_i8_remainder`].
 #[inline(always)]
-fn fold_lanes<const W: usize>(e: [f64; W], l: [f64; W], mut err: f64, mut l1: f64) -> [f64; 2] {
+fn quantize_lanes(row: &[f32], out: &mut [i8], step: f32, one: impl Fn(f32) -> (i8, f64)) -> [f64; 2] {
+    const W: usize = 16;
+    let step = step as f64;
+    let (mut e, mut l) = ([0f64; W], [0f64; W]);
+    let (mut ws, mut os) = (row.chunks_exact(W), out.chunks_exact_mut(W));
+    for (w, o) in (&mut ws).zip(&mut os) {
+        for j in 0..W {
+            let (v, level) = one(w[j]);
+            o[j] = v;
+            let d = (w[j] as f64 - step * level).abs();
+            e[j] = if d > e[j] { d } else { e[j] };
+            l[j] += level.abs();
+        }
+    }
+    let (mut err, mut l1) = (0f64, 0f64);
+    for (&w, o) in ws.remainder().iter().zip(os.into_remainder()) {
+        let (v, level) = one(w);
+        *o = v;
+        err = err.max((w as f64 - step * level).abs());
+        l1 += level.abs();
+    }
     for j in 0..W {
         err = err.max(e[j]);
         l1 += l[j];
@@ -435,31 +458,14 @@ fn fold_lanes<const W: usize>(e: [f64; W], l: [f64; W], mut err: f64, mut l1: f6
 
 dispatch! {
     /// A row of weights in 8 bits at step `s`: `q_i = round(w_i / s)` (by [`round_i8`];
-    /// zero where `s` is), and `[max_i |w_i - s q_i|, sum_i |q_i|]` in f64 (each term exact
-    /// but the difference's last rounding), the parts of the copy's error bound (see
-    /// `decoder::Int8Head`). In lanes, so it vectorises.
+    /// zero where `s` is), and `[max_i |w_i - s q_i|, sum_i |q_i|]`, the parts of the
+    /// copy's error bound (see `decoder::Int8Head`).
     pub fn quantize_i8(row: &[f32], s: f32, q: &mut [i8]) -> [f64; 2] {
-        const W: usize = 16;
         let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        let sd = s as f64;
-        let (mut e, mut l) = ([0f64; W], [0f64; W]);
-        let (mut ws, mut qs) = (row.chunks_exact(W), q.chunks_exact_mut(W));
-        for (w, q) in (&mut ws).zip(&mut qs) {
-            for j in 0..W {
-                q[j] = round_i8(w[j] * inv);
-                let level = q[j] as f64;
-                let d = (w[j] as f64 - sd * level).abs();
-                e[j] = if d > e[j] { d } else { e[j] };
-                l[j] += level.abs();
-            }
-        }
-        let (mut err, mut l1) = (0f64, 0f64);
-        for (&w, q) in ws.remainder().iter().zip(qs.into_remainder()) {
-            *q = round_i8(w * inv);
-            err = err.max((w as f64 - sd * *q as f64).abs());
-            l1 += (*q as f64).abs();
-        }
-        fold_lanes(e, l, err, l1)
+        quantize_lanes(row, q, s, |w| {
+            let q = round_i8(w * inv);
+            (q, q as f64)
+        })
     }
 }
 
@@ -467,36 +473,15 @@ dispatch! {
     /// What [`quantize_i8`] at step `coarse` leaves of each weight, in 8 bits at step `fine`
     /// (`coarse / 254`): `r_i = round((w_i - 254 fine q_i) / fine)` (any rounding would do:
     /// the error is measured from the result), and `[max_i |w_i - fine l_i|, sum_i |l_i|]`
-    /// with `l_i = 254 q_i + r_i`, the two planes' level. In lanes, so it vectorises.
+    /// with `l_i = 254 q_i + r_i`, the two planes' level.
     pub fn quantize_i8_remainder(row: &[f32], coarse: f32, fine: f32, r: &mut [i8]) -> [f64; 2] {
-        const W: usize = 16;
         let inv = if coarse > 0.0 { 1.0 / coarse } else { 0.0 };
         let k = if fine > 0.0 { 1.0 / fine } else { 0.0 };
-        let fd = fine as f64;
-        let one = |w: f32| {
+        quantize_lanes(row, r, fine, |w| {
             let q = round_i8(w * inv);
             let r = round_i8((w - fine * 254.0 * q as f32) * k);
             (r, 254.0 * q as f64 + r as f64)
-        };
-        let (mut e, mut l) = ([0f64; W], [0f64; W]);
-        let (mut ws, mut rs) = (row.chunks_exact(W), r.chunks_exact_mut(W));
-        for (w, r) in (&mut ws).zip(&mut rs) {
-            for j in 0..W {
-                let (rv, level) = one(w[j]);
-                r[j] = rv;
-                let d = (w[j] as f64 - fd * level).abs();
-                e[j] = if d > e[j] { d } else { e[j] };
-                l[j] += level.abs();
-            }
-        }
-        let (mut err, mut l1) = (0f64, 0f64);
-        for (&w, r) in ws.remainder().iter().zip(rs.into_remainder()) {
-            let (rv, level) = one(w);
-            *r = rv;
-            err = err.max((w as f64 - fd * level).abs());
-            l1 += level.abs();
-        }
-        fold_lanes(e, l, err, l1)
+        })
     }
 }
 

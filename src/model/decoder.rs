@@ -193,8 +193,8 @@ struct NarrowHead {
     head: Vec<f32>,
     /// `[d, vocab]`.
     head_t: Vec<f32>,
-    /// The transposed classifier in 8 bits, made on the first greedy token or max-prob
-    /// check of a narrow model whose head runs on one thread (see [`CpuModel::greedy_token`]).
+    /// The classifier in 8 bits, made on the first greedy token or max-prob check of a
+    /// narrow model whose head runs on one thread (see [`CpuModel::int8_head`]).
     int8: OnceLock<Option<Int8Head>>,
 }
 
@@ -348,11 +348,10 @@ impl CpuModel<'_> {
         if !uses_int8_head(self.vocab, self.d) {
             return None;
         }
-        let (head, copy) = match &self.narrow {
-            Some(n) => (&n.head[..], &n.int8),
-            None => (self.head, &self.wide_int8),
-        };
-        copy.get_or_init(|| Int8Head::new(head, self.d, self.vocab)).as_ref()
+        // A narrow classifier's copy is shared by every model with the same bits (see
+        // `NarrowHead`), so it is made from this one as well as from any.
+        let copy = self.narrow.as_ref().map_or(&self.wide_int8, |n| &n.int8);
+        copy.get_or_init(|| Int8Head::new(self.head, self.d, self.vocab)).as_ref()
     }
 
     /// Token `v`'s f32 logit for the normed row `x`, as [`Self::classify_normed`] computes it.
@@ -379,8 +378,7 @@ impl CpuModel<'_> {
         };
         let mut x = Vec::with_capacity(h.len());
         layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut x);
-        let head = self.narrow.as_ref().map_or(self.head, |n| &n.head[..]);
-        max_prob_check_i8(&x, int8, head, threshold, |v| self.exact_logit(&x, v))
+        max_prob_check_i8(&x, int8, self.head, threshold, |v| self.exact_logit(&x, v))
     }
 
     /// Whether decoding one row keeps to one thread: no layer and not the head is shared
