@@ -691,15 +691,21 @@ dispatch! {
     }
 }
 
-/// One head's slice of a KV cache: a row of `stride` floats per position, the head's
-/// floats starting at `offset`.
+/// One head's slice of a KV cache. Keys are stored transposed — component `i` of position
+/// `j` at `keys[i * key_stride + j]` — so that the scores of [`LANES`] consecutive
+/// positions are the lanes of one vector, each summed over the head's components in order;
+/// `key_stride` is a multiple of [`LANES`] and every key row holds whole blocks of
+/// [`LANES`] positions past the last one scored (their lanes are computed and dropped).
+/// Values are a row of the head size per position.
 #[derive(Clone, Copy)]
 pub struct HeadCache<'a> {
     pub keys: &'a [f32],
+    pub key_stride: usize,
     pub values: &'a [f32],
-    pub stride: usize,
-    pub offset: usize,
 }
+
+/// Positions per block of a transposed key row: key rows of a cache are padded to this.
+pub const KEY_BLOCK: usize = LANES;
 
 dispatch! {
     /// One head of one query row against the first `scores.len()` cached positions:
@@ -707,9 +713,8 @@ dispatch! {
     /// change it.
     pub fn attend_row(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) -> () {
         // The common head sizes get a copy compiled for their size, the same operations
-        // in the same order (so the same bits): the output row stays in registers across
-        // positions, and the dot products unroll. Generic, the compiler kept neither (the
-        // Austen models' 32, where attention was a fifth of decoding; GPT-2's 64).
+        // in the same order (so the same bits): the output rows stay in registers across
+        // positions. Generic, the compiler kept neither (the Austen models' 32; GPT-2's 64).
         match q.len() {
             32 => attend_row_sized::<32>(q, cache, scale, scores, out),
             64 => attend_row_sized::<64>(q, cache, scale, scores, out),
@@ -721,35 +726,59 @@ dispatch! {
 /// [`attend_row`] for any head size.
 #[inline(always)]
 fn attend_row_any(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    out.iter_mut().for_each(|o| *o = 0.0);
-    attend_row_into(q, cache, scale, scores, out);
+    let (mut even, mut odd) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+    attend_row_into(q, cache, scale, scores, &mut even, &mut odd);
+    out.iter_mut().zip(even.iter().zip(&odd)).for_each(|(o, (a, b))| *o = a + b);
 }
 
-/// [`attend_row`] for head size `HD`: the same arithmetic into a local row, which the
+/// [`attend_row`] for head size `HD`: the same arithmetic into local rows, which the
 /// compiler keeps in registers.
 #[inline(always)]
 fn attend_row_sized<const HD: usize>(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let q: &[f32; HD] = q.try_into().expect("a query of the head size");
-    let mut acc = [0f32; HD];
-    attend_row_into(q, cache, scale, scores, &mut acc);
-    out.copy_from_slice(&acc);
+    let (mut even, mut odd) = ([0f32; HD], [0f32; HD]);
+    attend_row_into(q, cache, scale, scores, &mut even, &mut odd);
+    out.iter_mut().zip(even.iter().zip(&odd)).for_each(|(o, (a, b))| *o = a + b);
 }
 
-/// Attention of one query row, added onto `acc` (zero on entry: `out` of [`attend_row`]).
+/// Attention of one query row: the weighted values of the even positions added onto
+/// `even`, of the odd ones onto `odd` (both zero on entry): two independent chains of
+/// additions instead of one.
 #[inline(always)]
-fn attend_row_into(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], acc: &mut [f32]) {
+fn attend_row_into(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f32], even: &mut [f32], odd: &mut [f32]) {
     let hd = q.len();
-    let HeadCache { keys, values, stride, offset } = cache;
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = dot_lanes(q, &keys[j * stride + offset..j * stride + offset + hd]) * scale;
+    let HeadCache { keys, key_stride, values } = cache;
+    // Scores, a block of positions at a time: lane l sums q_i k_i(j0 + l) over i in order.
+    for (b, block) in scores.chunks_mut(LANES).enumerate() {
+        let j0 = b * LANES;
+        let mut acc = [0f32; LANES];
+        for (i, &qi) in q.iter().enumerate() {
+            let k: &[f32; LANES] = keys[i * key_stride + j0..i * key_stride + j0 + LANES].try_into().expect("a whole block");
+            for l in 0..LANES {
+                acc[l] += qi * k[l];
+            }
+        }
+        for (s, a) in block.iter_mut().zip(acc) {
+            *s = a * scale;
+        }
     }
     let max = max_of(scores);
     let inv = 1.0 / exp_shift_sum(scores, max);
-    for (j, &p) in scores.iter().enumerate() {
-        let p = p * inv;
-        let vr = &values[j * stride + offset..j * stride + offset + hd];
-        for (o, &v) in acc.iter_mut().zip(vr) {
-            *o += p * v;
+    let mut pairs = scores.chunks_exact(2);
+    let mut j = 0;
+    for p in &mut pairs {
+        let (p0, p1) = (p[0] * inv, p[1] * inv);
+        let (v0, v1) = (&values[j * hd..(j + 1) * hd], &values[(j + 1) * hd..(j + 2) * hd]);
+        for c in 0..hd {
+            even[c] += p0 * v0[c];
+            odd[c] += p1 * v1[c];
+        }
+        j += 2;
+    }
+    if let [p] = pairs.remainder() {
+        let (p, v) = (p * inv, &values[j * hd..(j + 1) * hd]);
+        for c in 0..hd {
+            even[c] += p * v[c];
         }
     }
 }
@@ -757,17 +786,25 @@ fn attend_row_into(q: &[f32], cache: HeadCache<'_>, scale: f32, scores: &mut [f3
 #[cfg(test)]
 mod tests {
     /// The copies of attention compiled for a head size compute the same bits as the
-    /// generic one, over lengths that leave every remainder of the reductions.
+    /// generic one, over lengths that leave every remainder of the blocks and pairs; the
+    /// padding lanes of the last block of keys cannot leak into the result (NaN there
+    /// changes nothing); and the result is softmax(scale q K^T) V computed in f64.
     #[test]
     fn sized_attention_is_the_generic_attention() {
         fn check<const HD: usize>() {
             let val = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 211.0;
-            let (stride, offset) = (3 * HD + 5, HD + 2);
-            for positions in [1, 2, 15, 16, 17, 33, 64, 100] {
-                let keys: Vec<f32> = (0..positions * stride).map(val).collect();
-                let values: Vec<f32> = (0..positions * stride).map(|i| val(i + 11)).collect();
+            for positions in [1usize, 2, 15, 16, 17, 33, 64, 100] {
+                let key_stride = positions.div_ceil(super::KEY_BLOCK) * super::KEY_BLOCK + super::KEY_BLOCK;
+                let key = |j: usize, i: usize| val(j * HD + i);
+                let keys = |pad: f32| -> Vec<f32> {
+                    (0..HD * key_stride)
+                        .map(|at| if at % key_stride < positions { key(at % key_stride, at / key_stride) } else { pad })
+                        .collect()
+                };
+                let (keys0, keys_nan) = (keys(0.0), keys(f32::NAN));
+                let values: Vec<f32> = (0..positions * HD).map(|i| val(i + 11)).collect();
                 let q: Vec<f32> = (0..HD).map(|i| val(i + 3) * 0.7).collect();
-                let cache = super::HeadCache { keys: &keys, values: &values, stride, offset };
+                let cache = super::HeadCache { keys: &keys0, key_stride, values: &values };
                 let (mut s1, mut s2) = (vec![0f32; positions], vec![0f32; positions]);
                 let (mut o1, mut o2) = (vec![0f32; HD], vec![0f32; HD]);
                 super::attend_row_any(&q, cache, 0.17, &mut s1, &mut o1);
@@ -777,6 +814,17 @@ mod tests {
                 let mut o3 = vec![0f32; HD];
                 super::attend_row(&q, cache, 0.17, &mut s2, &mut o3);
                 assert_eq!(bits(&o1), bits(&o3), "dispatched, head size {HD}, {positions} positions");
+                let nan_padded = super::HeadCache { keys: &keys_nan, ..cache };
+                super::attend_row(&q, nan_padded, 0.17, &mut s2, &mut o3);
+                assert_eq!(bits(&o1), bits(&o3), "NaN padding, head size {HD}, {positions} positions");
+                let s: Vec<f64> = (0..positions).map(|j| 0.17 * (0..HD).map(|i| q[i] as f64 * key(j, i) as f64).sum::<f64>()).collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..HD {
+                    let want: f64 = (0..positions).map(|j| e[j] / sum * values[j * HD + c] as f64).sum();
+                    assert!((o1[c] as f64 - want).abs() < 1e-5, "head size {HD}, {positions} positions, column {c}: {} vs {want}", o1[c]);
+                }
             }
         }
         check::<32>();

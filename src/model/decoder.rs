@@ -32,11 +32,15 @@ pub use reduced_head::{MaxProbCheck, REDUCED_HEAD_MIN_TOKENS, greedy_head_bytes}
 /// (590k weights) is above it: on one core it read its weights at 10-12 GB/s, split 16-17
 /// (1.7 instead of 2.3-2.8 ms per token over three alternating pairs).
 const PAR_MIN_WEIGHTS: usize = 1 << 18;
-/// Attention is split among threads (by row and head) above this many multiply-adds: from
-/// the 43rd position on when decoding GPT-2-124M one row at a time (where it took 7% of a
-/// step at 128 positions on one thread); on the Austen models only for passes over several
-/// rows (a verification of 4 drafts from the 47th position on), never for a single row.
+/// Attention is split among threads (by row and head) above this many multiply-adds where
+/// the model's linear layers are split too: from the 43rd position on when decoding
+/// GPT-2-124M one row at a time (where it took 7% of a step at 128 positions on one thread).
 const PAR_MIN_ATTENTION: usize = 1 << 15;
+/// The same where every layer runs on one core (the Austen models): the other thread sleeps
+/// there (or drafts, in pipelined decoding), and waking it costs more than a verification's
+/// attention saves: 5 rows after 64 positions took 31-34 µs a block split, 11 µs for 3 rows
+/// on one thread. Split only for passes over many rows, such as long prompts.
+const PAR_MIN_ATTENTION_ONE_THREAD: usize = 1 << 19;
 
 /// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths
 /// not switched off ([`crate::ops::with_portable_ops`] makes the callers take the tensor
@@ -317,6 +321,14 @@ fn activate(act: Activation, x: &mut [f32], scratch: &mut Vec<f32>) {
 }
 
 impl CpuModel<'_> {
+    /// The keys and values block `layer` computes from input rows `x` (`[rows, d]`) into
+    /// `kv` (`[rows, 2d]`: the k and v columns of its projection), `normed` as scratch.
+    pub fn kv_columns(&self, layer: usize, x: &[f32], normed: &mut Vec<f32>, kv: &mut Vec<f32>) {
+        let w = &self.blocks[layer];
+        layer_norm(x, w.ln_1.0, w.ln_1.1, self.eps, normed);
+        linear_cols(normed, self.d, w.attn, self.d, 2 * self.d, kv);
+    }
+
     /// The classifier `lm_head(ln_f(h))` for rows `h` (`[m, d]`) into `logits` (`[m, vocab]`).
     pub fn head(&self, h: &[f32], logits: &mut Vec<f32>) {
         let mut normed = Vec::with_capacity(h.len());
@@ -494,14 +506,21 @@ struct Scratch {
     scores: Vec<f32>,
 }
 
+/// Positions per transposed key row of the KV cache: the context rounded up to whole blocks
+/// of the attention kernel's lanes.
+fn key_stride(n_positions: usize) -> usize {
+    n_positions.div_ceil(crate::kernels::KEY_BLOCK) * crate::kernels::KEY_BLOCK
+}
+
 /// Incremental decoding state: the KV cache of every block, filled position by position.
 /// Blocks may be filled to different lengths (a draft runs ahead in the first blocks).
 pub struct Decoder<'m, 'a> {
     pub model: &'m CpuModel<'a>,
-    /// Per block: keys and values, head by head: each head's rows (`d / n_head` floats per
-    /// position) lie together for the whole context, so attending a head reads one
-    /// contiguous stretch. Allocated at the full context when a block is first filled
-    /// (zeroed pages cost nothing until a position is written).
+    /// Per block: keys and values, head by head, each head's for the whole context together.
+    /// A head's keys are transposed, one row of [`key_stride`] positions per component (the
+    /// scores of consecutive positions are one vector's lanes: see `kernels::HeadCache`);
+    /// its values one row of `d / n_head` floats per position, so attending a head reads
+    /// contiguous stretches. Allocated at the full context when a block is first filled.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     filled: Vec<usize>,
@@ -528,6 +547,11 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
     }
 
+    /// Keeps only the first `len` positions of block `layer`'s cache.
+    pub fn truncate_block(&mut self, layer: usize, len: usize) {
+        self.filled[layer] = self.filled[layer].min(len);
+    }
+
     /// Token + position embeddings of `ids` placed at `pos0..`: `[ids.len(), d]`.
     pub fn embed(&self, ids: &[u32], pos0: usize) -> Result<Vec<f32>> {
         let m = self.model;
@@ -548,20 +572,22 @@ impl<'m, 'a> Decoder<'m, 'a> {
     }
 
     fn store_kv(&mut self, layer: usize, kv: &[f32], stride: usize, pos0: usize) {
-        let (d, cap) = (self.model.d, self.model.n_positions);
-        let hd = d / self.model.n_head;
+        let (d, cap, nh) = (self.model.d, self.model.n_positions, self.model.n_head);
+        let (hd, ks) = (d / nh, key_stride(cap));
         let rows = kv.len() / stride;
         let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
         if keys.is_empty() {
-            *keys = vec![0.0; cap * d];
+            *keys = vec![0.0; ks * d];
             *values = vec![0.0; cap * d];
         }
         let off = stride - 2 * d;
         for r in 0..rows {
-            let row = &kv[r * stride..(r + 1) * stride];
-            for h in 0..self.model.n_head {
-                let at = (h * cap + pos0 + r) * hd;
-                keys[at..at + hd].copy_from_slice(&row[off + h * hd..off + (h + 1) * hd]);
+            let (row, pos) = (&kv[r * stride..(r + 1) * stride], pos0 + r);
+            for h in 0..nh {
+                for (i, &k) in row[off + h * hd..off + (h + 1) * hd].iter().enumerate() {
+                    keys[(h * hd + i) * ks + pos] = k;
+                }
+                let at = (h * cap + pos) * hd;
                 values[at..at + hd].copy_from_slice(&row[off + d + h * hd..off + d + (h + 1) * hd]);
             }
         }
@@ -581,6 +607,15 @@ impl<'m, 'a> Decoder<'m, 'a> {
     /// Runs block `layer` (0-based) on the rows `x` (`[rows, d]`, positions `pos0..`), in
     /// place, appending their keys and values to the block's cache.
     pub fn block(&mut self, layer: usize, x: &mut [f32], pos0: usize) -> Result<()> {
+        self.block_until(layer, x, pos0, || false).map(|_| ())
+    }
+
+    /// [`Self::block`], asking `stop` between the block's parts whether its result is still
+    /// wanted: when `stop` says no, returns `false` at once, with `x` part-way through the
+    /// block and the rows' keys and values possibly in the cache (drop them with
+    /// [`Self::truncate_block`]). Pipelined early exit stops a block this way when a lower
+    /// layer's check lets the token leave.
+    pub fn block_until(&mut self, layer: usize, x: &mut [f32], pos0: usize, mut stop: impl FnMut() -> bool) -> Result<bool> {
         self.check_position(layer, pos0)?;
         let m = self.model;
         let (d, inner) = (m.d, m.inner);
@@ -593,15 +628,31 @@ impl<'m, 'a> Decoder<'m, 'a> {
         linear_cols(&s.normed, d, w.attn, 0, 3 * d, &mut s.qkv);
         self.store_kv(layer, &s.qkv, 3 * d, pos0);
         self.tick(&mut clock, BlockPart::Qkv, w.attn.0.len() + w.attn.1.len());
+        if stop() {
+            self.s = s;
+            return Ok(false);
+        }
         self.attention(layer, &s.qkv, pos0, &mut s.att, &mut s.scores);
         self.tick(&mut clock, BlockPart::Attention, 0);
+        if stop() {
+            self.s = s;
+            return Ok(false);
+        }
         linear_cols(&s.att, d, w.attn_proj, 0, d, &mut s.proj);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::AttnProj, w.attn_proj.0.len() + w.attn_proj.1.len());
+        if stop() {
+            self.s = s;
+            return Ok(false);
+        }
         layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
         linear_cols(&s.normed, d, w.fc, 0, inner, &mut s.hidden);
         self.tick(&mut clock, BlockPart::Fc, w.fc.0.len() + w.fc.1.len());
+        if stop() {
+            self.s = s;
+            return Ok(false);
+        }
         activate(m.activation, &mut s.hidden, &mut s.act);
         self.tick(&mut clock, BlockPart::Activation, 0);
         linear_cols(&s.hidden, inner, w.fc_proj, 0, d, &mut s.proj);
@@ -609,7 +660,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         self.tick(&mut clock, BlockPart::FcProj, w.fc_proj.0.len() + w.fc_proj.1.len());
         debug_assert_eq!(s.proj.len(), rows * d);
         self.s = s;
-        Ok(())
+        Ok(true)
     }
 
     /// Adds the time since `clock` to `part` when profiling (`clock` is `None` otherwise).
@@ -626,14 +677,19 @@ impl<'m, 'a> Decoder<'m, 'a> {
     /// way (only the k and v columns of the projection are computed).
     pub fn fill_kv(&mut self, layer: usize, x: &[f32], pos0: usize) -> Result<()> {
         self.check_position(layer, pos0)?;
-        let m = self.model;
-        let d = m.d;
-        let w = &m.blocks[layer];
         let mut s = std::mem::take(&mut self.s);
-        layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
-        linear_cols(&s.normed, d, w.attn, d, 2 * d, &mut s.qkv);
-        self.store_kv(layer, &s.qkv, 2 * d, pos0);
+        self.model.kv_columns(layer, x, &mut s.normed, &mut s.qkv);
+        self.store_kv(layer, &s.qkv, 2 * self.model.d, pos0);
         self.s = s;
+        Ok(())
+    }
+
+    /// Appends keys and values computed by [`CpuModel::kv_columns`] (`[rows, 2d]`, keys
+    /// then values) to block `layer`'s cache at positions `pos0..`: [`Self::fill_kv`] with
+    /// the arithmetic done elsewhere (pipelined early exit does it on its second thread).
+    pub fn store_kv_columns(&mut self, layer: usize, kv: &[f32], pos0: usize) -> Result<()> {
+        self.check_position(layer, pos0)?;
+        self.store_kv(layer, kv, 2 * self.model.d, pos0);
         Ok(())
     }
 
@@ -645,13 +701,16 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let rows = qkv.len() / (3 * d);
         let scale = m.blocks[layer].scale;
         let (keys, values) = (&self.keys[layer][..], &self.values[layer][..]);
-        let head = |h: usize| {
-            let span = h * m.n_positions * hd..(h + 1) * m.n_positions * hd;
-            HeadCache { keys: &keys[span.clone()], values: &values[span], stride: hd, offset: 0 }
+        let ks = key_stride(m.n_positions);
+        let head = |h: usize| HeadCache {
+            keys: &keys[h * hd * ks..(h + 1) * hd * ks],
+            key_stride: ks,
+            values: &values[h * m.n_positions * hd..(h + 1) * m.n_positions * hd],
         };
         out.resize(rows * d, 0.0);
         let work = rows * nh * (pos0 + rows) * hd;
-        if work < PAR_MIN_ATTENTION {
+        let par_min = if m.rows_use_one_thread() { PAR_MIN_ATTENTION_ONE_THREAD } else { PAR_MIN_ATTENTION };
+        if work < par_min {
             scores.resize(pos0 + rows, 0.0);
             for r in 0..rows {
                 for h in 0..nh {
