@@ -116,6 +116,9 @@ fn bad_decoding_flags() {
     fails_with(&g(&["--early-exit", "0.5", "--exit-layer", "2"]), &["--early-exit", "--exit-layer"]);
     fails_with(&g(&["--early-exit", "1.5"]), &["--early-exit", "1.5"]);
     fails_with(&g(&["--exit-measure", "saturation"]), &["--exit-measure needs --early-exit"]);
+    fails_with(&g(&["--pipelined"]), &["--pipelined needs --speculative or --early-exit"]);
+    fails_with(&g(&["--early-exit", "0.5", "--exit-measure", "saturation", "--pipelined"]), &["--pipelined", "saturation"]);
+    fails_with(&g(&["--early-exit", "0.5", "--pipelined", "--top-p", "0.9"]), &["--pipelined", "greedily"]);
     // auto needs room after the prompt to calibrate.
     let long = "word ".repeat(41);
     fails_with(

@@ -105,8 +105,14 @@ fn greedy_generation_per_exit_layer_matches() {
 fn early_exit_generation_matches() {
     let ck = fixture();
     let ids = encode_prompt(&ck.tokenizer, &ck.model, "It is a truth universally acknowledged").unwrap();
-    let opts =
-        EarlyExitOptions { threshold: 0.15, measure: ExitMeasure::MaxProb, max_new_tokens: 24, sampling: Sampling::Greedy, eos: None };
+    let opts = EarlyExitOptions {
+        threshold: 0.15,
+        measure: ExitMeasure::MaxProb,
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+        eos: None,
+        pipelined: false,
+    };
     let run = || generate_early_exit(&ck.model, &ids, &opts, |_, _| ControlFlow::Continue(())).unwrap();
     let (f, p) = both(run);
     assert!(f.exit_layers.iter().any(|&l| l < 4), "the threshold must make some token exit early: {:?}", f.exit_layers);

@@ -125,3 +125,42 @@ fn greedy_tokens_are_the_argmax_of_the_logits_on_the_shipped_weights() {
         .unwrap();
     }
 }
+
+/// Max-prob early exit with the checks on a second thread (`--pipelined`) gives the
+/// one-thread path's tokens and exit layers on both shipped models, over the thresholds of
+/// the README's sweep and to end-of-text, twice each (the threads' timing differs).
+#[test]
+fn pipelined_early_exit_is_the_one_thread_early_exit_on_the_shipped_weights() {
+    use alignscope::analysis::early_exit::{EarlyExitOptions, ExitMeasure, generate_early_exit};
+    use alignscope::analysis::generate::Sampling;
+    let text = alignscope::analysis::eval::read_text(&assets_dir().join("austen/persuasion.txt")).unwrap();
+    for name in ["austen-aligned", "austen-standard"] {
+        let ck = Checkpoint::load_dir(&ckpt(name), &Device::Cpu).unwrap();
+        let ids = ck.tokenizer.encode(&text[..20_000], false).unwrap().get_ids().to_vec();
+        for (p, threshold) in [0.1, 0.2, 0.3, 0.5, 0.7, 0.9].into_iter().enumerate() {
+            let prompt = &ids[(p + 1) * 600..(p + 1) * 600 + 24];
+            let opts = EarlyExitOptions {
+                threshold,
+                measure: ExitMeasure::MaxProb,
+                max_new_tokens: 96,
+                sampling: Sampling::Greedy,
+                eos: None,
+                pipelined: false,
+            };
+            let serial = generate_early_exit(&ck.model, prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+            // End-of-text: the serial output's 40th token ends the generation there.
+            let eos = EarlyExitOptions { eos: Some(serial.ids[40]), ..opts.clone() };
+            let serial_eos = generate_early_exit(&ck.model, prompt, &eos, |_, _| ControlFlow::Continue(())).unwrap();
+            for _ in 0..2 {
+                for (o, want) in [(&opts, &serial), (&eos, &serial_eos)] {
+                    let piped = EarlyExitOptions { pipelined: true, ..o.clone() };
+                    let g = generate_early_exit(&ck.model, prompt, &piped, |_, _| ControlFlow::Continue(())).unwrap();
+                    let at = format!("{name}, threshold {threshold}, eos {:?}", o.eos);
+                    assert_eq!(g.ids, want.ids, "{at}");
+                    assert_eq!(g.exit_layers, want.exit_layers, "{at}");
+                    assert_eq!(g.stop, want.stop, "{at}");
+                }
+            }
+        }
+    }
+}

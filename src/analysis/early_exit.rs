@@ -18,6 +18,8 @@
 //!   measured wall-clock speedup tracks the layer speedup (less the fixed costs: the head,
 //!   and the k/v projections of the skipped blocks).
 
+mod pipelined;
+
 use super::generate::{Sampling, StopReason, TokenPicker, check_prompt};
 use crate::model::decoder::{self, CpuModel, Decoder, MaxProbCheck};
 use crate::model::{Gpt2, KvCache};
@@ -62,6 +64,9 @@ pub struct EarlyExitOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub eos: Option<u32>,
+    /// Check max-prob on a second thread while the blocks run on ([`pipelined`]; greedy,
+    /// CPU engine).
+    pub pipelined: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +92,12 @@ pub fn validate(opts: &EarlyExitOptions) -> Result<()> {
     if !(0.0..=1.0).contains(&opts.threshold) {
         bail!("--early-exit is a threshold in [0, 1], got {}", opts.threshold)
     }
+    if opts.pipelined && !matches!(opts.sampling, Sampling::Greedy) {
+        bail!("pipelined early exit decodes greedily: it cannot be used with --top-p or --sample")
+    }
+    if opts.pipelined && opts.measure != ExitMeasure::MaxProb {
+        bail!("pipelined early exit checks max-prob on a second thread; saturation costs nothing to check")
+    }
     opts.sampling.validate()
 }
 
@@ -102,7 +113,12 @@ pub fn generate_early_exit(
     validate(opts)?;
     let start = Instant::now();
     let mut g = if decoder::supported(model) {
-        decoder::with_cpu_model(model, |m| run_cpu(m, prompt, opts, on_token))?
+        match opts.pipelined {
+            true => decoder::with_cpu_model(model, |m| pipelined::run(m, prompt, opts, on_token))?,
+            false => decoder::with_cpu_model(model, |m| run_cpu(m, prompt, opts, on_token))?,
+        }
+    } else if opts.pipelined {
+        bail!("pipelined early exit runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
     } else {
         run_tensor(model, prompt, opts, on_token)?
     };
@@ -318,13 +334,75 @@ mod tests {
         for (measure, threshold) in [(ExitMeasure::MaxProb, 0.3), (ExitMeasure::MaxProb, 0.15), (ExitMeasure::Saturation, 0.9)] {
             // Long enough for the max-prob check through the classifier's 8-bit copy.
             let max_new_tokens = decoder::REDUCED_HEAD_MIN_TOKENS + 8;
-            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling: Sampling::Greedy, eos: None };
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling: Sampling::Greedy, eos: None, pipelined: false };
             let a = decoder::with_cpu_model(&ck.model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
             let b = run_tensor(&ck.model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
             assert_eq!(a.ids, b.ids, "{measure:?} {threshold}");
             assert_eq!(a.exit_layers, b.exit_layers, "{measure:?} {threshold}");
             assert!(a.exit_layers.iter().any(|&l| l < 4), "{measure:?} {threshold}: some token leaves early");
         }
+    }
+
+    /// Pipelined early exit (checks on a second thread) gives the one-thread path's tokens
+    /// and exit layers, on the fixture at thresholds where tokens leave at every layer, with
+    /// the f32 logits (short generations) and the reduced copy (long ones), to the end of
+    /// the context; several times, since the threads' timing differs from run to run. It
+    /// refuses sampling and the saturation measure, and stops when the caller cancels.
+    #[test]
+    fn pipelined_checks_exit_where_one_thread_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let ck = crate::model::Checkpoint::load_dir(&dir, &candle_core::Device::Cpu).unwrap();
+        let prompt = ck.tokenizer.encode("Mr. Darcy looked at Elizabeth and said", false).unwrap().get_ids().to_vec();
+        let n_positions = ck.model.config.n_positions;
+        let mut layers = std::collections::HashSet::new();
+        for threshold in [0.05, 0.1, 0.15, 0.2, 0.3, 1.0] {
+            for max_new_tokens in [1, 5, decoder::REDUCED_HEAD_MIN_TOKENS + 8, n_positions] {
+                let opts = EarlyExitOptions {
+                    threshold,
+                    measure: ExitMeasure::MaxProb,
+                    max_new_tokens,
+                    sampling: Sampling::Greedy,
+                    eos: None,
+                    pipelined: false,
+                };
+                let serial = generate_early_exit(&ck.model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();
+                layers.extend(serial.exit_layers.iter().copied());
+                for _ in 0..3 {
+                    let opts = EarlyExitOptions { pipelined: true, ..opts.clone() };
+                    let mut seen = Vec::new();
+                    let piped = generate_early_exit(&ck.model, &prompt, &opts, |t, l| {
+                        seen.push((t, l));
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                    let at = format!("threshold {threshold}, {max_new_tokens} tokens");
+                    assert_eq!(piped.ids, serial.ids, "{at}");
+                    assert_eq!(piped.exit_layers, serial.exit_layers, "{at}");
+                    assert_eq!(piped.stop, serial.stop, "{at}");
+                    assert_eq!(seen, piped.ids.iter().copied().zip(piped.exit_layers.iter().copied()).collect::<Vec<_>>());
+                }
+            }
+        }
+        assert_eq!(layers.len(), ck.model.n_layer(), "tokens leave at every layer over the thresholds: {layers:?}");
+        let base = EarlyExitOptions {
+            threshold: 0.1,
+            measure: ExitMeasure::MaxProb,
+            max_new_tokens: 40,
+            sampling: Sampling::Greedy,
+            eos: None,
+            pipelined: true,
+        };
+        let mut n = 0;
+        let g = generate_early_exit(&ck.model, &prompt, &base, |_, _| {
+            n += 1;
+            if n == 7 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+        assert_eq!((g.ids.len(), g.stop), (7, StopReason::Cancelled));
+        let sampled = EarlyExitOptions { sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 }, ..base.clone() };
+        assert!(generate_early_exit(&ck.model, &prompt, &sampled, |_, _| ControlFlow::Continue(())).is_err());
+        let saturation = EarlyExitOptions { measure: ExitMeasure::Saturation, threshold: 0.9, ..base };
+        assert!(generate_early_exit(&ck.model, &prompt, &saturation, |_, _| ControlFlow::Continue(())).is_err());
     }
 
     /// The same with a wide classifier large enough for greedy tokens to come through its
@@ -347,6 +425,7 @@ mod tests {
                 max_new_tokens: decoder::REDUCED_HEAD_MIN_TOKENS + 8,
                 sampling: Sampling::Greedy,
                 eos: None,
+                pipelined: false,
             };
             let a = decoder::with_cpu_model(&model, |m| run_cpu(m, &prompt, &opts, |_, _| ControlFlow::Continue(()))).unwrap();
             let b = run_tensor(&model, &prompt, &opts, |_, _| ControlFlow::Continue(())).unwrap();

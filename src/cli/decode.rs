@@ -44,10 +44,13 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
     {
         bail!("--early-exit is a threshold in [0, 1], got {th}")
     }
+    if a.speculative.is_none() && a.early_exit.is_none() && a.pipelined {
+        bail!("--pipelined needs --speculative or --early-exit")
+    }
+    if a.early_exit.is_some() && a.pipelined && a.exit_measure == Some(ExitMeasure::Saturation) {
+        bail!("--pipelined runs the max-prob checks on a second thread; saturation costs nothing to check")
+    }
     if a.speculative.is_none() {
-        if a.pipelined {
-            bail!("--pipelined needs --speculative")
-        }
         if a.draft.is_some() {
             bail!("--draft needs --speculative")
         }
@@ -112,7 +115,7 @@ pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: 
     let th = a.early_exit.expect("checked by the caller");
     let measure = a.exit_measure.unwrap_or(ExitMeasure::MaxProb);
     let n_layer = ck.model.n_layer();
-    let opts = EarlyExitOptions { threshold: th, measure, max_new_tokens: a.max_new_tokens, sampling, eos };
+    let opts = EarlyExitOptions { threshold: th, measure, max_new_tokens: a.max_new_tokens, sampling, eos, pipelined: a.pipelined };
     let g: EarlyExitGeneration = generate_early_exit(&ck.model, ids, &opts, |_, _| ControlFlow::Continue(()))?;
     let text = decode_ids(&ck.tokenizer, &g.ids);
     // The wall-clock speedup, measured here against full-depth decoding of as many tokens.
@@ -130,6 +133,7 @@ pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: 
             "sampling": sampling,
             "threshold": th,
             "measure": measure,
+            "pipelined": a.pipelined,
             "ids": g.ids,
             "text": text,
             "exit_layers": g.exit_layers,
@@ -144,14 +148,15 @@ pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: 
         .to_string());
     } else {
         out(&format!("{}{}", a.prompt, text));
-        out(&format!("-- exit layers {:?} ({}, threshold {th})", g.exit_layers, measure.name()));
-        out(&format!("-- {}", speedup_line(g.speedup, wall_speedup, n_layer, measure)));
+        let how = if a.pipelined { ", checked on a second thread" } else { "" };
+        out(&format!("-- exit layers {:?} ({}, threshold {th}{how})", g.exit_layers, measure.name()));
+        out(&format!("-- {}", speedup_line(g.speedup, wall_speedup, n_layer, measure, a.pipelined)));
     }
     Ok(())
 }
 
 /// The layer and wall-clock speedups in words, saying so when early exit does not pay.
-pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: ExitMeasure) -> String {
+pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: ExitMeasure, pipelined: bool) -> String {
     let mut s = format!("layer speedup {layer:.2}x over {n_layer} layers");
     match wall {
         None => s += "; wall-clock speedup n/a (no tokens)",
@@ -159,8 +164,11 @@ pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: Exit
             s += &format!("; wall-clock speedup {w:.2}x over full-depth decoding of as many tokens");
             if w < 1.0 {
                 s += match measure {
+                    ExitMeasure::MaxProb if pipelined => {
+                        " — slower: too few tokens leave early to pay for the copied states and the second thread's checks"
+                    }
                     ExitMeasure::MaxProb => {
-                        " — slower: the max-prob check at every layer a token passes costs more than the blocks it skips (try --exit-measure saturation)"
+                        " — slower: the max-prob check at every layer a token passes costs more than the blocks it skips (try --pipelined, the checks on a second thread, or --exit-measure saturation)"
                     }
                     ExitMeasure::Saturation => " — slower: too few tokens leave early to pay for the checks and the copied states",
                 };
@@ -330,6 +338,10 @@ pub struct ExitsArgs {
     /// Wall clock: prompts (of 32 tokens, spread over the text) per threshold
     #[arg(long, default_value_t = 4)]
     pub gen_prompts: usize,
+    /// Wall clock: generate with the max-prob checks on a second thread (`generate
+    /// --early-exit τ --pipelined`)
+    #[arg(long)]
+    pub pipelined: bool,
 }
 
 fn parse_thresholds(s: Option<&str>, measure: ExitMeasure) -> Result<Vec<f64>> {
@@ -402,6 +414,7 @@ fn sweep(ck: &Checkpoint, text: &str, data: &std::path::Path, a: &ExitsArgs, thr
                     max_new_tokens: a.gen_tokens,
                     sampling: Sampling::Greedy,
                     eos: None,
+                    pipelined: a.pipelined,
                 };
                 let (mut ee, mut full, mut exits) = (0.0, 0.0, vec![]);
                 for p in &prompts {
@@ -457,21 +470,23 @@ pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
             "measure": a.measure,
             "gen_tokens": a.gen_tokens,
             "gen_prompts": a.gen_prompts,
+            "pipelined": a.pipelined,
             "models": models,
         })
         .to_string());
         return Ok(());
     }
-    out(&format_exits(&sweeps, &data.display().to_string(), a.measure, a.gen_prompts, a.gen_tokens));
+    out(&format_exits(&sweeps, &data.display().to_string(), a.measure, a.gen_prompts, a.gen_tokens, a.pipelined));
     Ok(())
 }
 
-fn format_exits(sweeps: &[Sweep], data: &str, measure: ExitMeasure, prompts: usize, tokens: usize) -> String {
+fn format_exits(sweeps: &[Sweep], data: &str, measure: ExitMeasure, prompts: usize, tokens: usize, pipelined: bool) -> String {
     let s0 = &sweeps[0];
+    let checks = if pipelined { " (checks on a second thread)" } else { "" };
     let wall = if tokens == 0 {
         "wall clock not measured (--gen-tokens 0)".to_string()
     } else {
-        format!("wall clock: greedy generation of {prompts} x {tokens} tokens vs full depth, same run")
+        format!("wall clock: greedy generation of {prompts} x {tokens} tokens{checks} vs full depth, same run")
     };
     let mut s = format!(
         "early exit by {} on {data}: {} chunks of {} tokens, {} predictions (teacher-forced); {wall}\n",

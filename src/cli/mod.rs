@@ -169,8 +169,10 @@ pub struct GenerateArgs {
     /// (default 0: always draft --draft tokens, or calibrated)
     #[arg(long)]
     pub draft_confidence: Option<f64>,
-    /// Speculative decoding on two threads: drafting and verification overlap (greedy only;
-    /// --draft then bounds how far the drafts run ahead of the verified tokens, default 8)
+    /// Two threads (greedy only). With --speculative: drafting and verification overlap
+    /// (--draft then bounds how far the drafts run ahead of the verified tokens, default 8).
+    /// With --early-exit (max-prob): the checks run on the second thread while the blocks
+    /// run on
     #[arg(long)]
     pub pipelined: bool,
     /// Keep generating past end-of-text

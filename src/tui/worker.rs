@@ -463,7 +463,7 @@ fn decode(
     };
     let result = match method {
         DecodeMethod::EarlyExit { threshold, measure } => {
-            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling, eos };
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling, eos, pipelined: false };
             generate_early_exit(&ck.model, prompt_ids, &opts, |t, layer| send(t, PieceKind::Exit(layer), DraftCounts::default()))
                 .map(|g| (g.ids.len(), g.stop, g.seconds, Some(g.speedup), None))
         }
