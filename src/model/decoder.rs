@@ -38,8 +38,8 @@ const PAR_MIN_WEIGHTS: usize = 1 << 18;
 const PAR_MIN_ATTENTION: usize = 1 << 15;
 /// The same where every layer runs on one core (the Austen models): the other thread sleeps
 /// there (or drafts, in pipelined decoding), and waking it costs more than a verification's
-/// attention saves: 5 rows after 64 positions took 31-34 µs a block split, 11 µs for 3 rows
-/// on one thread. Split only for passes over many rows, such as long prompts.
+/// attention saves: 5 rows after 64 positions took 31-34 µs a block split, 14-15 µs on one
+/// thread. Split only for passes over many rows, such as long prompts.
 const PAR_MIN_ATTENTION_ONE_THREAD: usize = 1 << 19;
 
 /// Whether the engine can run this model: f32 weights on the CPU, and the CPU fast paths

@@ -150,7 +150,7 @@ struct Decided {
 impl Decided {
     /// Takes in the verdicts that have arrived for `token` (in layer order); with `block`,
     /// waits for one first. Fails when the checker has gone.
-    fn update(&mut self, verdicts: &Receiver<Verdict>, token: usize, block: bool) -> Result<()> {
+    fn update(&mut self, verdicts: &Receiver<Verdict>, token: usize, mut block: bool) -> Result<()> {
         let mut idle = 0u32;
         loop {
             match verdicts.try_recv() {
@@ -159,7 +159,7 @@ impl Decided {
                         Some(t) => self.exit = Some((v.layer, t)),
                         None => self.below = v.layer,
                     }
-                    return self.update(verdicts, token, false);
+                    block = false;
                 }
                 Ok(_) => {}
                 Err(TryRecvError::Empty) if block => wait(&mut idle),
