@@ -57,7 +57,7 @@ struct Shared {
     stop: AtomicBool,
     /// The drafter's latest draft as soon as its head has picked it, before the row fed
     /// with it is done ([`pack`]): a verifier holding that position's token rejects a wrong
-    /// draft at once, and the drafter drops the row between blocks.
+    /// draft at once, and the drafter drops the row at the next part of a block.
     draft: AtomicU64,
 }
 
@@ -199,11 +199,12 @@ fn draft(
         }
         let mut x = dec.embed(&[token], pos)?;
         for l in 0..e {
-            // A correction voids this row: drop it between blocks rather than finish it.
-            if shared.epoch.load(Ordering::Relaxed) != fix.epoch {
+            // A correction voids this row: drop it at the next part of a block rather than
+            // finish it (its keys and values go with the truncation to the corrected position).
+            let voided = || shared.epoch.load(Ordering::Relaxed) != fix.epoch;
+            if voided() || !dec.block_until(l, &mut x, pos, voided)? {
                 continue 'rows;
             }
-            dec.block(l, &mut x, pos)?;
         }
         // The row goes out before its draft is picked: the verifier starts on it meanwhile.
         let row = DraftRow { epoch: fix.epoch, pos, token, h: x.clone() };
