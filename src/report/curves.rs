@@ -91,6 +91,9 @@ pub struct ExitCurve {
     pub checkpoint: String,
     pub points: Vec<ExitPoint>,
     pub full_accuracy: Option<f64>,
+    /// Whether the sweep timed generation with the max-prob checks on a second thread
+    /// (`exits --pipelined`).
+    pub pipelined: bool,
 }
 
 /// One checkpoint's sweep as `alignscope exits --json` writes it (`models[]`).
@@ -113,9 +116,11 @@ struct SweepRowJson {
 #[derive(Deserialize)]
 struct SweepFileJson {
     models: Vec<SweepJson>,
+    #[serde(default)]
+    pipelined: bool,
 }
 
-fn curve_of(m: SweepJson) -> Result<ExitCurve> {
+fn curve_of(m: SweepJson, pipelined: bool) -> Result<ExitCurve> {
     let full_accuracy = m.rows.iter().find(|r| r.threshold.is_none()).map(|r| r.accuracy);
     let points: Vec<ExitPoint> = m
         .rows
@@ -132,7 +137,7 @@ fn curve_of(m: SweepJson) -> Result<ExitCurve> {
     if points.is_empty() {
         bail!("{} has no thresholds", m.name)
     }
-    Ok(ExitCurve { checkpoint: m.name, points, full_accuracy })
+    Ok(ExitCurve { checkpoint: m.name, points, full_accuracy, pipelined })
 }
 
 /// Reads an exit sweep file: the JSON of `alignscope exits --json` (one checkpoint, or two
@@ -142,7 +147,7 @@ pub fn read_exit_sweep(path: &Path) -> Result<Vec<ExitCurve>> {
     let file: SweepFileJson = serde_json::from_str(&text).map_err(|e| {
         anyhow!("exit sweep {} is not one alignscope understands (the JSON of `alignscope exits --json`): {e}", path.display())
     })?;
-    let curves = file.models.into_iter().map(curve_of).collect::<Result<Vec<_>>>();
+    let curves = file.models.into_iter().map(|m| curve_of(m, file.pipelined)).collect::<Result<Vec<_>>>();
     curves.map_err(|e| anyhow!("exit sweep {} is not one alignscope understands: {e}", path.display()))
 }
 
@@ -181,6 +186,10 @@ mod tests {
         assert_eq!(c[0].points, vec![ExitPoint { threshold: Some(0.5), accuracy: 0.2, speedup: 1.5, wall_speedup: None }]);
         assert_eq!((c[0].full_accuracy, c[1].full_accuracy), (Some(0.25), None));
         assert_eq!(c[1].points[0].wall_speedup, Some(1.3));
+        assert!(!c[0].pipelined && !c[1].pipelined, "sweeps written before --pipelined read as one-thread");
+        std::fs::write(&two, r#"{"pipelined":true,"models":[{"name":"a","rows":[{"threshold":0.5,"accuracy":0.2,"layer_speedup":1.5}]}]}"#)
+            .unwrap();
+        assert!(read_exit_sweep(&two).unwrap()[0].pipelined);
         std::fs::write(&two, r#"{"models":[{"name":"a","rows":[]}]}"#).unwrap();
         assert!(read_exit_sweep(&two).unwrap_err().to_string().contains("not one alignscope understands"));
         std::fs::write(&two, r#"{"rows":[]}"#).unwrap();

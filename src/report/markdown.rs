@@ -171,6 +171,14 @@ pub fn render(r: &Report) -> String {
                 }
             }
         }
+        let piped: Vec<String> = r.models.iter().filter(|m| m.exits.as_ref().is_some_and(|c| c.pipelined)).map(name).collect();
+        if !piped.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nWall clock of {}: generation with the max-prob checks on a second thread (`alignscope exits --pipelined`).",
+                piped.join(" and ")
+            );
+        }
         let _ = writeln!(s);
     } else {
         let _ = writeln!(s, "No exit sweep was given (`--exits FILE`, the JSON of `alignscope exits --json`).\n");
