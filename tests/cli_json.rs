@@ -268,39 +268,16 @@ fn speculative_json() {
 fn early_exit_json_reports_wall_clock() {
     let ck = fixture_dir().to_string_lossy().into_owned();
     let prompt = "Mr. Darcy looked at Elizabeth and said";
-    let v = run_json(&[
-        "generate",
-        "--ckpt",
-        &ck,
-        "--prompt",
-        prompt,
-        "--early-exit",
-        "0.3",
-        "--max-new-tokens",
-        "16",
-        "--ignore-eos",
-        "--json",
-    ]);
+    let max_prob =
+        ["generate", "--ckpt", &ck, "--prompt", prompt, "--early-exit", "0.3", "--max-new-tokens", "16", "--ignore-eos", "--json"];
+    let v = run_json(&max_prob);
     assert_eq!(v["measure"], "max-prob");
     assert_eq!(v["pipelined"], false);
     assert_eq!(v["layer_speedup"], v["speedup"]);
     assert!(v["wall_speedup"].as_f64().unwrap() > 0.0);
     assert!(v["seconds"].as_f64().unwrap() > 0.0 && v["full_depth_seconds"].as_f64().unwrap() > 0.0);
     // The checks on a second thread: the same tokens at the same layers.
-    let p = run_json(&[
-        "generate",
-        "--ckpt",
-        &ck,
-        "--prompt",
-        prompt,
-        "--early-exit",
-        "0.3",
-        "--max-new-tokens",
-        "16",
-        "--ignore-eos",
-        "--pipelined",
-        "--json",
-    ]);
+    let p = run_json(&[&max_prob[..], &["--pipelined"]].concat());
     assert_eq!(p["pipelined"], true);
     assert_eq!((&p["ids"], &p["exit_layers"]), (&v["ids"], &v["exit_layers"]));
     assert!(p["wall_speedup"].as_f64().unwrap() > 0.0);
