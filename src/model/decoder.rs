@@ -610,11 +610,12 @@ impl<'m, 'a> Decoder<'m, 'a> {
         self.block_until(layer, x, pos0, || false).map(|_| ())
     }
 
-    /// [`Self::block`], asking `stop` between the block's parts whether its result is still
-    /// wanted: when `stop` says no, returns `false` at once, with `x` part-way through the
-    /// block and the rows' keys and values possibly in the cache (drop them with
-    /// [`Self::truncate_block`]). Pipelined early exit stops a block this way when a lower
-    /// layer's check lets the token leave.
+    /// [`Self::block`], asking `stop` after each of the block's parts whether to give up on
+    /// it: when `stop` returns true, returns `false` at once, with `x` part-way through the
+    /// block and the rows' keys and values in the cache (drop them with
+    /// [`Self::truncate_block`]). Returns `true` when the block ran whole. Pipelined early
+    /// exit stops a block this way when a lower layer's check lets the token leave, and the
+    /// pipelined drafter when a correction voids its row.
     pub fn block_until(&mut self, layer: usize, x: &mut [f32], pos0: usize, mut stop: impl FnMut() -> bool) -> Result<bool> {
         self.check_position(layer, pos0)?;
         let m = self.model;
