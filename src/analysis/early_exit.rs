@@ -399,6 +399,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!((g.ids.len(), g.stop), (7, StopReason::Cancelled));
+        // A callback that panics ends the generation with its panic: the checking thread is
+        // told to stop, not left spinning.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generate_early_exit(&ck.model, &prompt, &base, |_, _| panic!("the callback gives up"))
+        }));
+        assert!(r.is_err());
         let sampled = EarlyExitOptions { sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 }, ..base.clone() };
         assert!(generate_early_exit(&ck.model, &prompt, &sampled, |_, _| ControlFlow::Continue(())).is_err());
         let saturation = EarlyExitOptions { measure: ExitMeasure::Saturation, threshold: 0.9, ..base };
