@@ -10,9 +10,10 @@
 //!   GPT-2, 50257 x 768, 5.4 blocks), so the engine decides it through a reduced copy of
 //!   the classifier and a bound (`CpuModel::max_prob_check`: about 0.6 of a block on the
 //!   Austen models), going to the logits only when the probability is next to the
-//!   threshold. Checking every layer still costs more than the blocks it saves unless
-//!   tokens leave early; the wall-clock speedup is measured and reported next to the
-//!   layer speedup.
+//!   threshold. Checking every layer on the decoding thread still costs more than the
+//!   blocks it saves unless tokens leave early; with `pipelined` the checks run on a
+//!   second thread while the blocks run on ([`pipelined`]). The wall-clock speedup is
+//!   measured and reported next to the layer speedup.
 //! - `saturation`: CALM's hidden-state saturation, `cos(h^l, h^{l-1})`: O(d) per layer,
 //!   free next to a block; the classifier then runs once, at the exit layer. Here the
 //!   measured wall-clock speedup tracks the layer speedup (less the fixed costs: the head,
