@@ -692,10 +692,10 @@ dispatch! {
 }
 
 /// One head's slice of a KV cache. Keys are stored transposed — component `i` of position
-/// `j` at `keys[i * key_stride + j]` — so that the scores of [`LANES`] consecutive
+/// `j` at `keys[i * key_stride + j]` — so that the scores of [`KEY_BLOCK`] consecutive
 /// positions are the lanes of one vector, each summed over the head's components in order;
-/// `key_stride` is a multiple of [`LANES`] and every key row holds whole blocks of
-/// [`LANES`] positions past the last one scored (their lanes are computed and dropped).
+/// `key_stride` is a multiple of [`KEY_BLOCK`] and every key row holds whole blocks of
+/// [`KEY_BLOCK`] positions past the last one scored (their lanes are computed and dropped).
 /// Values are a row of the head size per position.
 #[derive(Clone, Copy)]
 pub struct HeadCache<'a> {

@@ -12,8 +12,8 @@
 //!   Austen models), going to the logits only when the probability is next to the
 //!   threshold. Checking every layer on the decoding thread still costs more than the
 //!   blocks it saves unless tokens leave early; with `pipelined` the checks run on a
-//!   second thread while the blocks run on ([`pipelined`]). The wall-clock speedup is
-//!   measured and reported next to the layer speedup.
+//!   second thread while the blocks run on (`early_exit/pipelined.rs`). The wall-clock
+//!   speedup is measured and reported next to the layer speedup.
 //! - `saturation`: CALM's hidden-state saturation, `cos(h^l, h^{l-1})`: O(d) per layer,
 //!   free next to a block; the classifier then runs once, at the exit layer. Here the
 //!   measured wall-clock speedup tracks the layer speedup (less the fixed costs: the head,
@@ -65,7 +65,7 @@ pub struct EarlyExitOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub eos: Option<u32>,
-    /// Check max-prob on a second thread while the blocks run on ([`pipelined`]; greedy,
+    /// Check max-prob on a second thread while the blocks run on (`early_exit/pipelined.rs`; greedy,
     /// CPU engine).
     pub pipelined: bool,
 }

@@ -178,7 +178,7 @@ fn on_cpu_model<R>(model: &Gpt2, prompt: &[u32], opts: &SpeculativeOptions, f: i
 pub const DEFAULT_LOOKAHEAD: usize = 8;
 
 /// [`generate_speculative`] with drafting and verification on two threads that overlap
-/// (see [`super::pipelined`]): greedy only; `draft_len` bounds how far the drafts run ahead
+/// (see `analysis/pipelined.rs`): greedy only; `draft_len` bounds how far the drafts run ahead
 /// of the verified tokens. The same tokens as plain greedy decoding.
 pub fn generate_pipelined(
     model: &Gpt2,

@@ -338,7 +338,7 @@ impl CpuModel<'_> {
 
     /// The greedy token of one row `h` (`[d]`): `argmax(lm_head(ln_f(h)))`, the token
     /// [`argmax`] picks from [`Self::head`]'s logits, bit for bit. Where the classifier has
-    /// an 8-bit copy ([`uses_int8_head`]) it is found through it ([`bounded_argmax_i8`]),
+    /// an 8-bit copy (`uses_int8_head`) it is found through it (`bounded_argmax_i8`),
     /// reading about a quarter of the bytes: on GPT-2-124M the f32 head was a quarter of a
     /// decode step.
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
@@ -379,7 +379,7 @@ impl CpuModel<'_> {
     /// `threshold`, as [`crate::kernels::max_prob`] over [`Self::head`]'s logits says it,
     /// with the greedy token when it does: the max-prob early-exit check, decided from
     /// bounds on every logit and the exact logits of the few tokens near the top
-    /// ([`max_prob_check_i8`]), through the classifier's 8-bit copy: the first plane
+    /// (`max_prob_check_i8`), through the classifier's 8-bit copy: the first plane
     /// alone where it decides (checks far from the threshold), else both planes (half the
     /// bytes of the f32 classifier; the first plane alone bounds too loosely for the
     /// softmax's tail). [`MaxProbCheck::Undecided`] when the bound cannot tell, or where the
