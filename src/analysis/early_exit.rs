@@ -65,8 +65,8 @@ pub struct EarlyExitOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub eos: Option<u32>,
-    /// Check max-prob on a second thread while the blocks run on (`early_exit/pipelined.rs`; greedy,
-    /// CPU engine).
+    /// Check max-prob on a second thread while the blocks run on
+    /// (`early_exit/pipelined.rs`; greedy, CPU engine).
     pub pipelined: bool,
 }
 
