@@ -166,6 +166,36 @@ fn empty() -> EarlyExitGeneration {
     EarlyExitGeneration { ids: vec![], exit_layers: vec![], speedup: 1.0, stop: StopReason::MaxTokens, seconds: 0.0 }
 }
 
+/// The max-prob decision at one layer.
+enum MaxProbExit {
+    /// The confidence stays below the threshold.
+    Stays,
+    /// It reaches the threshold; decided through the reduced copy, which also gives the
+    /// greedy token.
+    LeavesWith(u32),
+    /// It reaches the threshold; decided on the f32 logits, which `logits` now holds.
+    LeavesOnLogits,
+}
+
+/// The max-prob check of residual `h` against `threshold`: through the classifier's reduced
+/// copy where `reduced` (`CpuModel::max_prob_check`), else, or where its bound cannot tell,
+/// on the f32 logits (written into `logits`). One-thread and pipelined early exit both
+/// decide through this, so they take the same decisions.
+fn max_prob_exit(m: &CpuModel, h: &[f32], threshold: f64, reduced: bool, logits: &mut Vec<f32>) -> MaxProbExit {
+    let check = if reduced { m.max_prob_check(h, threshold) } else { MaxProbCheck::Undecided };
+    match check {
+        MaxProbCheck::Reaches(t) => MaxProbExit::LeavesWith(t),
+        MaxProbCheck::Below => MaxProbExit::Stays,
+        MaxProbCheck::Undecided => {
+            m.head(h, logits);
+            match crate::kernels::max_prob(logits) as f64 >= threshold {
+                true => MaxProbExit::LeavesOnLogits,
+                false => MaxProbExit::Stays,
+            }
+        }
+    }
+}
+
 /// What the exit check left for picking the token at the exit layer.
 enum Picked {
     Nothing,
@@ -220,21 +250,17 @@ fn run_cpu(
             }
             dec.block(l, &mut x, pos)?;
             let leaves = match opts.measure {
-                ExitMeasure::MaxProb => {
-                    let check = if reduced_checks { dec.max_prob_check(&x, opts.threshold) } else { MaxProbCheck::Undecided };
-                    match check {
-                        MaxProbCheck::Reaches(t) => {
-                            picked = if greedy_tokens { Picked::Token(t) } else { Picked::Nothing };
-                            true
-                        }
-                        MaxProbCheck::Below => false,
-                        MaxProbCheck::Undecided => {
-                            dec.logits(&x, &mut logits);
-                            picked = Picked::Logits;
-                            crate::kernels::max_prob(&logits) as f64 >= opts.threshold
-                        }
+                ExitMeasure::MaxProb => match max_prob_exit(m, &x, opts.threshold, reduced_checks, &mut logits) {
+                    MaxProbExit::LeavesWith(t) => {
+                        picked = if greedy_tokens { Picked::Token(t) } else { Picked::Nothing };
+                        true
                     }
-                }
+                    MaxProbExit::LeavesOnLogits => {
+                        picked = Picked::Logits;
+                        true
+                    }
+                    MaxProbExit::Stays => false,
+                },
                 ExitMeasure::Saturation => saturation(&x, &prev) >= opts.threshold,
             };
             if leaves {

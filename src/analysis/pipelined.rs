@@ -150,10 +150,10 @@ pub(crate) fn run(
     Ok(g)
 }
 
-/// Sets the flag when dropped, so the drafter stops however the verifier leaves — a
-/// panicking `on_token` included — and the scope's join does not wait forever on a
-/// thread that spins.
-struct StopOnDrop<'a>(&'a AtomicBool);
+/// Sets the flag when dropped, so a helper thread (the drafter here, the checker of
+/// pipelined early exit) stops however the calling thread leaves — a panicking `on_token`
+/// included — and the scope's join does not wait forever on a thread that spins.
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a AtomicBool);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {

@@ -19,9 +19,10 @@
 //! on one core, `CpuModel::rows_use_one_thread`); where a row already uses both cores the
 //! checker competes with the blocks for them.
 
-use super::{EarlyExitGeneration, EarlyExitOptions, Emitter, empty};
+use super::{EarlyExitGeneration, EarlyExitOptions, Emitter, MaxProbExit, empty, max_prob_exit};
 use crate::analysis::generate::{Sampling, StopReason, TokenPicker};
-use crate::model::decoder::{self, CpuModel, Decoder, MaxProbCheck};
+use crate::analysis::pipelined::StopOnDrop;
+use crate::model::decoder::{self, CpuModel, Decoder};
 use anyhow::{Result, anyhow, bail};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,31 +56,6 @@ struct Verdict {
 /// 30-45 µs on the machines measured, most of a block on the Austen models.
 const SPINS_BEFORE_YIELD: u32 = 1 << 14;
 
-/// Sets the flag when dropped, so the checker stops however the runner leaves (an error or
-/// a panicking `on_token` included) and the scope's join does not wait on a thread that spins.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
-/// The max-prob check of one residual, as the one-thread path decides it: through the
-/// classifier's reduced copy where `reduced`, else (or where the bound cannot tell) on the
-/// f32 logits. `Some(greedy token)` when the confidence reaches `threshold`.
-fn exit_token(m: &CpuModel, h: &[f32], threshold: f64, reduced: bool, logits: &mut Vec<f32>) -> Option<u32> {
-    let check = if reduced { m.max_prob_check(h, threshold) } else { MaxProbCheck::Undecided };
-    match check {
-        MaxProbCheck::Reaches(t) => Some(t),
-        MaxProbCheck::Below => None,
-        MaxProbCheck::Undecided => {
-            m.head(h, logits);
-            (crate::kernels::max_prob(logits) as f64 >= threshold).then(|| decoder::argmax(logits))
-        }
-    }
-}
-
 /// The checking thread: checks rows in the order they come, skipping the rest of a token's
 /// rows once one of them exits; after an exit it computes the keys and values of the blocks
 /// above from the exit state, block by block, while the runner goes on to the next token.
@@ -102,7 +78,11 @@ fn check_rows(
                 if exited == Some(row.token) {
                     continue;
                 }
-                let exit = exit_token(m, &row.h, threshold, reduced, &mut logits);
+                let exit = match max_prob_exit(m, &row.h, threshold, reduced, &mut logits) {
+                    MaxProbExit::Stays => None,
+                    MaxProbExit::LeavesWith(t) => Some(t),
+                    MaxProbExit::LeavesOnLogits => Some(decoder::argmax(&logits)),
+                };
                 if exit.is_some() {
                     exited = Some(row.token);
                 }
