@@ -2,8 +2,8 @@
 //! (errors end the program with one line before the screen is touched), starts a model
 //! worker per checkpoint, and runs the event loop: keys become actions, the app's `update`
 //! changes the state and returns effects, the runtime carries them out (worker commands,
-//! the training job), and every event is followed by a redraw. The model never runs on
-//! this thread.
+//! the training job), and events are followed by a redraw (at once after a key, at a
+//! steady pace while the engine streams replies). The model never runs on this thread.
 
 pub mod app;
 pub mod column;
@@ -179,14 +179,28 @@ fn leave_terminal() {
     ratatui::restore();
 }
 
+/// Frames drawn while only the engine's replies arrive come at most this often: a
+/// continuation streams hundreds of tokens a second on the Austen models, and a frame per
+/// token kept the UI thread busy on a core the decoders (two threads each when pipelined)
+/// were timed on. Keys and resizes are drawn at once.
+const STREAM_FRAME: Duration = Duration::from_millis(40);
+
 /// The loop of the explorer: draw, wait for an event (or the next deadline), fold it in.
 fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Event>, theme: &theme::Theme) -> Result<()> {
     let started = Instant::now();
     let fx = app.start();
     rt.apply(app, fx);
+    // Whether the state may have changed since the last frame, and whether a key (or a
+    // resize) wants the next frame now rather than at the streaming pace.
+    let (mut dirty, mut urgent) = (true, true);
+    let mut last_frame = Instant::now();
     loop {
-        app.ticks = (started.elapsed().as_millis() / 100) as u64;
-        term.draw(|f| ui::render(app, theme, f))?;
+        if dirty && (urgent || last_frame.elapsed() >= STREAM_FRAME) {
+            app.ticks = (started.elapsed().as_millis() / 100) as u64;
+            term.draw(|f| ui::render(app, theme, f))?;
+            last_frame = Instant::now();
+            (dirty, urgent) = (false, false);
+        }
         if app.should_quit {
             return Ok(());
         }
@@ -195,12 +209,17 @@ fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Ev
         if let Some(due) = app.next_deadline() {
             timeout = timeout.min(due.saturating_duration_since(now));
         }
+        if dirty {
+            timeout = timeout.min(STREAM_FRAME.saturating_sub(last_frame.elapsed()));
+        }
         match rx.recv_timeout(timeout) {
             Ok(ev) => {
+                urgent |= !matches!(ev, Event::Worker { .. } | Event::Download(_));
                 handle(app, rt, ev)?;
                 // Fold in whatever else is queued (streamed tokens, key repeats) before the
                 // next frame.
                 for ev in rx.try_iter().take(512) {
+                    urgent |= !matches!(ev, Event::Worker { .. } | Event::Download(_));
                     handle(app, rt, ev)?;
                     if app.should_quit {
                         break;
@@ -214,6 +233,9 @@ fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Ev
         rt.apply(app, fx);
         let fx = app.tick(Instant::now());
         rt.apply(app, fx);
+        // Any pass may have changed what is shown (a reply, a key, a tick of a spinner).
+        dirty = true;
+        urgent |= app.should_quit;
     }
 }
 
