@@ -189,6 +189,15 @@ pub fn generate_pipelined(
     on_cpu_model(model, prompt, opts, |m| super::pipelined::run(m, prompt, opts, on_token))
 }
 
+/// Whether the two-thread paths ([`generate_pipelined`], and early exit with its checks on
+/// a second thread) can be expected to beat their one-thread counterparts on this model:
+/// it runs on the CPU engine and decodes a row on one core
+/// ([`CpuModel::rows_use_one_thread`]: the Austen models), so a second thread finds a core
+/// idle. Where a row already uses every core (GPT-2-124M) the threads would take turns.
+pub fn pipelining_pays(model: &Gpt2) -> bool {
+    decoder::supported(model) && decoder::with_cpu_model(model, |m| Ok(m.rows_use_one_thread())).unwrap_or(false)
+}
+
 /// The sampling side of a round: greedy compares argmaxes, sampling applies the rule.
 enum Picker {
     Greedy,

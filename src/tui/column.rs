@@ -49,6 +49,9 @@ pub struct DecodeOutput {
     pub forward_passes: Option<usize>,
     /// Seconds of full-depth decoding of as many tokens, timed after the continuation.
     pub baseline: Option<f64>,
+    /// Decoded on two threads (known once done): speculative decoding pipelined, or early
+    /// exit with its checks on a second thread.
+    pub pipelined: bool,
 }
 
 impl DecodeOutput {
@@ -63,6 +66,7 @@ impl DecodeOutput {
             layer_speedup: None,
             forward_passes: None,
             baseline: None,
+            pipelined: false,
         }
     }
 
@@ -236,7 +240,7 @@ impl Column {
                 }
                 Folded::Quiet
             }
-            WorkerReply::DecodeDone { req, stop, tokens, seconds, layer_speedup, forward_passes } => {
+            WorkerReply::DecodeDone { req, stop, tokens, seconds, layer_speedup, forward_passes, pipelined } => {
                 if req == self.gen_req
                     && let Some(d) = &mut self.decoded
                 {
@@ -245,6 +249,7 @@ impl Column {
                     d.seconds = seconds;
                     d.layer_speedup = layer_speedup;
                     d.forward_passes = forward_passes;
+                    d.pipelined = pipelined;
                     self.generating = false;
                 }
                 Folded::Quiet

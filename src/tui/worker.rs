@@ -14,15 +14,19 @@ use crate::analysis::encode_prompt;
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::generate::{GenerateOptions, Sampling, StopReason, generate};
 use crate::analysis::inspect::{LensAt, PromptAnalysis, analyze};
-use crate::analysis::speculative::{DraftCounts, SpeculativeOptions, TokenOrigin, generate_speculative};
+use crate::analysis::speculative::{
+    DraftCounts, SpeculativeOptions, TokenOrigin, generate_pipelined, generate_speculative, pipelining_pays,
+};
 use crate::model::Checkpoint;
 use candle_core::Device;
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
+use std::time::Duration;
 
 /// What the UI needs to know about a loaded checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +168,9 @@ pub enum WorkerReply {
         /// Early exit: the layer speedup; speculative: tokens per full-depth pass.
         layer_speedup: Option<f64>,
         forward_passes: Option<usize>,
+        /// Decoded on two threads: speculative decoding pipelined, or early exit with its
+        /// checks on a second thread (see [`decode`]).
+        pipelined: bool,
     },
     /// Decoding mode: seconds of full-depth decoding of as many tokens (the baseline).
     DecodeBaseline {
@@ -429,6 +436,49 @@ impl PieceSplitter<'_> {
     }
 }
 
+/// A turn at the decoding mode, process-wide and first come, first served. The columns'
+/// workers decode one after the other instead of at once, so that each continuation and
+/// each baseline is timed with the cores to itself (two decoders at once slow each other
+/// down through the cache they share, and the two-thread paths would take turns with the
+/// other column's threads). On the Austen models a continuation takes a few dozen
+/// milliseconds, so the second column hardly waits.
+struct DecodeTurn(u64);
+
+static TURN_QUEUE: Mutex<VecDeque<u64>> = Mutex::new(VecDeque::new());
+static TURN_CHANGED: Condvar = Condvar::new();
+static NEXT_TURN: AtomicU64 = AtomicU64::new(0);
+
+fn turn_queue() -> MutexGuard<'static, VecDeque<u64>> {
+    TURN_QUEUE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DecodeTurn {
+    /// Waits for a turn; `None` when `stale()` turns true first (the request was superseded).
+    fn wait(stale: &dyn Fn() -> bool) -> Option<Self> {
+        let id = NEXT_TURN.fetch_add(1, Ordering::SeqCst);
+        let mut queue = turn_queue();
+        queue.push_back(id);
+        loop {
+            if queue.front() == Some(&id) {
+                return Some(Self(id));
+            }
+            if stale() {
+                queue.retain(|&t| t != id);
+                TURN_CHANGED.notify_all();
+                return None;
+            }
+            queue = TURN_CHANGED.wait_timeout(queue, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+impl Drop for DecodeTurn {
+    fn drop(&mut self) {
+        turn_queue().retain(|&t| t != self.0);
+        TURN_CHANGED.notify_all();
+    }
+}
+
 /// The decoding mode's command: stream pieces, then the summary, then the baseline.
 #[allow(clippy::too_many_arguments)]
 fn decode(
@@ -442,6 +492,13 @@ fn decode(
     stale: &dyn Fn() -> bool,
 ) -> bool {
     let eos = ck.eos_id();
+    // Greedy decoding of a model whose rows keep to one core takes the two-thread paths, as
+    // `generate --pipelined` does: there the one-thread rounds and checks are slower than
+    // plain decoding, and the explorer would show a slowdown the command line does not have.
+    let pipelined = matches!(sampling, Sampling::Greedy)
+        && !matches!(method, DecodeMethod::EarlyExit { measure: ExitMeasure::Saturation, .. })
+        && pipelining_pays(&ck.model);
+    let Some(turn) = DecodeTurn::wait(stale) else { return true };
     let start = std::time::Instant::now();
     let mut split = PieceSplitter { tokenizer: &ck.tokenizer, ids: vec![], shown: 0 };
     let mut gone = false;
@@ -463,13 +520,14 @@ fn decode(
     };
     let result = match method {
         DecodeMethod::EarlyExit { threshold, measure } => {
-            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling, eos, pipelined: false };
+            let opts = EarlyExitOptions { threshold, measure, max_new_tokens, sampling, eos, pipelined };
             generate_early_exit(&ck.model, prompt_ids, &opts, |t, layer| send(t, PieceKind::Exit(layer), DraftCounts::default()))
                 .map(|g| (g.ids.len(), g.stop, g.seconds, Some(g.speedup), None))
         }
         DecodeMethod::Speculative { draft_layer, draft_len } => {
+            // Pipelined, `draft_len` bounds how far the drafts run ahead of the verified tokens.
             let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos };
-            generate_speculative(&ck.model, prompt_ids, &opts, |t, origin, counts| {
+            let on_token = |t, origin, counts| {
                 let kind = match origin {
                     TokenOrigin::Accepted => PieceKind::Accepted,
                     TokenOrigin::Corrected { rejected } => {
@@ -478,7 +536,11 @@ fn decode(
                     TokenOrigin::Bonus | TokenOrigin::Full => PieceKind::Full,
                 };
                 send(t, kind, counts)
-            })
+            };
+            match pipelined {
+                true => generate_pipelined(&ck.model, prompt_ids, &opts, on_token),
+                false => generate_speculative(&ck.model, prompt_ids, &opts, on_token),
+            }
             .map(|g| (g.ids.len(), g.stop, g.seconds, None, Some(g.forward_passes)))
         }
     };
@@ -492,10 +554,13 @@ fn decode(
     if stop == StopReason::Cancelled {
         return true;
     }
-    if !emit(WorkerReply::DecodeDone { req, stop, tokens: n, seconds, layer_speedup, forward_passes }) {
+    if !emit(WorkerReply::DecodeDone { req, stop, tokens: n, seconds, layer_speedup, forward_passes, pipelined }) {
         return false;
     }
-    // The baseline: full-depth decoding of as many tokens, same prompt and sampling.
+    drop(turn);
+    // The baseline: full-depth decoding of as many tokens, same prompt and sampling, in a
+    // turn of its own (after the other column's continuation, which waits for this one).
+    let Some(_turn) = DecodeTurn::wait(stale) else { return true };
     let opts = GenerateOptions { exit_layer: ck.model.n_layer(), max_new_tokens: n, sampling, eos: None };
     let t = std::time::Instant::now();
     let mut cancelled = false;
@@ -510,5 +575,26 @@ fn decode(
         _ if cancelled || n == 0 => true,
         Ok(_) => emit(WorkerReply::DecodeBaseline { req, seconds: t.elapsed().as_secs_f64() }),
         Err(e) => emit(WorkerReply::GenerateFailed { req, message: format!("timing full-depth decoding: {}", crate::util::one_line(&e)) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_turns_are_first_come_first_served_and_a_superseded_request_leaves_the_queue() {
+        let first = DecodeTurn::wait(&|| false).expect("a turn");
+        // Superseded while waiting: it gives up its place instead of waiting on.
+        assert!(DecodeTurn::wait(&|| true).is_none());
+        let (tx, rx) = mpsc::channel();
+        let waiter = thread::spawn(move || {
+            let _turn = DecodeTurn::wait(&|| false).expect("a turn");
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "the second turn came before the first ended");
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10)).expect("the second turn once the first ended");
+        waiter.join().unwrap();
     }
 }

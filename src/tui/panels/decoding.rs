@@ -114,10 +114,21 @@ pub fn stats(d: &DecodeOutput, n_layer: usize) -> String {
         DecodeMethod::Speculative { .. } => {
             let acc = d.acceptance().map_or("acceptance n/a".into(), |v| format!("acceptance {:.0}%", 100.0 * v));
             parts.push(format!("{acc} ({}/{})", d.drafts.accepted, d.drafts.drafted));
-            if let Some(p) = d.forward_passes.filter(|&p| p > 0) {
+            // Pipelined, the verifier takes the rows as they arrive, about one a pass:
+            // tokens per pass says nothing there.
+            if let Some(p) = d.forward_passes.filter(|&p| p > 0 && !d.pipelined) {
                 parts.push(format!("{:.1} tokens/pass", d.tokens as f64 / p as f64));
             }
         }
+    }
+    if d.pipelined {
+        parts.push(
+            match d.method {
+                DecodeMethod::EarlyExit { .. } => "checks on a 2nd thread",
+                DecodeMethod::Speculative { .. } => "pipelined",
+            }
+            .into(),
+        );
     }
     match (d.stop, d.speedup()) {
         (Some(_), Some(s)) => parts.push(format!("wall {s:.2}x vs full depth")),
