@@ -401,6 +401,49 @@ pub fn round_i8(y: f32) -> i8 {
 }
 
 dispatch! {
+    /// A 128-bit digest of `w`'s bits, starting from `seed`: sixteen 32-bit lanes in two
+    /// variants, each step `a -> rotl((a ^ x) * M, r)` (a bijection of the state for a given
+    /// weight, and of the weight for a given state), folded into two words by steps that are
+    /// bijections too, so that a change of any one weight always changes the digest. In
+    /// lanes, so it vectorises (it reads 154 MB for GPT-2-124M's classifier).
+    pub fn digest_lanes(w: &[f32], seed: u64) -> [u64; 2] {
+        const L: usize = 16;
+        const M: [u32; 2] = [0x9E37_79B1, 0x85EB_CA77];
+        let mut a = [seed as u32 ^ 0x27D4_EB2F; L];
+        let mut b = [(seed >> 32) as u32 ^ 0x1656_67B1; L];
+        let mut chunks = w.chunks_exact(L);
+        for c in &mut chunks {
+            for j in 0..L {
+                let x = c[j].to_bits();
+                a[j] = (a[j] ^ x).wrapping_mul(M[0]).rotate_left(13);
+                b[j] = (b[j] ^ x).wrapping_mul(M[1]).rotate_left(17);
+            }
+        }
+        for (j, v) in chunks.remainder().iter().enumerate() {
+            let x = v.to_bits();
+            a[j] = (a[j] ^ x).wrapping_mul(M[0]).rotate_left(13);
+            b[j] = (b[j] ^ x).wrapping_mul(M[1]).rotate_left(17);
+        }
+        let mut h = [seed ^ w.len() as u64, !seed];
+        for j in 0..L {
+            let v = a[j] as u64 | (b[j] as u64) << 32;
+            h[0] = fmix64(h[0] ^ v);
+            h[1] = fmix64(h[1] ^ v.rotate_left(32) ^ 0xC2B2_AE3D_27D4_EB4F);
+        }
+        h
+    }
+}
+
+/// MurmurHash3's finaliser: an invertible mix of a 64-bit word.
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+dispatch! {
     /// The largest `|w|` of `row`, `None` where a weight is not finite; in lanes, so it
     /// vectorises.
     pub fn max_abs_finite(row: &[f32]) -> Option<f32> {

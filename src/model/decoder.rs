@@ -180,10 +180,10 @@ pub struct CpuModel<'a> {
     head: &'a [f32],
     /// The classifier transposed and its 8-bit copy, for narrow models (see [`SHORT_ROWS`]).
     narrow: Option<Arc<NarrowHead>>,
-    /// A wide classifier in 8 bits, made on its first greedy token or max-prob check (see
-    /// [`uses_int8_head`]); `None` inside when it cannot be made. Narrow ones keep theirs
-    /// in `narrow`.
-    wide_int8: OnceLock<Option<Int8Head>>,
+    /// A wide classifier in 8 bits, found on its first greedy token or max-prob check (see
+    /// [`uses_int8_head`], [`wide_int8_head`]); `None` inside when it cannot be made.
+    /// Narrow ones keep theirs in `narrow`.
+    wide_int8: OnceLock<Arc<Option<Int8Head>>>,
     zeros: Vec<f32>,
 }
 
@@ -225,6 +225,44 @@ impl NarrowHead {
         seen.push(h.clone());
         h
     }
+}
+
+/// A wide classifier's 8-bit copy, with what recognises the classifier: its shape
+/// (`vocab`, `d`) and the digest of its weights.
+struct WideInt8Head {
+    vocab: usize,
+    d: usize,
+    digest: [u64; 2],
+    copy: Arc<Option<Int8Head>>,
+}
+
+/// The 8-bit copies of the wide classifiers seen lately (see [`wide_int8_head`]).
+static WIDE_INT8_HEADS: Mutex<Vec<WideInt8Head>> = Mutex::new(Vec::new());
+
+/// The 8-bit copy of a wide classifier `head` (`[vocab, d]`): the one made before for a
+/// classifier of the same shape and digest, else a new one (the older of two dropped).
+/// Each generation makes its own [`CpuModel`], and the copy takes 60-80 ms to make for
+/// GPT-2-124M — a third of a 32-token generation from layer 1, made again for every exit
+/// layer of the explorer's depth-wise generation; the digest reads the weights once
+/// (15-20 ms). Recognising the weights by their bits rather than their address keeps a
+/// copy from outliving weights changed in place (a training step).
+fn wide_int8_head(head: &[f32], d: usize, vocab: usize) -> Arc<Option<Int8Head>> {
+    let digest = reduced_head::weights_digest(head);
+    let mut seen = WIDE_INT8_HEADS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = seen.iter().position(|h| (h.vocab, h.d, h.digest) == (vocab, d, digest)) {
+        let entry = seen.remove(i);
+        let copy = entry.copy.clone();
+        seen.push(entry);
+        return copy;
+    }
+    // Made outside the lock would let two threads make the same copy at once; the explorer's
+    // two columns rarely ask at the same moment, and making it takes tens of milliseconds.
+    let copy = Arc::new(Int8Head::new(head, d, vocab));
+    if seen.len() >= 2 {
+        seen.remove(0);
+    }
+    seen.push(WideInt8Head { vocab, d, digest, copy: copy.clone() });
+    copy
 }
 
 /// Rows of a split linear layer's weights summed into one partial result (see
@@ -360,10 +398,12 @@ impl CpuModel<'_> {
         if !uses_int8_head(self.vocab, self.d) {
             return None;
         }
-        // A narrow classifier's copy is shared by every model with the same bits (see
-        // `NarrowHead`), so it is made from this one as well as from any.
-        let copy = self.narrow.as_ref().map_or(&self.wide_int8, |n| &n.int8);
-        copy.get_or_init(|| Int8Head::new(self.head, self.d, self.vocab)).as_ref()
+        // A classifier's copy is shared by every model with the same bits (see `NarrowHead`
+        // and `wide_int8_head`), so it is made from this one as well as from any.
+        match &self.narrow {
+            Some(n) => n.int8.get_or_init(|| Int8Head::new(self.head, self.d, self.vocab)).as_ref(),
+            None => self.wide_int8.get_or_init(|| wide_int8_head(self.head, self.d, self.vocab)).as_ref().as_ref(),
+        }
     }
 
     /// Token `v`'s f32 logit for the normed row `x`, as [`Self::classify_normed`] computes it.
@@ -772,6 +812,22 @@ mod tests {
     use super::*;
     use crate::model::{Gpt2Config, KvCache};
     use candle_core::Device;
+
+    /// A wide classifier's 8-bit copy is made once for its bits, wherever they lie, and
+    /// made anew when a weight changes in place.
+    #[test]
+    fn a_wide_classifiers_copy_is_made_once_for_its_bits() {
+        let (vocab, d) = (777, 40);
+        let mut head: Vec<f32> = (0..vocab * d).map(|i| ((i * 104_729 % 2003) as f32 - 1000.0) * 1e-4).collect();
+        let first = wide_int8_head(&head, d, vocab);
+        assert!(first.is_some());
+        let elsewhere = head.clone();
+        assert!(Arc::ptr_eq(&first, &wide_int8_head(&elsewhere, d, vocab)));
+        head[123] += 0.25;
+        let changed = wide_int8_head(&head, d, vocab);
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(Arc::ptr_eq(&changed, &wide_int8_head(&head, d, vocab)));
+    }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());

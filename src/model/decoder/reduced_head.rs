@@ -13,8 +13,9 @@ use std::sync::OnceLock;
 pub(super) const WIDE_INT8_MIN_WEIGHTS: usize = 1 << 22;
 
 /// Greedy generations of at least this many tokens are worth the reduced copy of the
-/// classifier: the 8-bit one takes 55-65 ms to make for GPT-2-124M here and saves about
-/// 6 ms per token against the f32 classifier (9 ms a token).
+/// classifier: the 8-bit one takes 60-80 ms to make for GPT-2-124M here (once per
+/// process and classifier, then 15-20 ms to recognise it) and saves about 6 ms per token
+/// against the f32 classifier (9 ms a token).
 pub const REDUCED_HEAD_MIN_TOKENS: usize = 32;
 
 /// Whether greedy tokens and max-prob checks of a `[vocab, d]` classifier are found through
@@ -84,6 +85,17 @@ fn scatter_pairs(q: &[i8], c: usize, out: &mut [i8]) {
     if let [last] = pairs.remainder() {
         out[(q.len() / 2 * I8_BLOCK + c) * 2] = *last;
     }
+}
+
+/// A 128-bit digest of the weights' bits, to recognise a classifier again without keeping
+/// a copy of it (see `wide_int8_head`): [`crate::kernels::digest_lanes`] of each block of
+/// 2^20 weights, on all threads, folded in order by invertible steps, so that a change of
+/// any one weight always changes it; other changes collide by chance only.
+pub(super) fn weights_digest(w: &[f32]) -> [u64; 2] {
+    use crate::kernels::{digest_lanes, fmix64};
+    const BLOCK: usize = 1 << 20;
+    let blocks: Vec<[u64; 2]> = w.par_chunks(BLOCK).enumerate().map(|(b, block)| digest_lanes(block, b as u64)).collect();
+    blocks.iter().fold([w.len() as u64, !(w.len() as u64)], |h, b| [fmix64(h[0] ^ b[0]), fmix64(h[1] ^ b[1])])
 }
 
 /// An f32 sum of `d` products, in any order, is within `gamma` times the exact sum of the
@@ -374,6 +386,32 @@ pub(super) fn row_logit(x: &[f32], head: &[f32], v: usize) -> f32 {
 mod tests {
     use super::*;
     use crate::model::decoder::{argmax, linear_cols, transpose};
+
+    /// The same bits give the same digest wherever they lie; a change of any one weight
+    /// (one bit of it, a sign of zero, a NaN's payload), in any block, lane or tail, or of
+    /// the length, gives another.
+    #[test]
+    fn the_weights_digest_changes_with_any_one_weight() {
+        for len in [1usize, 7, 8, 9, 1000, (1 << 20) + 13] {
+            let w: Vec<f32> = (0..len).map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 1e-3).collect();
+            let base = weights_digest(&w);
+            assert_eq!(weights_digest(&w.clone()), base, "len {len}");
+            let mut longer = w.clone();
+            longer.push(0.0);
+            assert_ne!(weights_digest(&longer), base, "len {len} + a zero");
+            let at = [0, len / 2, len - 1, len.saturating_sub(5), (1 << 20).min(len - 1)];
+            for &i in &at {
+                for flip in [1u32, 1 << 31, 1 << 22] {
+                    let mut v = w.clone();
+                    v[i] = f32::from_bits(v[i].to_bits() ^ flip);
+                    assert_ne!(weights_digest(&v), base, "len {len}, weight {i}, bits {flip:#x}");
+                }
+            }
+        }
+        let nan = |payload: u32| vec![0.5f32, f32::from_bits(0x7fc0_0000 | payload), -0.0];
+        assert_ne!(weights_digest(&nan(1)), weights_digest(&nan(2)));
+        assert_ne!(weights_digest(&[0.0, 1.0]), weights_digest(&[-0.0, 1.0]));
+    }
 
     /// Copies row `best` of the classifier (`[vocab, d]`) to an earlier and a later index
     /// (exact ties), and again, one weight moved by `bits` units in the last place, to index
