@@ -1,7 +1,7 @@
 //! `w` in the explorer: what the current view shows, saved as a picture (SVG and PNG,
 //! drawn by the report's plotting code) and as data (CSV or JSON) into a folder.
 //!
-//! [`snapshot`] reads the state only (the app's `update` calls it); [`write`] does the
+//! [`snapshot`] reads the state only (the app's `update` calls it); [`write()`] does the
 //! file work and runs off the UI thread in the runtime.
 
 use super::app::{App, column_tag};

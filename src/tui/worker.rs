@@ -169,7 +169,7 @@ pub enum WorkerReply {
         layer_speedup: Option<f64>,
         forward_passes: Option<usize>,
         /// Decoded on two threads: speculative decoding pipelined, or early exit with its
-        /// checks on a second thread (see [`decode`]).
+        /// checks on a second thread (greedy decoding of a model whose rows keep to one core).
         pipelined: bool,
     },
     /// Decoding mode: seconds of full-depth decoding of as many tokens (the baseline).
