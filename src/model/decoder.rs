@@ -415,6 +415,19 @@ impl CpuModel<'_> {
         }
     }
 
+    /// Makes the classifier's reduced copies now rather than on the first greedy token
+    /// ([`Self::greedy_token`]) or, with `checks`, the first max-prob check that needs its
+    /// second plane ([`Self::max_prob_check`]): they are made once per classifier and
+    /// process, and a decoder timed against another (the explorer's speedups) should not
+    /// pay for them where the other does not.
+    pub fn prepare_reduced_head(&self, checks: bool) {
+        if let Some(int8) = self.int8_head()
+            && checks
+        {
+            int8.make_fine(self.head);
+        }
+    }
+
     /// Whether the largest softmax probability of `lm_head(ln_f(h))` (one row) reaches
     /// `threshold`, as [`crate::kernels::max_prob`] over [`Self::head`]'s logits says it,
     /// with the greedy token when it does: the max-prob early-exit check, decided from
@@ -914,6 +927,24 @@ mod tests {
 
     /// Greedy generations long enough to go through the classifier's reduced copy, at the
     /// last layer and an early one, give the tensor model's tokens.
+    /// Preparing makes a narrow classifier's 8-bit copy, shared by every later model over
+    /// the same weights.
+    #[test]
+    fn preparing_the_reduced_head_makes_the_copy_once() {
+        let model = Gpt2::random(Gpt2Config::new(1, 128, 4, 4096, 16), 5, &Device::Cpu).unwrap();
+        with_cpu_model(&model, |m| {
+            m.prepare_reduced_head(true);
+            assert!(m.narrow.as_ref().unwrap().int8.get().is_some_and(|c| c.is_some()));
+            Ok(())
+        })
+        .unwrap();
+        with_cpu_model(&model, |m| {
+            assert!(m.narrow.as_ref().unwrap().int8.get().is_some(), "made again");
+            Ok(())
+        })
+        .unwrap();
+    }
+
     fn greedy_tokens_are_the_tensor_models(cfg: Gpt2Config, seed: u64) {
         let vocab = cfg.vocab_size as u32;
         let model = Gpt2::random(cfg, seed, &Device::Cpu).unwrap();

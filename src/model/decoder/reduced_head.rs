@@ -147,6 +147,11 @@ impl Int8Head {
 
     /// The second plane, made from `head` (the classifier's rows, as this copy was made)
     /// on the first call, a block of tokens per task.
+    /// Makes the second plane now (see [`Self::fine`]).
+    pub(super) fn make_fine(&self, head: &[f32]) {
+        self.fine(head);
+    }
+
     fn fine(&self, head: &[f32]) -> &FinePlane {
         use crate::kernels::I8_BLOCK;
         self.fine.get_or_init(|| {
