@@ -255,8 +255,8 @@ fn wide_int8_head(head: &[f32], d: usize, vocab: usize) -> Arc<Option<Int8Head>>
         seen.push(entry);
         return copy;
     }
-    // Made outside the lock would let two threads make the same copy at once; the explorer's
-    // two columns rarely ask at the same moment, and making it takes tens of milliseconds.
+    // Made under the lock, so that two threads asking at once do not both make it; a thread
+    // asking for another classifier meanwhile waits the tens of milliseconds it takes.
     let copy = Arc::new(Int8Head::new(head, d, vocab));
     if seen.len() >= 2 {
         seen.remove(0);
@@ -925,8 +925,6 @@ mod tests {
         greedy_tokens_are_the_tensor_models(cfg, 9);
     }
 
-    /// Greedy generations long enough to go through the classifier's reduced copy, at the
-    /// last layer and an early one, give the tensor model's tokens.
     /// Preparing makes a narrow classifier's 8-bit copy, shared by every later model over
     /// the same weights.
     #[test]
@@ -939,12 +937,14 @@ mod tests {
         })
         .unwrap();
         with_cpu_model(&model, |m| {
-            assert!(m.narrow.as_ref().unwrap().int8.get().is_some(), "made again");
+            assert!(m.narrow.as_ref().unwrap().int8.get().is_some(), "the copy is not shared");
             Ok(())
         })
         .unwrap();
     }
 
+    /// Greedy generations long enough to go through the classifier's reduced copy, at the
+    /// last layer and an early one, give the tensor model's tokens.
     fn greedy_tokens_are_the_tensor_models(cfg: Gpt2Config, seed: u64) {
         let vocab = cfg.vocab_size as u32;
         let model = Gpt2::random(cfg, seed, &Device::Cpu).unwrap();
