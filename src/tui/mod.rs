@@ -185,6 +185,12 @@ fn leave_terminal() {
 /// were timed on. Keys and resizes are drawn at once.
 const STREAM_FRAME: Duration = Duration::from_millis(40);
 
+/// Whether an event is drawn at once (a key, a resize, ...) rather than at the pace of
+/// [`STREAM_FRAME`] (the engine's replies, download progress).
+fn wants_a_frame_now(ev: &Event) -> bool {
+    !matches!(ev, Event::Worker { .. } | Event::Download(_))
+}
+
 /// The loop of the explorer: draw, wait for an event (or the next deadline), fold it in.
 fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Event>, theme: &theme::Theme) -> Result<()> {
     let started = Instant::now();
@@ -214,12 +220,12 @@ fn event_loop(term: &mut Term, app: &mut App, rt: &mut Runtime, rx: &Receiver<Ev
         }
         match rx.recv_timeout(timeout) {
             Ok(ev) => {
-                urgent |= !matches!(ev, Event::Worker { .. } | Event::Download(_));
+                urgent |= wants_a_frame_now(&ev);
                 handle(app, rt, ev)?;
                 // Fold in whatever else is queued (streamed tokens, key repeats) before the
                 // next frame.
                 for ev in rx.try_iter().take(512) {
-                    urgent |= !matches!(ev, Event::Worker { .. } | Event::Download(_));
+                    urgent |= wants_a_frame_now(&ev);
                     handle(app, rt, ev)?;
                     if app.should_quit {
                         break;
