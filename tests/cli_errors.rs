@@ -246,3 +246,88 @@ fn explorer_options_before_a_subcommand() {
     fails_with(&["--device", "cpu", "tokenizer", "train", "--out", &out, "--vocab", "300"], &["--device before `tokenizer`"]);
     assert!(!report_out.path().join("r").exists(), "nothing was written");
 }
+
+#[test]
+fn save_never_overwrites_a_text_or_the_data_it_reads() {
+    let fx = s(&fixture_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "It is a truth universally acknowledged, that a single man in possession of a good fortune.").unwrap();
+    let t = s(&text);
+    let eval = |save: &str| {
+        vec!["eval", "--ckpt", &fx, "--data", &t, "--ctx", "8", "--save", save].into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = eval(&t);
+    fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--save", "the data this command reads"]);
+    let notes = dir.path().join("notes.md");
+    std::fs::write(&notes, "# my notes").unwrap();
+    let args = eval(&s(&notes));
+    fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--save", "notes.md", "not a JSON report"]);
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "# my notes");
+    assert!(std::fs::read_to_string(&text).unwrap().starts_with("It is a truth"));
+    // A report is written, and replaced by the next one; no temporary file is left.
+    let report = s(&dir.path().join("report.json"));
+    for _ in 0..2 {
+        let args = eval(&report);
+        let (code, _, err) = alignscope(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(saved["ce"].is_array());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}
+
+#[test]
+fn training_settings_out_of_range_are_refused_before_any_step() {
+    let fx = s(&fixture_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("run"));
+    for (flag, value, needle) in [
+        ("--beta2", "nan", "--beta2"),
+        ("--beta1", "1.5", "--beta1"),
+        ("--weight-decay", "nan", "--weight-decay"),
+        ("--weight-decay", "-1", "--weight-decay"),
+        ("--grad-clip", "-1", "--grad-clip"),
+        ("--min-lr", "nan", "--min-lr"),
+        ("--beta", "nan", "--beta"),
+    ] {
+        fails_with(&["train", "--ckpt", &fx, "--out", &out, "--steps", "1", "--batch", "2", "--ctx", "16", flag, value], &[needle]);
+        assert!(!dir.path().join("run").exists(), "{flag} {value}: the run left a folder");
+    }
+}
+
+#[test]
+fn resume_refuses_settings_it_would_ignore() {
+    fails_with(
+        &["train", "--resume", "austen-aligned", "--steps", "700", "--lr", "1"],
+        &["--resume austen-aligned", "--lr", "saved settings"],
+    );
+    fails_with(&["train", "--resume", "austen-aligned", "--loss", "ce-reg"], &["--loss"]);
+    fails_with(&["train", "--resume", "austen-aligned", "--batch", "2"], &["--batch"]);
+}
+
+#[test]
+fn command_line_mistakes_are_one_line_naming_the_option() {
+    fails_with(&["inspect", "--prompt", "Hi", "--position", "-1"], &["--position", "-1"]);
+    fails_with(&["generate", "--prompt", "Hi", "--max-new-tokens", "-1"], &["--max-new-tokens"]);
+    fails_with(&["inspect"], &["--prompt"]);
+    fails_with(&["generate", "--prompt", "Hi", "--greedy", "--sample"], &["--greedy", "--sample"]);
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn output_that_cannot_be_written_is_an_error() {
+    let fx = s(&fixture_dir());
+    for args in [
+        vec!["inspect", "--ckpt", &fx, "--prompt", "Hi"],
+        vec!["generate", "--ckpt", &fx, "--prompt", "Hi", "--max-new-tokens", "2"],
+        vec!["device", "--device", "cpu"],
+    ] {
+        let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_alignscope")).args(&args).env("RUST_BACKTRACE", "1").stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.trim().starts_with("error: cannot write the output") && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+}

@@ -220,13 +220,18 @@ pub struct EvalArgs {
 
 /// Runs the command line; errors come back to `main`, which prints one line.
 pub fn run() -> Result<()> {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A negative number is read as an option's value (`--weight-decay -1` is then refused
+    // by the option's own check, by name), not as an unknown option.
+    let negatives = |c: clap::Command| c.mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a });
+    let command = negatives(<Cli as clap::CommandFactory>::command()).mut_subcommands(negatives);
+    let matches = command.try_get_matches().unwrap_or_else(|e| usage_error(e));
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| usage_error(e));
     if let Some(command) = &mut cli.command {
         apply_explorer_options(&matches, &cli.explore, command)?;
+        refuse_settings_on_resume(&matches, command)?;
     }
     crate::hub::set_progress_sink(print_download);
-    match cli.command {
+    let ran = match cli.command {
         None => crate::tui::run(cli.explore),
         Some(Command::Inspect(a)) => inspect(a),
         Some(Command::Generate(a)) => generate_cmd(a),
@@ -238,7 +243,68 @@ pub fn run() -> Result<()> {
         Some(Command::Report(a)) => report::report(a),
         Some(Command::Embed(a)) => report::embed(a),
         Some(Command::Device(a)) => device_cmd(a),
+    };
+    ran.and(output_written())
+}
+
+/// Help and version as clap prints them; a mistake on the command line as one `error:`
+/// line (clap's message and tip joined) and exit status 2, clap's, without the usage block
+/// after it (`--help` shows it).
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit()
     }
+    let text = e.render().to_string();
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{}; see --help", said.join(" "));
+    std::process::exit(2)
+}
+
+/// `train --resume` continues a run with the settings it saved (`training_state.json`);
+/// only `--steps` (and the device and how progress is shown) may change. Any other setting
+/// given with it is refused by name, not silently dropped.
+fn refuse_settings_on_resume(matches: &clap::ArgMatches, command: &Command) -> Result<()> {
+    use clap::parser::ValueSource;
+    let Command::Train(t) = command else { return Ok(()) };
+    let (Some(run), Some((_, sub))) = (&t.resume, matches.subcommand()) else { return Ok(()) };
+    let settings = [
+        "out",
+        "overwrite",
+        "tokenizer",
+        "loss",
+        "no_alternate",
+        "beta",
+        "data",
+        "eval_data",
+        "batch",
+        "accum",
+        "ctx",
+        "lr",
+        "min_lr",
+        "warmup",
+        "weight_decay",
+        "decay_all",
+        "grad_clip",
+        "beta1",
+        "beta2",
+        "eval_every",
+        "eval_batches",
+        "save_every",
+        "seed",
+    ];
+    if let Some(id) = settings.iter().find(|id| sub.value_source(id) == Some(ValueSource::CommandLine)) {
+        bail!(
+            "--resume {run} continues the run with its saved settings: --{} cannot change them (only --steps can; start a new run with --ckpt {run} --out NEW to change them)",
+            id.replace('_', "-")
+        )
+    }
+    Ok(())
 }
 
 /// Options written before a subcommand belong to the explorer. Each carries over to a
@@ -330,9 +396,61 @@ fn open(common: &CommonArgs) -> Result<Checkpoint> {
     crate::train::recipe::open(&common.ckpt, &device)
 }
 
+/// The first error met writing the command's output, reported when it ends: output that
+/// could not be written (a full disk, a closed terminal) fails the command instead of
+/// leaving exit 0. A closed pipe (`| head`) ends the process quietly, as SIGPIPE does.
+static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// A line of the command's output on stdout.
 fn out(s: &str) {
+    write_out(format_args!("{s}\n"));
+}
+
+/// Output on stdout, as written (streamed text is flushed as it grows).
+fn write_out(args: std::fmt::Arguments) {
     let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{s}");
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+        let mut first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(e);
+    }
+}
+
+/// Err when any of the command's output could not be written.
+fn output_written() -> Result<()> {
+    let flushed = std::io::stdout().lock().flush();
+    let first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match first.map_or(flushed, Err) {
+        Ok(()) => Ok(()),
+        Err(e) => bail!("cannot write the output to standard output: {e}"),
+    }
+}
+
+/// Writes a JSON report to `path` (`--save`) whole or not at all. An existing file is
+/// replaced only when it holds JSON (an earlier report) and is none of `inputs`: a path
+/// typed by mistake must not destroy a text or the data being evaluated.
+fn save_json(path: &std::path::Path, value: &serde_json::Value, inputs: &[&std::path::Path]) -> Result<()> {
+    let shown = path.display();
+    if path.is_dir() {
+        bail!("--save {shown} is a folder: give a file name")
+    }
+    if path.exists() {
+        let same = |i: &&std::path::Path| matches!((path.canonicalize(), i.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if inputs.iter().any(same) {
+            bail!("--save {shown} is the data this command reads: not overwritten")
+        }
+        let report = std::fs::read(path).ok().is_some_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+        if !report {
+            bail!("--save {shown} exists and is not a JSON report: not overwritten (remove it or pick another path)")
+        }
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let written = std::fs::write(&tmp, serde_json::to_string_pretty(value)?).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write --save {shown}: {e}")
+    }
+    Ok(())
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
@@ -433,16 +551,15 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         let start = std::time::Instant::now();
         let g: Generation = if stream {
             // Stream text as it is produced: print the decoded growth of the continuation.
-            print!("{}", a.prompt);
+            write_out(format_args!("{}", a.prompt));
             let mut stream = TextStream::new(&ck.tokenizer);
             let g = generate(&ck.model, &ids, &opts, |t| {
                 if let Some(new) = stream.push_new(t) {
-                    print!("{new}");
-                    let _ = std::io::stdout().flush();
+                    write_out(format_args!("{new}"));
                 }
                 ControlFlow::Continue(())
             })?;
-            println!();
+            out("");
             g
         } else {
             generate(&ck.model, &ids, &opts, |_| ControlFlow::Continue(()))?
@@ -552,9 +669,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         value["quality"] = q.clone();
     }
     if let Some(path) = &a.save {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&value)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        save_json(path, &value, &[a.data.as_path()])?;
     }
     if a.common.json {
         out(&value.to_string());

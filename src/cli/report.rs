@@ -136,17 +136,22 @@ pub fn report(a: ReportArgs) -> Result<()> {
     bar.set_message("drawing the figures".to_string());
     let files = write(&mut report, &a.out, a.png_scale)?;
     bar.finish_and_clear();
-    println!("{}", super::embedder_line(&embedder));
+    super::out(&super::embedder_line(&embedder));
     for m in &report.models {
-        println!(
+        super::out(&format!(
             "{} {}: COS–CKA agreement r = {}; 95% of the best accuracy at layer {}",
             m.role,
             m.checkpoint,
             crate::util::fmt_opt(m.agreement.pearson, 0, 3),
             m.depth_95.map(|d| d.to_string()).unwrap_or_else(|| "n/a".into())
-        );
+        ));
     }
-    println!("wrote {} files to {}: report.md, report.json, {} figures (SVG and PNG)", files.len(), a.out.display(), report.figures.len());
+    super::out(&format!(
+        "wrote {} files to {}: report.md, report.json, {} figures (SVG and PNG)",
+        files.len(),
+        a.out.display(),
+        report.figures.len()
+    ));
     Ok(())
 }
 
@@ -196,6 +201,6 @@ pub fn embed(a: EmbedArgs) -> Result<()> {
         "dim": embeddings.first().map(|e| e.len()).unwrap_or(0),
         "embeddings": embeddings,
     });
-    println!("{v}");
+    super::out(&v.to_string());
     Ok(())
 }

@@ -54,7 +54,8 @@ pub struct TrainArgs {
     /// split of a --data folder that has one
     #[arg(long)]
     pub eval_data: Vec<PathBuf>,
-    /// Total steps of the run (a resume trains up to this)
+    /// Total steps of the run (default: 1000; a resume trains up to this, default: the
+    /// saved run's total)
     #[arg(long)]
     pub steps: Option<usize>,
     /// Sequences per optimizer step
@@ -191,6 +192,8 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
     c.eval_batches = a.eval_batches;
     c.save_every = a.save_every;
     c.seed = a.seed;
+    // Before the model loads.
+    crate::train::job::check_settings(&c)?;
     Ok(c)
 }
 
@@ -250,7 +253,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             TrainEvent::Progress(m) => {
                 if a.json {
-                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!(m));
+                    super::out(&serde_json::json!(m).to_string());
                 }
                 if tty {
                     let _ = write!(err, "\r\x1b[2K{}", progress_line(&m, width));
@@ -261,7 +264,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             TrainEvent::Eval(e) => {
                 if a.json {
-                    let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::json!({ "step": e.step, "eval": e }));
+                    super::out(&serde_json::json!({ "step": e.step, "eval": e }).to_string());
                 }
                 let l = e.layer_losses.len();
                 let cells: Vec<String> = (0..l).map(|i| format!("{:.2}/{:.1}%", e.layer_losses[i], 100.0 * e.layer_acc[i])).collect();
@@ -320,7 +323,7 @@ pub fn tokenizer(c: TokenizerCommand) -> Result<()> {
             let tmp = out.join(".tokenizer.json.tmp");
             tok.save(&tmp, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &path)?;
-            println!("tokenizer with {} tokens → {}", tok.get_vocab_size(true), path.display());
+            super::out(&format!("tokenizer with {} tokens → {}", tok.get_vocab_size(true), path.display()));
             Ok(())
         }
     }

@@ -157,11 +157,36 @@ fn validate(cfg: &mut TrainConfig, model: &Gpt2) -> Result<()> {
     if cfg.ctx < 2 || cfg.ctx > model.config.n_positions {
         bail!("--ctx {} must be between 2 and the model's context of {} tokens", cfg.ctx, model.config.n_positions)
     }
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) || cfg.min_lr < 0.0 || cfg.min_lr > cfg.lr {
-        bail!("--lr must be positive and --min-lr between 0 and --lr")
-    }
+    check_settings(cfg)?;
     if cfg.data.is_empty() {
         bail!("no training data: give --data FILE or FOLDER")
+    }
+    Ok(())
+}
+
+/// The run's numeric settings that need no model: each out of its range is named, before
+/// any step (a NaN weight decay or beta2 trained, saved and exited 0 with every weight NaN).
+pub fn check_settings(cfg: &TrainConfig) -> Result<()> {
+    // Written so that NaN fails every check.
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite() && cfg.min_lr >= 0.0 && cfg.min_lr <= cfg.lr) {
+        bail!("--lr must be positive and --min-lr between 0 and --lr")
+    }
+    if !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
+        bail!("--weight-decay {} must be 0 or more", cfg.weight_decay)
+    }
+    if !(cfg.grad_clip >= 0.0 && cfg.grad_clip.is_finite()) {
+        bail!("--grad-clip {} must be positive, or 0 for no clipping", cfg.grad_clip)
+    }
+    for (name, b) in [("--beta1", cfg.beta1), ("--beta2", cfg.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            bail!("{name} {b} must be at least 0 and below 1")
+        }
+    }
+    if !(cfg.beta >= 0.0 && cfg.beta.is_finite()) {
+        bail!("--beta {} must be 0 or more", cfg.beta)
+    }
+    if cfg.eval_every > 0 && cfg.eval_batches == 0 {
+        bail!("--eval-batches must be at least 1 when evaluating (--eval-every 0 turns evaluation off)")
     }
     Ok(())
 }
