@@ -331,3 +331,84 @@ fn output_that_cannot_be_written_is_an_error() {
         assert!(err.trim().starts_with("error: cannot write the output") && err.trim().lines().count() == 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn resume_of_a_checkpoint_without_its_optimizer_state() {
+    fails_with(&["train", "--resume", "austen-aligned", "--steps", "700"], &["no optimizer state", "--ckpt"]);
+}
+
+#[test]
+fn report_refuses_a_prompt_set_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("rep"));
+    let ck = s(&fixture_dir());
+    fails_with(
+        &["report", "--ckpt", &ck, "--prompt-tokens", "120", "--max-new-tokens", "16", "--out", &out],
+        &["--prompt-tokens 120", "context of 128"],
+    );
+    assert!(!dir.path().join("rep").exists());
+}
+
+#[test]
+fn tokenizer_train_never_replaces_a_tokenizer() {
+    let ck = fixture_copy();
+    let before = std::fs::read(ck.path().join("tokenizer.json")).unwrap();
+    fails_with(
+        &["tokenizer", "train", "--vocab", "300", "--data", "assets/austen/persuasion.txt", "--out", &s(ck.path())],
+        &["tokenizer.json", "not overwritten"],
+    );
+    assert_eq!(std::fs::read(ck.path().join("tokenizer.json")).unwrap(), before);
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("empty.txt"), "").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fails_with(
+        &["tokenizer", "train", "--data", &s(&empty.path().join("empty.txt")), "--out", &s(&out.path().join("tok"))],
+        &["--data", "no text"],
+    );
+}
+
+#[test]
+fn an_empty_held_out_file_is_refused_before_the_run_writes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.txt"), "").unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--ckpt",
+        &s(&fixture_dir()),
+        "--out",
+        &s(&out),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--ctx",
+        "16",
+        "--data",
+        "assets/austen/persuasion.txt",
+        "--eval-data",
+        &s(&dir.path().join("empty.txt")),
+        "--eval-every",
+        "1",
+    ];
+    // The run reports what it prepared on stderr first; the error is its last line.
+    let (code, _, err) = alignscope(&args, &[]);
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("empty.txt") && last.contains("--eval-data"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.join("metrics.jsonl").exists());
+}
+
+#[test]
+fn no_tokens_means_no_speedup() {
+    let (code, out, err) = alignscope(
+        &["generate", "--ckpt", &s(&fixture_dir()), "--prompt", "Hi", "--max-new-tokens", "0", "--early-exit", "0.5", "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in ["speedup", "layer_speedup", "wall_speedup", "seconds"] {
+        assert!(v[k].is_null(), "{k} = {}", v[k]);
+    }
+}

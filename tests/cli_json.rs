@@ -359,3 +359,18 @@ fn exits_json_matches_the_reference_accuracy() {
         assert!(mid["wall_speedup"].as_f64().unwrap() > 0.0 && mid["generation_layer_speedup"].as_f64().unwrap() >= 1.0);
     }
 }
+
+/// Every pass over a text reads data the same way: a JSON-lines file is its documents
+/// joined by end-of-text for `exits` and `report` as for `eval`, not its raw JSON text.
+#[test]
+fn exits_and_eval_read_json_lines_alike() {
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("docs.jsonl");
+    let docs = ["It is a truth universally acknowledged, that a single man in possession of a good fortune.", "Anne Elliot had been"];
+    std::fs::write(&data, docs.iter().map(|d| serde_json::json!({ "text": d }).to_string() + "\n").collect::<String>()).unwrap();
+    let d = data.to_string_lossy().into_owned();
+    let eval = run_json(&["eval", "--ckpt", &ck, "--data", &d, "--ctx", "16", "--json"]);
+    let exits = run_json(&["exits", "--ckpt", &ck, "--data", &d, "--ctx", "16", "--thresholds", "0.5", "--gen-tokens", "0", "--json"]);
+    assert_eq!(exits["models"][0]["tokens"], eval["tokens"], "exits: {exits}\neval: {eval}");
+}

@@ -4,7 +4,7 @@
 use super::{CommonArgs, GenerateArgs, open, out};
 use crate::analysis::decode as decode_ids;
 use crate::analysis::early_exit::{EarlyExitGeneration, EarlyExitOptions, ExitMeasure, exit_speedup, generate_early_exit};
-use crate::analysis::embedder::{EmbedderChoice, SentenceEncoder};
+use crate::analysis::embedder::{EmbedderChoice, EmbedderInfo, SentenceEncoder};
 use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
@@ -12,7 +12,7 @@ use crate::analysis::speculative::{
     Calibration, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate, generate_pipelined, generate_speculative,
 };
 use crate::model::Checkpoint;
-use crate::paths::{DEFAULT_EVAL_TEXT, resolve_asset};
+use crate::paths::DEFAULT_EVAL_TEXT;
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -111,6 +111,23 @@ pub fn time_against_full(ck: &Checkpoint, ids: &[u32], opts: &EarlyExitOptions, 
     Ok((t_ee, t_full, exits))
 }
 
+/// Diversity and coherence of a continuation, and the encoder behind coherence, as plain
+/// generation reports them (`--embedder` chooses the encoder; one named but not found is
+/// an error).
+fn continuation_quality(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], text: &str) -> Result<(Option<f64>, Option<f64>, EmbedderInfo)> {
+    let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
+    let encoder = SentenceEncoder::open(&choice, &ck.name, &ck.model, &ck.tokenizer, ck.model.device())?;
+    Ok((diversity(ids), coherence(&encoder, &a.prompt, text)?, encoder.info(&choice)))
+}
+
+/// The text output's quality lines, as plain generation prints them on a terminal when an
+/// encoder is named.
+fn quality_lines(quality: &(Option<f64>, Option<f64>, EmbedderInfo)) {
+    let (div, coh, embedder) = quality;
+    out(&format!("-- diversity {}, coherence {}", crate::util::fmt_opt(*div, 0, 3), crate::util::fmt_opt(*coh, 0, 3)));
+    out(&format!("-- {}", super::embedder_line(embedder)));
+}
+
 pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: Sampling, eos: Option<u32>) -> Result<()> {
     let th = a.early_exit.expect("checked by the caller");
     let measure = a.exit_measure.unwrap_or(ExitMeasure::MaxProb);
@@ -126,7 +143,14 @@ pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: 
         (Some(w), Some(f))
     };
     let wall_speedup = wall.zip(full).map(|(w, f)| f / w);
+    // No token, no exit layers: neither speedup is defined.
+    let layer_speedup = (!g.exit_layers.is_empty()).then_some(g.speedup);
+    let quality = match a.common.json || a.embedder.is_some() {
+        true => Some(continuation_quality(a, ck, &g.ids, &text)?),
+        false => None,
+    };
     if a.common.json {
+        let (div, coh, embedder) = quality.as_ref().expect("computed for --json");
         out(&json!({
             "prompt": a.prompt,
             "input_ids": ids,
@@ -137,27 +161,36 @@ pub fn early_exit_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling: 
             "ids": g.ids,
             "text": text,
             "exit_layers": g.exit_layers,
-            "speedup": g.speedup,
-            "layer_speedup": g.speedup,
+            "speedup": layer_speedup,
+            "layer_speedup": layer_speedup,
             "wall_speedup": wall_speedup,
             "seconds": wall,
             "full_depth_seconds": full,
             "tok_per_s": wall.map(|w| g.ids.len() as f64 / w),
             "stop": g.stop,
+            "diversity": div,
+            "coherence": coh,
+            "embedder": embedder,
         })
         .to_string());
     } else {
         out(&format!("{}{}", a.prompt, text));
         let how = if a.pipelined { ", checked on a second thread" } else { "" };
         out(&format!("-- exit layers {:?} ({}, threshold {th}{how})", g.exit_layers, measure.name()));
-        out(&format!("-- {}", speedup_line(g.speedup, wall_speedup, n_layer, measure, a.pipelined)));
+        out(&format!("-- {}", speedup_line(layer_speedup, wall_speedup, n_layer, measure, a.pipelined)));
+        if let Some(q) = &quality {
+            quality_lines(q);
+        }
     }
     Ok(())
 }
 
 /// The layer and wall-clock speedups in words, saying so when early exit does not pay.
-pub fn speedup_line(layer: f64, wall: Option<f64>, n_layer: usize, measure: ExitMeasure, pipelined: bool) -> String {
-    let mut s = format!("layer speedup {layer:.2}x over {n_layer} layers");
+pub fn speedup_line(layer: Option<f64>, wall: Option<f64>, n_layer: usize, measure: ExitMeasure, pipelined: bool) -> String {
+    let mut s = match layer {
+        Some(l) => format!("layer speedup {l:.2}x over {n_layer} layers"),
+        None => format!("layer speedup n/a over {n_layer} layers"),
+    };
     match wall {
         None => s += "; wall-clock speedup n/a (no tokens)",
         Some(w) => {
@@ -217,9 +250,12 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let text = decode_ids(&ck.tokenizer, &g.ids);
     let acceptance = g.acceptance();
     let tok_per_s = g.tokens_per_second();
+    let quality = match a.common.json || a.embedder.is_some() {
+        true => Some(continuation_quality(a, ck, &g.ids, &text)?),
+        false => None,
+    };
     if a.common.json {
-        let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
-        let encoder = SentenceEncoder::open(&choice, &ck.name, m, &ck.tokenizer, m.device())?;
+        let (div, coh, embedder) = quality.as_ref().expect("computed for --json");
         let mut v = json!({
             "prompt": a.prompt,
             "input_ids": ids,
@@ -238,9 +274,9 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             "origins": g.origins.iter().map(origin_name).collect::<Vec<_>>(),
             "seconds": g.seconds,
             "tok_per_s": tok_per_s,
-            "diversity": diversity(&g.ids),
-            "coherence": coherence(&encoder, &a.prompt, &text)?,
-            "embedder": encoder.info(&choice),
+            "diversity": div,
+            "coherence": coh,
+            "embedder": embedder,
         });
         if let Some(c) = &calibration {
             v["calibration"] = json!({
@@ -279,11 +315,23 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 ),
                 _ => String::new(),
             };
+            // What runs is what the line says: a --draft or --draft-confidence given wins
+            // over the calibration's pick, which the prediction is for.
+            let given = match (
+                a.draft.is_some() || a.draft_confidence.is_some(),
+                c.draft_len != draft_len || c.draft_confidence != draft_confidence,
+            ) {
+                (true, true) => format!(
+                    "; as given: the calibration picked up to {} drafts, draft confidence {}, and predicted for that",
+                    c.draft_len, c.draft_confidence
+                ),
+                _ => String::new(),
+            };
             out(&format!(
-                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{}){hint}",
+                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{}{given}){hint}",
                 c.draft_layer,
-                c.draft_len,
-                c.draft_confidence,
+                draft_len,
+                draft_confidence,
                 c.positions,
                 c.predicted_speedup,
                 match (c.predicted_speedup < 1.0, hint.is_empty()) {
@@ -306,6 +354,9 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             g.ids.len(),
             tok_per_s.map_or("tokens/s n/a".into(), |v| format!("{v:.0} tokens/s")),
         ));
+        if let Some(q) = &quality {
+            quality_lines(q);
+        }
     }
     Ok(())
 }
@@ -383,9 +434,8 @@ struct Timed {
     layer_speedup: f64,
 }
 
-fn sweep(ck: &Checkpoint, text: &str, data: &std::path::Path, a: &ExitsArgs, thresholds: &[f64], show: bool) -> Result<Sweep> {
-    let ids = crate::analysis::tokenize_text(&ck.tokenizer, text, data)?;
-    let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
+fn sweep(ck: &Checkpoint, docs: &[String], data: &str, ctx: usize, a: &ExitsArgs, thresholds: &[f64], show: bool) -> Result<Sweep> {
+    let ids = crate::corpus::tokens::held_out_ids(&ck.tokenizer, ck.eos_id(), docs, data, None)?;
     let trace = trace_exits(&ck.model, &ids, ctx, a.max_chunks, a.measure, |done, total| {
         if show {
             eprint!("\r{}: {done}/{total} chunks", ck.name);
@@ -434,15 +484,16 @@ fn sweep(ck: &Checkpoint, text: &str, data: &std::path::Path, a: &ExitsArgs, thr
 }
 
 pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
-    let data = resolve_asset(&a.data);
-    let text = crate::analysis::eval::read_text(&data)?; // before the models load: bad data fails fast
     let thresholds = parse_thresholds(a.thresholds.as_deref(), a.measure)?;
+    let (docs, data) = super::held_out_documents(&a.data)?; // before the models load: bad data fails fast
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut sweeps = vec![sweep(&open(&a.common)?, &text, &data, &a, &thresholds, show)?];
+    let mut models = vec![open(&a.common)?];
     if let Some(other) = &a.compare {
-        let common = CommonArgs { ckpt: other.clone(), device: a.common.device.clone(), json: a.common.json };
-        sweeps.push(sweep(&open(&common)?, &text, &data, &a, &thresholds, show)?);
+        models.push(open(&CommonArgs { ckpt: other.clone(), device: a.common.device.clone(), json: a.common.json })?);
     }
+    // One chunk length for both columns, so they are over the same predictions.
+    let ctx = a.ctx.unwrap_or_else(|| models.iter().map(|m| m.model.config.default_ctx()).min().expect("one model"));
+    let sweeps = models.iter().map(|ck| sweep(ck, &docs, &data, ctx, &a, &thresholds, show)).collect::<Result<Vec<_>>>()?;
     if a.common.json {
         let models: Vec<_> = sweeps
             .iter()
@@ -466,7 +517,7 @@ pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
             })
             .collect();
         out(&json!({
-            "data": data.display().to_string(),
+            "data": data,
             "measure": a.measure,
             "gen_tokens": a.gen_tokens,
             "gen_prompts": a.gen_prompts,
@@ -476,7 +527,7 @@ pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
         .to_string());
         return Ok(());
     }
-    out(&format_exits(&sweeps, &data.display().to_string(), a.measure, a.gen_prompts, a.gen_tokens, a.pipelined));
+    out(&format_exits(&sweeps, &data, a.measure, a.gen_prompts, a.gen_tokens, a.pipelined));
     Ok(())
 }
 

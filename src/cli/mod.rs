@@ -490,25 +490,44 @@ fn inspect(a: InspectArgs) -> Result<()> {
         out(&format!("{title}:"));
         out(&format_matrix(m));
     }
+    // Per residual step l -> l+1, as the JSON's adjacent_cos, norm_ratio and cos_update.
+    out("residual steps l -> l+1:");
+    let mut header = String::from("                     ");
+    (0..r.layers).for_each(|l| header += &format!("{:>7}", format!("{l}>{}", l + 1)));
+    out(&header);
+    let rows = [
+        ("COS(h^l, h^l+1)", crate::analysis::similarity::adjacent_cos(&r.cos)),
+        ("|h^l| / |step|", r.steps.norm_ratio.clone()),
+        ("cos(h^l, step)", r.steps.cos_update.clone()),
+    ];
+    for (name, values) in rows {
+        out(&format!("  {name:<19}{}", values.iter().map(|v| fmt_opt(v.map(no_negative_zero), 7, 3)).collect::<String>()));
+    }
     if ids.len() < 2 {
         out("(centered COS and CKA are undefined for a one-token prompt: its centered features are all zero)");
     }
     Ok(())
 }
 
-/// A layer × layer matrix as text (undefined entries as n/a).
+/// A layer × layer matrix as text (undefined entries as n/a), a column of 7 per entry so
+/// a negative one keeps a space before it.
 pub fn format_matrix(m: &[Vec<Option<f64>>]) -> String {
     let mut s = String::from("      ");
     for j in 0..m.len() {
-        s += &format!("{j:>6}");
+        s += &format!("{j:>7}");
     }
     for (i, row) in m.iter().enumerate() {
         s += &format!("\n  {i:>2}  ");
         for v in row {
-            s += &fmt_opt(*v, 6, 3);
+            s += &fmt_opt(v.map(no_negative_zero), 7, 3);
         }
     }
     s
+}
+
+/// A value that prints as -0.000 at three decimals prints as 0.000.
+fn no_negative_zero(v: f64) -> f64 {
+    if v < 0.0 && v > -0.0005 { 0.0 } else { v }
 }
 
 fn sampling_of(a: &GenerateArgs) -> Sampling {
@@ -626,32 +645,36 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval_cmd(a: EvalArgs) -> Result<()> {
-    if a.max_chunks == Some(0) {
-        bail!("--max-chunks must be at least 1 (it is how many chunks of the text to evaluate)")
-    }
-    // The data is read before the model loads: bad data fails fast.
-    let selection = select(std::slice::from_ref(&a.data), Role::Eval)?;
+/// The documents of held-out data (a text, .jsonl or .parquet file, a folder — its
+/// validation split where it has one — or a hub dataset), read the same way by every pass
+/// over a text (eval, exits, report), with the name to show for them.
+pub(crate) fn held_out_documents(data: &std::path::Path) -> Result<(Vec<String>, String)> {
+    let data = crate::paths::resolve_asset(data);
+    let selection = select(std::slice::from_ref(&data), Role::Eval)?;
     for note in &selection.notes {
         eprintln!("{note}");
     }
     let docs = read_documents(&selection.files)?;
     let shown = match selection.files.as_slice() {
         [one] if selection.notes.is_empty() => one.display().to_string(),
-        _ => a.data.display().to_string(),
+        _ => data.display().to_string(),
     };
+    Ok((docs, shown))
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    if a.max_chunks == Some(0) {
+        bail!("--max-chunks must be at least 1 (it is how many chunks of the text to evaluate)")
+    }
+    // The data is read before the model loads: bad data fails fast.
+    let (docs, shown) = held_out_documents(&a.data)?;
     if a.quality && (a.prompts == 0 || a.max_new_tokens == 0) {
         bail!("--prompts and --max-new-tokens must be at least 1")
     }
     let ck = open(&a.common)?;
     let ctx = a.ctx.unwrap_or(ck.model.config.default_ctx());
-    let eos = match ck.eos_id() {
-        Some(e) => e,
-        None if docs.len() <= 1 => 0,
-        None => bail!("{} has no end-of-text token to separate the documents of {shown}", ck.name),
-    };
     let max_tokens = a.max_chunks.map(|m| m.saturating_mul(ctx).saturating_add(1));
-    let ids = crate::corpus::tokens::tokenize_joined(&ck.tokenizer, &docs, eos, max_tokens)?;
+    let ids = crate::corpus::tokens::held_out_ids(&ck.tokenizer, ck.eos_id(), &docs, &shown, max_tokens)?;
     let opts = EvalOptions { ctx, max_chunks: a.max_chunks };
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r = evaluate(&ck.model, &ids, &opts, |done, total| {

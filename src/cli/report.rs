@@ -104,12 +104,23 @@ pub fn report(a: ReportArgs) -> Result<()> {
         bail!("--out {} is a file, not a folder", a.out.display())
     }
     let data = resolve_asset(&a.data);
-    let text = read_text(&data)?;
+    let (docs, _) = super::held_out_documents(&data)?;
     let exit_sweeps = a.exits.iter().map(|p| read_exit_sweep(p)).collect::<Result<Vec<_>>>()?.concat();
     let device = parse_device(&a.device)?;
     let mut models = vec![crate::train::recipe::open(&a.ckpt, &device)?];
     if let Some(b) = &a.compare {
         models.push(crate::train::recipe::open(b, &device)?);
+    }
+    for m in &models {
+        let n = m.model.config.n_positions;
+        if a.prompt_tokens.saturating_add(a.max_new_tokens) > n {
+            bail!(
+                "--prompt-tokens {} and --max-new-tokens {} do not fit in {}'s context of {n} tokens: a prompt is refused, not truncated",
+                a.prompt_tokens,
+                a.max_new_tokens,
+                m.name
+            )
+        }
     }
     let ctx = a.ctx.unwrap_or_else(|| models.iter().map(|m| m.model.config.default_ctx()).min().expect("one model"));
     let choice = EmbedderChoice::from_arg(a.embedder.as_deref());
@@ -128,7 +139,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         command,
     };
     let bar = progress_bar();
-    let mut report = build(&models, &text, &opts, &encoder, embedder.clone(), &mut |done, total, what| {
+    let mut report = build(&models, &docs, &opts, &encoder, embedder.clone(), &mut |done, total, what| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(what.to_string());

@@ -31,7 +31,8 @@ pub struct TrainArgs {
     /// Output checkpoint: a name under checkpoints/ or a path
     #[arg(long)]
     pub out: Option<String>,
-    /// Replace an existing output checkpoint (it is cleared when the new run starts)
+    /// Replace an existing output checkpoint (its files are replaced when the new run starts;
+    /// files a checkpoint does not own, such as notes, stay)
     #[arg(long)]
     pub overwrite: bool,
     /// Objective: aligned (all layers through the shared head), standard (last layer), ce-reg
@@ -108,7 +109,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub log_lines: bool,
     /// Also print each step's metrics (and each evaluation) as one JSON object per line on
-    /// stdout, as metrics.jsonl records them
+    /// stdout, as metrics.jsonl records them (an evaluation's record there also counts its
+    /// tokens, `eval_tokens`)
     #[arg(long)]
     pub json: bool,
 }
@@ -316,13 +318,24 @@ fn terminal_width() -> usize {
 pub fn tokenizer(c: TokenizerCommand) -> Result<()> {
     match c {
         TokenizerCommand::Train { vocab, data, min_frequency, out } => {
+            let path = out.join("tokenizer.json");
+            // A checkpoint's tokenizer must match its embeddings: never replaced in place.
+            if path.exists() {
+                bail!("{} already exists: not overwritten (pick another --out)", path.display())
+            }
             let files = if data.is_empty() { crate::paths::default_training_files() } else { collect_files(&data)? };
+            let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+            if bytes == 0 {
+                bail!("--data holds no text to train a tokenizer on")
+            }
             let tok = crate::train::tokenizer::train_bpe(&files, vocab, min_frequency)?;
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-            let path = out.join("tokenizer.json");
             let tmp = out.join(".tokenizer.json.tmp");
-            tok.save(&tmp, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)?;
+            let written = tok.save(&tmp, true).map_err(|e| anyhow::anyhow!("{e}")).and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                bail!("cannot write {}: {e}", path.display())
+            }
             super::out(&format!("tokenizer with {} tokens → {}", tok.get_vocab_size(true), path.display()));
             Ok(())
         }

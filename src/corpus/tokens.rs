@@ -108,6 +108,18 @@ pub fn tokenize_joined(tok: &Tokenizer, docs: &[String], eos: u32, max_tokens: O
     Ok(t.ids)
 }
 
+/// Token ids of held-out documents as every pass over a text reads them (eval, exits,
+/// report): joined by the model's end-of-text token (`eos`), as in training. A model
+/// without one can read a single document only; `data` names the documents in that error.
+pub fn held_out_ids(tok: &Tokenizer, eos: Option<u32>, docs: &[String], data: &str, max_tokens: Option<usize>) -> Result<Vec<u32>> {
+    let eos = match eos {
+        Some(e) => e,
+        None if docs.len() <= 1 => 0,
+        None => anyhow::bail!("the model has no end-of-text token to separate the documents of {data}"),
+    };
+    tokenize_joined(tok, docs, eos, max_tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,10 @@ impl Gpt2Config {
         if self.n_positions == 0 {
             bail!("n_positions must be positive")
         }
+        // Zero is allowed (a layer norm of a constant row is then NaN, as in transformers).
+        if !(self.layer_norm_epsilon >= 0.0 && self.layer_norm_epsilon.is_finite()) {
+            bail!("layer_norm_epsilon {} must be 0 or more", self.layer_norm_epsilon)
+        }
         // reorder_and_upcast_attn only changes half-precision numerics; we compute in f32.
         self.activation()?;
         Ok(())

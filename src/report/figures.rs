@@ -229,19 +229,24 @@ fn training_figure(r: &Report) -> Option<Figure> {
     Some(Figure { title: "Training curves (metrics.jsonl)".into(), columns: panels.len(), panels, panel_size: (420, 340) })
 }
 
+/// The file stems of every figure a report can have; the last two only with an exit
+/// sweep or training curves.
+pub const FIGURE_STEMS: [&str; 6] = ["similarity_cos", "similarity_cka", "agreement", "quality", "early_exit", "training"];
+
 /// Every figure of the report: `(file stem, figure)`.
 pub fn report_figures(r: &Report) -> Vec<(String, Figure)> {
+    let [cos, cka, agreement, quality, exits, training] = FIGURE_STEMS.map(String::from);
     let mut out = vec![
-        ("similarity_cos".to_string(), similarity_figure(r, false)),
-        ("similarity_cka".to_string(), similarity_figure(r, true)),
-        ("agreement".to_string(), agreement_figure(r)),
-        ("quality".to_string(), quality_figure(r)),
+        (cos, similarity_figure(r, false)),
+        (cka, similarity_figure(r, true)),
+        (agreement, agreement_figure(r)),
+        (quality, quality_figure(r)),
     ];
     if let Some(f) = exits_figure(r) {
-        out.push(("early_exit".into(), f));
+        out.push((exits, f));
     }
     if let Some(f) = training_figure(r) {
-        out.push(("training".into(), f));
+        out.push((training, f));
     }
     out
 }

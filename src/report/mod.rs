@@ -12,11 +12,11 @@ pub mod markdown;
 pub mod plot;
 
 use crate::analysis::corpus::{TextSimilarity, text_similarity};
+use crate::analysis::decode;
 use crate::analysis::embedder::{EmbedderInfo, SentenceEncoder};
 use crate::analysis::eval::{EvalOptions, EvalReport, evaluate};
 use crate::analysis::quality::{LayerQuality, PromptSetOptions, layer_quality, prompt_set};
 use crate::analysis::similarity::{defined_pairs, pearson};
-use crate::analysis::{decode, tokenize_text};
 use crate::model::Checkpoint;
 use anyhow::{Result, anyhow, bail};
 use curves::{ExitCurve, TrainingCurves};
@@ -120,10 +120,11 @@ fn with_layer_zero<T: Copy>(v: Vec<T>, zero: T) -> Vec<T> {
     std::iter::once(zero).chain(v).collect()
 }
 
-/// Computes the report for `models` (A, then optionally B) over the text in `text`.
+/// Computes the report for `models` (A, then optionally B) over the held-out documents
+/// `docs` (joined by each model's end-of-text token, as `eval` reads them).
 pub fn build(
     models: &[Checkpoint],
-    text: &str,
+    docs: &[String],
     opts: &ReportOptions,
     encoder: &SentenceEncoder,
     embedder: EmbedderInfo,
@@ -132,7 +133,11 @@ pub fn build(
     if models.is_empty() || models.len() > 2 {
         bail!("a report covers one or two checkpoints")
     }
-    let ids: Vec<Vec<u32>> = models.iter().map(|ck| tokenize_text(&ck.tokenizer, text, &opts.data)).collect::<Result<_>>()?;
+    let shown = opts.data.display().to_string();
+    let ids: Vec<Vec<u32>> = models
+        .iter()
+        .map(|ck| crate::corpus::tokens::held_out_ids(&ck.tokenizer, ck.eos_id(), docs, &shown, None))
+        .collect::<Result<_>>()?;
     for (ck, ids) in models.iter().zip(&ids) {
         if ids.len() < 2 {
             bail!("{} has fewer than 2 tokens under {}'s tokenizer: nothing to evaluate", opts.data.display(), ck.name)
@@ -167,7 +172,9 @@ pub fn build(
             .map(|p| {
                 let e = ck.tokenizer.encode(p.as_str(), false).map_err(|e| anyhow!("cannot tokenize a prompt: {e}"))?;
                 let mut v = e.get_ids().to_vec();
-                // A prompt must leave room for its continuation in the context.
+                // A prompt must leave room for its continuation in the context. The command
+                // refuses a prompt length that does not fit; only B's tokenizer, splitting
+                // A's prompt into more tokens, can still reach this.
                 let room = ck.model.config.n_positions.saturating_sub(opts.prompts.max_new_tokens).max(1);
                 if v.len() > room {
                     v.drain(..v.len() - room);
@@ -281,6 +288,15 @@ pub fn write(report: &mut Report, out: &Path, png_scale: f64) -> Result<Vec<Path
         let dest = out.join(f);
         std::fs::rename(stage.join(f), &dest).map_err(|e| anyhow!("cannot move {f} into {}: {e}", out.display()))?;
         written.push(dest);
+    }
+    // A figure an earlier report in this folder had and this one has not (no exit sweep
+    // this time) goes, so the folder holds one report; other files are not the report's.
+    for stem in figures::FIGURE_STEMS {
+        for f in [format!("{stem}.svg"), format!("{stem}.png")] {
+            if !files.contains(&f) {
+                let _ = std::fs::remove_file(out.join(&f));
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&stage);
     Ok(written)

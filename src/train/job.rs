@@ -224,6 +224,15 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
         RunPlan::Resume { dir, steps } => {
             let dir = resolve(&dir.to_string_lossy())?;
             let state = read_state(&dir)?;
+            // Before the data is read: a run without its moments cannot go on.
+            if !dir.join(super::save::OPTIMIZER_FILE).exists() {
+                bail!(
+                    "{} holds no optimizer state ({}; the shipped checkpoints leave it out) and cannot be resumed: fine-tune it further with train --ckpt {} --out NEW",
+                    dir.display(),
+                    super::save::OPTIMIZER_FILE,
+                    dir.display()
+                )
+            }
             let mut config = state.config.clone();
             if let Some(s) = steps {
                 config.steps = s;
@@ -296,6 +305,11 @@ fn prepare_data(cfg: &TrainConfig, tok: &tokenizers::Tokenizer, eos: u32, ctl: &
         let eval_budget = Budget { tokens: cfg.eval_batches.max(1) * cfg.batch * cfg.ctx + 1, shuffle_seed: None };
         tokenize_documents(tok, &read_documents(&held_out.files)?, eos, Some(eval_budget), |_, _| {})?.ids
     };
+    // Found here, before the run writes anything, not at its first evaluation.
+    if cfg.eval_every > 0 && !held_out.files.is_empty() && eval_tokens.len() < 2 {
+        let names: Vec<String> = cfg.eval_data.iter().map(|p| p.display().to_string()).collect();
+        bail!("the held-out data {} has no text to evaluate on: give --eval-data with text, or --eval-every 0", names.join(", "))
+    }
     Ok((t.ids, eval_tokens))
 }
 
