@@ -412,3 +412,11 @@ fn no_tokens_means_no_speedup() {
         assert!(v[k].is_null(), "{k} = {}", v[k]);
     }
 }
+
+#[test]
+fn sweep_and_lens_sizes_that_mean_nothing() {
+    let ck = s(&fixture_dir());
+    fails_with(&["exits", "--ckpt", &ck, "--gen-prompts", "0", "--gen-tokens", "4"], &["--gen-prompts"]);
+    fails_with(&["exits", "--ckpt", &ck, "--gen-tokens", "100000"], &["--gen-tokens 100000", "context"]);
+    fails_with(&["inspect", "--ckpt", &ck, "--prompt", "Hi", "--top-k", "0"], &["--top-k"]);
+}

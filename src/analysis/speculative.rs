@@ -549,7 +549,7 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
         let seen = trace.full.len();
         if seen <= MAX_AUTO_DRAFT {
             bail!(
-                "the prompt leaves room for {seen} new tokens in the model's context: too few to calibrate speculative decoding (it needs more than {MAX_AUTO_DRAFT})"
+                "the prompt leaves {seen} positions of the model's context to calibrate on: too few to calibrate speculative decoding (it needs more than {MAX_AUTO_DRAFT})"
             )
         }
         let agreement: Vec<Option<f64>> = (0..=n_layer)

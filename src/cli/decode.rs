@@ -485,6 +485,9 @@ fn sweep(ck: &Checkpoint, docs: &[String], data: &str, ctx: usize, a: &ExitsArgs
 
 pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
     let thresholds = parse_thresholds(a.thresholds.as_deref(), a.measure)?;
+    if a.gen_tokens > 0 && a.gen_prompts == 0 {
+        bail!("--gen-prompts must be at least 1 to time generation (--gen-tokens 0 skips the wall clock)")
+    }
     let (docs, data) = super::held_out_documents(&a.data)?; // before the models load: bad data fails fast
     let show = !a.common.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut models = vec![open(&a.common)?];
@@ -493,6 +496,17 @@ pub fn exits_cmd(a: ExitsArgs) -> Result<()> {
     }
     // One chunk length for both columns, so they are over the same predictions.
     let ctx = a.ctx.unwrap_or_else(|| models.iter().map(|m| m.model.config.default_ctx()).min().expect("one model"));
+    for m in &models {
+        // A prompt of at least one token, then the timed tokens, in the context.
+        if a.gen_tokens >= m.model.config.n_positions {
+            bail!(
+                "--gen-tokens {} does not fit in {}'s context of {} tokens with a prompt",
+                a.gen_tokens,
+                m.name,
+                m.model.config.n_positions
+            )
+        }
+    }
     let sweeps = models.iter().map(|ck| sweep(ck, &docs, &data, ctx, &a, &thresholds, show)).collect::<Result<Vec<_>>>()?;
     if a.common.json {
         let models: Vec<_> = sweeps

@@ -454,6 +454,9 @@ fn save_json(path: &std::path::Path, value: &serde_json::Value, inputs: &[&std::
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1 (the lens shows that many tokens per layer)")
+    }
     let ck = open(&a.common)?;
     let ids = encode_prompt(&ck.tokenizer, &ck.model, &a.prompt)?;
     let at = match a.position {

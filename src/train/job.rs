@@ -203,6 +203,9 @@ fn setup(plan: RunPlan, device: &Device) -> Result<Setup> {
                 }
                 InitFrom::Random { config: cfg_path, tokenizer } => {
                     let mut cfg = Gpt2Config::from_file(cfg_path)?;
+                    if tokenizer.is_file() && tokenizer.file_name().is_none_or(|n| n != "tokenizer.json") {
+                        bail!("--tokenizer {}: give a folder holding tokenizer.json, or that tokenizer.json file", tokenizer.display())
+                    }
                     let tok_dir =
                         if tokenizer.is_dir() { tokenizer.clone() } else { tokenizer.parent().map(Path::to_path_buf).unwrap_or_default() };
                     let tok = load_tokenizer(&tok_dir)?;
