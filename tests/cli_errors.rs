@@ -420,3 +420,13 @@ fn sweep_and_lens_sizes_that_mean_nothing() {
     fails_with(&["exits", "--ckpt", &ck, "--gen-tokens", "100000"], &["--gen-tokens 100000", "context"]);
     fails_with(&["inspect", "--ckpt", &ck, "--prompt", "Hi", "--top-k", "0"], &["--top-k"]);
 }
+
+#[test]
+fn settings_of_another_loss_are_refused() {
+    let ck = s(&fixture_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("run"));
+    fails_with(&["train", "--ckpt", &ck, "--out", &out, "--loss", "standard", "--no-alternate"], &["--no-alternate"]);
+    fails_with(&["train", "--ckpt", &ck, "--out", &out, "--loss", "aligned", "--beta", "0.5"], &["--beta"]);
+    fails_with(&["train", "--ckpt", &ck, "--out", &out, "--tokenizer", &ck], &["--init"]);
+}

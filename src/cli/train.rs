@@ -157,6 +157,16 @@ fn config_from(a: &TrainArgs) -> Result<TrainConfig> {
         _ => bail!("give --ckpt BASE (fine-tune), --init CONFIG.json --tokenizer DIR (from scratch), or --resume NAME"),
     };
     let Some(out) = &a.out else { bail!("give --out NAME for the new checkpoint") };
+    if a.tokenizer.is_some() && a.init.is_none() {
+        bail!("--tokenizer is the tokenizer of --init (random weights); a checkpoint brings its own")
+    }
+    // Settings of one loss given with another would be silently unused.
+    if a.no_alternate && a.loss != LossKind::Aligned {
+        bail!("--no-alternate applies to the aligned loss only (--loss {} does not alternate)", a.loss)
+    }
+    if a.beta != 1.0 && a.loss != LossKind::CeReg {
+        bail!("--beta weights the cosine term of --loss ce-reg; --loss {} has none", a.loss)
+    }
     let out = output_dir(out);
     // A folder without a checkpoint (a run killed before its first save, an empty folder)
     // is simply trained into.
