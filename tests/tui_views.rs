@@ -415,8 +415,13 @@ fn engine_errors_go_to_the_status_line() {
     let status = h.app.status.clone().unwrap();
     assert!(status.error && status.text.contains("context"), "{status:?}");
     assert!(h.screen(80, 24).contains("context"));
-    // The last good analysis stays.
-    assert!(h.app.columns[0].analysis.is_some());
+    // The last prompt's analysis goes: its tokens must not be continued under the new
+    // prompt's text; the column says why it is empty (↑ in the input line brings the last
+    // prompt back).
+    assert!(h.app.columns[0].analysis.is_none());
+    h.press(KeyCode::Char('3'));
+    assert!(!h.settle().iter().any(|e| is_worker_cmd(e, |c| matches!(c, WorkerCommand::Generate { .. }))));
+    assert!(h.screen(80, 24).contains("context"));
     // A file that does not exist for the metrics.
     h.press(KeyCode::Char('4'));
     h.press(KeyCode::Char('f'));
@@ -879,4 +884,21 @@ fn the_first_save_of_the_recipe_run_is_shown_beside_its_base() {
     assert_eq!(alignscope::tui::plan_start(&args).unwrap().b.as_deref(), Some(base.to_str().unwrap()), "--compare overrides");
     args.single = true;
     assert_eq!(alignscope::tui::plan_start(&args).unwrap().b, None);
+}
+
+/// A paste goes into the input line whole, line breaks included: it is never run as keys
+/// (a line break as Enter ran the first line, and a `q` after it quit).
+#[test]
+fn a_paste_is_text_not_keys() {
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('i'));
+    h.press_mod(KeyCode::Char('u'), KeyModifiers::CONTROL);
+    assert!(h.app.handle_paste("Hello there,\nquite so.").is_empty());
+    assert!(!h.app.should_quit);
+    let Mode::Input(line) = &h.app.mode else { panic!("the input line closed") };
+    assert_eq!(line.field.text, "Hello there,\nquite so.");
+    // Outside the input line a paste does nothing.
+    h.press(KeyCode::Esc);
+    assert!(h.app.handle_paste("q").is_empty());
+    assert!(!h.app.should_quit && matches!(h.app.mode, Mode::Normal));
 }

@@ -327,8 +327,32 @@ impl App {
             return self.update(action, now);
         }
         match &mut self.mode {
-            Mode::Input(line) => line.edit(&key),
+            Mode::Input(line) => {
+                line.edit(&key);
+                self.clear_error();
+            }
             Mode::TrainMenu(menu) => menu.edit(&key),
+            _ => {}
+        }
+        vec![]
+    }
+
+    /// An error the input line showed goes once the user edits the text it was about.
+    fn clear_error(&mut self) {
+        if self.status.as_ref().is_some_and(|m| m.error) {
+            self.status = None;
+        }
+    }
+
+    /// Text pasted into the terminal (bracketed paste): into the input line or the
+    /// training menu's field when one is open, else nothing — a paste is never run as keys.
+    pub fn handle_paste(&mut self, text: &str) -> Vec<Effect> {
+        match &mut self.mode {
+            Mode::Input(line) => {
+                line.paste(text);
+                self.clear_error();
+            }
+            Mode::TrainMenu(menu) => menu.paste(text),
             _ => {}
         }
         vec![]

@@ -209,6 +209,9 @@ impl Column {
                         Folded::Analyzed
                     }
                     Err(e) => {
+                        // The last prompt's analysis goes with it: kept, its tokens were
+                        // continued under the new prompt's text in the generation view.
+                        self.analysis = None;
                         self.error = Some(e.clone());
                         Folded::Failed(e)
                     }

@@ -10,6 +10,8 @@ use std::thread;
 #[derive(Debug)]
 pub enum Event {
     Key(KeyEvent),
+    /// Text pasted into the terminal, whole (bracketed paste).
+    Paste(String),
     Resize,
     /// A reply from the model worker with this id.
     Worker {
@@ -43,6 +45,7 @@ pub fn spawn_input_reader(tx: Sender<Event>) {
                     // Windows reports releases too; only presses (and repeats) act.
                     ct::Event::Key(k) if k.kind != KeyEventKind::Release => Event::Key(k),
                     ct::Event::Resize(..) => Event::Resize,
+                    ct::Event::Paste(text) => Event::Paste(text),
                     _ => continue,
                 };
                 if tx.send(out).is_err() {

@@ -29,6 +29,12 @@ impl InputLine {
         }
     }
 
+    /// Inserts pasted text; a prompt keeps its line breaks, a file name does not.
+    pub fn paste(&mut self, text: &str) {
+        self.field.paste(text, self.purpose == InputPurpose::Prompt);
+        self.history_pos = None;
+    }
+
     /// Moves through `history` (oldest first): `delta < 0` to earlier entries; past the
     /// newest entry the draft being typed comes back.
     pub fn browse(&mut self, history: &[String], delta: isize) {

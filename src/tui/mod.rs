@@ -162,7 +162,8 @@ fn enter_terminal() -> Result<Term> {
         }
     }));
     terminal::enable_raw_mode()?;
-    if let Err(e) = execute!(std::io::stdout(), terminal::EnterAlternateScreen) {
+    // Bracketed paste: a paste arrives as one event, not as keys (its line breaks as Enter).
+    if let Err(e) = execute!(std::io::stdout(), terminal::EnterAlternateScreen, ratatui::crossterm::event::EnableBracketedPaste) {
         leave_terminal();
         return Err(e.into());
     }
@@ -176,6 +177,7 @@ fn enter_terminal() -> Result<Term> {
 }
 
 fn leave_terminal() {
+    let _ = execute!(std::io::stdout(), ratatui::crossterm::event::DisableBracketedPaste);
     ratatui::restore();
 }
 
@@ -249,6 +251,7 @@ fn handle(app: &mut App, rt: &mut Runtime, ev: Event) -> Result<()> {
     let now = Instant::now();
     let fx = match ev {
         Event::Key(k) => app.handle_key(k, now),
+        Event::Paste(text) => app.handle_paste(&text),
         Event::Resize => vec![],
         Event::Worker { worker, reply } => app.on_worker(worker, *reply, now),
         Event::Download(s) => {

@@ -70,6 +70,24 @@ impl TextField {
         true
     }
 
+    /// Inserts pasted text at the cursor. Line breaks stay line breaks where the field
+    /// takes them (`multiline`: the prompt), else become spaces; other control characters
+    /// are dropped. Each line break of a paste used to arrive as Enter and ran the line.
+    pub fn paste(&mut self, pasted: &str, multiline: bool) {
+        let text = pasted.replace("\r\n", "\n").replace('\r', "\n");
+        let clean: String = text
+            .chars()
+            .filter_map(|c| match c {
+                '\n' if multiline => Some('\n'),
+                '\n' | '\t' => Some(' '),
+                c if c.is_control() => None,
+                c => Some(c),
+            })
+            .collect();
+        self.text.insert_str(self.cursor, &clean);
+        self.cursor += clean.len();
+    }
+
     /// The part of the text that fits in `width` columns with the cursor visible, and the
     /// cursor's column in it.
     pub fn window(&self, width: usize) -> (String, usize) {
@@ -86,6 +104,18 @@ impl TextField {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paste_is_text_with_its_line_breaks() {
+        let mut t = TextField::new("ab");
+        t.left();
+        t.paste("Hello there,\r\nquite so.\x07", true);
+        assert_eq!(t.text, "aHello there,\nquite so.b");
+        assert_eq!(t.cursor, t.text.len() - 1);
+        let mut one_line = TextField::new("");
+        one_line.paste("a\tb\nc", false);
+        assert_eq!(one_line.text, "a b c");
+    }
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)

@@ -317,6 +317,16 @@ impl TrainMenu {
         }
     }
 
+    /// Inserts pasted text into the selected text field (one line).
+    pub fn paste(&mut self, text: &str) {
+        let f = self.selected_field();
+        if let Some(t) = self.text_mut(f) {
+            t.paste(text, false);
+            self.error = None;
+            self.refresh();
+        }
+    }
+
     /// Applies an editing key to the selected text field; an edit clears the error.
     pub fn edit(&mut self, key: &ratatui::crossterm::event::KeyEvent) {
         let f = self.selected_field();

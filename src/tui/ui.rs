@@ -51,8 +51,18 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame) {
             let (shown, col) = line.field.window(w);
             frame.render_widget(Paragraph::new(Line::from(vec![Span::styled(label, theme.key()), Span::raw(shown)])), footer);
             frame.set_cursor_position(Position { x: footer.x + (text_width(label) + col) as u16, y: footer.y });
-            // The input line's own keys replace the status line while typing.
-            frame.render_widget(Paragraph::new(hints(app, theme, status.width as usize)), status);
+            // The input line's own keys replace the status line while typing, unless it
+            // says what went wrong (an empty prompt, a file that is not there). Cleared
+            // first: a shorter line left the status line's end on screen.
+            frame.render_widget(ratatui::widgets::Clear, status);
+            let line = match &app.status {
+                Some(msg) if msg.error => Line::from(vec![
+                    Span::raw(" "),
+                    Span::styled(clip(&msg.text, (status.width as usize).saturating_sub(1)), theme.error()),
+                ]),
+                _ => hints(app, theme, status.width as usize),
+            };
+            frame.render_widget(Paragraph::new(line), status);
         }
         _ => frame.render_widget(Paragraph::new(hints(app, theme, footer.width as usize)), footer),
     }
@@ -72,7 +82,12 @@ fn tab_line<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
         spans.push(Span::styled(format!(" {} {name} ", i + 1), style));
     }
     let (l, pos) = if short { ("L", "pos ") } else { ("layer ", "position ") };
-    let right = format!("{l}{}/{} · {pos}{}/{} ", app.layer, app.max_layer(), app.position, app.n_positions().saturating_sub(1));
+    // No tokens (a prompt the models refused, or still loading): no position to show.
+    let position = match app.n_positions() {
+        0 => "–".to_string(),
+        n => format!("{}/{}", app.position, n - 1),
+    };
+    let right = format!("{l}{}/{} · {pos}{position} ", app.layer, app.max_layer());
     let used: usize = spans.iter().map(|s| s.width()).sum();
     let gap = width.saturating_sub(used + right.len());
     spans.push(Span::raw(" ".repeat(gap)));

@@ -18,10 +18,15 @@ pub fn lines<'a>(theme: &Theme) -> Vec<Line<'a>> {
         }
         out.push(Line::raw(""));
     }
-    out.push(Line::styled(
-        "In the input line and the training menu other keys edit the text (Alt-Enter inserts a line break); Ctrl-C quits from anywhere.",
-        theme.dim(),
-    ));
+    // Lines short enough for the 80-column box (it does not wrap: the scroll counts lines).
+    for l in [
+        "In the input line and the training menu other keys edit the text:",
+        "  ←→ Home End move, Backspace Delete erase, Ctrl-U erases to the start,",
+        "  Alt-Enter inserts a line break; a paste is inserted as text.",
+        "Ctrl-C quits from anywhere.",
+    ] {
+        out.push(Line::styled(l, theme.dim()));
+    }
     out
 }
 
