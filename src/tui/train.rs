@@ -392,12 +392,16 @@ impl TrainMenu {
 
     /// The run as alignscope would train it (the PyTorch engine trains the same run).
     pub fn run_request(&self) -> Result<TrainRequest, String> {
-        fn num<T: std::str::FromStr>(f: &TextField, what: &str) -> Result<T, String> {
-            f.text.trim().parse::<T>().map_err(|_| format!("{what} must be a number, got {:?}", f.text.trim()))
+        fn num(f: &TextField, what: &str) -> Result<f64, String> {
+            f.text.trim().parse().map_err(|_| format!("{what} must be a number, got {:?}", f.text.trim()))
+        }
+        // A count says what it needs: "-5" and 10^23 are numbers, but not counts.
+        fn count(f: &TextField, what: &str) -> Result<usize, String> {
+            f.text.trim().parse().map_err(|_| format!("{what} must be a whole number of 1 or more, got {:?}", f.text.trim()))
         }
         if self.run_kind() == RunKind::Continue {
             let (_, dir) = self.resumable.get(self.run).ok_or("no saved run can be continued: start a fine-tune first")?;
-            let steps = if self.steps.text.trim().is_empty() { None } else { Some(num::<usize>(&self.steps, "Steps")?) };
+            let steps = if self.steps.text.trim().is_empty() { None } else { Some(count(&self.steps, "Steps")?) };
             if steps == Some(0) {
                 return Err("Steps must be at least 1".into());
             }
@@ -426,15 +430,15 @@ impl TrainMenu {
         if let Some(missing) = data.iter().find(|p| !p.exists() && !p.to_string_lossy().starts_with("hf://")) {
             return Err(format!("Data: {} does not exist", missing.display()));
         }
-        let steps: usize = num(&self.steps, "Steps")?;
-        let lr: f64 = num(&self.lr, "Learning rate")?;
-        let batch: usize = num(&self.batch, "Batch")?;
-        let ctx: usize = num(&self.ctx, "Context")?;
+        let steps = count(&self.steps, "Steps")?;
+        let lr = num(&self.lr, "Learning rate")?;
+        let batch = count(&self.batch, "Batch")?;
+        let ctx = count(&self.ctx, "Context")?;
         if steps == 0 || batch == 0 {
             return Err("Steps and Batch must be at least 1".into());
         }
         if !(lr > 0.0 && lr < 1.0) {
-            return Err(format!("Learning rate must be in (0, 1), got {lr}"));
+            return Err(format!("Learning rate must be in (0, 1), got {lr:e}"));
         }
         if ctx < 2 {
             return Err("Context must be at least 2 tokens".into());
