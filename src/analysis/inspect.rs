@@ -2,7 +2,7 @@
 //! logit lens at chosen positions.
 
 use super::ids_tensor;
-use super::lens::{TopToken, lens_logits, token_text, top_tokens};
+use super::lens::{TopToken, lens_logits, top_tokens};
 use super::similarity::{Features, ResidualSteps, cka_matrix, cos_matrix, residual_steps};
 use crate::model::Gpt2;
 use anyhow::{Result, bail};
@@ -74,7 +74,7 @@ pub fn analyze(model: &Gpt2, tok: &Tokenizer, ids: &[u32], top_k: usize, at: Len
     Ok(PromptAnalysis {
         layers: model.n_layer(),
         input_ids: ids.to_vec(),
-        tokens: ids.iter().map(|&i| token_text(tok, i)).collect(),
+        tokens: super::lens::token_pieces(tok, ids),
         cos: cos_matrix(&feats, true),
         cos_raw: cos_matrix(&feats, false),
         cka: cka_matrix(&feats),

@@ -40,6 +40,34 @@ pub fn token_text(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
 }
 
+/// The text each token of a sequence adds to it, for showing the sequence token by token.
+/// A character that byte-level BPE splits over several tokens (é, 你, “) decodes to U+FFFD
+/// in every part alone; here it shows whole on the token that completes it, and the tokens
+/// before it show nothing. A character takes at most four bytes, so a few tokens before,
+/// from one that starts a character, are context enough.
+pub fn token_pieces(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
+    (0..ids.len())
+        .map(|i| {
+            // From a token that starts a character: one that starts inside a character
+            // decodes as U+FFFD at the front, which the context must not begin with.
+            let mut j = i.saturating_sub(3);
+            while j > 0 && i - j < 8 && token_text(tok, ids[j]).starts_with('\u{FFFD}') {
+                j -= 1;
+            }
+            let (Ok(before), Ok(with)) = (tok.decode(&ids[j..i], false), tok.decode(&ids[j..=i], false)) else {
+                return token_text(tok, ids[i]);
+            };
+            let complete = before.trim_end_matches('\u{FFFD}');
+            match with.strip_prefix(complete) {
+                Some(added) if i + 1 < ids.len() => added.trim_end_matches('\u{FFFD}').to_string(),
+                // The last token: an incomplete character stays visible as U+FFFD.
+                Some(added) => added.to_string(),
+                None => token_text(tok, ids[i]),
+            }
+        })
+        .collect()
+}
+
 /// The top-k tokens of a logits row.
 pub fn top_tokens(tok: &Tokenizer, logits: &[f32], k: usize) -> Vec<TopToken> {
     let probs = softmax(logits);
@@ -57,4 +85,27 @@ pub fn lens_logits(model: &Gpt2, residuals: &[Tensor], positions: &[usize]) -> R
         out.push(logits);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_over_tokens_show_whole() {
+        let path = crate::paths::resolve_asset(std::path::Path::new("assets/gpt2-tokenizer/tokenizer.json"));
+        let tok = Tokenizer::from_file(path).unwrap();
+        let austen =
+            Tokenizer::from_file(crate::paths::resolve_asset(std::path::Path::new("checkpoints/austen-aligned/tokenizer.json"))).unwrap();
+        for (tok, text) in [&tok, &austen]
+            .into_iter()
+            .flat_map(|t| ["Élise said: 你好 naïve café — “quotes”", "plain ascii text", "🎉 你好你好"].map(|x| (t, x)))
+        {
+            let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+            let pieces = token_pieces(tok, &ids);
+            assert_eq!(pieces.len(), ids.len());
+            assert_eq!(pieces.concat(), text, "{pieces:?}");
+            assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        }
+    }
 }
