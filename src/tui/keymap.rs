@@ -255,7 +255,7 @@ pub fn key_table_markdown() -> String {
         }
         s += "\n";
     }
-    s += "In the input line and the training menu, other keys edit the text (←/→, Home/End, Backspace, Delete, Ctrl-U; Alt-Enter inserts a line break). Ctrl-C quits from anywhere.\n";
+    s += "In the input line and the training menu, other keys edit the text (←/→, Home/End, Backspace, Delete, Ctrl-U; Alt-Enter inserts a line break). A paste is inserted as text, line breaks included, never run as keys (the explorer turns on the terminal's bracketed paste). Ctrl-C quits from anywhere.\n";
     s
 }
 
