@@ -9,7 +9,8 @@
 #   3. benchmarks GPT-2-124M (random weights, GPT-2's config and tokenizer: nothing to
 #      download) on the GPU: all-layer analysis of a 64-token prompt, batch-1 greedy decode
 #      (all 12 layers, and exit layer 6), training tokens/s of the standard and the aligned
-#      loss at batch 8 x 256,
+#      loss at batch 8 x 256 (and 32 x 256, each also with --tf32), and the same
+#      measurements with PyTorch/transformers on the same GPU when its python3 has them,
 #   4. writes everything to OUT/device-check.json, with OUT/device-check.log beside it.
 # It exits 0 when every comparison passes (the benchmarks are measurements, not checks).
 #
@@ -144,9 +145,15 @@ fi
 run() { # run NAME ARGS... : the binary's stdout → results/NAME.json, stderr → the log
     local name="$1"
     shift
+    run_program "$name" "$bin" "$@"
+}
+
+run_program() { # run_program NAME PROGRAM ARGS...
+    local name="$1"
+    shift
     local t0 t1 rc
     t0=$(date +%s.%N)
-    timeout "$per_cmd" "$bin" "$@" >"$results/$name.json" 2>"$work/stderr"
+    timeout "$per_cmd" "$@" >"$results/$name.json" 2>"$work/stderr"
     rc=$?
     t1=$(date +%s.%N)
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(awk "BEGIN { printf \"%.1f s\", $t1 - $t0 }")" "$*" >>"$results/commands.tsv"
@@ -198,7 +205,33 @@ done
 # ---------------------------------------------------------------- 3. benchmarks
 say "== benchmarks on $device: GPT-2-124M, random weights"
 run bench-inference bench --device "$device" --model gpt2 --what inference --reps "$reps" --decode-tokens "$decode" --json
-run bench-train bench --device "$device" --model gpt2 --what train --batch "$batch" --train-steps "$steps" --json
+run bench-train bench --device "$device" --model gpt2 --what train --batch "$batch" --train-steps "$steps" --profile --json
+if [ "$device" != cpu ]; then
+    # What a GPU is bought for: a larger batch, and the f32 products on TF32 tensor cores.
+    run bench-train-tf32 bench --device "$device" --model gpt2 --what train --batch "$batch" --train-steps "$steps" --tf32 --json
+    run bench-train-b32 bench --device "$device" --model gpt2 --what train --batch 32 --train-steps "$steps" --json
+    run bench-train-b32-tf32 bench --device "$device" --model gpt2 --what train --batch 32 --train-steps "$steps" --tf32 --profile --json
+    # The gpt2-aligned recipe's step as `alignscope train` runs it (alternating, on the Austen texts).
+    run_program recipe-cost env STEPS=9 DEVICE="$device" BIN="$bin" bash scripts/recipe-cost.sh
+    # The same measurements with PyTorch/transformers on the same GPU, in the same run.
+    if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+        say "== the same on $device with PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
+        gpt2=(--layers 12 --d 768 --heads 12 --vocab 50257 --ctx 256 --steps "$steps" --device cuda --json)
+        run_program torch-decode python3 scripts/pytorch_decode_bench.py --device cuda --tokens "$decode" --json
+        run_program torch-train python3 scripts/pytorch_train_bench.py "${gpt2[@]}" --batch "$batch"
+        run_program torch-train-tf32 python3 scripts/pytorch_train_bench.py "${gpt2[@]}" --batch "$batch" --tf32
+        run_program torch-train-b32 python3 scripts/pytorch_train_bench.py "${gpt2[@]}" --batch 32
+        run_program torch-train-b32-tf32 python3 scripts/pytorch_train_bench.py "${gpt2[@]}" --batch 32 --tf32
+        # What a user runs: whole `alignscope generate` processes against whole transformers
+        # `generate` processes, both on the GPU (the checkpoint: random GPT-2-124M weights).
+        if command -v script >/dev/null; then
+            run_program generate-vs-transformers env DEVICE="$device" BIN="$bin" CKPT="$work/gpt2-124m-random" REPS=2 THREADS=8 \
+                ALIGNSCOPE_PYTHON="$(command -v python3)" bash scripts/generate-vs-transformers.sh
+        fi
+    else
+        say "(no PyTorch with CUDA here: no PyTorch comparison)"
+    fi
+fi
 
 # ---------------------------------------------------------------- 4. compare and report
 python3 - "$results" "$out/device-check.json" "$device" "$started" <<'EOF' 2>&1 | tee -a "$log"
@@ -305,6 +338,9 @@ for model in ["tiny-gpt2", "austen-aligned", "austen-standard"]:
             check(model, label + ": loss", False, error="a run failed")
 
 bench = {"inference": load("bench-inference"), "training": load("bench-train")}
+for extra in ("bench-train-tf32", "bench-train-b32", "bench-train-b32-tf32"):
+    if load(extra) is not None:
+        bench[extra.removeprefix("bench-").replace("-", "_")] = load(extra)
 summary = {}
 try:
     inf = bench["inference"]["inference"][0]
@@ -324,6 +360,39 @@ try:
     summary["standard_vs_llm_c_h100"] = rate["standard"] / 460_000
 except (TypeError, KeyError, IndexError):
     pass
+torch_runs = {name: load(name) for name in ("torch-decode", "torch-train", "torch-train-tf32", "torch-train-b32", "torch-train-b32-tf32")}
+torch_runs = {k: v for k, v in torch_runs.items() if v is not None}
+if torch_runs:
+    bench["torch"] = torch_runs
+    try:
+        ours = {d["exit_layer"]: d["tokens_per_sec"] for d in bench["inference"]["inference"][0]["decode"]}
+        summary["torch_decode_tokens_per_sec"] = torch_runs["torch-decode"]["tokens_per_sec"]
+        summary["decode_all_layers_vs_transformers"] = ours[max(ours)] / torch_runs["torch-decode"]["tokens_per_sec"]
+    except (TypeError, KeyError, ValueError):
+        pass
+# Each training measurement: alignscope's rates, and PyTorch's from the same run.
+for key, theirs_name in [("training", "torch-train"), ("train_tf32", "torch-train-tf32"), ("train_b32", "torch-train-b32"),
+                         ("train_b32_tf32", "torch-train-b32-tf32")]:
+    try:
+        value = bench[key]
+        tr = value["training"][0]
+        rate = {x["loss"]: x["tokens_per_sec"] for x in tr["losses"]}
+        row = {"batch": f"{tr['batch']} x {tr['ctx']}", "tf32": value.get("tf32", False), "standard_tokens_per_sec": rate["standard"],
+               "aligned_tokens_per_sec": rate["aligned"], "aligned_slowdown_per_token": rate["standard"] / rate["aligned"],
+               "standard_vs_llm_c_h100": rate["standard"] / 460_000}
+        for x in tr["losses"]:
+            if x.get("device_profile"):
+                row.setdefault("step_profile_ms", {})[x["loss"]] = {
+                    ph["phase"]: [round(ph["queued_ms"], 2), round(ph["done_ms"], 2)] for ph in x["device_profile"]["phases"]}
+        theirs = torch_runs.get(theirs_name)
+        if theirs:
+            t = {x["loss"]: x["tokens_per_sec"] for x in theirs["losses"]}
+            row["torch_standard_tokens_per_sec"] = t["standard"]
+            row["torch_aligned_tokens_per_sec"] = t["aligned"]
+            row["vs_torch"] = {k: rate[k] / t[k] for k in ("standard", "aligned")}
+        summary["train" if key == "training" else key] = row
+    except (TypeError, KeyError, IndexError):
+        pass
 
 commands = []
 try:
@@ -352,6 +421,8 @@ report = {
     "checks_total": len(checks),
     "checks": checks,
     "bench_summary": summary,
+    "recipe_cost": text("recipe-cost.json"),
+    "generate_vs_transformers": text("generate-vs-transformers.json"),
     "bench": bench,
     "commands_failed": [c for c in commands if c["rc"] != 0],
     "commands": commands,
@@ -361,7 +432,7 @@ json.dump(report, open(target, "w"), indent=1)
 for c in checks:
     if not c["ok"]:
         print("MISMATCH", c["model"], "|", c["check"], "|", {k: v for k, v in c.items() if k not in ("model", "check", "ok")})
-print(json.dumps({k: report[k] for k in ("ok", "device", "gpu", "checks_passed", "checks_total", "bench_summary", "seconds")}, indent=1))
+print(json.dumps({k: report[k] for k in ("ok", "device", "gpu", "checks_passed", "checks_total", "bench_summary", "recipe_cost", "generate_vs_transformers", "seconds")}, indent=1))
 sys.exit(0 if report["ok"] else 1)
 EOF
 rc=${PIPESTATUS[0]}

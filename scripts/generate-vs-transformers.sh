@@ -8,12 +8,14 @@
 # streams the text as a user sees it.
 #
 #   scripts/generate-vs-transformers.sh            # SHORT=8 LONG=136 REPS=3 THREADS=2
+#   DEVICE=cuda BIN=target-cuda/release/alignscope scripts/generate-vs-transformers.sh
+#                                                  # both on the GPU
 #
 # Needs a release build (cargo build --release) and the PyTorch engine's Python
 # ($ALIGNSCOPE_PYTHON, else ~/.cache/alignscope/venv/bin/python) with torch and transformers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHORT="${SHORT:-8}" LONG="${LONG:-136}" REPS="${REPS:-3}" THREADS="${THREADS:-2}"
+SHORT="${SHORT:-8}" LONG="${LONG:-136}" REPS="${REPS:-3}" THREADS="${THREADS:-2}" DEVICE="${DEVICE:-cpu}"
 BIN="${BIN:-target/release/alignscope}"
 PY="${ALIGNSCOPE_PYTHON:-$HOME/.cache/alignscope/venv/bin/python}"
 CKPT="${CKPT:-target/gpt2-124m-random}"
@@ -23,21 +25,23 @@ PROMPT="The history of the city"
 command -v script >/dev/null || { echo "error: script (util-linux) is needed to run alignscope on a pty" >&2; exit 1; }
 if [ ! -f "$CKPT/model.safetensors" ]; then
     echo "making $CKPT (random GPT-2-124M weights, the real tokenizer)" >&2
-    "$BIN" train --init scripts/gpt2-124m-config.json --tokenizer assets/gpt2-tokenizer --steps 1 --batch 1 --out "$CKPT" >/dev/null
+    "$BIN" train --init scripts/gpt2-124m-config.json --tokenizer assets/gpt2-tokenizer --steps 1 --batch 1 --device "$DEVICE" \
+        --out "$CKPT" >/dev/null
 fi
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1
 
-seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-ours() { script -qec "$BIN generate --ckpt $CKPT --prompt '$PROMPT' --max-new-tokens $1 --ignore-eos" /dev/null; }
+calc() { awk "BEGIN { print $* }"; }
+seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); calc "$t1 - $t0"; }
+ours() { script -qec "$BIN generate --ckpt $CKPT --device $DEVICE --prompt '$PROMPT' --max-new-tokens $1 --ignore-eos" /dev/null; }
 theirs() {
-    "$PY" - "$CKPT" "$PROMPT" "$1" "$THREADS" <<'PY'
+    "$PY" - "$CKPT" "$PROMPT" "$1" "$THREADS" "$DEVICE" <<'PY'
 import sys, torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
-ckpt, prompt, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ckpt, prompt, n, threads, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 tok = AutoTokenizer.from_pretrained(ckpt)
-model = GPT2LMHeadModel.from_pretrained(ckpt).eval()
-ids = tok(prompt, return_tensors="pt").input_ids
+model = GPT2LMHeadModel.from_pretrained(ckpt).eval().to(device)
+ids = tok(prompt, return_tensors="pt").input_ids.to(device)
 with torch.no_grad():
     out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 print(tok.decode(out[0, ids.shape[1]:]))
@@ -59,12 +63,12 @@ report() {
     local short long per
     short=$(echo ${T[$1,$SHORT]} | tr ' ' '\n' | median)
     long=$(echo ${T[$1,$LONG]} | tr ' ' '\n' | median)
-    per=$(echo "($long - $short) / ($LONG - $SHORT)" | bc -l)
-    printf '%-34s %6.1f tokens/s (%5.1f ms/token)   %5.2f s for %d tokens\n' "$2" "$(echo "1 / $per" | bc -l)" "$(echo "1000 * $per" | bc -l)" "$short" "$SHORT"
+    per=$(calc "($long - $short) / ($LONG - $SHORT)")
+    printf '%-34s %6.1f tokens/s (%5.1f ms/token)   %5.2f s for %d tokens\n' "$2" "$(calc "1 / $per")" "$(calc "1000 * $per")" "$short" "$SHORT"
     echo "$per $short"
 }
-echo "GPT-2-124M ($CKPT), greedy, prompt \"$PROMPT\", $THREADS threads, $SHORT vs $LONG new tokens, median of $REPS"
+echo "GPT-2-124M ($CKPT), greedy, prompt \"$PROMPT\", device $DEVICE, $THREADS threads, $SHORT vs $LONG new tokens, median of $REPS"
 a=$(report ours "alignscope generate (on a pty)"); b=$(report theirs "transformers generate")
 echo "$a" | head -1; echo "$b" | head -1
 read -r pa sa <<<"$(echo "$a" | tail -1)"; read -r pb sb <<<"$(echo "$b" | tail -1)"
-printf 'ratio alignscope/transformers: %.2fx per token, %.1fx to the first %d tokens\n' "$(echo "$pb / $pa" | bc -l)" "$(echo "$sb / $sa" | bc -l)" "$SHORT"
+printf 'ratio alignscope/transformers: %.2fx per token, %.1fx to the first %d tokens\n' "$(calc "$pb / $pa")" "$(calc "$sb / $sa")" "$SHORT"

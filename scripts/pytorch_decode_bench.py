@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `alignscope bench --what inference`: batch-1 greedy decode of a
-randomly initialised GPT-2-124M with HF transformers (KV cache), on the CPU.
+randomly initialised GPT-2-124M with HF transformers (KV cache), on the CPU (or a GPU with
+--device cuda).
 
     python3 scripts/pytorch_decode_bench.py --threads 2 --tokens 32
 
@@ -19,16 +20,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).eval()
-    ids = torch.randint(0, 50257, (1, 8))
+    device = torch.device(a.device)
+    model = GPT2LMHeadModel(GPT2Config()).eval().to(device)
+    ids = torch.randint(0, 50257, (1, 8)).to(device)
     timings = []
 
     class Clock:  # times each generated token after the first, like alignscope bench
         def __call__(self, input_ids, scores):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             timings.append(time.perf_counter())
             return False
 
@@ -40,9 +45,9 @@ def main():
     if a.json:
         import transformers
         print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "threads": a.threads,
-                          "tokens_per_sec": rate, "tokens": len(timings) - 1}))
+                          "device": a.device, "tokens_per_sec": rate, "tokens": len(timings) - 1}))
         return
-    print(f"transformers {torch.__version__}, {a.threads} threads: GPT-2-124M greedy decode {rate:.1f} tokens/s ({1e3 / rate:.1f} ms/token)")
+    print(f"transformers {torch.__version__}, {a.device}, {a.threads} threads: GPT-2-124M greedy decode {rate:.1f} tokens/s ({1e3 / rate:.1f} ms/token)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 mod compare;
 mod decode_profile;
+mod device_profile;
 mod gemm;
 
 #[derive(Args, Debug)]
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Device: cpu, cuda, cuda:N or auto
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CUDA only: f32 matrix products on TF32 tensor cores (faster, ~1e-3 relative error
+    /// per product; off by default)
+    #[arg(long)]
+    pub tf32: bool,
     /// Decode benchmark: draft layer (default: picked by calibration, as `--speculative auto`)
     #[arg(long)]
     pub draft_layer: Option<usize>,
@@ -72,7 +77,9 @@ pub struct BenchArgs {
     /// Also show where a training step's time goes (embedding, layer norms, matmuls,
     /// attention, the shared head, the optimizer, data), how busy the cores are in each,
     /// and the matmuls' GFLOP/s, and where a decode step's time goes (each part of a block,
-    /// the shared head)
+    /// the shared head); on a GPU, each phase of a training step timed alone (forward, one
+    /// layer's head, the whole loss and backward, gradients, clipping, AdamW), as the host
+    /// queues it and as the device finishes it
     #[arg(long)]
     pub profile: bool,
     /// Also run the PyTorch/transformers counterparts (scripts/pytorch_*_bench.py, with the
@@ -284,8 +291,19 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         if a.profile {
             print_profile(&profile, say);
         }
+        // Off the CPU's fused step (a GPU), the phases of a step, each timed alone.
+        let device_profile = match a.profile && !crate::ops::cpu_fast_path(device) {
+            true => {
+                let batch = batch_data()?.remove(0);
+                let p = device_profile::profile(&t, &mut opt, &batch, &obj, device, 5)?;
+                device_profile::print(&p, say);
+                Some(p)
+            }
+            false => None,
+        };
         losses.push(serde_json::json!({
             "profile": profile,
+            "device_profile": device_profile,
             "loss": name,
             "tokens_per_sec": toks / wall,
             "wall_secs_per_step": wall / steps as f64,
@@ -308,6 +326,7 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::model::device::parse_device(&a.device)?;
+    crate::model::device::set_tf32(&device, a.tf32)?;
     let threads = candle_core::utils::get_num_threads();
     let what = a.what.as_str();
     if !["all", "inference", "decode", "train", "tui", "gemm"].contains(&what) {
@@ -385,6 +404,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "matmul": matmul,
                 "device": crate::model::device::device_name(&device),
                 "device_detail": device_text,
+                "tf32": a.tf32,
                 "inference": inference,
                 "decode": decoding,
                 "training": training,

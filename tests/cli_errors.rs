@@ -297,6 +297,16 @@ fn training_settings_out_of_range_are_refused_before_any_step() {
 }
 
 #[test]
+fn tf32_off_the_gpu_is_refused_by_name() {
+    let fx = s(&fixture_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("run"));
+    fails_with(&["train", "--ckpt", &fx, "--out", &out, "--steps", "1", "--tf32"], &["--tf32", "--device cuda"]);
+    assert!(!dir.path().join("run").exists(), "--tf32 on the CPU left a folder");
+    fails_with(&["bench", "--what", "train", "--model", "fixture", "--tf32"], &["--tf32", "--device cuda"]);
+}
+
+#[test]
 fn resume_refuses_settings_it_would_ignore() {
     fails_with(
         &["train", "--resume", "austen-aligned", "--steps", "700", "--lr", "1"],

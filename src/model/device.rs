@@ -65,6 +65,21 @@ fn auto_device() -> Device {
     Device::Cpu
 }
 
+/// `--tf32`: lets the f32 matrix products on a CUDA device run on TF32 tensor cores (inputs
+/// rounded to a 10-bit mantissa, f32 accumulation), several times the plain f32 rate on
+/// Ampere and later GPUs at about 1e-3 relative error per product. It is a process-wide
+/// cuBLAS setting, off by default so that CUDA results match the CPU's (the GPU check's
+/// 1e-4); off the GPU it would change nothing, so asking for it there is refused.
+pub fn set_tf32(device: &Device, on: bool) -> Result<()> {
+    if on {
+        if !device.is_cuda() {
+            bail!("--tf32 changes CUDA matrix products only: use it with --device cuda (this run is on {})", device_name(device))
+        }
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+    }
+    Ok(())
+}
+
 /// Makes every copy queued on this thread's device stream complete. Candle's CUDA device
 /// runs each thread on its own stream, so weights uploaded on one thread must have landed
 /// before another thread (an explorer worker, an evaluation) reads them on its stream.

@@ -44,14 +44,60 @@ pub struct LossValue {
     pub layer_losses: Vec<f64>,
 }
 
-/// Rows of logits per head chunk: keeps one chunk's logits near 32 MB.
-fn chunk_rows(vocab: usize) -> usize {
-    (8_000_000 / vocab).max(16)
+/// Rows of logits per head chunk. On the CPU one chunk's logits stay near 32 MB, so they
+/// stay in cache-friendly reach of the fused pass; a GPU gets chunks of up to ~256 MB,
+/// large enough for its matrix units and few enough that a step launches a handful of
+/// head products instead of dozens (GPT-2's 50,257-word head: 1,273 rows, not 159).
+fn chunk_rows(vocab: usize, device: &candle_core::Device) -> usize {
+    let bytes = if crate::ops::cpu_fast_path(device) { 32_000_000 } else { 256_000_000 };
+    (bytes / 4 / vocab).max(16)
+}
+
+/// A sum of cross-entropies. The CPU's is summed on the host in f64; another device's stays
+/// there as a one-element f32 tensor until [`read_ce_sums`] brings a step's sums back in one
+/// read: a read per chunk would stall the GPU's queue every chunk.
+#[derive(Clone)]
+pub enum CeSum {
+    Host(f64),
+    Device(Tensor),
+}
+
+impl CeSum {
+    fn add(self, other: CeSum) -> Result<CeSum> {
+        Ok(match (self, other) {
+            (CeSum::Host(a), CeSum::Host(b)) => CeSum::Host(a + b),
+            (CeSum::Device(a), CeSum::Device(b)) => CeSum::Device((a + b)?),
+            _ => bail!("cross-entropy sums from two kinds of device"),
+        })
+    }
+}
+
+/// The values of `sums`, with one read-back for all the device-side ones.
+pub fn read_ce_sums(sums: &[CeSum]) -> Result<Vec<f64>> {
+    let on_device: Vec<Tensor> = sums
+        .iter()
+        .filter_map(|s| match s {
+            CeSum::Device(t) => Some(t.reshape(1)),
+            CeSum::Host(_) => None,
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut read = match on_device.is_empty() {
+        true => vec![],
+        false => Tensor::cat(&on_device, 0)?.to_vec1::<f32>()?,
+    }
+    .into_iter();
+    Ok(sums
+        .iter()
+        .map(|s| match s {
+            CeSum::Host(v) => *v,
+            CeSum::Device(_) => read.next().map(f64::from).unwrap_or(f64::NAN),
+        })
+        .collect())
 }
 
 /// Sum of CE over rows of `logits` (`[n, V]`) and, if `grad_scale` is given, the gradient
 /// `grad_scale * (softmax - onehot)` of that sum.
-fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f64, Option<Tensor>)> {
+fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(CeSum, Option<Tensor>)> {
     let (n, v) = logits.dims2()?;
     if crate::ops::cpu_fast_path(logits.device()) {
         let mut data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
@@ -66,14 +112,14 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
             Some(_) => Some(Tensor::from_vec(data, (n, v), logits.device())?),
             None => None,
         };
-        return Ok((ce, grad));
+        return Ok((CeSum::Host(ce), grad));
     }
-    // Other devices: the same math with tensor ops.
+    // Other devices: the same math with tensor ops, the sum left on the device (f32: no
+    // f64 kernels needed there; it is widened on the host when read).
     let t = Tensor::from_vec(targets.to_vec(), n, logits.device())?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = logp.gather(&t.unsqueeze(1)?, 1)?;
-    // Read back as f32 and widened on the host: no f64 kernels needed on the device.
-    let ce = -(picked.sum_all()?.to_scalar::<f32>()? as f64);
+    let ce = picked.sum_all()?.neg()?;
     let grad = match grad_scale {
         Some(s) => {
             let onehot =
@@ -82,16 +128,25 @@ fn xent(logits: &Tensor, targets: &[u32], grad_scale: Option<f64>) -> Result<(f6
         }
         None => None,
     };
-    Ok((ce, grad))
+    Ok((CeSum::Device(ce), grad))
 }
 
 /// CE of the head over features `z` (`[n, d]`, already `ln_f`-normalised) against
 /// `targets`; with `weight` the gradients w.r.t. `z` and the head matrix of
 /// `weight * mean CE`.
-pub fn head_loss(z: &Tensor, head: &Tensor, targets: &[u32], weight: Option<f64>) -> Result<(f64, Option<(Tensor, Tensor)>)> {
+pub fn head_loss(z: &Tensor, head: &Tensor, targets: &[u32], weight: Option<f64>) -> Result<(CeSum, Option<(Tensor, Tensor)>)> {
+    head_loss_in_chunks(z, head, targets, weight, chunk_rows(head.dim(0)?, z.device()))
+}
+
+fn head_loss_in_chunks(
+    z: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    weight: Option<f64>,
+    step: usize,
+) -> Result<(CeSum, Option<(Tensor, Tensor)>)> {
     let n = z.dim(0)?;
-    let step = chunk_rows(head.dim(0)?);
-    let mut ce_sum = 0.0;
+    let mut ce_sum: Option<CeSum> = None;
     let mut dz_parts = Vec::new();
     let mut dw: Option<Tensor> = None;
     let scale = weight.map(|w| w / n as f64);
@@ -101,7 +156,10 @@ pub fn head_loss(z: &Tensor, head: &Tensor, targets: &[u32], weight: Option<f64>
         let zc = z.narrow(0, start, len)?;
         let logits = zc.matmul(&head.t()?)?;
         let (ce, g) = xent(&logits, &targets[start..start + len], scale)?;
-        ce_sum += ce;
+        ce_sum = Some(match ce_sum {
+            None => ce,
+            Some(acc) => acc.add(ce)?,
+        });
         if let Some(g) = g {
             dz_parts.push(g.matmul(head)?);
             let part = g.t()?.matmul(&zc)?;
@@ -116,7 +174,7 @@ pub fn head_loss(z: &Tensor, head: &Tensor, targets: &[u32], weight: Option<f64>
         (Some(_), Some(dw)) => Some((Tensor::cat(&dz_parts, 0)?, dw)),
         _ => None,
     };
-    Ok((ce_sum, grads))
+    Ok((ce_sum.unwrap_or(CeSum::Host(0.0)), grads))
 }
 
 /// Mean raw cosine between matching rows of `a` and `b` (`[n, d]`), differentiable.
@@ -151,8 +209,9 @@ pub fn loss_and_grads(
     let head = model.head_weight().detach();
     let mut surrogate: Option<Tensor> = None;
     let mut head_grad: Option<Tensor> = None;
-    let mut layer_losses = Vec::with_capacity(n_layer);
-    let mut loss = 0.0;
+    // Each layer's CE sum and the count it is over, read back together after the loop.
+    let mut layer_sums = Vec::with_capacity(n_layer);
+    let mut layer_rows = Vec::with_capacity(n_layer);
     let add = |acc: Option<Tensor>, x: Tensor| -> Result<Option<Tensor>> {
         Ok(Some(match acc {
             None => x,
@@ -165,9 +224,8 @@ pub fn loss_and_grads(
             let z = x.detach();
             let (ce, g) = head_loss(&z, &head, targets, Some(w * grad_scale))?;
             let (dz, dw) = g.expect("gradients requested");
-            let mean = ce / n as f64;
-            layer_losses.push(mean);
-            loss += w * mean;
+            layer_sums.push(ce);
+            layer_rows.push(n);
             surrogate = add(surrogate, (x * dz)?.sum_all()?)?;
             head_grad = add(head_grad, dw)?;
         } else {
@@ -175,9 +233,11 @@ pub fn loss_and_grads(
             let m = if obj.monitor_positions == 0 { n } else { obj.monitor_positions.min(n) };
             let z = x.detach().narrow(0, 0, m)?;
             let (ce, _) = head_loss(&z, &head, &targets[..m], None)?;
-            layer_losses.push(ce / m as f64);
+            layer_sums.push(ce);
+            layer_rows.push(m);
         }
     }
+    let mut reg_value = None;
     if obj.cos_beta > 0.0 {
         let lambdas = aligned_weights(n_layer);
         let last = hs[n_layer].reshape((n, d))?;
@@ -188,8 +248,8 @@ pub fn loss_and_grads(
             reg = add(reg, term)?;
         }
         if let Some(reg) = reg {
-            loss += obj.cos_beta * reg.to_scalar::<f32>()? as f64;
-            surrogate = add(surrogate, (reg * (obj.cos_beta * grad_scale))?)?;
+            surrogate = add(surrogate, (&reg * (obj.cos_beta * grad_scale))?)?;
+            reg_value = Some(CeSum::Device(reg.detach()));
         }
     }
     let surrogate = match surrogate {
@@ -197,6 +257,16 @@ pub fn loss_and_grads(
         None => bail!("the objective has no trainable term"),
     };
     let grads = surrogate.backward()?;
+    // Read back only now, the backward pass already queued behind the forward's work.
+    layer_sums.extend(reg_value);
+    let mut sums = read_ce_sums(&layer_sums)?;
+    let reg = if obj.cos_beta > 0.0 && sums.len() > n_layer { sums.pop() } else { None };
+    let layer_losses: Vec<f64> = sums.iter().zip(&layer_rows).map(|(s, &m)| s / m as f64).collect();
+    // Layers weighted 0 are only monitored: they do not enter the loss (not even as NaN).
+    let mut loss: f64 = layer_losses.iter().zip(&obj.layer_weights).filter(|(_, w)| **w != 0.0).map(|(l, w)| l * w).sum();
+    if let Some(reg) = reg {
+        loss += obj.cos_beta * reg;
+    }
     let head_grad = head_grad.unwrap_or_else(|| head.zeros_like().expect("zeros"));
     Ok((LossValue { loss, layer_losses }, grads, head_grad))
 }
@@ -246,4 +316,40 @@ pub fn collect_grads(model: &Gpt2, vars: &[Var], grads: &GradStore, head_grad: &
         out.push(g);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The head's CE and gradients do not depend on the chunking, on the fused CPU path nor
+    /// on the tensor-op path other devices take (whose chunk sums stay on the device).
+    #[test]
+    fn head_loss_is_the_same_in_any_chunks() {
+        let dev = Device::Cpu;
+        let z = Tensor::randn(0f32, 1.0, (37, 8), &dev).unwrap();
+        let head = Tensor::randn(0f32, 0.5, (50, 8), &dev).unwrap();
+        let targets: Vec<u32> = (0..37).map(|i| (i * 7 % 50) as u32).collect();
+        let run = |step: usize| {
+            let (ce, g) = head_loss_in_chunks(&z, &head, &targets, Some(0.3), step).unwrap();
+            let (dz, dw) = g.unwrap();
+            (read_ce_sums(&[ce]).unwrap()[0], values(&dz), values(&dw))
+        };
+        let (ce, dz, dw) = run(37);
+        for (portable, step) in [(false, 5), (true, 37), (true, 5), (true, 1)] {
+            let (c, z2, w2) = if portable { crate::ops::with_portable_ops(|| run(step)) } else { run(step) };
+            assert!((c - ce).abs() < 1e-4 * ce.abs(), "ce {c} vs {ce} (portable {portable}, chunk {step})");
+            for (a, b) in z2.iter().zip(&dz).chain(w2.iter().zip(&dw)) {
+                assert!((a - b).abs() < 1e-5, "gradient {a} vs {b} (portable {portable}, chunk {step})");
+            }
+        }
+        // Sums from both kinds come back in order, device-side ones in one read.
+        let sums = [CeSum::Host(1.5), CeSum::Device(Tensor::new(2.5f32, &dev).unwrap()), CeSum::Host(-1.0)];
+        assert_eq!(read_ce_sums(&sums).unwrap(), vec![1.5, 2.5, -1.0]);
+    }
 }
