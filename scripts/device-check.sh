@@ -9,8 +9,10 @@
 #   3. benchmarks GPT-2-124M (random weights, GPT-2's config and tokenizer: nothing to
 #      download) on the GPU: all-layer analysis of a 64-token prompt, batch-1 greedy decode
 #      (all 12 layers, and exit layer 6), training tokens/s of the standard and the aligned
-#      loss at batch 8 x 256 (and 32 x 256, each also with --tf32), and the same
-#      measurements with PyTorch/transformers on the same GPU when its python3 has them,
+#      loss at batch 8 x 256 (and 32 x 256, each also with --tf32) with a profile of the
+#      step's phases, and the gpt2-aligned recipe's step as `train` runs it; with COMPARE=1
+#      also the same measurements with PyTorch/transformers on the same GPU (when its
+#      python3 has them) and whole `generate` processes against transformers' `generate`,
 #   4. writes everything to OUT/device-check.json, with OUT/device-check.log beside it.
 # It exits 0 when every comparison passes (the benchmarks are measurements, not checks).
 #
@@ -28,13 +30,14 @@
 #            && scripts/device-check.sh --pack
 #   run:   command   scripts/device-check.sh
 #          carry     ["target-cuda/dist"]
-#          timeout_s 420
+#          timeout_s 300 (about 3 minutes on an H200; 540 with COMPARE=1, about 7.5)
 # The GPU machine must hold the CUDA 13 runtime libraries the binary links (libcublas,
 # libcublasLt, libcurand, libcudart: a PyTorch cu13 install has them under
 # site-packages/nvidia/cu13/lib) and the driver's libcuda.so.1; the script finds both, or
 # takes ALIGNSCOPE_CUDA_LIBS (a folder), and says which library is missing otherwise.
 #
-# Settings (environment): DEVICE (cuda), ALIGNSCOPE_BIN (the binary to run),
+# Settings (environment): DEVICE (cuda), COMPARE (1: the PyTorch/transformers runs too),
+# ALIGNSCOPE_BIN (the binary to run),
 # BENCH_REPS, BENCH_DECODE_TOKENS, BENCH_TRAIN_STEPS, BENCH_BATCH, CHECK_TIMEOUT (seconds
 # per command; default 150, and 900 for a CPU dry run).
 set -uo pipefail
@@ -213,8 +216,11 @@ if [ "$device" != cpu ]; then
     run bench-train-b32-tf32 bench --device "$device" --model gpt2 --what train --batch 32 --train-steps "$steps" --tf32 --profile --json
     # The gpt2-aligned recipe's step as `alignscope train` runs it (alternating, on the Austen texts).
     run_program recipe-cost env STEPS=9 DEVICE="$device" BIN="$bin" bash scripts/recipe-cost.sh
-    # The same measurements with PyTorch/transformers on the same GPU, in the same run.
-    if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+    # With COMPARE=1, the same measurements with PyTorch/transformers on the same GPU, in the
+    # same run (about 4.5 more minutes on an H200, most of it transformers' start-up).
+    if [ "${COMPARE:-0}" != 1 ]; then
+        say "(COMPARE=1 adds PyTorch/transformers on the same GPU)"
+    elif python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
         say "== the same on $device with PyTorch $(python3 -c 'import torch; print(torch.__version__)')"
         gpt2=(--layers 12 --d 768 --heads 12 --vocab 50257 --ctx 256 --steps "$steps" --device cuda --json)
         run_program torch-decode python3 scripts/pytorch_decode_bench.py --device cuda --tokens "$decode" --json
