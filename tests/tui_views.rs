@@ -550,6 +550,32 @@ fn training_menu_builds_the_run_and_validates() {
 }
 
 #[test]
+fn training_menu_checks_the_context_and_keeps_its_fields_after_a_failed_run() {
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::F(2));
+    // Down to Context (kind, base, output, data, steps, lr, batch, context).
+    for _ in 0..7 {
+        h.press(KeyCode::Down);
+    }
+    h.press_mod(KeyCode::Char('u'), KeyModifiers::CONTROL);
+    h.type_text("4096");
+    h.press(KeyCode::Enter);
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("menu stays open on an error") };
+    assert!(menu.error.as_ref().unwrap().contains("Context must be at most 128"), "{:?}", menu.error);
+    h.press_mod(KeyCode::Char('u'), KeyModifiers::CONTROL);
+    h.type_text("64");
+    h.press(KeyCode::Enter);
+    assert!(matches!(h.training.last(), Some(Effect::StartTraining(cfg)) if cfg.ctx == 64), "{:?}", h.training);
+    // The run fails: t opens the menu as the user left it, not the defaults.
+    h.app.on_train_error("the data could not be read".into());
+    assert!(!h.app.training.is_active());
+    h.press(KeyCode::Char('t'));
+    let Mode::TrainMenu(menu) = &h.app.mode else { panic!("t opens the menu after a failure: {:?}", h.app.mode) };
+    assert_eq!(menu.ctx.text, "64");
+    assert_eq!(menu.error, None);
+}
+
+#[test]
 fn a_saved_checkpoint_reloads_next_to_its_base() {
     let tmp = tempfile::tempdir().unwrap();
     let saved = random_checkpoint(tmp.path(), "tiny-gpt2-ft", 4, 3);

@@ -198,6 +198,9 @@ pub struct App {
     /// A recipe name that was asked for before it existed: `t` offers it, and the first
     /// checkpoint its run saves is loaded beside the base.
     pub recipe: Option<RecipeOffer>,
+    /// The menu as it was when it last started a run: `t` after that run failed reopens it
+    /// with the user's fields, not the defaults.
+    pub last_menu: Option<Box<super::train::TrainMenu>>,
     /// `q` was pressed once while a run started here trains on after the explorer: the
     /// next `q` quits (any other key disarms it).
     quit_armed: bool,
@@ -240,6 +243,7 @@ impl App {
             ticks: 0,
             should_quit: false,
             recipe: None,
+            last_menu: None,
             quit_armed: false,
             next_req: 1,
             next_worker,
@@ -783,6 +787,7 @@ impl App {
                             _ => {}
                         }
                     }
+                    self.last_menu = Some(menu);
                     vec![match req {
                         TrainRequest::Start(cfg) => Effect::StartTraining(cfg),
                         TrainRequest::Resume { dir, steps } => Effect::ResumeTraining { dir, steps },
@@ -807,6 +812,11 @@ impl App {
     /// Opens the training menu prefilled with `defaults` (the runtime's answer to
     /// [`Effect::OpenTrainMenu`]).
     pub fn open_train_menu(&mut self, defaults: MenuDefaults) {
+        let failed = matches!(self.training.status, super::train::TrainStatus::Failed(_));
+        if let (true, Some(last)) = (failed, self.last_menu.take()) {
+            self.mode = Mode::TrainMenu(Box::new(last.reopened(defaults)));
+            return;
+        }
         let menu = match &self.recipe {
             Some(offer) if offer.config.loss != crate::train::LossKind::CeReg => TrainMenu::for_recipe(offer, defaults),
             _ => TrainMenu::new(defaults),

@@ -132,6 +132,9 @@ pub struct TrainMenu {
     /// [`TrainMenu::command`] as of the last change through the menu's keys (the panel
     /// shows it without touching the disk).
     pub preview: Option<String>,
+    /// The checkpoint the explorer has loaded and its context: a run on that base cannot
+    /// train on longer sequences.
+    pub loaded: (String, usize),
     /// Why the menu opened by itself (a recipe name that is not built yet).
     pub note: Option<String>,
 }
@@ -209,8 +212,18 @@ impl TrainMenu {
             python: d.engines.python,
             preview: None,
             note: None,
+            loaded: (d.base.clone(), d.n_positions),
         }
         .refreshed()
+    }
+
+    /// This menu again with what is on disk now (the runs that can be continued, the runs
+    /// training, the engine's Python): the fields as the user left them.
+    pub fn reopened(mut self, d: MenuDefaults) -> Self {
+        self.resumable = d.resumable;
+        self.python = d.engines.python;
+        self.error = None;
+        self.refreshed()
     }
 
     /// The menu prefilled with a recipe's run, ready for Enter (the rest as `d` has it).
@@ -442,6 +455,9 @@ impl TrainMenu {
         }
         if ctx < 2 {
             return Err("Context must be at least 2 tokens".into());
+        }
+        if base == self.loaded.0 && ctx > self.loaded.1 {
+            return Err(format!("Context must be at most {}, the context of {base}", self.loaded.1));
         }
         let loss = if self.run_kind() == RunKind::AlignedFinetune { LossKind::Aligned } else { LossKind::Standard };
         let mut cfg = TrainConfig::finetune(InitFrom::Checkpoint(base.to_string()), crate::paths::output_dir(out), loss, data);
