@@ -146,6 +146,8 @@ fn training_view_snapshots() {
     snap("training_menu", &h);
     h.press(KeyCode::Enter);
     assert!(matches!(h.training.last(), Some(Effect::StartTraining(_))));
+    // Before the run's first event: no step count, no empty charts.
+    snap("training_starting", &h);
     let out = std::path::PathBuf::from("checkpoints/tiny-gpt2-ft");
     h.app.on_train(TrainEvent::Started { start_step: 0, total_steps: 200, out: out.clone(), n_layer: 4 });
     for s in 1..=120 {

@@ -155,9 +155,10 @@ pub fn evaluate(
     let ranges = checked_chunks(model, ids, opts.ctx, opts.max_chunks, "evaluate")?;
     let n_layer = model.n_layer();
     let (d, vocab) = (model.config.n_embd, model.config.vocab_size);
-    // Batch chunks so that one layer's logits stay under ~128 MB.
+    // Batch chunks so that one layer's logits stay under ~128 MB, and so that progress
+    // comes in eight steps or more (a progress bar that jumps from 0 to done shows nothing).
     let t_chunk = ranges[0].len();
-    let batch = (32_000_000 / (t_chunk * vocab)).clamp(1, 64);
+    let batch = (32_000_000 / (t_chunk * vocab)).clamp(1, 64).min(ranges.len().div_ceil(8));
     let mut ce_sum = vec![0.0f64; n_layer + 1];
     let mut hits = vec![0usize; n_layer + 1];
     let mut n_pred = 0usize;

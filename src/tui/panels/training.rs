@@ -73,7 +73,11 @@ pub fn render(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let gauge = LineGauge::default()
         .filled_style(theme.series(0))
         .unfilled_style(theme.dim())
-        .label(format!(" step {step}/{} ", t.total_steps))
+        // Until the run says how many steps it has, there is no step count to show.
+        .label(match t.total_steps {
+            0 => " step –".to_string(),
+            total => format!(" step {step}/{total} "),
+        })
         .ratio(ratio.clamp(0.0, 1.0));
     frame.render_widget(gauge, gauge_area);
     let info = match &t.last {
@@ -152,8 +156,17 @@ fn axes<'a>(x: [f64; 2], y: [f64; 2], theme: &Theme) -> (Axis<'a>, Axis<'a>) {
     )
 }
 
+/// A chart's panel with no points yet: a line saying so instead of empty 0–1 axes.
+fn no_points(title: Line, theme: &Theme, frame: &mut Frame, area: Rect) {
+    let text = Line::styled(" no steps yet", theme.dim());
+    frame.render_widget(Paragraph::new(text).block(panel(title, theme)), area);
+}
+
 fn draw_total_loss(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let t = &app.training;
+    if t.loss_curves.iter().all(|(_, c)| c.is_empty()) {
+        return no_points(Line::styled(" loss ", theme.title()), theme, frame, area);
+    }
     let (x, y) = axes(x_bounds(app), y_bounds(t.loss_curves.iter().flat_map(|(_, c)| c)), theme);
     let data: Vec<Dataset> = t
         .loss_curves
@@ -171,6 +184,9 @@ fn draw_total_loss(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
 
 fn draw_layer_losses(app: &App, theme: &Theme, frame: &mut Frame, area: Rect) {
     let t = &app.training;
+    if t.layer_curves.iter().all(|c| c.is_empty()) {
+        return no_points(Line::styled(" per-layer loss ", theme.title()), theme, frame, area);
+    }
     let n = t.layer_curves.len();
     let (x, y) = axes(x_bounds(app), y_bounds(t.layer_curves.iter().flatten()), theme);
     // Deep layers are warm, shallow ones cold; the current layer is drawn last, on top.
