@@ -38,7 +38,22 @@ pub fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area
     let n_layer = c.n_layer();
     let method = app.decoding.decode_method(c.layer_at(app.layer), n_layer);
     let mut title = column_title(app, i, theme);
-    title.spans.push(Span::styled(format!("{} · {} ", mode_text(app, method), app.decoding.label()), theme.title()));
+    let mode = mode_text(app, method);
+    let full = format!("{mode} · {} ", app.decoding.label());
+    let room = area.width.saturating_sub(2) as usize;
+    if title.width() + full.chars().count() <= room || c.info.is_none() {
+        title.spans.push(Span::styled(full, theme.title()));
+    } else {
+        // Narrow (two columns at 80 wide): the threshold or the draft length matters more
+        // than the layer count and the sampling, which the help line and the keys show.
+        title.spans.truncate(2);
+        let mut text = format!(" · {mode} ");
+        if title.width() + text.chars().count() > room {
+            // Narrower still: "early exit cos≥0.970" → "exit cos≥0.970", "speculative L7×4" → "spec. L7×4".
+            text = text.replacen("early exit", "exit", 1).replacen("speculative", "spec.", 1);
+        }
+        title.spans.push(Span::styled(text, theme.title()));
+    }
     let Some(inner) = column_frame(app, i, title, theme, frame, area) else { return };
     if method.is_none() {
         message(frame, inner, "Speculative decoding drafts from an earlier layer: it needs at least 2 layers.", theme.dim());
