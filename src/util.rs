@@ -1,5 +1,10 @@
 //! Small process-level helpers.
 
+/// "1 chunk", "8 chunks": a count and its noun, plural unless the count is one.
+pub fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 /// An error and its causes on one line, each cause's first line only (no backtraces).
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -57,5 +62,15 @@ pub fn fmt_opt(v: Option<f64>, width: usize, decimals: usize) -> String {
     match v {
         Some(v) => format!("{v:>width$.decimals$}"),
         None => format!("{:>width$}", "n/a"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_count_of_one_is_singular() {
+        assert_eq!(super::count_of(1, "chunk"), "1 chunk");
+        assert_eq!(super::count_of(0, "draft"), "0 drafts");
+        assert_eq!(super::count_of(24, "chunk"), "24 chunks");
     }
 }

@@ -342,8 +342,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             ));
         }
         let mode = match a.pipelined {
-            true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts ahead"),
-            false => format!("draft layer {draft_layer} of {n_layer}, up to {draft_len} drafts"),
+            true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {} ahead", crate::util::count_of(draft_len, "draft")),
+            false => format!("draft layer {draft_layer} of {n_layer}, up to {}", crate::util::count_of(draft_len, "draft")),
         };
         out(&format!(
             "-- speculative: {mode}; {} drafted, {} accepted ({}); {} full-depth passes for {} tokens; {}",
@@ -554,9 +554,9 @@ fn format_exits(sweeps: &[Sweep], data: &str, measure: ExitMeasure, prompts: usi
         format!("wall clock: greedy generation of {prompts} x {tokens} tokens{checks} vs full depth, same run")
     };
     let mut s = format!(
-        "early exit by {} on {data}: {} chunks of {} tokens, {} predictions (teacher-forced); {wall}\n",
+        "early exit by {} on {data}: {} of {} tokens, {} predictions (teacher-forced); {wall}\n",
         measure.name(),
-        s0.chunks,
+        crate::util::count_of(s0.chunks, "chunk"),
         s0.ctx,
         s0.tokens,
     );

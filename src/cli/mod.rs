@@ -764,7 +764,7 @@ pub fn embedder_line(e: &EmbedderInfo) -> String {
 }
 
 pub fn format_eval(name: &str, data: &str, r: &EvalReport) -> String {
-    let mut s = format!("{name} on {data}: {} chunks of {} tokens, {} predictions\n", r.chunks, r.ctx, r.tokens);
+    let mut s = format!("{name} on {data}: {} of {} tokens, {} predictions\n", crate::util::count_of(r.chunks, "chunk"), r.ctx, r.tokens);
     s += "layer        CE         ppl     acc   COS_last  CKA_last\n";
     for l in 0..=r.layers {
         s += &format!(

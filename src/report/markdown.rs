@@ -41,8 +41,13 @@ pub fn render(r: &Report) -> String {
     let m0 = &r.models[0];
     let _ = writeln!(
         s,
-        "- text: `{}`, {} tokens; {} chunks of {} tokens: similarity over {} positions, {} predictions per layer",
-        r.data, r.text_tokens, r.chunks, r.ctx, m0.similarity.positions, m0.eval_tokens
+        "- text: `{}`, {} tokens; {} of {} tokens: similarity over {} positions, {} predictions per layer",
+        r.data,
+        r.text_tokens,
+        crate::util::count_of(r.chunks, "chunk"),
+        r.ctx,
+        m0.similarity.positions,
+        m0.eval_tokens
     );
     let sampling = match r.prompt_set.sampling {
         crate::analysis::generate::Sampling::Greedy => "greedy".to_string(),

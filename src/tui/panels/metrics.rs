@@ -82,7 +82,7 @@ fn headline<'a>(app: &App, theme: &Theme, width: usize) -> Line<'a> {
         _ => None,
     });
     let text = match done {
-        Some(r) => format!(" {file}: {} chunks × {} tokens = {} predictions per layer", r.chunks, r.ctx, r.tokens),
+        Some(r) => format!(" {file}: {} × {} tokens = {} predictions per layer", crate::util::count_of(r.chunks, "chunk"), r.ctx, r.tokens),
         None => format!(" {file}"),
     };
     Line::styled(clip(&text, width), theme.title())
