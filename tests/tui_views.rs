@@ -578,6 +578,21 @@ fn training_menu_checks_the_context_and_keeps_its_fields_after_a_failed_run() {
 }
 
 #[test]
+fn a_hint_about_a_key_goes_at_the_next_key() {
+    let mut h = Harness::new(&[&fixture_dir()]);
+    h.press(KeyCode::Char('3'));
+    h.press(KeyCode::Char('n'));
+    let status = h.app.status.clone().expect("a hint");
+    assert!(status.text.contains("greedy decoding has no seed"), "{status:?}");
+    h.press(KeyCode::Right);
+    assert_eq!(h.app.status, None, "the hint outlived the next key");
+    // An error stays until something replaces it.
+    h.app.on_train_error("the data could not be read".into());
+    h.press(KeyCode::Right);
+    assert!(h.app.status.as_ref().is_some_and(|m| m.error));
+}
+
+#[test]
 fn a_saved_checkpoint_reloads_next_to_its_base() {
     let tmp = tempfile::tempdir().unwrap();
     let saved = random_checkpoint(tmp.path(), "tiny-gpt2-ft", 4, 3);

@@ -128,6 +128,9 @@ impl GenSettings {
 pub struct StatusMessage {
     pub text: String,
     pub error: bool,
+    /// A hint about the key just pressed ("press e first"): the next key takes it away,
+    /// where other messages stay until something replaces them.
+    pub hint: bool,
 }
 
 /// Something only the runtime can do: talk to workers and the training job.
@@ -366,6 +369,10 @@ impl App {
     pub fn update(&mut self, action: Action, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
         let quit_armed = std::mem::take(&mut self.quit_armed);
+        // A hint was about the key before this one.
+        if self.status.as_ref().is_some_and(|m| m.hint) {
+            self.status = None;
+        }
         match action {
             Action::Quit => {
                 // A PyTorch run started here goes on after the explorer (it is a process
@@ -375,7 +382,7 @@ impl App {
                     && matches!(self.training.source, RunSource::Child { .. });
                 if child_trains && !quit_armed {
                     self.quit_armed = true;
-                    self.say("the PyTorch run keeps training after you quit: q again quits · x stops it (saving first)", false);
+                    self.hint("the PyTorch run keeps training after you quit: q again quits · x stops it (saving first)");
                 } else {
                     self.should_quit = true;
                 }
@@ -410,7 +417,7 @@ impl App {
             Action::CycleMetric => self.metric = self.metric.next(),
             Action::ToggleDifference => {
                 if self.columns.len() < 2 {
-                    self.say("the difference needs two checkpoints: start with --compare", false);
+                    self.hint("the difference needs two checkpoints: start with --compare");
                 } else {
                     self.diff_toggled = !self.diff_toggled;
                 }
@@ -440,7 +447,7 @@ impl App {
                         self.decoding.draft_len = if up { (k + 1).min(MAX_DRAFT) } else { k.saturating_sub(1).max(1) };
                     }
                     GenMethod::ExitLayer => {
-                        self.say("+/- set the early-exit threshold (e) or the draft length (v)", false);
+                        self.hint("+/- set the early-exit threshold (e) or the draft length (v)");
                         return fx;
                     }
                 }
@@ -449,7 +456,7 @@ impl App {
             }
             Action::CycleExitMeasure => {
                 if self.decoding.method != GenMethod::EarlyExit {
-                    self.say("the exit measure is for early exit: press e first", false);
+                    self.hint("the exit measure is for early exit: press e first");
                 } else {
                     self.decoding.measure = match self.decoding.measure {
                         ExitMeasure::MaxProb => ExitMeasure::Saturation,
@@ -468,7 +475,7 @@ impl App {
             }
             Action::NewSeed => {
                 if self.decoding.mode == SamplingMode::Greedy {
-                    self.say("greedy decoding has no seed: press s for top-p sampling", false);
+                    self.hint("greedy decoding has no seed: press s for top-p sampling");
                 } else {
                     self.decoding.seed = self.decoding.seed.wrapping_add(1);
                     self.restart_generation(now);
@@ -479,7 +486,7 @@ impl App {
             Action::OpenTrainMenu => {
                 // A followed run may be left to train on while another is started or followed.
                 if self.training.is_active() && self.training.source == RunSource::InProcess {
-                    self.say("a run is in progress: x stops it", false);
+                    self.hint("a run is in progress: x stops it");
                     self.view = View::Training;
                 } else {
                     fx.push(Effect::OpenTrainMenu);
@@ -495,7 +502,7 @@ impl App {
                     self.say(how, false);
                     fx.push(Effect::StopTraining);
                 } else {
-                    self.say("no training is running", false);
+                    self.hint("no training is running");
                 }
             }
             Action::ReloadTrained => fx.extend(self.reload_trained()),
@@ -565,7 +572,12 @@ impl App {
     }
 
     fn say(&mut self, text: impl Into<String>, error: bool) {
-        self.status = Some(StatusMessage { text: text.into(), error });
+        self.status = Some(StatusMessage { text: text.into(), error, hint: false });
+    }
+
+    /// A hint about the key just pressed: it goes at the next key.
+    fn hint(&mut self, text: impl Into<String>) {
+        self.status = Some(StatusMessage { text: text.into(), error: false, hint: true });
     }
 
     fn req(&mut self) -> u64 {

@@ -126,7 +126,7 @@ pub fn run(args: ExploreArgs) -> Result<()> {
         let defaults = menu_defaults(&app);
         app.offer_recipe(recipe_offer(r), defaults);
     } else if let Some(n) = note {
-        app.status = Some(app::StatusMessage { text: n, error: false });
+        app.status = Some(app::StatusMessage { text: n, error: false, hint: false });
     }
     let theme = theme::Theme::detect();
 
