@@ -45,7 +45,7 @@ pub fn render_column(app: &App, i: usize, theme: &Theme, frame: &mut Frame, area
         title.spans.push(Span::styled(full, theme.title()));
     } else {
         // Narrow (two columns at 80 wide): the threshold or the draft length matters more
-        // than the layer count and the sampling, which the help line and the keys show.
+        // than the layer count and the sampling, so those go first.
         title.spans.truncate(2);
         let mut text = format!(" · {mode} ");
         if title.width() + text.chars().count() > room {
