@@ -13,7 +13,8 @@
 #      step's phases, and the gpt2-aligned recipe's step as `train` runs it; with COMPARE=1
 #      also the same measurements with PyTorch/transformers on the same GPU (when its
 #      python3 has them) and whole `generate` processes against transformers' `generate`,
-#   4. writes everything to OUT/device-check.json, with OUT/device-check.log beside it.
+#   4. writes everything to OUT/device-check.json, with OUT/device-check.log beside it
+#      (and OUT/results.tar, each command's raw output, kept up to date as it goes).
 # It exits 0 when every comparison passes (the benchmarks are measurements, not checks).
 #
 # Usage
@@ -86,6 +87,10 @@ fi
 
 # ---------------------------------------------------------------- the binary
 bin="${ALIGNSCOPE_BIN:-}"
+# A dry run takes the CPU build when there is one (the CUDA build needs CUDA's libraries).
+if [ -z "$bin" ] && [ "$device" = cpu ] && [ -x target/release/alignscope ]; then
+    bin="$repo/target/release/alignscope"
+fi
 if [ -z "$bin" ]; then
     if [ -f target-cuda/dist/alignscope.xz ]; then
         bin="$work/alignscope"
@@ -160,6 +165,9 @@ run_program() { # run_program NAME PROGRAM ARGS...
     rc=$?
     t1=$(date +%s.%N)
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(awk "BEGIN { printf \"%.1f s\", $t1 - $t0 }")" "$*" >>"$results/commands.tsv"
+    # Each command's output reaches OUT at once: a run cut short by its time limit still
+    # brings back what it measured.
+    tar -cf "$out/results.tar" -C "$work" results 2>/dev/null
     if [ $rc -ne 0 ]; then
         say "FAILED ($rc): alignscope $*"
         tail -n 5 "$work/stderr" | tee -a "$log"
