@@ -56,12 +56,8 @@ pub fn profile(
     let hs = model.residuals(inputs)?;
     let z = model.final_norm(&hs[model.n_layer()])?.reshape((n, d))?.detach();
     let head = model.head_weight().detach();
-    let one_head = time_phase(device, reps, || {
-        let (ce, _) = head_loss(&z, &head, targets, Some(1.0))?;
-        // The CE sum is read back once per step: leave it on the device like the step does.
-        drop(ce);
-        Ok(())
-    })?;
+    // Its CE sum left on the device, as a step leaves it until one read per step.
+    let one_head = time_phase(device, reps, || head_loss(&z, &head, targets, Some(1.0)).map(drop))?;
     add("shared head + CE, one layer, with gradients", one_head, format!("{weighted} such layer(s) in this objective"));
     let monitored = obj.layer_weights.len() - weighted;
     if monitored > 0 && obj.monitor_positions > 0 {

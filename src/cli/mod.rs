@@ -273,32 +273,16 @@ fn refuse_settings_on_resume(matches: &clap::ArgMatches, command: &Command) -> R
     use clap::parser::ValueSource;
     let Command::Train(t) = command else { return Ok(()) };
     let (Some(run), Some((_, sub))) = (&t.resume, matches.subcommand()) else { return Ok(()) };
-    let settings = [
-        "out",
-        "overwrite",
-        "tokenizer",
-        "loss",
-        "no_alternate",
-        "beta",
-        "data",
-        "eval_data",
-        "batch",
-        "accum",
-        "ctx",
-        "lr",
-        "min_lr",
-        "warmup",
-        "weight_decay",
-        "decay_all",
-        "grad_clip",
-        "beta1",
-        "beta2",
-        "eval_every",
-        "eval_batches",
-        "save_every",
-        "seed",
-    ];
-    if let Some(id) = settings.iter().find(|id| sub.value_source(id) == Some(ValueSource::CommandLine)) {
+    // What a resume may be told: the run to continue, how far, where, and how to show it.
+    // Every other option is a setting of the run (one added later is covered without a
+    // list); --ckpt and --init conflict with --resume in clap already.
+    const MAY_CHANGE: [&str; 6] = ["resume", "steps", "device", "tf32", "log_lines", "json"];
+    let train = <train::TrainArgs as clap::Args>::augment_args(clap::Command::new("train"));
+    let given = train
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str())
+        .find(|id| !MAY_CHANGE.contains(id) && sub.value_source(id) == Some(ValueSource::CommandLine));
+    if let Some(id) = given {
         bail!(
             "--resume {run} continues the run with its saved settings: --{} cannot change them (only --steps can; start a new run with --ckpt {run} --out NEW to change them)",
             id.replace('_', "-")

@@ -104,7 +104,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         bail!("--out {} is a file, not a folder", a.out.display())
     }
     let data = resolve_asset(&a.data);
-    let (docs, _) = super::held_out_documents(&data)?;
+    let (docs, _) = super::held_out_documents(&a.data)?;
     let exit_sweeps = a.exits.iter().map(|p| read_exit_sweep(p)).collect::<Result<Vec<_>>>()?.concat();
     let device = parse_device(&a.device)?;
     let mut models = vec![crate::train::recipe::open(&a.ckpt, &device)?];
