@@ -117,6 +117,10 @@ fn bad_decoding_flags() {
     fails_with(&g(&["--early-exit", "1.5"]), &["--early-exit", "1.5"]);
     fails_with(&g(&["--exit-measure", "saturation"]), &["--exit-measure needs --early-exit"]);
     fails_with(&g(&["--pipelined"]), &["--pipelined needs --speculative or --early-exit"]);
+    // Greedy decoding would ignore them.
+    fails_with(&g(&["--temperature", "0.7"]), &["--temperature applies to sampling", "--top-p", "--sample"]);
+    fails_with(&g(&["--seed", "3"]), &["--seed applies to sampling"]);
+    fails_with(&g(&["--sample", "--temperature", "-1"]), &["--temperature must be positive"]);
     fails_with(&g(&["--early-exit", "0.5", "--exit-measure", "saturation", "--pipelined"]), &["--pipelined", "saturation"]);
     fails_with(&g(&["--early-exit", "0.5", "--pipelined", "--top-p", "0.9"]), &["--pipelined", "greedily"]);
     // auto needs room after the prompt to calibrate.
@@ -150,6 +154,8 @@ fn position_out_of_range() {
 fn data_file_missing_or_not_utf8() {
     let ck = s(&fixture_dir());
     fails_with(&["eval", "--ckpt", &ck, "--data", "/no/such/file.txt"], &["/no/such/file.txt"]);
+    // A device, not a text: named for what it is, not as missing.
+    fails_with(&["eval", "--ckpt", &ck, "--data", "/dev/null"], &["/dev/null", "not a regular file"]);
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("latin1.txt");
     std::fs::write(&bad, b"caf\xe9 au lait").unwrap();

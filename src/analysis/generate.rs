@@ -22,6 +22,14 @@ pub enum Sampling {
 }
 
 impl Sampling {
+    /// Temperature when none is given.
+    pub const DEFAULT_TEMPERATURE: f64 = 1.0;
+
+    /// Nucleus sampling with `p`, the temperature and seed where given, else 1 and 0.
+    pub fn top_p(p: f64, temperature: Option<f64>, seed: Option<u64>) -> Self {
+        Sampling::TopP { p, temperature: temperature.unwrap_or(Self::DEFAULT_TEMPERATURE), seed: seed.unwrap_or(0) }
+    }
+
     pub(crate) fn processor(&self) -> LogitsProcessor {
         match *self {
             Sampling::Greedy => LogitsProcessor::from_sampling(0, CandleSampling::ArgMax),

@@ -27,6 +27,7 @@ pub const DEFAULT_DRAFT: usize = 4;
 
 /// Checks the decoding flags of `generate` that do not need the model (before it loads).
 pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
+    super::check_sampling_settings(a.top_p.is_some() || a.sample, a.temperature, a.seed)?;
     if a.early_exit.is_some() && a.exit_layer.is_some() {
         bail!("--early-exit and --exit-layer cannot be used together")
     }

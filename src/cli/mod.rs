@@ -147,10 +147,12 @@ pub struct GenerateArgs {
     /// Nucleus sampling with p = 0.95
     #[arg(long)]
     pub sample: bool,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling temperature, with --top-p or --sample [default: 1]
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sampling seed, with --top-p or --sample [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Per-token early exit: leave at the first layer whose exit measure reaches this
     #[arg(long)]
     pub early_exit: Option<f64>,
@@ -518,11 +520,21 @@ fn no_negative_zero(v: f64) -> f64 {
 }
 
 fn sampling_of(a: &GenerateArgs) -> Sampling {
-    match (a.top_p, a.sample) {
-        (Some(p), _) => Sampling::TopP { p, temperature: a.temperature, seed: a.seed },
-        (None, true) => Sampling::TopP { p: 0.95, temperature: a.temperature, seed: a.seed },
-        (None, false) => Sampling::Greedy,
+    let p = match (a.top_p, a.sample) {
+        (Some(p), _) => p,
+        (None, true) => 0.95,
+        (None, false) => return Sampling::Greedy,
+    };
+    Sampling::top_p(p, a.temperature, a.seed)
+}
+
+/// Refuses a sampling setting given without sampling: greedy decoding would ignore it.
+pub fn check_sampling_settings(sampling: bool, temperature: Option<f64>, seed: Option<u64>) -> Result<()> {
+    if !sampling && (temperature.is_some() || seed.is_some()) {
+        let what = if temperature.is_some() { "--temperature" } else { "--seed" };
+        bail!("{what} applies to sampling, and decoding is greedy without --top-p or --sample")
     }
+    Ok(())
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {

@@ -46,10 +46,12 @@ pub struct ReportArgs {
     /// Nucleus sampling with this p for the generations (default: greedy)
     #[arg(long)]
     pub top_p: Option<f64>,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling temperature, with --top-p [default: 1]
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sampling seed, with --top-p [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Sentence encoder for coherence: a sentence-transformers BERT (folder, name or hub
     /// id), or `self` (default: all-MiniLM-L6-v2 when it is here, else self)
     #[arg(long)]
@@ -95,8 +97,9 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if !(a.png_scale >= 0.5 && a.png_scale <= 8.0) {
         bail!("--png-scale must be between 0.5 and 8, got {}", a.png_scale)
     }
+    super::check_sampling_settings(a.top_p.is_some(), a.temperature, a.seed)?;
     let sampling = match a.top_p {
-        Some(p) => Sampling::TopP { p, temperature: a.temperature, seed: a.seed },
+        Some(p) => Sampling::top_p(p, a.temperature, a.seed),
         None => Sampling::Greedy,
     };
     sampling.validate()?;

@@ -136,6 +136,8 @@ pub fn select(specs: &[PathBuf], role: Role) -> Result<Selection> {
             sel.files.extend(chosen.into_iter().map(|n| p.join(n)));
         } else if p.is_file() {
             sel.files.push(p);
+        } else if p.exists() {
+            bail!("data file {} is not a regular file or a folder", p.display())
         } else {
             bail!("data file {} does not exist", p.display())
         }

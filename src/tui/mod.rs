@@ -93,7 +93,8 @@ pub fn run(args: ExploreArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let eval_data = resolve_asset(&args.eval_data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_EVAL_TEXT)));
     if !eval_data.is_file() {
-        bail!("the eval text {} does not exist (--eval-data)", eval_data.display())
+        let what = if eval_data.exists() { "is not a regular file" } else { "does not exist" };
+        bail!("the eval text {} {what} (--eval-data)", eval_data.display())
     }
     let plan = plan_start(&args)?;
     // Load before touching the screen, so that a bad checkpoint is one clear line.
