@@ -277,9 +277,12 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
             (Some(a), Some(b)) => Some((b - a) / steps as f64),
             _ => None,
         };
-        let cpu_text = match cpu {
-            Some(c) => format!("{c:.2} s/step CPU"),
-            None => "CPU time n/a".to_string(),
+        // Of the cores the threads may use: CPU seconds of all threads over wall seconds x
+        // threads, the whole step (what `--profile` gives per section).
+        let busy = cpu.map(|c| c / (wall / steps as f64 * rayon::current_num_threads() as f64));
+        let cpu_text = match (cpu, busy) {
+            (Some(c), Some(b)) => format!("{c:.2} s/step CPU, cores {:.0}% busy", 100.0 * b),
+            _ => "CPU time n/a".to_string(),
         };
         let toks = (steps * batch * ctx) as f64;
         say(&format!(
@@ -308,6 +311,7 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
             "tokens_per_sec": toks / wall,
             "wall_secs_per_step": wall / steps as f64,
             "cpu_secs_per_step": cpu,
+            "cores_busy": busy,
             "steps": steps,
         }));
     }

@@ -123,5 +123,9 @@ fn bench_json_holds_every_measurement() {
     assert_eq!(losses, vec!["standard", "aligned"]);
     for l in tr["losses"].as_array().unwrap() {
         assert!(l["tokens_per_sec"].as_f64().unwrap() > 0.0 && l["steps"].as_u64().unwrap() >= 1);
+        // A share of the cores where the process's CPU time can be read (Unix), else null.
+        if cfg!(unix) {
+            assert!(l["cores_busy"].as_f64().is_some_and(|b| b > 0.0), "{l}");
+        }
     }
 }
