@@ -210,9 +210,10 @@ pub unsafe fn sgemm_raw(
             }
         });
     } else {
-        // Deep products (the weight gradients, 4096 deep): a block costs a packing of a
-        // large operand, and the guided blocks were 10-25% slower; a few equal blocks per
-        // thread.
+        // Deeper products (the weight gradients, 4096 deep; the head's input gradient; the
+        // MLP's down projection and the wider layers' input gradients): every block packs
+        // a large operand again, and guided blocks measured 10-25% slower on the deepest;
+        // a few equal blocks per thread.
         even_blocks(len, threads * 2, 16).into_par_iter().for_each(run);
     }
 }
