@@ -118,8 +118,10 @@ pub struct CommonArgs {
 pub struct InspectArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Text to look inside
     #[arg(long)]
     pub prompt: String,
+    /// Tokens the lens lists per layer, most probable first
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
     /// Token position for the lens (default: the last token)
@@ -131,11 +133,13 @@ pub struct InspectArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Text to continue
     #[arg(long)]
     pub prompt: String,
     /// Exit layer 1..L, or `all` (default: L, the full model)
     #[arg(long)]
     pub exit_layer: Option<String>,
+    /// Most tokens to generate (fewer at end-of-text or when the context is full)
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
     /// Greedy decoding (the default unless --top-p or --sample is given)

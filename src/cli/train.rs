@@ -86,8 +86,10 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this (0: off)
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// AdamW's first-moment decay
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
+    /// AdamW's second-moment decay
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
     /// Evaluate on the held-out text every N steps (0: never)
@@ -123,11 +125,13 @@ pub struct TrainArgs {
 pub enum TokenizerCommand {
     /// Train a byte-level BPE (like GPT-2's) on text files
     Train {
+        /// Vocabulary size, the 256 bytes and end-of-text included
         #[arg(long, default_value_t = 4096)]
         vocab: usize,
         /// Text files or folders (repeatable; default: the five Austen training novels)
         #[arg(long)]
         data: Vec<PathBuf>,
+        /// Pairs seen fewer times than this are never merged
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
         /// Output folder (tokenizer.json is written inside)
