@@ -229,6 +229,8 @@ fn explorer_options_before_a_subcommand() {
         &["--compare before `inspect` is an option of the explorer"],
     );
     fails_with(&["--single", "eval", "--ckpt", &ck], &["--single before `eval`"]);
+    // One column and a second checkpoint: which was meant?
+    fails_with(&["--single", "--compare", &ck], &["--single", "--compare"]);
     fails_with(
         &["--ckpt", &ck, "train", "--out", "x"],
         &["--ckpt before `train` is an option of the explorer", "alignscope train [OPTIONS]"],

@@ -49,7 +49,7 @@ pub struct ExploreArgs {
     #[arg(long)]
     pub compare: Option<String>,
     /// Show a single checkpoint even when the default pair is available
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare")]
     pub single: bool,
     /// Device: auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]

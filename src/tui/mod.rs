@@ -333,7 +333,6 @@ mod tests {
         assert_eq!(choose_checkpoints(&args(None, None, true)), pair(DEFAULT_CKPT, None));
         assert_eq!(choose_checkpoints(&args(Some("x"), None, false)), pair("x", None));
         assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), false)), pair("x", Some("y")));
-        assert_eq!(choose_checkpoints(&args(Some("x"), Some("y"), true)), pair("x", None));
         assert_eq!(choose_checkpoints(&args(None, Some("y"), false)), pair(DEFAULT_CKPT, Some("y")));
     }
 }
