@@ -336,6 +336,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !["all", "inference", "decode", "train", "tui", "gemm"].contains(&what) {
         bail!("--what must be inference, decode, train, gemm, tui or all")
     }
+    for (name, n) in
+        [("--reps", a.reps), ("--decode-tokens", a.decode_tokens), ("--train-steps", a.train_steps), ("--batch", a.batch.unwrap_or(1))]
+    {
+        if n == 0 {
+            bail!("{name} must be at least 1")
+        }
+    }
     if what == "tui" {
         return bench_tui(&a);
     }

@@ -315,6 +315,14 @@ fn tf32_off_the_gpu_is_refused_by_name() {
 }
 
 #[test]
+fn bench_counts_of_zero_are_refused() {
+    // Zero repetitions panicked, zero tokens or batch timed nothing as 0 tokens/s.
+    for flag in ["--reps", "--decode-tokens", "--train-steps", "--batch"] {
+        fails_with(&["bench", "--what", "train", "--model", "fixture", flag, "0"], &[flag, "at least 1"]);
+    }
+}
+
+#[test]
 fn resume_refuses_settings_it_would_ignore() {
     fails_with(
         &["train", "--resume", "austen-aligned", "--steps", "700", "--lr", "1"],
