@@ -98,7 +98,7 @@ pub struct TrainArgs {
     /// Held-out batches per evaluation
     #[arg(long, default_value_t = 8)]
     pub eval_batches: usize,
-    /// Save a checkpoint every N steps (and at the end, and on stop)
+    /// Save a checkpoint every N steps (and at the end, and on stop; 0: only then)
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
     /// Seed of the batch order (and of random initialisation)
