@@ -1,6 +1,6 @@
 //! Sentence embeddings for coherence: a real sentence encoder (a BERT in the
 //! sentence-transformers layout, by default `sentence-transformers/all-MiniLM-L6-v2`, mean
-//! pooling over the attention mask, L2-normalised) run by candle-transformers, or — when
+//! pooling over the attention mask, L2-normalised; [`crate::model::bert`]), or — when
 //! none is available — the checkpoint's own `ln_f(h^L)` averaged over positions.
 //!
 //! The paper measures coherence with SimCSE; any sentence-transformers BERT folder works
@@ -8,11 +8,11 @@
 //! checkpoint roots, or a hub id (downloaded into, or found in, the hub cache).
 
 use crate::model::Gpt2;
+use crate::model::bert::{BertModel, Config as BertConfig};
 use crate::model::checkpoint::{first_line, load_tokenizer, resolve};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationParams};
 

@@ -1,11 +1,11 @@
 //! Generation that exits at any layer: blocks `1..=l`, then the shared classifier
 //! `lm_head(ln_f(h^l))`, with a KV cache (per-token early exit: [`super::early_exit`]).
 
+use super::sampling::{LogitsSampler, Strategy};
 use crate::model::decoder::{self, CpuModel, Decoder};
 use crate::model::{Gpt2, KvCache};
 use anyhow::{Result, bail};
 use candle_core::Tensor;
-use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use serde::Serialize;
 use std::ops::ControlFlow;
 
@@ -30,10 +30,10 @@ impl Sampling {
         Sampling::TopP { p, temperature: temperature.unwrap_or(Self::DEFAULT_TEMPERATURE), seed: seed.unwrap_or(0) }
     }
 
-    pub(crate) fn processor(&self) -> LogitsProcessor {
+    pub(crate) fn processor(&self) -> LogitsSampler {
         match *self {
-            Sampling::Greedy => LogitsProcessor::from_sampling(0, CandleSampling::ArgMax),
-            Sampling::TopP { p, temperature, seed } => LogitsProcessor::from_sampling(seed, CandleSampling::TopP { p, temperature }),
+            Sampling::Greedy => LogitsSampler::new(0, Strategy::ArgMax),
+            Sampling::TopP { p, temperature, seed } => LogitsSampler::new(seed, Strategy::TopP { p, temperature }),
         }
     }
 
@@ -112,9 +112,9 @@ pub fn generate(model: &Gpt2, prompt: &[u32], opts: &GenerateOptions, on_token: 
 }
 
 /// The next token from a row of logits: greedy is [`decoder::argmax`] (the same function
-/// the speculative decoder compares with), sampling goes through candle's processor.
+/// the speculative decoder compares with), sampling through [`LogitsSampler`].
 pub(crate) struct TokenPicker {
-    proc: Option<LogitsProcessor>,
+    proc: Option<LogitsSampler>,
 }
 
 impl TokenPicker {

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod lens;
 mod pipelined;
 pub mod quality;
+pub mod sampling;
 pub mod similarity;
 pub mod speculative;
 

@@ -1,4 +1,5 @@
 //! The GPT-2 model, its configuration, checkpoints and devices.
+pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
