@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// `--speculative auto --pipelined` picks it unless --draft-layer is given
     #[arg(long)]
     pub pipelined: bool,
+    /// Decode benchmark: speculative decoding drafts from the text's repeats where it can
+    /// (`generate --lookup`), the draft layer elsewhere; calibrated so
+    #[arg(long)]
+    pub lookup: bool,
     /// Decode benchmark: also time every draft layer (with the calibrated or given draft length)
     #[arg(long)]
     pub sweep: bool,
@@ -447,7 +451,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
         (Some(e), k, _) if a.pipelined => (e, k.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
         (Some(e), Some(k), Some(g)) => (e, k, g),
         (e, k, g) => {
-            let c = calibrate(m, &calib, CALIBRATION_TOKENS, Sampling::Greedy.greedy_tokens(a.decode_tokens))?;
+            let c = calibrate(m, &calib, CALIBRATION_TOKENS, Sampling::Greedy.greedy_tokens(a.decode_tokens), a.lookup)?;
             say(&format!(
                 "  calibration ({} positions): draft layer {}, up to {} drafts, draft confidence {} (predicted acceptance {}, speedup {:.2}x); block {:.3} ms, head {:.3} ms on 1 row, {:.1}x and {:.1}x that on {} rows{}; agreement with the last layer by layer: {}",
                 c.positions,
@@ -476,6 +480,8 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 "predicted_acceptance": c.predicted_acceptance,
                 "predicted_speedup": c.predicted_speedup,
                 "agreement": c.agreement,
+                "lookup_agreement": c.lookup_agreement,
+                "lookup_share": c.lookup_share,
                 "block_ms_by_rows": c.block_ms,
                 "head_ms_by_rows": c.head_ms,
                 "greedy_ms": c.greedy_ms,
@@ -540,6 +546,9 @@ struct DecodeRun {
     outs: Vec<Vec<u32>>,
     drafted: usize,
     accepted: usize,
+    /// Of those, the drafts from the text's repeats (`--lookup`).
+    lookup_drafted: usize,
+    lookup_accepted: usize,
     passes: usize,
 }
 
@@ -561,15 +570,16 @@ fn decode_pair(
         max_new_tokens: a.decode_tokens,
         sampling: Sampling::Greedy,
         eos: None,
+        lookup: a.lookup,
     };
     let plain_all = || -> Result<DecodeRun> {
         let t = Instant::now();
         let outs = prompts.iter().map(|p| Ok(generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids)).collect::<Result<_>>()?;
-        Ok(DecodeRun { secs: t.elapsed().as_secs_f64(), outs, drafted: 0, accepted: 0, passes: 0 })
+        Ok(DecodeRun { secs: t.elapsed().as_secs_f64(), outs, drafted: 0, accepted: 0, lookup_drafted: 0, lookup_accepted: 0, passes: 0 })
     };
     let spec_all = || -> Result<DecodeRun> {
         let t = Instant::now();
-        let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, passes: 0 };
+        let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, lookup_drafted: 0, lookup_accepted: 0, passes: 0 };
         for p in prompts {
             let g = match a.pipelined {
                 true => generate_pipelined(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
@@ -577,6 +587,8 @@ fn decode_pair(
             };
             r.drafted += g.drafted;
             r.accepted += g.accepted;
+            r.lookup_drafted += g.lookup_drafted;
+            r.lookup_accepted += g.lookup_accepted;
             r.passes += g.forward_passes;
             r.outs.push(g.ids);
         }
@@ -588,30 +600,46 @@ fn decode_pair(
     let rounds = a.reps.clamp(3, 9);
     let (mut tp, mut ts, mut ratios) = (vec![], vec![], vec![]);
     let mut same = true;
-    let mut last = (0, 0, 0, 0);
+    let mut last = (0, 0, 0, 0, (0, 0));
     for _ in 0..rounds {
         let p = plain_all()?;
         let s = spec_all()?;
         same &= p.outs == s.outs;
         let tokens: usize = p.outs.iter().map(Vec::len).sum();
-        last = (tokens, s.drafted, s.accepted, s.passes);
+        last = (tokens, s.drafted, s.accepted, s.passes, (s.lookup_drafted, s.lookup_accepted));
         tp.push(p.secs);
         ts.push(s.secs);
         ratios.push(p.secs / s.secs);
     }
-    let (tokens, drafted, accepted, passes) = last;
+    let (tokens, drafted, accepted, passes, (lookup_drafted, lookup_accepted)) = last;
     let (p, s) = (median(tp), median(ts));
     // Acceptance is undefined when nothing was drafted.
-    let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
+    let rate = |a: usize, d: usize| (d > 0).then(|| a as f64 / d as f64);
+    let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v));
+    let acceptance = rate(accepted, drafted);
+    let (lookup_acceptance, layer_acceptance) =
+        (rate(lookup_accepted, lookup_drafted), rate(accepted - lookup_accepted, drafted - lookup_drafted));
+    let sources = match a.lookup {
+        true => format!(
+            "; from repeats {} ({lookup_accepted}/{lookup_drafted}), from layer {e} {} ({}/{})",
+            pct(lookup_acceptance),
+            pct(layer_acceptance),
+            accepted - lookup_accepted,
+            drafted - lookup_drafted
+        ),
+        false => String::new(),
+    };
     say(&format!(
-        "  plain greedy: {:.0} tokens/s | {}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
+        "  plain greedy: {:.0} tokens/s | {}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}{sources}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
         tokens as f64 / p,
-        match a.pipelined {
-            true => format!("pipelined speculative, draft layer {e}, up to {k} drafts ahead"),
-            false => format!("speculative, draft layer {e}, up to {k} drafts, confidence {gamma}"),
+        match (a.pipelined, a.lookup) {
+            (true, false) => format!("pipelined speculative, draft layer {e}, up to {k} drafts ahead"),
+            (true, true) => format!("pipelined speculative, repeats or draft layer {e}, up to {k} drafts ahead"),
+            (false, false) => format!("speculative, draft layer {e}, up to {k} drafts, confidence {gamma}"),
+            (false, true) => format!("speculative, repeats or draft layer {e}, up to {k} drafts, confidence {gamma}"),
         },
         tokens as f64 / s,
-        acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+        pct(acceptance),
         tokens as f64 / passes as f64,
         p / s,
         median(ratios.clone()),
@@ -629,6 +657,11 @@ fn decode_pair(
         "drafted": drafted,
         "accepted": accepted,
         "acceptance": acceptance,
+        "lookup": a.lookup,
+        "lookup_drafted": a.lookup.then_some(lookup_drafted),
+        "lookup_accepted": a.lookup.then_some(lookup_accepted),
+        "lookup_acceptance": lookup_acceptance,
+        "layer_acceptance": layer_acceptance,
         "forward_passes": passes,
         "speedup": p / s,
         "speedup_median_ratio": median(ratios),

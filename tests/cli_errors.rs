@@ -117,6 +117,8 @@ fn bad_decoding_flags() {
     fails_with(&g(&["--early-exit", "1.5"]), &["--early-exit", "1.5"]);
     fails_with(&g(&["--exit-measure", "saturation"]), &["--exit-measure needs --early-exit"]);
     fails_with(&g(&["--pipelined"]), &["--pipelined needs --speculative or --early-exit"]);
+    fails_with(&g(&["--lookup"]), &["--lookup needs --speculative"]);
+    fails_with(&g(&["--speculative", "2", "--lookup", "--top-p", "0.9"]), &["--lookup", "greedy"]);
     // Greedy decoding would ignore them.
     fails_with(&g(&["--temperature", "0.7"]), &["--temperature applies to sampling", "--top-p", "--sample"]);
     fails_with(&g(&["--seed", "3"]), &["--seed applies to sampling"]);

@@ -260,6 +260,39 @@ fn speculative_json() {
     assert_eq!(c["agreement"].as_array().unwrap().len(), 5);
     assert!(c["agreement"][0].is_null() && c["agreement"][4].is_null() && c["agreement"][2].is_f64());
     assert!(c["predicted_speedup"].as_f64().unwrap() > 0.0);
+    assert!(c["lookup_agreement"].is_null() && c["lookup_share"].is_null() && v["lookup"] == false);
+    assert!(v["lookup_drafted"].is_null() && v["lookup_acceptance"].is_null());
+    assert_eq!(v["layer_acceptance"], v["acceptance"]);
+}
+
+/// `--lookup`: drafts from the text's repeats where it can — here a prompt that repeats
+/// itself — the full model's tokens still, with each source's counts; in one-thread rounds
+/// and pipelined, and calibrated with `auto`.
+#[test]
+fn speculative_lookup_json() {
+    let ck = fixture_dir().to_string_lossy().into_owned();
+    let prompt = "Anne walked to the house, and Anne walked to the house, and Anne walked to the";
+    let want = run_json(&["generate", "--ckpt", &ck, "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--json"]);
+    for extra in [&["--speculative", "2"][..], &["--speculative", "2", "--pipelined"], &["--speculative", "auto"]] {
+        let mut args = vec!["generate", "--ckpt", &ck, "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos", "--json", "--lookup"];
+        args.extend_from_slice(extra);
+        let v = run_json(&args);
+        assert_eq!(v["ids"], want["ids"], "{extra:?}");
+        assert_eq!(v["lookup"], true);
+        let n = |k: &str| v[k].as_u64().unwrap();
+        assert!(n("lookup_drafted") > 0 && n("lookup_accepted") <= n("lookup_drafted") && n("lookup_drafted") <= n("drafted"), "{v}");
+        match n("drafted") - n("lookup_drafted") {
+            0 => assert!(v["layer_acceptance"].is_null()),
+            d => {
+                assert!((v["layer_acceptance"].as_f64().unwrap() - (n("accepted") - n("lookup_accepted")) as f64 / d as f64).abs() < 1e-12)
+            }
+        }
+        if extra.contains(&"auto") {
+            let share = v["calibration"]["lookup_share"].as_f64().unwrap();
+            assert!(share > 0.0 && share <= 1.0);
+            assert!(v["calibration"]["lookup_agreement"][2].is_f64());
+        }
+    }
 }
 
 /// Early exit reports both speedups and the measure; saturation at threshold 0 leaves

@@ -20,6 +20,21 @@ fn plain(model: &Gpt2, prompt: &[u32], max_new: usize, eos: Option<u32>) -> Gene
 }
 
 fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    spec_with(model, prompt, e, k, gamma, max_new, eos, false)
+}
+
+/// [`spec`], with drafts from the text's repeats where they can (`lookup`).
+#[allow(clippy::too_many_arguments)]
+fn spec_with(
+    model: &Gpt2,
+    prompt: &[u32],
+    e: usize,
+    k: usize,
+    gamma: f64,
+    max_new: usize,
+    eos: Option<u32>,
+    lookup: bool,
+) -> SpeculativeGeneration {
     let opts = SpeculativeOptions {
         draft_layer: e,
         draft_len: k,
@@ -27,6 +42,7 @@ fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: u
         max_new_tokens: max_new,
         sampling: Sampling::Greedy,
         eos,
+        lookup,
     };
     let mut seen = Vec::new();
     let g = generate_speculative(model, prompt, &opts, |t, _, _| {
@@ -40,6 +56,11 @@ fn spec(model: &Gpt2, prompt: &[u32], e: usize, k: usize, gamma: f64, max_new: u
 
 /// Pipelined speculative decoding (two threads), with `k` drafts in flight at most.
 fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    piped_with(model, prompt, e, k, max_new, eos, false)
+}
+
+/// [`piped`], with drafts from the text's repeats where they can (`lookup`).
+fn piped_with(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>, lookup: bool) -> SpeculativeGeneration {
     let opts = SpeculativeOptions {
         draft_layer: e,
         draft_len: k,
@@ -47,6 +68,7 @@ fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: 
         max_new_tokens: max_new,
         sampling: Sampling::Greedy,
         eos,
+        lookup,
     };
     let mut seen = Vec::new();
     let mut counts = (0, 0);
@@ -63,16 +85,37 @@ fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: 
 }
 
 /// Checks a pipelined generation against plain greedy decoding; the thread timing differs
-/// from run to run, so each case runs a few times.
-fn check_pipelined(model: &Gpt2, prompt: &[u32], want: &Generation, e: usize, k: usize, max_new: usize, eos: Option<u32>) {
+/// from run to run, so each case runs a few times (the second with drafts from the text's
+/// repeats). Returns the drafts from the repeats that were judged.
+fn check_pipelined(model: &Gpt2, prompt: &[u32], want: &Generation, e: usize, k: usize, max_new: usize, eos: Option<u32>) -> usize {
+    let mut repeats = 0;
     for run in 0..3 {
-        let g = piped(model, prompt, e, k, max_new, eos);
-        assert_eq!(g.ids, want.ids, "pipelined: draft layer {e}, {k} drafts ahead, prompt of {} tokens, run {run}", prompt.len());
-        assert_eq!(g.stop, want.stop, "pipelined: draft layer {e}, {k} drafts ahead");
+        let lookup = run == 1;
+        let g = piped_with(model, prompt, e, k, max_new, eos, lookup);
+        assert_eq!(
+            g.ids,
+            want.ids,
+            "pipelined: draft layer {e}, {k} drafts ahead, lookup {lookup}, prompt of {} tokens, run {run}",
+            prompt.len()
+        );
+        assert_eq!(g.stop, want.stop, "pipelined: draft layer {e}, {k} drafts ahead, lookup {lookup}");
         let judged = g.origins.iter().filter(|o| matches!(o, TokenOrigin::Accepted | TokenOrigin::Corrected { .. })).count();
         let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
         assert_eq!((judged, acc), (g.drafted, g.accepted), "drafted counts the judged drafts");
+        check_sources(&g, lookup);
+        repeats += g.lookup_drafted;
         assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
+    }
+    repeats
+}
+
+/// The drafts from the repeats are a part of the drafts, and there are none without lookup.
+fn check_sources(g: &SpeculativeGeneration, lookup: bool) {
+    assert_eq!(g.lookup, lookup);
+    assert!(g.lookup_accepted <= g.lookup_drafted && g.lookup_drafted <= g.drafted);
+    assert!(g.lookup_accepted <= g.accepted && g.accepted - g.lookup_accepted <= g.drafted - g.lookup_drafted);
+    if !lookup {
+        assert_eq!((g.lookup_drafted, g.lookup_accepted), (0, 0));
     }
 }
 
@@ -85,15 +128,25 @@ fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize
     for &e in layers {
         for &k in lens {
             let gamma = [0.0, 0.3, 0.6, 0.9][(e + k) % 4];
-            let g = spec(model, prompt, e, k, gamma, max_new, eos);
-            assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts, confidence {gamma}, prompt of {} tokens", prompt.len());
-            assert_eq!(g.stop, want.stop, "draft layer {e}, {k} drafts");
-            assert_eq!(g.origins.len(), g.ids.len());
-            let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
-            assert!(acc <= g.accepted && g.accepted <= g.drafted);
-            assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
-            drafted += g.drafted;
-            accepted += g.accepted;
+            for lookup in [false, true] {
+                let g = spec_with(model, prompt, e, k, gamma, max_new, eos, lookup);
+                assert_eq!(
+                    g.ids,
+                    want.ids,
+                    "draft layer {e}, {k} drafts, confidence {gamma}, lookup {lookup}, prompt of {} tokens",
+                    prompt.len()
+                );
+                assert_eq!(g.stop, want.stop, "draft layer {e}, {k} drafts, lookup {lookup}");
+                assert_eq!(g.origins.len(), g.ids.len());
+                let acc = g.origins.iter().filter(|o| **o == TokenOrigin::Accepted).count();
+                assert!(acc <= g.accepted && g.accepted <= g.drafted);
+                assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
+                check_sources(&g, lookup);
+                if !lookup {
+                    drafted += g.drafted;
+                    accepted += g.accepted;
+                }
+            }
             check_pipelined(model, prompt, &want, e, k, max_new, eos);
         }
     }
@@ -212,6 +265,47 @@ fn which_models_decode_a_row_on_one_thread() {
     assert!(!with_cpu_model(&wide, |m| Ok(m.rows_use_one_thread())).unwrap());
 }
 
+/// Where the text repeats itself, drafts come from the repeats — here a passage given
+/// twice, which the model goes on copying — and are accepted, and the output is still plain
+/// greedy decoding's; sampling refuses them.
+#[test]
+fn drafts_from_the_repeats_are_used_and_lossless() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join("austen-aligned");
+    let ck = Checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
+    let m = &ck.model;
+    let passage = prompts_from_text(&ck, &[0, 40]).remove(1);
+    let prompt = [passage.clone(), passage].concat();
+    let want = plain(m, &prompt, 60, None);
+    for (e, k) in [(2, 4), (6, 1), (6, 8)] {
+        let g = spec_with(m, &prompt, e, k, 0.0, 60, None, true);
+        assert_eq!(g.ids, want.ids, "draft layer {e}, {k} drafts");
+        check_sources(&g, true);
+        assert!(
+            g.lookup_accepted > 0,
+            "draft layer {e}, {k} drafts: {} from the repeats, {} accepted",
+            g.lookup_drafted,
+            g.lookup_accepted
+        );
+        for run in 0..3 {
+            let g = piped_with(m, &prompt, e, k, 60, None, true);
+            assert_eq!(g.ids, want.ids, "pipelined: draft layer {e}, {k} drafts ahead, run {run}");
+            check_sources(&g, true);
+            assert!(g.lookup_accepted > 0, "pipelined: draft layer {e}, {k} drafts ahead, run {run}");
+        }
+    }
+    let opts = SpeculativeOptions {
+        draft_layer: 2,
+        draft_len: 3,
+        draft_confidence: 0.0,
+        max_new_tokens: 10,
+        sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 },
+        eos: None,
+        lookup: true,
+    };
+    let err = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("--lookup"), "{err}");
+}
+
 /// Pipelined decoding is greedy only, and says so; one token needs no drafting thread.
 #[test]
 fn pipelined_decoding_refuses_sampling() {
@@ -224,6 +318,7 @@ fn pipelined_decoding_refuses_sampling() {
         max_new_tokens: 10,
         sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 },
         eos: None,
+        lookup: false,
     };
     let err = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("greedy only"), "{err}");
@@ -298,6 +393,7 @@ fn sampling_follows_the_full_model_distribution() {
             max_new_tokens: 3,
             sampling: Sampling::TopP { p: top_p, temperature, seed },
             eos: None,
+            lookup: false,
         };
         let g = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
         counts[g.ids[1] as usize] += 1;

@@ -8,6 +8,7 @@ pub mod exits;
 pub mod generate;
 pub mod inspect;
 pub mod lens;
+pub mod lookup;
 mod pipelined;
 pub mod quality;
 pub mod sampling;

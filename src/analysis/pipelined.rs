@@ -21,6 +21,7 @@
 //! machines measured, a tenth of a draft on the Austen models).
 
 use super::generate::StopReason;
+use super::lookup;
 use super::speculative::{DraftCounts, SpeculativeGeneration, SpeculativeOptions, TokenOrigin};
 use crate::model::decoder::{self, CpuModel, Decoder};
 use anyhow::{Result, anyhow, bail};
@@ -30,11 +31,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::time::Instant;
 
-/// A row the drafter hands over: `h^E` of `token` fed at `pos`, in drafting epoch `epoch`.
+/// A row the drafter hands over: `h^E` of `token` fed at `pos`, in drafting epoch `epoch`;
+/// `repeat`: the token was drafted from the text's repeats (`lookup`).
 struct DraftRow {
     epoch: usize,
     pos: usize,
     token: u32,
+    repeat: bool,
     h: Vec<f32>,
 }
 
@@ -61,23 +64,32 @@ struct Shared {
     draft: AtomicU64,
 }
 
-/// Bits of the epoch, the position and the token in [`Shared::draft`].
-const EPOCH_BITS: u32 = 20;
+/// Bits of the epoch, the position and the token in [`Shared::draft`]; one more says
+/// whether the draft came from the text's repeats.
+const EPOCH_BITS: u32 = 19;
 const POS_BITS: u32 = 20;
 const TOKEN_BITS: u32 = 24;
+const REPEAT_BIT: u64 = 1 << 63;
 
-/// `(epoch, pos, token)` in one word; the epoch is kept modulo 2^20 (the drafter's latest
-/// epoch is never more than one behind the verifier's). `None` where a position or token
-/// does not fit: then no draft is published and wrong drafts are found when their row comes.
-fn pack(epoch: usize, pos: usize, token: u32) -> Option<u64> {
-    (pos < 1 << POS_BITS && (token as u64) < 1 << TOKEN_BITS)
-        .then_some(((epoch as u64 & ((1 << EPOCH_BITS) - 1)) << (POS_BITS + TOKEN_BITS)) | ((pos as u64) << TOKEN_BITS) | token as u64)
+/// `(epoch, pos, token, repeat)` in one word; the epoch is kept modulo 2^19 (the drafter's
+/// latest epoch is never more than one behind the verifier's). `None` where a position or
+/// token does not fit (the largest position is left out, so no word is `u64::MAX`, "none
+/// yet"): then no draft is published and wrong drafts are found when their row comes.
+fn pack(epoch: usize, pos: usize, token: u32, repeat: bool) -> Option<u64> {
+    (pos < (1 << POS_BITS) - 1 && (token as u64) < 1 << TOKEN_BITS).then_some(
+        if repeat { REPEAT_BIT } else { 0 }
+            | ((epoch as u64 & ((1 << EPOCH_BITS) - 1)) << (POS_BITS + TOKEN_BITS))
+            | ((pos as u64) << TOKEN_BITS)
+            | token as u64,
+    )
 }
 
-/// The published draft at `pos` in `epoch`, if the latest one is that.
-fn published(word: u64, epoch: usize, pos: usize) -> Option<u32> {
+/// The published draft at `pos` in `epoch` and whether it came from the repeats, if the
+/// latest one is that.
+fn published(word: u64, epoch: usize, pos: usize) -> Option<(u32, bool)> {
     let at = ((epoch as u64 & ((1 << EPOCH_BITS) - 1)) << POS_BITS) | pos as u64;
-    (word != u64::MAX && word >> TOKEN_BITS == at).then_some((word & ((1 << TOKEN_BITS) - 1)) as u32)
+    (word != u64::MAX && (word & !REPEAT_BIT) >> TOKEN_BITS == at)
+        .then_some(((word & ((1 << TOKEN_BITS) - 1)) as u32, word & REPEAT_BIT != 0))
 }
 
 /// The greedy token of one row, as plain greedy decoding picks it (see
@@ -133,11 +145,11 @@ pub(crate) fn run(
     let last_pos = (n0 + opts.max_new_tokens - 2).min(m.n_positions - 1);
     let (row_tx, row_rx) = mpsc::channel::<DraftRow>();
     let (fix_tx, fix_rx) = mpsc::channel::<Fix>();
-    let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens };
+    let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens, lookup: opts.lookup };
     std::thread::scope(|s| -> Result<()> {
         let shared = &shared;
         // A drafter that fails drops its channel: the verifier finds it disconnected.
-        let drafting = s.spawn(move || draft(drafter, shared, &plan, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx));
+        let drafting = s.spawn(move || draft(drafter, shared, &plan, prompt, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx));
         let stop = StopOnDrop(&shared.stop);
         let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, &mut on_token);
         drop(stop);
@@ -169,20 +181,26 @@ struct DraftPlan {
     last_pos: usize,
     lookahead: usize,
     greedy_tokens: bool,
+    /// Draft from the text's repeats where they are long enough ([`lookup::lookup_draft`]).
+    lookup: bool,
 }
 
-/// The drafting thread: blocks 1..E and the head, token after token, from `fix` on.
+/// The drafting thread: blocks 1..E and the head, token after token, from `fix` on (after
+/// `prompt`).
 fn draft(
     mut dec: Decoder,
     shared: &Shared,
     plan: &DraftPlan,
+    prompt: &[u32],
     mut fix: Fix,
     rows: mpsc::Sender<DraftRow>,
     fixes: mpsc::Receiver<Fix>,
 ) -> Result<()> {
-    let DraftPlan { layer: e, last_pos, lookahead, greedy_tokens } = *plan;
+    let DraftPlan { layer: e, last_pos, lookahead, greedy_tokens, lookup } = *plan;
     let mut logits = Vec::new();
-    let (mut pos, mut token) = (fix.pos, fix.token);
+    let (mut pos, mut token, mut repeat) = (fix.pos, fix.token, false);
+    // The tokens fed so far, position by position (for the repeats).
+    let mut context = prompt.to_vec();
     'rows: while !shared.stop.load(Ordering::Acquire) {
         if shared.epoch.load(Ordering::Acquire) != fix.epoch {
             // The correction of the latest epoch was sent before the epoch was bumped.
@@ -190,7 +208,7 @@ fn draft(
                 fix = f;
             }
             dec.truncate(fix.pos);
-            (pos, token) = (fix.pos, fix.token);
+            (pos, token, repeat) = (fix.pos, fix.token, false);
             continue;
         }
         if pos > last_pos || pos > shared.verified.load(Ordering::Acquire) + lookahead {
@@ -207,16 +225,23 @@ fn draft(
             }
         }
         // The row goes out before its draft is picked: the verifier starts on it meanwhile.
-        let row = DraftRow { epoch: fix.epoch, pos, token, h: x.clone() };
+        let row = DraftRow { epoch: fix.epoch, pos, token, repeat, h: x.clone() };
         if rows.send(row).is_err() {
             return Ok(()); // the verifier is done
         }
-        let next = (pos < last_pos).then(|| greedy(&dec, &x, greedy_tokens, &mut logits));
-        if let Some(word) = next.and_then(|t| pack(fix.epoch, pos + 1, t)) {
+        if lookup {
+            context.truncate(pos);
+            context.push(token);
+        }
+        let next = (pos < last_pos).then(|| match lookup.then(|| lookup::lookup_draft(&context, lookup::MIN_MATCH)).flatten() {
+            Some(t) => (t, true),
+            None => (greedy(&dec, &x, greedy_tokens, &mut logits), false),
+        });
+        if let Some(word) = next.and_then(|(t, r)| pack(fix.epoch, pos + 1, t, r)) {
             shared.draft.store(word, Ordering::Release);
         }
         match next {
-            Some(t) => (pos, token) = (pos + 1, t),
+            Some((t, r)) => (pos, token, repeat) = (pos + 1, t, r),
             None => pos += 1, // the last row: wait for the end
         }
     }
@@ -240,16 +265,17 @@ fn verify(
 ) -> Result<()> {
     let (m, e) = (dec.model, g.draft_layer);
     let (n_layer, d) = (m.n_layer, m.d);
-    // Emits a token, counting the draft it judges; false when generation ends here.
-    let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin| -> bool {
+    // Emits a token, counting the draft it judges (`repeat`: one from the text's repeats);
+    // false when generation ends here.
+    let mut emit = |g: &mut SpeculativeGeneration, t: u32, origin: TokenOrigin, repeat: bool| -> bool {
         match origin {
-            TokenOrigin::Accepted => (g.drafted, g.accepted) = (g.drafted + 1, g.accepted + 1),
-            TokenOrigin::Corrected { .. } => g.drafted += 1,
+            TokenOrigin::Accepted => g.judge(repeat, true),
+            TokenOrigin::Corrected { .. } => g.judge(repeat, false),
             TokenOrigin::Bonus | TokenOrigin::Full => {}
         }
         g.emit(t, origin, opts, on_token)
     };
-    if !emit(g, first, TokenOrigin::Full) {
+    if !emit(g, first, TokenOrigin::Full, false) {
         return Ok(());
     }
     let mut epoch = 0;
@@ -274,7 +300,7 @@ fn verify(
             && (g.ids.len() + 1 >= opts.max_new_tokens || n >= m.n_positions)
         {
             held = None;
-            if !emit(g, t, TokenOrigin::Full) {
+            if !emit(g, t, TokenOrigin::Full, false) {
                 return Ok(());
             }
         }
@@ -291,10 +317,10 @@ fn verify(
                 Ok(_) => {} // fed a draft already corrected
                 Err(TryRecvError::Empty) if queue.is_empty() => {
                     if held.is_some()
-                        && let Some(t) = published(shared.draft.load(Ordering::Acquire), epoch, n)
+                        && let Some((t, repeat)) = published(shared.draft.load(Ordering::Acquire), epoch, n)
                         && t != expect
                     {
-                        wrong = Some(t);
+                        wrong = Some((t, repeat));
                         break;
                     }
                     std::hint::spin_loop()
@@ -303,11 +329,11 @@ fn verify(
                 Err(TryRecvError::Disconnected) => bail!("the drafting thread stopped"),
             }
         }
-        if let Some(rejected) = wrong.or_else(|| (queue[0].token != expect).then_some(queue[0].token)) {
+        if let Some((rejected, repeat)) = wrong.or_else(|| (queue[0].token != expect).then_some((queue[0].token, queue[0].repeat))) {
             // The held token's draft was wrong.
             correct(&mut epoch, n, expect, &mut queue);
             if let Some(t) = held.take()
-                && !emit(g, t, TokenOrigin::Corrected { rejected })
+                && !emit(g, t, TokenOrigin::Corrected { rejected }, repeat)
             {
                 return Ok(());
             }
@@ -315,7 +341,7 @@ fn verify(
         }
         debug_assert_eq!(queue[0].pos, n);
         if let Some(t) = held.take()
-            && !emit(g, t, TokenOrigin::Accepted)
+            && !emit(g, t, TokenOrigin::Accepted, queue[0].repeat)
         {
             return Ok(());
         }
@@ -335,16 +361,16 @@ fn verify(
                 queue.clear();
                 break;
             }
-            let drafted = queue[i + 1].token;
+            let (drafted, repeat) = (queue[i + 1].token, queue[i + 1].repeat);
             if drafted != t {
                 dec.truncate(n);
                 correct(&mut epoch, n, t, &mut queue);
-                if !emit(g, t, TokenOrigin::Corrected { rejected: drafted }) {
+                if !emit(g, t, TokenOrigin::Corrected { rejected: drafted }, repeat) {
                     return Ok(());
                 }
                 break;
             }
-            if !emit(g, t, TokenOrigin::Accepted) {
+            if !emit(g, t, TokenOrigin::Accepted, repeat) {
                 return Ok(());
             }
         }
@@ -357,14 +383,17 @@ mod tests {
 
     #[test]
     fn a_published_draft_is_read_back_only_at_its_epoch_and_position() {
-        let w = pack(3, 200, 50_256).unwrap();
-        assert_eq!(published(w, 3, 200), Some(50_256));
+        let w = pack(3, 200, 50_256, false).unwrap();
+        assert_eq!(published(w, 3, 200), Some((50_256, false)));
         assert_eq!(published(w, 4, 200), None);
         assert_eq!(published(w, 3, 201), None);
         assert_eq!(published(u64::MAX, 3, 200), None);
+        let w = pack((1 << EPOCH_BITS) - 1, (1 << POS_BITS) - 2, (1 << TOKEN_BITS) - 1, true).unwrap();
+        assert_eq!(published(w, (1 << EPOCH_BITS) - 1, (1 << POS_BITS) - 2), Some(((1 << TOKEN_BITS) - 1, true)));
+        assert_eq!(pack((1 << EPOCH_BITS) - 1, (1 << POS_BITS) - 1, (1 << TOKEN_BITS) - 1, true), None);
         // Epochs wrap; positions and tokens that do not fit are not published.
-        assert_eq!(published(pack(1 << EPOCH_BITS, 7, 1).unwrap(), 0, 7), Some(1));
-        assert_eq!(pack(0, 1 << POS_BITS, 1), None);
-        assert_eq!(pack(0, 1, 1 << TOKEN_BITS), None);
+        assert_eq!(published(pack(1 << EPOCH_BITS, 7, 1, true).unwrap(), 0, 7), Some((1, true)));
+        assert_eq!(pack(0, (1 << POS_BITS) - 1, 1, false), None);
+        assert_eq!(pack(0, 1, 1 << TOKEN_BITS, false), None);
     }
 }

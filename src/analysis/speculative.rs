@@ -14,6 +14,7 @@
 //! than plain sampling).
 
 use super::generate::{Sampling, StopReason, check_prompt};
+use super::lookup;
 use crate::model::Gpt2;
 use crate::model::decoder::{self, CpuModel, Decoder};
 use anyhow::{Result, bail};
@@ -35,6 +36,10 @@ pub struct SpeculativeOptions {
     pub sampling: Sampling,
     /// Stop when this token is produced (it is kept in the output).
     pub eos: Option<u32>,
+    /// Greedy only: where the context's last [`lookup::MIN_MATCH`] or more tokens occurred
+    /// before, draft the token that followed them ([`lookup::lookup_draft`]) instead of the
+    /// draft layer's, and skip that draft's classifier.
+    pub lookup: bool,
 }
 
 /// Where a generated token came from.
@@ -62,6 +67,11 @@ pub struct SpeculativeGeneration {
     /// Tokens drafted, and how many of them the full model accepted.
     pub drafted: usize,
     pub accepted: usize,
+    /// Of those, the drafts taken from the text's repeats (`lookup`), and how many of them
+    /// were accepted; the rest came from the draft layer.
+    pub lookup: bool,
+    pub lookup_drafted: usize,
+    pub lookup_accepted: usize,
     /// Passes through the full depth: the prompt's, then one verification per round
     /// (plain decoding makes one per token).
     pub forward_passes: usize,
@@ -81,6 +91,9 @@ impl SpeculativeGeneration {
             draft_confidence: opts.draft_confidence,
             drafted: 0,
             accepted: 0,
+            lookup: opts.lookup,
+            lookup_drafted: 0,
+            lookup_accepted: 0,
             forward_passes: 0,
             seconds: 0.0,
         }
@@ -113,6 +126,27 @@ impl SpeculativeGeneration {
         (self.drafted > 0).then(|| self.accepted as f64 / self.drafted as f64)
     }
 
+    /// Acceptance of the draft layer's drafts alone (all of them without `lookup`).
+    pub fn layer_acceptance(&self) -> Option<f64> {
+        let drafted = self.drafted - self.lookup_drafted;
+        (drafted > 0).then(|| (self.accepted - self.lookup_accepted) as f64 / drafted as f64)
+    }
+
+    /// Acceptance of the drafts from the text's repeats; `None` when none was tried.
+    pub fn lookup_acceptance(&self) -> Option<f64> {
+        (self.lookup_drafted > 0).then(|| self.lookup_accepted as f64 / self.lookup_drafted as f64)
+    }
+
+    /// Counts one judged draft, from the repeats or not.
+    pub(crate) fn judge(&mut self, from_lookup: bool, accepted: bool) {
+        self.drafted += 1;
+        self.accepted += accepted as usize;
+        if from_lookup {
+            self.lookup_drafted += 1;
+            self.lookup_accepted += accepted as usize;
+        }
+    }
+
     pub fn tokens_per_second(&self) -> Option<f64> {
         (self.seconds > 0.0).then(|| self.ids.len() as f64 / self.seconds)
     }
@@ -131,6 +165,9 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&opts.draft_confidence) {
         bail!("the draft confidence is a probability in [0, 1], got {}", opts.draft_confidence)
+    }
+    if opts.lookup && !matches!(opts.sampling, Sampling::Greedy) {
+        bail!("drafts from the text's repeats (--lookup) are for greedy decoding: drop --top-p/--sample or --lookup")
     }
     if !decoder::supported(model) {
         bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
@@ -261,7 +298,9 @@ fn run(
     let mut n = prompt.len();
     let mut going = g.emit(pending, TokenOrigin::Full, opts, &mut on_token);
     let mut rows: Vec<f32> = Vec::new();
-    let mut drafts: Vec<(u32, Option<Vec<f64>>)> = Vec::new();
+    // Each draft, its distribution (sampling) and whether it came from the text's repeats.
+    let mut drafts: Vec<(u32, Option<Vec<f64>>, bool)> = Vec::new();
+    let mut context: Vec<u32> = Vec::new();
     let greedy_drafts = greedy_token_drafts(opts);
     while going {
         // `pending` is fed at position n; the round's rows are positions n..=n+k.
@@ -276,6 +315,11 @@ fn run(
         // the verification can score what follows it.
         rows.clear();
         drafts.clear();
+        if opts.lookup {
+            context.clear();
+            context.extend_from_slice(prompt);
+            context.extend_from_slice(&g.ids);
+        }
         let mut tok = pending;
         for i in 0..=k {
             let mut x = dec.embed(&[tok], n + i)?;
@@ -284,7 +328,10 @@ fn run(
             if i == k {
                 break;
             }
-            let (t, q) = if greedy_drafts {
+            let repeat = if opts.lookup { lookup::lookup_draft(&context, lookup::MIN_MATCH) } else { None };
+            let (t, q) = if let Some(t) = repeat {
+                (t, None)
+            } else if greedy_drafts {
                 (dec.greedy_token(&x), None)
             } else {
                 dec.logits(&x, &mut logits);
@@ -295,7 +342,10 @@ fn run(
                 (t, q)
             };
             tok = t;
-            drafts.push((t, q));
+            drafts.push((t, q, repeat.is_some()));
+            if opts.lookup {
+                context.push(t);
+            }
         }
         let k = drafts.len();
         // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
@@ -305,7 +355,7 @@ fn run(
         let full = |i: usize| &logits[i * m.vocab..(i + 1) * m.vocab];
         let mut accepted = 0;
         let mut next = None;
-        for (i, (t, q)) in drafts.iter().enumerate() {
+        for (i, (t, q, _)) in drafts.iter().enumerate() {
             match (&mut picker, q) {
                 (Picker::Greedy, _) => {
                     let want = decoder::argmax(full(i));
@@ -334,9 +384,11 @@ fn run(
                 (t, if k == 0 { TokenOrigin::Full } else { TokenOrigin::Bonus })
             }
         };
-        g.drafted += k;
-        g.accepted += accepted;
-        for &(t, _) in &drafts[..accepted] {
+        // Every draft of the round counts as drafted, those past a rejected one too.
+        for (i, &(_, _, from_lookup)) in drafts.iter().enumerate() {
+            g.judge(from_lookup, i < accepted);
+        }
+        for &(t, _, _) in &drafts[..accepted] {
             going = g.emit(t, TokenOrigin::Accepted, opts, &mut on_token);
             if !going {
                 break;
@@ -434,6 +486,11 @@ pub struct Calibration {
     /// Per draft layer `E` (index = layer; 0 and L are `None`): how often the greedy token of
     /// blocks `1..E` + the shared head equals the full model's.
     pub agreement: Vec<Option<f64>>,
+    /// With `lookup`: how often the draft is right when the text's repeats draft where they
+    /// can and layer `E` elsewhere (per layer, as `agreement`), and the share of positions
+    /// the repeats draft.
+    pub lookup_agreement: Option<Vec<Option<f64>>>,
+    pub lookup_share: Option<f64>,
     /// Measured milliseconds of one block and of the head on 1..=MAX_AUTO_DRAFT+1 rows.
     pub block_ms: Vec<f64>,
     pub head_ms: Vec<f64>,
@@ -455,7 +512,8 @@ pub struct Calibration {
 
 /// The speedup pipelined decoding ([`generate_pipelined`]) is expected to reach drafting
 /// from layer `e` whose drafts agree with the full model's tokens a fraction `p` of the
-/// time, with a block costing `block` and a token's head `head` (on one row). A drafted
+/// time, with a block costing `block` and a token's head `head` (on one row; a draft's
+/// costs `draft_head` on average, less where drafts skip it: `lookup`). A drafted
 /// row follows the previous one after `e` blocks and the head when the previous draft was
 /// right; after a wrong one, only once the verifier has found the right token — the rest
 /// of the depth and its head later — so that token costs what plain decoding costs. The
@@ -467,9 +525,9 @@ pub struct Calibration {
 /// 1.28x, measured 1.29x). Where a row already runs on every core (`!overlap`: see
 /// [`CpuModel::rows_use_one_thread`]) the two threads take turns, and a right draft costs
 /// its drafting and its verification.
-pub fn pipelined_speedup(n_layer: usize, e: usize, p: f64, block: f64, head: f64, overlap: bool) -> f64 {
+pub fn pipelined_speedup(n_layer: usize, e: usize, p: f64, block: f64, head: f64, draft_head: f64, overlap: bool) -> f64 {
     let plain = n_layer as f64 * block + head;
-    let drafted = e as f64 * block + head;
+    let drafted = e as f64 * block + draft_head;
     let verified = (n_layer - e) as f64 * block + head;
     match overlap {
         true => plain / (p * drafted + (1.0 - p) * plain).max(verified),
@@ -480,10 +538,28 @@ pub fn pipelined_speedup(n_layer: usize, e: usize, p: f64, block: f64, head: f64
 /// What blocks `1..E` + the head predict at each position of a greedy continuation.
 struct DraftTrace {
     /// `tokens[l][p]`, `conf[l][p]`: the argmax and largest probability of layer `l + 1`
-    /// at position `p`; `full[p]` is the full model's token.
+    /// at position `p`; `full[p]` is the full model's token; `repeat[p]` the draft of the
+    /// text's repeats there, if any ([`lookup::lookup_draft`]).
     tokens: Vec<Vec<u32>>,
     conf: Vec<Vec<f32>>,
     full: Vec<u32>,
+    repeat: Vec<Option<u32>>,
+}
+
+impl DraftTrace {
+    /// The draft at position `p` from layer `e`, the repeats first with `lookup`, and
+    /// whether it came from them.
+    fn draft(&self, e: usize, p: usize, lookup: bool) -> (u32, bool) {
+        match self.repeat[p].filter(|_| lookup) {
+            Some(t) => (t, true),
+            None => (self.tokens[e - 1][p], false),
+        }
+    }
+
+    /// How often the drafts from layer `e` (see [`Self::draft`]) are the full model's tokens.
+    fn agreement(&self, e: usize, lookup: bool) -> f64 {
+        (0..self.full.len()).filter(|&p| self.draft(e, p, lookup).0 == self.full[p]).count() as f64 / self.full.len() as f64
+    }
 }
 
 /// Costs of the replay, in milliseconds: a block and the head on `r` rows are
@@ -498,8 +574,9 @@ struct Costs<'a> {
 /// and returns (tokens emitted, drafted, accepted, milliseconds). Drafts made after a wrong
 /// one are scored as if the context were right: they are rejected either way, only their
 /// number (cost) is approximate.
-fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: f64) -> (usize, usize, usize, f64) {
-    let (toks, conf) = (&t.tokens[e - 1], &t.conf[e - 1]);
+/// With `lookup`, the repeats' drafts cost no head and pass whatever the confidence.
+fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: f64, lookup: bool) -> (usize, usize, usize, f64) {
+    let conf = &t.conf[e - 1];
     let positions = t.full.len();
     let (mut p, mut emitted, mut drafted, mut accepted, mut ms) = (0, 0, 0, 0, 0.0);
     while p + k < positions {
@@ -509,12 +586,15 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
         ms += e as f64 * c.block[0];
         let draft_head = if gamma <= 0.0 { c.greedy.unwrap_or(c.head[0]) } else { c.head[0] };
         for i in 0..k {
-            ms += draft_head;
-            if (conf[p + i] as f64) < gamma {
-                break;
+            let (draft, repeat) = t.draft(e, p + i, lookup);
+            if !repeat {
+                ms += draft_head;
+                if (conf[p + i] as f64) < gamma {
+                    break;
+                }
             }
             drafted += 1;
-            good &= toks[p + i] == t.full[p + i];
+            good &= draft == t.full[p + i];
             acc += good as usize;
             rows += 1;
             ms += e as f64 * c.block[0];
@@ -535,7 +615,10 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
 /// whether greedy tokens — plain decoding's, the baseline, and drafts at confidence 0 (see
 /// [`greedy_token_drafts`]) — come from [`Decoder::greedy_token`], which the replay then
 /// costs as such.
-pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: bool) -> Result<Calibration> {
+///
+/// With `lookup`, drafts come from the text's repeats where they can (see
+/// [`SpeculativeOptions::lookup`]), and the replay and the pipelined prediction count them so.
+pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: bool, lookup: bool) -> Result<Calibration> {
     check_prompt(model, prompt)?;
     if !decoder::supported(model) {
         bail!("speculative decoding runs on the CPU engine; this model is on {:?} (use --device cpu)", model.device().location())
@@ -552,12 +635,10 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
                 "the prompt leaves {seen} positions of the model's context to calibrate on: too few to calibrate speculative decoding (it needs more than {MAX_AUTO_DRAFT})"
             )
         }
-        let agreement: Vec<Option<f64>> = (0..=n_layer)
-            .map(|l| {
-                (l >= 1 && l < n_layer)
-                    .then(|| trace.tokens[l - 1].iter().zip(&trace.full).filter(|(a, b)| a == b).count() as f64 / seen as f64)
-            })
-            .collect();
+        let per_layer = |lookup| (0..=n_layer).map(|l| (l >= 1 && l < n_layer).then(|| trace.agreement(l, lookup))).collect::<Vec<_>>();
+        let agreement = per_layer(false);
+        let lookup_agreement = lookup.then(|| per_layer(true));
+        let lookup_share = lookup.then(|| trace.repeat.iter().filter(|r| r.is_some()).count() as f64 / seen as f64);
         let (block_ms, head_ms, greedy_ms) = measure_costs(m, greedy_tokens)?;
         let costs = Costs { block: &block_ms, head: &head_ms, greedy: greedy_ms };
         // Plain greedy decoding finds its tokens as greedy drafts do.
@@ -566,7 +647,7 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
         for e in 1..n_layer {
             for k in 1..=MAX_AUTO_DRAFT {
                 for gamma in AUTO_CONFIDENCES {
-                    let (emitted, drafted, accepted, ms) = replay(&trace, &costs, n_layer, e, k, gamma);
+                    let (emitted, drafted, accepted, ms) = replay(&trace, &costs, n_layer, e, k, gamma, lookup);
                     let speedup = emitted as f64 * plain / ms;
                     if best.as_ref().is_none_or(|b| speedup > b.0) {
                         let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
@@ -576,16 +657,21 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
             }
         }
         let (predicted_speedup, draft_layer, draft_len, draft_confidence, predicted_acceptance) = best.expect("at least one choice");
-        let draft_head = greedy_ms.unwrap_or(head_ms[0]);
+        let head = greedy_ms.unwrap_or(head_ms[0]);
+        // The repeats' drafts skip the head.
+        let draft_head = head * (1.0 - lookup_share.unwrap_or(0.0));
+        let drafts_agree = lookup_agreement.as_ref().unwrap_or(&agreement);
         // Layers whose verifier keeps pace with the drafter (see [`pipelined_speedup`]).
         let overlap = m.rows_use_one_thread();
         let (pipelined_speedup, pipelined_layer) = (n_layer.div_ceil(2)..n_layer)
-            .map(|e| (pipelined_speedup(n_layer, e, agreement[e].unwrap_or(0.0), block_ms[0], draft_head, overlap), e))
+            .map(|e| (pipelined_speedup(n_layer, e, drafts_agree[e].unwrap_or(0.0), block_ms[0], head, draft_head, overlap), e))
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .expect("at least one layer");
         Ok(Calibration {
             positions: seen,
             agreement,
+            lookup_agreement,
+            lookup_share,
             block_ms,
             head_ms,
             greedy_ms,
@@ -605,7 +691,9 @@ pub fn calibrate(model: &Gpt2, prompt: &[u32], positions: usize, greedy_tokens: 
 fn trace_drafts(m: &CpuModel, prompt: &[u32], positions: usize) -> Result<DraftTrace> {
     let (n_layer, d) = (m.n_layer, m.d);
     let mut dec = Decoder::new(m);
-    let mut t = DraftTrace { tokens: vec![Vec::new(); n_layer - 1], conf: vec![Vec::new(); n_layer - 1], full: Vec::new() };
+    let mut t =
+        DraftTrace { tokens: vec![Vec::new(); n_layer - 1], conf: vec![Vec::new(); n_layer - 1], full: Vec::new(), repeat: Vec::new() };
+    let mut context = prompt.to_vec();
     let mut x = dec.embed(prompt, 0)?;
     let mut logits = Vec::new();
     dec.blocks(0, n_layer, &mut x, 0)?;
@@ -613,6 +701,8 @@ fn trace_drafts(m: &CpuModel, prompt: &[u32], positions: usize) -> Result<DraftT
     let mut next = decoder::argmax(&logits);
     let mut pos = prompt.len();
     while t.full.len() < positions && pos < m.n_positions {
+        context.push(next);
+        t.repeat.push(lookup::lookup_draft(&context, lookup::MIN_MATCH));
         let mut x = dec.embed(&[next], pos)?;
         for l in 0..n_layer {
             dec.block(l, &mut x, pos)?;
@@ -694,15 +784,18 @@ mod tests {
     #[test]
     fn pipelined_prediction_by_hand() {
         // Drafts always right from layer 6: a token every 6 + 2 (the verifier's 6 + 2 keeps up).
-        assert!((pipelined_speedup(12, 6, 1.0, 1.0, 2.0, true) - 14.0 / 8.0).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 6, 1.0, 1.0, 2.0, 2.0, true) - 14.0 / 8.0).abs() < 1e-12);
         // Never right: every token costs plain decoding's time.
-        assert!((pipelined_speedup(12, 6, 0.0, 1.0, 2.0, true) - 1.0).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 6, 0.0, 1.0, 2.0, 2.0, true) - 1.0).abs() < 1e-12);
         // From layer 2, always right: the verifier (10 + 2) sets the pace.
-        assert!((pipelined_speedup(12, 2, 1.0, 1.0, 2.0, true) - 14.0 / 12.0).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 2, 1.0, 1.0, 2.0, 2.0, true) - 14.0 / 12.0).abs() < 1e-12);
         // Half right from layer 4: 0.5 * 6 + 0.5 * 14 = 10.
-        assert!((pipelined_speedup(12, 4, 0.5, 1.0, 2.0, true) - 1.4).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 4, 0.5, 1.0, 2.0, 2.0, true) - 1.4).abs() < 1e-12);
         // Threads that take turns: a right draft pays both halves (6 + 10), so it cannot pay.
-        assert!((pipelined_speedup(12, 4, 1.0, 1.0, 2.0, false) - 14.0 / 16.0).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 4, 1.0, 1.0, 2.0, 2.0, false) - 14.0 / 16.0).abs() < 1e-12);
+        // Drafts that skip the head half the time (lookup): 6 blocks and 1 head per draft.
+        assert!((pipelined_speedup(12, 6, 1.0, 1.0, 2.0, 1.0, true) - 14.0 / 8.0).abs() < 1e-12);
+        assert!((pipelined_speedup(12, 7, 1.0, 1.0, 2.0, 1.0, true) - 14.0 / 8.0).abs() < 1e-12);
     }
 
     #[test]

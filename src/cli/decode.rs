@@ -58,6 +58,12 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
         if a.draft_confidence.is_some() {
             bail!("--draft-confidence needs --speculative")
         }
+        if a.lookup {
+            bail!("--lookup needs --speculative (it drafts from the text's repeats)")
+        }
+    }
+    if a.lookup && (a.top_p.is_some() || a.sample) {
+        bail!("--lookup drafts for greedy decoding: it cannot be used with --top-p or --sample")
     }
     if let Some(s) = &a.speculative
         && s != "auto"
@@ -212,6 +218,11 @@ pub fn speedup_line(layer: Option<f64>, wall: Option<f64>, n_layer: usize, measu
     s
 }
 
+/// With `--lookup`, how much of the calibration's continuation the repeats drafted.
+fn repeats_share(c: &Calibration) -> String {
+    c.lookup_share.map_or(String::new(), |s| format!(", {:.0}% of them drafted from repeats", 100.0 * s))
+}
+
 fn origin_name(o: &TokenOrigin) -> &'static str {
     match o {
         TokenOrigin::Accepted => "accepted",
@@ -226,7 +237,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let n_layer = m.n_layer();
     let spec = a.speculative.as_deref().expect("checked by the caller");
     let greedy_tokens = sampling.greedy_tokens(a.max_new_tokens);
-    let calibration: Option<Calibration> = if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_tokens)?) } else { None };
+    let calibration: Option<Calibration> =
+        if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_tokens, a.lookup)?) } else { None };
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
         (Some(c), _) if a.pipelined => c.pipelined_layer,
         (Some(c), _) => c.draft_layer,
@@ -243,7 +255,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0),
         ),
     };
-    let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos };
+    let opts =
+        SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos, lookup: a.lookup };
     let g = match a.pipelined {
         true => generate_pipelined(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
         false => generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
@@ -271,6 +284,11 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             "drafted": g.drafted,
             "accepted": g.accepted,
             "acceptance": acceptance,
+            "lookup": g.lookup,
+            "lookup_drafted": g.lookup.then_some(g.lookup_drafted),
+            "lookup_accepted": g.lookup.then_some(g.lookup_accepted),
+            "lookup_acceptance": g.lookup_acceptance(),
+            "layer_acceptance": g.layer_acceptance(),
             "forward_passes": g.forward_passes,
             "origins": g.origins.iter().map(origin_name).collect::<Vec<_>>(),
             "seconds": g.seconds,
@@ -283,6 +301,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             v["calibration"] = json!({
                 "positions": c.positions,
                 "agreement": c.agreement,
+                "lookup_agreement": c.lookup_agreement,
+                "lookup_share": c.lookup_share,
                 "block_ms": c.block_ms[0],
                 "head_ms": c.head_ms[0],
                 "greedy_ms": c.greedy_ms,
@@ -300,9 +320,10 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
         out(&format!("{}{}", a.prompt, text));
         if let Some(c) = calibration.as_ref().filter(|_| a.pipelined) {
             out(&format!(
-                "-- auto: draft layer {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{})",
+                "-- auto: draft layer {} (calibrated on {} positions of the full model's continuation{}; predicted speedup {:.2}x{})",
                 c.pipelined_layer,
                 c.positions,
+                repeats_share(c),
                 c.pipelined_speedup,
                 if c.pipelined_speedup < 1.0 { ": speculation is not expected to pay on this model" } else { "" }
             ));
@@ -329,11 +350,12 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 _ => String::new(),
             };
             out(&format!(
-                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation; predicted speedup {:.2}x{}{given}){hint}",
+                "-- auto: draft layer {}, up to {} drafts, draft confidence {} (calibrated on {} positions of the full model's continuation{}; predicted speedup {:.2}x{}{given}){hint}",
                 c.draft_layer,
                 draft_len,
                 draft_confidence,
                 c.positions,
+                repeats_share(c),
                 c.predicted_speedup,
                 match (c.predicted_speedup < 1.0, hint.is_empty()) {
                     (true, true) => ": speculation is not expected to pay on this model",
@@ -346,8 +368,20 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {} ahead", crate::util::count_of(draft_len, "draft")),
             false => format!("draft layer {draft_layer} of {n_layer}, up to {}", crate::util::count_of(draft_len, "draft")),
         };
+        let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v));
+        let sources = match g.lookup {
+            true => format!(
+                " — {} from repeats ({} accepted, {}), {} from layer {draft_layer} ({})",
+                g.lookup_drafted,
+                g.lookup_accepted,
+                pct(g.lookup_acceptance()),
+                g.drafted - g.lookup_drafted,
+                pct(g.layer_acceptance())
+            ),
+            false => String::new(),
+        };
         out(&format!(
-            "-- speculative: {mode}; {} drafted, {} accepted ({}); {} full-depth passes for {} tokens; {}",
+            "-- speculative: {mode}; {} drafted, {} accepted ({}{sources}); {} full-depth passes for {} tokens; {}",
             g.drafted,
             g.accepted,
             acceptance.map_or("acceptance n/a".into(), |v| format!("{:.1}%", 100.0 * v)),

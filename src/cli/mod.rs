@@ -181,6 +181,11 @@ pub struct GenerateArgs {
     /// run on
     #[arg(long)]
     pub pipelined: bool,
+    /// Speculative decoding (greedy): where the last 2 or more tokens occurred before in the
+    /// prompt or the output, draft the token that followed them then instead of the draft
+    /// layer's (prompt lookup); the output stays the full model's
+    #[arg(long)]
+    pub lookup: bool,
     /// Keep generating past end-of-text
     #[arg(long)]
     pub ignore_eos: bool,

@@ -536,7 +536,7 @@ fn decode(
         }
         DecodeMethod::Speculative { draft_layer, draft_len } => {
             // Pipelined, `draft_len` bounds how far the drafts run ahead of the verified tokens.
-            let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos };
+            let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos, lookup: false };
             let on_token = |t, origin, counts| {
                 let kind = match origin {
                     TokenOrigin::Accepted => PieceKind::Accepted,
