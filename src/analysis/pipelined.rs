@@ -23,7 +23,7 @@
 use super::generate::StopReason;
 use super::lookup;
 use super::speculative::{DraftCounts, SpeculativeGeneration, SpeculativeOptions, TokenOrigin};
-use crate::model::decoder::{self, CpuModel, Decoder};
+use crate::model::decoder::{self, Assist, CpuModel, Decoder};
 use anyhow::{Result, anyhow, bail};
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -146,12 +146,19 @@ pub(crate) fn run(
     let (row_tx, row_rx) = mpsc::channel::<DraftRow>();
     let (fix_tx, fix_rx) = mpsc::channel::<Fix>();
     let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens, lookup: opts.lookup };
+    // The verifier lends the drafter a hand whenever it waits for a row — most of all after a
+    // wrong draft, while the drafter recomputes the corrected row — computing half of each of
+    // the drafter's products: six Austen blocks on one row took 1.1-1.3x less time so, and
+    // pipelined decoding from layer 6 with --lookup gained about 3% (alternating rounds in
+    // both orders, 2026-11-30).
+    let assist = &Assist::new();
     std::thread::scope(|s| -> Result<()> {
         let shared = &shared;
         // A drafter that fails drops its channel: the verifier finds it disconnected.
-        let drafting = s.spawn(move || draft(drafter, shared, &plan, prompt, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx));
+        let drafting =
+            s.spawn(move || draft(drafter, shared, &plan, prompt, Fix { epoch: 0, pos: n0, token: first }, row_tx, fix_rx, assist));
         let stop = StopOnDrop(&shared.stop);
-        let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, &mut on_token);
+        let verified = verify(&mut dec, &mut g, shared, first, n0, greedy_tokens, &row_rx, &fix_tx, opts, assist, &mut on_token);
         drop(stop);
         let drafted = drafting.join().map_err(|_| anyhow!("the drafting thread panicked"))?;
         // The drafter's error explains a verifier that lost its rows.
@@ -186,7 +193,8 @@ struct DraftPlan {
 }
 
 /// The drafting thread: blocks 1..E and the head, token after token, from `fix` on (after
-/// `prompt`).
+/// `prompt`), offering half of each product to the verifier through `assist`.
+#[allow(clippy::too_many_arguments)]
 fn draft(
     mut dec: Decoder,
     shared: &Shared,
@@ -195,6 +203,7 @@ fn draft(
     mut fix: Fix,
     rows: mpsc::Sender<DraftRow>,
     fixes: mpsc::Receiver<Fix>,
+    assist: &Assist,
 ) -> Result<()> {
     let DraftPlan { layer: e, last_pos, lookahead, greedy_tokens, lookup } = *plan;
     let mut logits = Vec::new();
@@ -220,7 +229,7 @@ fn draft(
             // A correction voids this row: drop it at the next part of a block rather than
             // finish it (its keys and values go with the truncation to the corrected position).
             let voided = || shared.epoch.load(Ordering::Relaxed) != fix.epoch;
-            if voided() || !dec.block_until(l, &mut x, pos, voided)? {
+            if voided() || !dec.block_assisted(l, &mut x, pos, voided, Some(assist))? {
                 continue 'rows;
             }
         }
@@ -261,6 +270,7 @@ fn verify(
     rows: &mpsc::Receiver<DraftRow>,
     fixes: &mpsc::Sender<Fix>,
     opts: &SpeculativeOptions,
+    assist: &Assist,
     on_token: &mut impl FnMut(u32, TokenOrigin, DraftCounts) -> ControlFlow<()>,
 ) -> Result<()> {
     let (m, e) = (dec.model, g.draft_layer);
@@ -323,7 +333,10 @@ fn verify(
                         wrong = Some((t, repeat));
                         break;
                     }
-                    std::hint::spin_loop()
+                    // Waiting for the drafter: take half of its product in hand, if offered.
+                    if !assist.serve() {
+                        std::hint::spin_loop()
+                    }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => bail!("the drafting thread stopped"),

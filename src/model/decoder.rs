@@ -22,7 +22,9 @@ use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+mod assist;
 mod reduced_head;
+pub use assist::Assist;
 use reduced_head::{Int8Head, bounded_argmax_i8, max_prob_check_i8, row_logit, uses_int8_head};
 pub use reduced_head::{MaxProbCheck, REDUCED_HEAD_MIN_TOKENS, greedy_head_bytes};
 
@@ -307,6 +309,16 @@ fn linear_cols(x: &[f32], k: usize, (w, b): (&[f32], &[f32]), c0: usize, nb: usi
     }
 }
 
+/// All columns of a linear layer: [`linear_cols`], or through `assist` (see [`Assist`])
+/// where given and the layer is not shared among the threads already. The same bits.
+fn linear_assisted(assist: Option<&Assist>, x: &[f32], k: usize, wb: (&[f32], &[f32]), y: &mut Vec<f32>, mine: &mut Vec<f32>) {
+    let n = wb.1.len();
+    match assist {
+        Some(a) if !splits_linear(k, n) => a.linear(x, k, wb, y, mine),
+        _ => linear_cols(x, k, wb, 0, n, y),
+    }
+}
+
 /// Whether [`linear_cols`] shares a `[k, n]` layer among the threads. With no more than one
 /// chunk of rows there is nothing to share (the Austen head's transposed copy: 128 rows).
 fn splits_linear(k: usize, n: usize) -> bool {
@@ -550,6 +562,8 @@ impl BlockProfile {
 /// Scratch buffers reused from token to token.
 #[derive(Default)]
 struct Scratch {
+    /// The columns an [`Assist`]ed product computes on this thread.
+    mine: Vec<f32>,
     normed: Vec<f32>,
     qkv: Vec<f32>,
     att: Vec<f32>,
@@ -669,7 +683,21 @@ impl<'m, 'a> Decoder<'m, 'a> {
     /// [`Self::truncate_block`]). Returns `true` when the block ran whole. Pipelined early
     /// exit stops a block this way when a lower layer's check lets the token leave, and the
     /// pipelined drafter when a correction voids its row.
-    pub fn block_until(&mut self, layer: usize, x: &mut [f32], pos0: usize, mut stop: impl FnMut() -> bool) -> Result<bool> {
+    pub fn block_until(&mut self, layer: usize, x: &mut [f32], pos0: usize, stop: impl FnMut() -> bool) -> Result<bool> {
+        self.block_assisted(layer, x, pos0, stop, None)
+    }
+
+    /// [`Self::block_until`], offering half of each linear layer's columns to a thread that
+    /// waits on `assist` (see [`Assist`]): the same bits, sooner when that thread is idle.
+    /// Layers the engine already shares among the threads (see `splits_linear`) are not offered.
+    pub fn block_assisted(
+        &mut self,
+        layer: usize,
+        x: &mut [f32],
+        pos0: usize,
+        mut stop: impl FnMut() -> bool,
+        assist: Option<&Assist>,
+    ) -> Result<bool> {
         self.check_position(layer, pos0)?;
         let m = self.model;
         let (d, inner) = (m.d, m.inner);
@@ -679,7 +707,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let mut clock = self.profile.as_ref().map(|_| Instant::now());
         layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        linear_cols(&s.normed, d, w.attn, 0, 3 * d, &mut s.qkv);
+        linear_assisted(assist, &s.normed, d, w.attn, &mut s.qkv, &mut s.mine);
         self.store_kv(layer, &s.qkv, 3 * d, pos0);
         self.tick(&mut clock, BlockPart::Qkv, w.attn.0.len() + w.attn.1.len());
         if stop() {
@@ -692,7 +720,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
             self.s = s;
             return Ok(false);
         }
-        linear_cols(&s.att, d, w.attn_proj, 0, d, &mut s.proj);
+        linear_assisted(assist, &s.att, d, w.attn_proj, &mut s.proj, &mut s.mine);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::AttnProj, w.attn_proj.0.len() + w.attn_proj.1.len());
         if stop() {
@@ -701,7 +729,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        linear_cols(&s.normed, d, w.fc, 0, inner, &mut s.hidden);
+        linear_assisted(assist, &s.normed, d, w.fc, &mut s.hidden, &mut s.mine);
         self.tick(&mut clock, BlockPart::Fc, w.fc.0.len() + w.fc.1.len());
         if stop() {
             self.s = s;
@@ -709,7 +737,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         activate(m.activation, &mut s.hidden, &mut s.act);
         self.tick(&mut clock, BlockPart::Activation, 0);
-        linear_cols(&s.hidden, inner, w.fc_proj, 0, d, &mut s.proj);
+        linear_assisted(assist, &s.hidden, inner, w.fc_proj, &mut s.proj, &mut s.mine);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::FcProj, w.fc_proj.0.len() + w.fc_proj.1.len());
         debug_assert_eq!(s.proj.len(), rows * d);
