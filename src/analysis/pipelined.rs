@@ -148,7 +148,7 @@ pub(crate) fn run(
     let plan = DraftPlan { layer: e, last_pos, lookahead: opts.draft_len, greedy_tokens, lookup: opts.lookup };
     // The verifier lends the drafter a hand whenever it waits for a row — most of all after a
     // wrong draft, while the drafter recomputes the corrected row — computing half of each of
-    // the drafter's products: six Austen blocks on one row took 1.1-1.3x less time so, and
+    // the drafter's products: six Austen blocks on one row took 1.0-1.35x less time so, and
     // pipelined decoding from layer 6 with --lookup gained about 3% (alternating rounds in
     // both orders, 2026-11-30).
     let assist = &Assist::new();
