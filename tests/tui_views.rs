@@ -745,20 +745,30 @@ fn decoding_keys_set_the_method_and_ask_the_workers() {
     // v: speculative, drafting from the explorer's layer (3 after the Left above).
     h.press(KeyCode::Char('v'));
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4 }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4, lookup: false }]);
     h.press(KeyCode::Char('-'));
     h.press(KeyCode::Left);
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3 }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: false }]);
+    // p: drafts from the text's repeats too (greedy), and off again.
+    h.press(KeyCode::Char('p'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: true }]);
+    assert!(h.app.columns[0].decoded.as_ref().is_some_and(|d| d.tokens > 0));
+    h.press(KeyCode::Char('p'));
+    h.settle();
     // The last layer cannot draft: the draft layer stays at L-1.
     h.press(KeyCode::End);
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3 }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3, lookup: false }]);
     // c outside early exit says so; v again leaves the mode; a goes to all layers.
     h.press(KeyCode::Char('c'));
     assert!(h.app.status.as_ref().unwrap().text.contains("press e"));
     h.press(KeyCode::Char('v'));
     assert_eq!(h.app.decoding.method, GenMethod::ExitLayer);
+    // p outside speculative decoding says so.
+    h.press(KeyCode::Char('p'));
+    assert!(h.app.status.as_ref().unwrap().text.contains("press v"));
     h.press(KeyCode::Char('e'));
     h.press(KeyCode::Char('a'));
     assert_eq!((h.app.decoding.method, h.app.decoding.all_layers), (GenMethod::ExitLayer, true));

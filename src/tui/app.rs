@@ -92,6 +92,8 @@ pub struct GenSettings {
     pub threshold: f64,
     pub measure: ExitMeasure,
     pub draft_len: usize,
+    /// Speculative decoding drafts from the text's repeats where it can (`--lookup`; greedy).
+    pub lookup: bool,
 }
 
 impl GenSettings {
@@ -116,9 +118,11 @@ impl GenSettings {
         match self.method {
             GenMethod::ExitLayer => None,
             GenMethod::EarlyExit => Some(DecodeMethod::EarlyExit { threshold: self.threshold, measure: self.measure }),
-            GenMethod::Speculative if n_layer >= 2 => {
-                Some(DecodeMethod::Speculative { draft_layer: layer.clamp(1, n_layer - 1), draft_len: self.draft_len })
-            }
+            GenMethod::Speculative if n_layer >= 2 => Some(DecodeMethod::Speculative {
+                draft_layer: layer.clamp(1, n_layer - 1),
+                draft_len: self.draft_len,
+                lookup: self.lookup && self.mode == SamplingMode::Greedy,
+            }),
             GenMethod::Speculative => None,
         }
     }
@@ -237,6 +241,7 @@ impl App {
                 threshold: default_threshold(ExitMeasure::MaxProb),
                 measure: ExitMeasure::MaxProb,
                 draft_len: DEFAULT_DRAFT,
+                lookup: false,
             },
             gen_due: None,
             eval_data: opts.eval_data,
@@ -463,6 +468,16 @@ impl App {
                         ExitMeasure::Saturation => ExitMeasure::MaxProb,
                     };
                     self.decoding.threshold = default_threshold(self.decoding.measure);
+                    self.restart_generation(now);
+                }
+            }
+            Action::ToggleLookup => {
+                if self.decoding.method != GenMethod::Speculative {
+                    self.hint("drafts from the text's repeats are for speculative decoding: press v first");
+                } else if self.decoding.mode != SamplingMode::Greedy {
+                    self.hint("drafts from the text's repeats are for greedy decoding: press s first");
+                } else {
+                    self.decoding.lookup = !self.decoding.lookup;
                     self.restart_generation(now);
                 }
             }

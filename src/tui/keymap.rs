@@ -24,6 +24,7 @@ pub enum Action {
     ToggleAllLayers,
     ToggleEarlyExit,
     ToggleSpeculative,
+    ToggleLookup,
     RaiseSetting,
     LowerSetting,
     CycleExitMeasure,
@@ -150,6 +151,7 @@ pub const BINDINGS: &[Binding] = &[
         "early",
     ),
     b(S::View(View::Generation), &[c('v')], "v", A::ToggleSpeculative, "speculative decoding from this layer: acceptance, speedup", "spec"),
+    b(S::View(View::Generation), &[c('p')], "p", A::ToggleLookup, "speculative: drafts from the text's repeats too (greedy)", ""),
     b(
         S::View(View::Generation),
         &[c('+'), c('=')],
