@@ -408,7 +408,7 @@ fn run(
 
 /// The nucleus distribution the sampler draws from, normalised, in f64: softmax of
 /// `logits / temperature`, then the most probable tokens until their mass reaches `top_p`
-/// (the one that crosses it included), as candle's `TopP` sampling keeps them.
+/// (the one that crosses it included), as plain top-p sampling keeps them ([`super::sampling::LogitsSampler`]).
 pub fn nucleus(logits: &[f32], temperature: f64, top_p: f64) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let mut p: Vec<f64> = logits.iter().map(|&z| ((z as f64 - max) / temperature).exp()).collect();
