@@ -300,6 +300,8 @@ fn training_settings_out_of_range_are_refused_before_any_step() {
         ("--grad-clip", "-1", "--grad-clip"),
         ("--min-lr", "nan", "--min-lr"),
         ("--beta", "nan", "--beta"),
+        // A warmup longer than the run never reaches --lr (steps are 1 here).
+        ("--warmup", "2", "--warmup 2 is longer than the run's 1 step:"),
     ] {
         fails_with(&["train", "--ckpt", &fx, "--out", &out, "--steps", "1", "--batch", "2", "--ctx", "16", flag, value], &[needle]);
         assert!(!dir.path().join("run").exists(), "{flag} {value}: the run left a folder");

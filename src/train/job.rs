@@ -188,6 +188,13 @@ pub fn check_settings(cfg: &TrainConfig) -> Result<()> {
     if cfg.eval_every > 0 && cfg.eval_batches == 0 {
         bail!("--eval-batches must be at least 1 when evaluating (--eval-every 0 turns evaluation off)")
     }
+    if cfg.warmup > cfg.steps {
+        bail!(
+            "--warmup {} is longer than the run's {}: the learning rate would never reach --lr, nor decay",
+            cfg.warmup,
+            crate::util::count_of(cfg.steps, "step")
+        )
+    }
     Ok(())
 }
 
