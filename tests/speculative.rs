@@ -293,6 +293,25 @@ fn drafts_from_the_repeats_are_used_and_lossless() {
             assert!(g.lookup_accepted > 0, "pipelined: draft layer {e}, {k} drafts ahead, run {run}");
         }
     }
+    // The pipelined drafter runs a long repeat's next tokens through its blocks together:
+    // runs cut short by the last token, and by the end of the context.
+    for max_new in [1, 2, 3, 5, 8] {
+        let want = plain(m, &prompt, max_new, None);
+        for k in [1, 2, 8] {
+            let g = piped_with(m, &prompt, 6, k, max_new, None, true);
+            assert_eq!(g.ids, want.ids, "pipelined: {max_new} tokens, {k} drafts ahead");
+        }
+    }
+    let n_positions = m.config.n_positions;
+    let filler = prompts_from_text(&ck, &[0, 0, n_positions]).remove(2);
+    let long = [&filler[..n_positions - 9 - prompt.len()], &prompt].concat();
+    let want = plain(m, &long, 40, None);
+    assert_eq!(want.stop, StopReason::ContextFull);
+    for k in [2, 8] {
+        let g = piped_with(m, &long, 6, k, 40, None, true);
+        assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "pipelined to the end of the context, {k} drafts ahead");
+        assert!(g.lookup_drafted > 0, "{k} drafts ahead: no draft from the repeats");
+    }
     let opts = SpeculativeOptions {
         draft_layer: 2,
         draft_len: 3,

@@ -22,6 +22,20 @@ pub const MAX_MATCH: usize = 32;
 /// `ctx` (up to [`MAX_MATCH`] tokens) that occurred before, when that suffix is at least
 /// `min_match` tokens long. O(len · match) at worst, a scan of `ctx` in practice.
 pub fn lookup_draft(ctx: &[u32], min_match: usize) -> Option<u32> {
+    find_repeat(ctx, min_match).map(|r| ctx[r.next])
+}
+
+/// The repeat [`lookup_draft`] drafts from: the longest suffix of `ctx` that occurred
+/// before (`len` tokens, up to [`MAX_MATCH`]), and where the token after its most recent
+/// earlier occurrence is (`next`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeat {
+    pub len: usize,
+    pub next: usize,
+}
+
+/// The repeat of at least `min_match` tokens [`lookup_draft`] drafts from, if any.
+pub fn find_repeat(ctx: &[u32], min_match: usize) -> Option<Repeat> {
     let n = ctx.len();
     let last = *ctx.last()?;
     // (length, end) of the best earlier occurrence; `end + 1` is the token it drafts.
@@ -42,7 +56,7 @@ pub fn lookup_draft(ctx: &[u32], min_match: usize) -> Option<u32> {
             }
         }
     }
-    best.filter(|&(k, _)| k >= min_match.max(1)).map(|(_, end)| ctx[end + 1])
+    best.filter(|&(k, _)| k >= min_match.max(1)).map(|(len, end)| Repeat { len, next: end + 1 })
 }
 
 #[cfg(test)]
@@ -74,5 +88,16 @@ mod tests {
         assert_eq!(lookup_draft(&ctx, MAX_MATCH), Some(100 % 3));
         ctx.push(7);
         assert_eq!(lookup_draft(&ctx, 2), None);
+    }
+
+    #[test]
+    fn a_repeat_says_how_long_it_is_and_where_it_goes_on() {
+        // "5 7 8" occurred first, followed by 3 7 8 1 ...
+        let ctx = [5, 7, 8, 3, 7, 8, 1, 7, 8, 2, 5, 7, 8];
+        assert_eq!(find_repeat(&ctx, 2), Some(Repeat { len: 3, next: 3 }));
+        assert_eq!(find_repeat(&ctx, 4), None);
+        // The most recent "4 4" ends one before the last token.
+        assert_eq!(find_repeat(&[4, 4, 4], 2), Some(Repeat { len: 2, next: 2 }));
+        assert_eq!(find_repeat(&[1, 2, 3, 9, 3], 2), None);
     }
 }

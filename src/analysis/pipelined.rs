@@ -17,6 +17,10 @@
 //! corrected): the drafter's work past a wrong draft is void, not judged, so acceptance is
 //! how often a draft from blocks `1..E` after the full model's own tokens is right.
 //!
+//! With `lookup`, where the text repeats itself the drafter runs the repeat's next few
+//! tokens through its blocks together with the row it was fed (see [`run_extra`]), and the
+//! verifier checks them in one pass: a bunch of rows costs little more than one.
+//!
 //! Both threads wait by spinning (a thread woken through the kernel takes 30–45 µs on the
 //! machines measured, a tenth of a draft on the Austen models).
 
@@ -192,6 +196,21 @@ struct DraftPlan {
     lookup: bool,
 }
 
+/// Rows beyond the first the drafter runs through its blocks in one pass where the text
+/// repeats itself, by the repeat's length: rows cost far less together than apart (the
+/// weights are read once: nine rows through an Austen block take 3x one row), so a draft
+/// from the repeat that is right half the time or more is worth its row. Along the decode
+/// benchmark's greedy continuations of austen-aligned, the token after a right one from the
+/// same repeat was right 61-67% of the time for repeats of 2-3 tokens, 76% for 4-15, and
+/// 91% from 16 on.
+fn run_extra(repeat_len: usize) -> usize {
+    match repeat_len {
+        0..=3 => 1,
+        4..=15 => 2,
+        _ => 6,
+    }
+}
+
 /// The drafting thread: blocks 1..E and the head, token after token, from `fix` on (after
 /// `prompt`), offering half of each product to the verifier through `assist`.
 #[allow(clippy::too_many_arguments)]
@@ -206,6 +225,7 @@ fn draft(
     assist: &Assist,
 ) -> Result<()> {
     let DraftPlan { layer: e, last_pos, lookahead, greedy_tokens, lookup } = *plan;
+    let d = dec.model.d;
     let mut logits = Vec::new();
     let (mut pos, mut token, mut repeat) = (fix.pos, fix.token, false);
     // The tokens fed so far, position by position (for the repeats).
@@ -224,34 +244,51 @@ fn draft(
             std::hint::spin_loop();
             continue;
         }
-        let mut x = dec.embed(&[token], pos)?;
+        // The row for `token` and, with `lookup`, the tokens that followed the repeat it
+        // continues, as far as the bounds allow: one pass through the blocks for the run
+        // (rows cost far less together than apart, the weights read once), and the verifier
+        // checks them in one pass too. A wrong draft among them voids the rest.
+        if lookup {
+            context.truncate(pos);
+            context.push(token);
+        }
+        let room = last_pos.min(shared.verified.load(Ordering::Acquire) + lookahead) - pos;
+        let repeat_run = match lookup.then(|| lookup::find_repeat(&context, lookup::MIN_MATCH)).flatten() {
+            Some(r) => &context[r.next..r.next + run_extra(r.len).min(room).min(context.len() - r.next)],
+            None => &[][..],
+        };
+        let run_tokens: Vec<u32> = std::iter::once(token).chain(repeat_run.iter().copied()).collect();
+        let rows_n = run_tokens.len();
+        let mut x = dec.embed(&run_tokens, pos)?;
         for l in 0..e {
-            // A correction voids this row: drop it at the next part of a block rather than
-            // finish it (its keys and values go with the truncation to the corrected position).
+            // A correction voids these rows: drop them at the next part of a block rather than
+            // finish them (their keys and values go with the truncation to the corrected position).
             let voided = || shared.epoch.load(Ordering::Relaxed) != fix.epoch;
             if voided() || !dec.block_assisted(l, &mut x, pos, voided, Some(assist))? {
                 continue 'rows;
             }
         }
-        // The row goes out before its draft is picked: the verifier starts on it meanwhile.
-        let row = DraftRow { epoch: fix.epoch, pos, token, repeat, h: x.clone() };
-        if rows.send(row).is_err() {
-            return Ok(()); // the verifier is done
+        // The rows go out before the next draft is picked: the verifier starts on them meanwhile.
+        for (i, &t) in run_tokens.iter().enumerate() {
+            let row = DraftRow { epoch: fix.epoch, pos: pos + i, token: t, repeat: i > 0 || repeat, h: x[i * d..(i + 1) * d].to_vec() };
+            if rows.send(row).is_err() {
+                return Ok(()); // the verifier is done
+            }
         }
         if lookup {
-            context.truncate(pos);
-            context.push(token);
+            context.extend_from_slice(&run_tokens[1..]);
         }
-        let next = (pos < last_pos).then(|| match lookup.then(|| lookup::lookup_draft(&context, lookup::MIN_MATCH)).flatten() {
+        let (pos_last, h_last) = (pos + rows_n - 1, &x[(rows_n - 1) * d..]);
+        let next = (pos_last < last_pos).then(|| match lookup.then(|| lookup::lookup_draft(&context, lookup::MIN_MATCH)).flatten() {
             Some(t) => (t, true),
-            None => (greedy(&dec, &x, greedy_tokens, &mut logits), false),
+            None => (greedy(&dec, h_last, greedy_tokens, &mut logits), false),
         });
-        if let Some(word) = next.and_then(|(t, r)| pack(fix.epoch, pos + 1, t, r)) {
+        if let Some(word) = next.and_then(|(t, r)| pack(fix.epoch, pos_last + 1, t, r)) {
             shared.draft.store(word, Ordering::Release);
         }
         match next {
-            Some((t, r)) => (pos, token, repeat) = (pos + 1, t, r),
-            None => pos += 1, // the last row: wait for the end
+            Some((t, r)) => (pos, token, repeat) = (pos_last + 1, t, r),
+            None => pos = pos_last + 1, // the last row: wait for the end
         }
     }
     Ok(())
