@@ -381,7 +381,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if what == "decode" || what == "all" {
         let models = if a.model.is_empty() { vec!["austen-aligned".to_string(), "austen-standard".to_string()] } else { a.model.clone() };
         say(&format!(
-            "decode: plain greedy vs self-speculative decoding, {} prompts x {} new tokens (the same for both), wall clock, median of {} rounds",
+            "decode: plain greedy vs self-speculative decoding, {} prompts x {} new tokens (the same for both), wall clock (each prompt both ways in turn), median of {} rounds",
             DECODE_PROMPTS,
             a.decode_tokens,
             a.reps.clamp(3, 9)
@@ -541,6 +541,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
 const CALIBRATION_TOKENS: usize = 128;
 
 /// One pass over the decode benchmark's prompts.
+#[derive(Default)]
 struct DecodeRun {
     secs: f64,
     outs: Vec<Vec<u32>>,
@@ -552,7 +553,8 @@ struct DecodeRun {
     passes: usize,
 }
 
-/// Times plain greedy and speculative decoding over the prompts, alternating rounds.
+/// Times plain greedy and speculative decoding over the prompts, each prompt both ways in
+/// turn.
 fn decode_pair(
     m: &Gpt2,
     prompts: &[Vec<u32>],
@@ -572,38 +574,51 @@ fn decode_pair(
         eos: None,
         lookup: a.lookup,
     };
-    let plain_all = || -> Result<DecodeRun> {
+    let plain_one = |p: &[u32], r: &mut DecodeRun| -> Result<()> {
         let t = Instant::now();
-        let outs = prompts.iter().map(|p| Ok(generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids)).collect::<Result<_>>()?;
-        Ok(DecodeRun { secs: t.elapsed().as_secs_f64(), outs, drafted: 0, accepted: 0, lookup_drafted: 0, lookup_accepted: 0, passes: 0 })
+        let ids = generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids;
+        r.secs += t.elapsed().as_secs_f64();
+        r.outs.push(ids);
+        Ok(())
     };
-    let spec_all = || -> Result<DecodeRun> {
+    let spec_one = |p: &[u32], r: &mut DecodeRun| -> Result<()> {
         let t = Instant::now();
-        let mut r = DecodeRun { secs: 0.0, outs: vec![], drafted: 0, accepted: 0, lookup_drafted: 0, lookup_accepted: 0, passes: 0 };
-        for p in prompts {
-            let g = match a.pipelined {
-                true => generate_pipelined(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
-                false => generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
-            };
-            r.drafted += g.drafted;
-            r.accepted += g.accepted;
-            r.lookup_drafted += g.lookup_drafted;
-            r.lookup_accepted += g.lookup_accepted;
-            r.passes += g.forward_passes;
-            r.outs.push(g.ids);
+        let g = match a.pipelined {
+            true => generate_pipelined(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
+            false => generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
+        };
+        r.secs += t.elapsed().as_secs_f64();
+        r.drafted += g.drafted;
+        r.accepted += g.accepted;
+        r.lookup_drafted += g.lookup_drafted;
+        r.lookup_accepted += g.lookup_accepted;
+        r.passes += g.forward_passes;
+        r.outs.push(g.ids);
+        Ok(())
+    };
+    // A round decodes each prompt both ways back to back, which one first alternating from
+    // prompt to prompt and round to round: this machine's speed moves within seconds, and
+    // a round's two halves timed one after the other saw different machines.
+    let round = |n: usize| -> Result<(DecodeRun, DecodeRun)> {
+        let (mut plain, mut spec) = (DecodeRun::default(), DecodeRun::default());
+        for (i, p) in prompts.iter().enumerate() {
+            if (i + n).is_multiple_of(2) {
+                plain_one(p, &mut plain)?;
+                spec_one(p, &mut spec)?;
+            } else {
+                spec_one(p, &mut spec)?;
+                plain_one(p, &mut plain)?;
+            }
         }
-        r.secs = t.elapsed().as_secs_f64();
-        Ok(r)
+        Ok((plain, spec))
     };
-    plain_all()?; // warm-up
-    spec_all()?;
+    round(0)?; // warm-up
     let rounds = a.reps.clamp(3, 9);
     let (mut tp, mut ts, mut ratios) = (vec![], vec![], vec![]);
     let mut same = true;
     let mut last = (0, 0, 0, 0, (0, 0));
-    for _ in 0..rounds {
-        let p = plain_all()?;
-        let s = spec_all()?;
+    for n in 0..rounds {
+        let (p, s) = round(n)?;
         same &= p.outs == s.outs;
         let tokens: usize = p.outs.iter().map(Vec::len).sum();
         last = (tokens, s.drafted, s.accepted, s.passes, (s.lookup_drafted, s.lookup_accepted));
