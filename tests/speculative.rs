@@ -293,13 +293,17 @@ fn drafts_from_the_repeats_are_used_and_lossless() {
             assert!(g.lookup_accepted > 0, "pipelined: draft layer {e}, {k} drafts ahead, run {run}");
         }
     }
-    // The pipelined drafter runs a long repeat's next tokens through its blocks together:
-    // runs cut short by the last token, and by the end of the context.
+    // Both drafters run a long repeat's next tokens through their blocks together: runs cut
+    // short by the last token, and by the end of the context.
     for max_new in [1, 2, 3, 5, 8] {
         let want = plain(m, &prompt, max_new, None);
         for k in [1, 2, 8] {
             let g = piped_with(m, &prompt, 6, k, max_new, None, true);
             assert_eq!(g.ids, want.ids, "pipelined: {max_new} tokens, {k} drafts ahead");
+            for gamma in [0.0, 0.5] {
+                let g = spec_with(m, &prompt, 6, k, gamma, max_new, None, true);
+                assert_eq!(g.ids, want.ids, "rounds: {max_new} tokens, {k} drafts, confidence {gamma}");
+            }
         }
     }
     let n_positions = m.config.n_positions;
@@ -311,6 +315,9 @@ fn drafts_from_the_repeats_are_used_and_lossless() {
         let g = piped_with(m, &long, 6, k, 40, None, true);
         assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "pipelined to the end of the context, {k} drafts ahead");
         assert!(g.lookup_drafted > 0, "{k} drafts ahead: no draft from the repeats");
+        let g = spec_with(m, &long, 6, k, 0.0, 40, None, true);
+        assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "rounds to the end of the context, {k} drafts");
+        assert!(g.lookup_drafted > 0, "{k} drafts: no draft from the repeats");
     }
     let opts = SpeculativeOptions {
         draft_layer: 2,

@@ -312,7 +312,9 @@ fn run(
         let k = opts.draft_len.min(remaining - 1).min(m.n_positions - 1 - n);
         // Draft: up to k tokens through blocks 1..E and the shared head, one at a time,
         // while the draft is confident; each drafted token goes through blocks 1..E too, so
-        // the verification can score what follows it.
+        // the verification can score what follows it. A draft from the text's repeats needs
+        // no row to be picked, so a run of them goes through blocks 1..E in one pass (rows
+        // cost far less together than apart) when a draft needs the last row, or at the end.
         rows.clear();
         drafts.clear();
         if opts.lookup {
@@ -320,33 +322,33 @@ fn run(
             context.extend_from_slice(prompt);
             context.extend_from_slice(&g.ids);
         }
-        let mut tok = pending;
-        for i in 0..=k {
-            let mut x = dec.embed(&[tok], n + i)?;
-            dec.blocks(0, e, &mut x, n + i)?;
-            rows.extend_from_slice(&x);
-            if i == k {
-                break;
-            }
+        // Tokens fed whose rows are still to be computed (at positions n + rows.len() / d..).
+        let mut unrowed: Vec<u32> = vec![pending];
+        for _ in 0..k {
             let repeat = if opts.lookup { lookup::lookup_draft(&context, lookup::MIN_MATCH) } else { None };
             let (t, q) = if let Some(t) = repeat {
                 (t, None)
-            } else if greedy_drafts {
-                (dec.greedy_token(&x), None)
             } else {
-                dec.logits(&x, &mut logits);
-                let (t, q, conf) = picker.draft(&logits);
-                if conf < opts.draft_confidence {
-                    break;
+                rows_through(&mut dec, e, n, &mut unrowed, &mut rows)?;
+                let x = &rows[rows.len() - d..];
+                if greedy_drafts {
+                    (dec.greedy_token(x), None)
+                } else {
+                    dec.logits(x, &mut logits);
+                    let (t, q, conf) = picker.draft(&logits);
+                    if conf < opts.draft_confidence {
+                        break;
+                    }
+                    (t, q)
                 }
-                (t, q)
             };
-            tok = t;
             drafts.push((t, q, repeat.is_some()));
+            unrowed.push(t);
             if opts.lookup {
                 context.push(t);
             }
         }
+        rows_through(&mut dec, e, n, &mut unrowed, &mut rows)?;
         let k = drafts.len();
         // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
         dec.blocks(e, n_layer, &mut rows, n)?;
@@ -404,6 +406,19 @@ fn run(
     }
     g.seconds = start.elapsed().as_secs_f64();
     Ok(g)
+}
+
+/// Runs the tokens `unrowed` through blocks `1..e` in one pass at the positions after the
+/// rows already in `rows` (the round's first at `n`), appends their rows and empties it.
+fn rows_through(dec: &mut Decoder, e: usize, n: usize, unrowed: &mut Vec<u32>, rows: &mut Vec<f32>) -> Result<()> {
+    if !unrowed.is_empty() {
+        let pos = n + rows.len() / dec.model.d;
+        let mut x = dec.embed(unrowed, pos)?;
+        dec.blocks(0, e, &mut x, pos)?;
+        rows.extend_from_slice(&x);
+        unrowed.clear();
+    }
+    Ok(())
 }
 
 /// The nucleus distribution the sampler draws from, normalised, in f64: softmax of
@@ -574,7 +589,8 @@ struct Costs<'a> {
 /// and returns (tokens emitted, drafted, accepted, milliseconds). Drafts made after a wrong
 /// one are scored as if the context were right: they are rejected either way, only their
 /// number (cost) is approximate.
-/// With `lookup`, the repeats' drafts cost no head and pass whatever the confidence.
+/// With `lookup`, the repeats' drafts cost no head and pass whatever the confidence, and a
+/// run of them goes through blocks 1..E in one pass.
 fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: f64, lookup: bool) -> (usize, usize, usize, f64) {
     let conf = &t.conf[e - 1];
     let positions = t.full.len();
@@ -583,12 +599,14 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
         let mut rows = 1;
         let mut good = true;
         let mut acc = 0;
-        ms += e as f64 * c.block[0];
+        // Rows not yet through blocks 1..E: a run of the repeats' drafts goes in one pass.
+        let mut unrowed = 1;
         let draft_head = if gamma <= 0.0 { c.greedy.unwrap_or(c.head[0]) } else { c.head[0] };
         for i in 0..k {
             let (draft, repeat) = t.draft(e, p + i, lookup);
             if !repeat {
-                ms += draft_head;
+                ms += e as f64 * c.block[unrowed - 1] + draft_head;
+                unrowed = 0;
                 if (conf[p + i] as f64) < gamma {
                     break;
                 }
@@ -597,7 +615,10 @@ fn replay(t: &DraftTrace, c: &Costs, n_layer: usize, e: usize, k: usize, gamma: 
             good &= draft == t.full[p + i];
             acc += good as usize;
             rows += 1;
-            ms += e as f64 * c.block[0];
+            unrowed += 1;
+        }
+        if unrowed > 0 {
+            ms += e as f64 * c.block[unrowed - 1];
         }
         ms += (n_layer - e) as f64 * c.block[rows - 1] + c.head[rows - 1];
         accepted += acc;
@@ -796,6 +817,30 @@ mod tests {
         // Drafts that skip the head half the time (lookup): 6 blocks and 1 head per draft.
         assert!((pipelined_speedup(12, 6, 1.0, 1.0, 2.0, 1.0, true) - 14.0 / 8.0).abs() < 1e-12);
         assert!((pipelined_speedup(12, 7, 1.0, 1.0, 2.0, 1.0, true) - 14.0 / 8.0).abs() < 1e-12);
+    }
+
+    /// The replay's costs by hand: a run of drafts from the repeats goes through blocks 1..E
+    /// in one pass; drafts from the layer each need the row before them.
+    #[test]
+    fn replay_costs_a_run_of_repeats_in_one_pass() {
+        // Two layers, drafts from layer 1, five positions whose drafts are all right.
+        let full = vec![7, 8, 9, 10, 11];
+        let t = DraftTrace {
+            tokens: vec![full.clone()],
+            conf: vec![vec![1.0; 5]],
+            full: full.clone(),
+            repeat: vec![Some(7), Some(8), Some(9), None, None],
+        };
+        let (block, head) = ([1.0, 1.5, 2.0, 2.5], [0.5, 0.6, 0.7, 0.8]);
+        let c = Costs { block: &block, head: &head, greedy: None };
+        // One round of 3 drafts: the fed token and three repeats through block 1 together
+        // (2.5), then block 2 and the head on the 4 rows (2.5 + 0.8).
+        let (emitted, drafted, accepted, ms) = replay(&t, &c, 2, 1, 3, 0.0, true);
+        assert_eq!((emitted, drafted, accepted), (4, 3, 3));
+        assert!((ms - (2.5 + 2.5 + 0.8)).abs() < 1e-12, "{ms}");
+        // Without the repeats: each draft waits for its row (1) and picks with the head (0.5).
+        let (_, _, _, ms) = replay(&t, &c, 2, 1, 3, 0.0, false);
+        assert!((ms - (3.0 * (1.0 + 0.5) + 1.0 + 2.5 + 0.8)).abs() < 1e-12, "{ms}");
     }
 
     #[test]
