@@ -458,7 +458,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
                 c.draft_layer,
                 c.draft_len,
                 c.draft_confidence,
-                c.predicted_acceptance.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v)),
+                crate::util::percent(c.predicted_acceptance),
                 c.predicted_speedup,
                 c.block_ms[0],
                 c.head_ms[0],
@@ -616,21 +616,21 @@ fn decode_pair(
     let rounds = a.reps.clamp(3, 9);
     let (mut tp, mut ts, mut ratios) = (vec![], vec![], vec![]);
     let mut same = true;
-    let mut last = (0, 0, 0, 0, (0, 0));
+    let (mut tokens, mut last) = (0, DecodeRun::default());
     for n in 0..rounds {
         let (p, s) = round(n)?;
         same &= p.outs == s.outs;
-        let tokens: usize = p.outs.iter().map(Vec::len).sum();
-        last = (tokens, s.drafted, s.accepted, s.passes, (s.lookup_drafted, s.lookup_accepted));
+        tokens = p.outs.iter().map(Vec::len).sum();
         tp.push(p.secs);
         ts.push(s.secs);
         ratios.push(p.secs / s.secs);
+        last = s;
     }
-    let (tokens, drafted, accepted, passes, (lookup_drafted, lookup_accepted)) = last;
+    let DecodeRun { drafted, accepted, lookup_drafted, lookup_accepted, passes, .. } = last;
     let (p, s) = (median(tp), median(ts));
     // Acceptance is undefined when nothing was drafted.
     let rate = |a: usize, d: usize| (d > 0).then(|| a as f64 / d as f64);
-    let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v));
+    let pct = crate::util::percent;
     let acceptance = rate(accepted, drafted);
     let (lookup_acceptance, layer_acceptance) =
         (rate(lookup_accepted, lookup_drafted), rate(accepted - lookup_accepted, drafted - lookup_drafted));

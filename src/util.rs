@@ -65,6 +65,11 @@ pub fn fmt_opt(v: Option<f64>, width: usize, decimals: usize) -> String {
     }
 }
 
+/// A share as a percentage with one decimal (`69.4%`), or `n/a` where it is undefined.
+pub fn percent(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -72,5 +77,11 @@ mod tests {
         assert_eq!(super::count_of(1, "chunk"), "1 chunk");
         assert_eq!(super::count_of(0, "draft"), "0 drafts");
         assert_eq!(super::count_of(24, "chunk"), "24 chunks");
+    }
+
+    #[test]
+    fn an_undefined_share_is_not_a_percentage() {
+        assert_eq!(super::percent(Some(0.694)), "69.4%");
+        assert_eq!(super::percent(None), "n/a");
     }
 }

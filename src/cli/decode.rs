@@ -368,7 +368,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {} ahead", crate::util::count_of(draft_len, "draft")),
             false => format!("draft layer {draft_layer} of {n_layer}, up to {}", crate::util::count_of(draft_len, "draft")),
         };
-        let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v));
+        let pct = crate::util::percent;
         let sources = match g.lookup {
             true => format!(
                 " — {} from repeats ({} accepted, {}), {} from layer {draft_layer} ({})",
