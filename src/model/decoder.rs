@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 mod assist;
+mod quantized;
 mod reduced_head;
 pub use assist::Assist;
+pub use quantized::QuantBlocks;
 use reduced_head::{Int8Head, bounded_argmax_i8, max_prob_check_i8, row_logit, uses_int8_head};
 pub use reduced_head::{MaxProbCheck, REDUCED_HEAD_MIN_TOKENS, greedy_head_bytes};
 
@@ -594,12 +596,34 @@ pub struct Decoder<'m, 'a> {
     s: Scratch,
     /// When set, every block run adds its time per part (a clock read per part and block).
     pub profile: Option<BlockProfile>,
+    /// Blocks computed through their 8-bit copies instead of the model's weights (see
+    /// [`Self::approximate`]).
+    quant: Option<&'m QuantBlocks>,
 }
 
 impl<'m, 'a> Decoder<'m, 'a> {
     pub fn new(model: &'m CpuModel<'a>) -> Self {
         let n = model.n_layer;
-        Self { model, keys: vec![Vec::new(); n], values: vec![Vec::new(); n], filled: vec![0; n], s: Scratch::default(), profile: None }
+        Self {
+            model,
+            keys: vec![Vec::new(); n],
+            values: vec![Vec::new(); n],
+            filled: vec![0; n],
+            s: Scratch::default(),
+            profile: None,
+            quant: None,
+        }
+    }
+
+    /// A decoder that runs the blocks `quant` copies through those 8-bit copies (the others
+    /// through the model's weights): approximately the model, for picking drafts only.
+    pub fn approximate(model: &'m CpuModel<'a>, quant: &'m QuantBlocks) -> Self {
+        Self { quant: Some(quant), ..Self::new(model) }
+    }
+
+    /// The 8-bit copies this decoder runs (see [`Self::approximate`]).
+    pub fn quant(&self) -> Option<&'m QuantBlocks> {
+        self.quant
     }
 
     /// Positions cached in block `layer` (0-based).
@@ -703,11 +727,15 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let (d, inner) = (m.d, m.inner);
         let rows = x.len() / d;
         let w = &m.blocks[layer];
+        let q = self.quant.and_then(|q| q.block(layer));
         let mut s = std::mem::take(&mut self.s);
         let mut clock = self.profile.as_ref().map(|_| Instant::now());
         layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        linear_assisted(assist, &s.normed, d, w.attn, &mut s.qkv, &mut s.mine);
+        match q {
+            Some(q) => q.attn.apply(&s.normed, &mut s.qkv),
+            None => linear_assisted(assist, &s.normed, d, w.attn, &mut s.qkv, &mut s.mine),
+        }
         self.store_kv(layer, &s.qkv, 3 * d, pos0);
         self.tick(&mut clock, BlockPart::Qkv, w.attn.0.len() + w.attn.1.len());
         if stop() {
@@ -720,7 +748,10 @@ impl<'m, 'a> Decoder<'m, 'a> {
             self.s = s;
             return Ok(false);
         }
-        linear_assisted(assist, &s.att, d, w.attn_proj, &mut s.proj, &mut s.mine);
+        match q {
+            Some(q) => q.attn_proj.apply(&s.att, &mut s.proj),
+            None => linear_assisted(assist, &s.att, d, w.attn_proj, &mut s.proj, &mut s.mine),
+        }
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::AttnProj, w.attn_proj.0.len() + w.attn_proj.1.len());
         if stop() {
@@ -729,7 +760,10 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        linear_assisted(assist, &s.normed, d, w.fc, &mut s.hidden, &mut s.mine);
+        match q {
+            Some(q) => q.fc.apply(&s.normed, &mut s.hidden),
+            None => linear_assisted(assist, &s.normed, d, w.fc, &mut s.hidden, &mut s.mine),
+        }
         self.tick(&mut clock, BlockPart::Fc, w.fc.0.len() + w.fc.1.len());
         if stop() {
             self.s = s;
@@ -737,7 +771,10 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         activate(m.activation, &mut s.hidden, &mut s.act);
         self.tick(&mut clock, BlockPart::Activation, 0);
-        linear_assisted(assist, &s.hidden, inner, w.fc_proj, &mut s.proj, &mut s.mine);
+        match q {
+            Some(q) => q.fc_proj.apply(&s.hidden, &mut s.proj),
+            None => linear_assisted(assist, &s.hidden, inner, w.fc_proj, &mut s.proj, &mut s.mine),
+        }
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::FcProj, w.fc_proj.0.len() + w.fc_proj.1.len());
         debug_assert_eq!(s.proj.len(), rows * d);
