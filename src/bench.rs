@@ -5,7 +5,10 @@
 
 use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
-use crate::analysis::speculative::{DEFAULT_LOOKAHEAD, SpeculativeOptions, calibrate, generate_pipelined, generate_speculative};
+use crate::analysis::speculative::{
+    DEFAULT_INT8_DRAFT, DEFAULT_INT8_LOOKAHEAD, DEFAULT_LOOKAHEAD, SpeculativeOptions, calibrate, generate_pipelined, generate_speculative,
+    pipelining_pays,
+};
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
 use crate::train::optim::AdamWConfig;
@@ -68,6 +71,11 @@ pub struct BenchArgs {
     /// `--speculative auto --pipelined` picks it unless --draft-layer is given
     #[arg(long)]
     pub pipelined: bool,
+    /// Decode benchmark: time the 8-bit drafter (`generate --speculative int8`: the model's
+    /// own 8-bit copy drafts, the model verifies; pipelined where a row keeps to one core)
+    /// instead of a draft layer; with --draft-layer E, the blocks up to E run exactly
+    #[arg(long)]
+    pub int8: bool,
     /// Decode benchmark: speculative decoding drafts from the text's repeats where it can
     /// (`generate --lookup`), the draft layer elsewhere; calibrated so
     #[arg(long)]
@@ -448,6 +456,10 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
     say(&s.label);
     let mut calibration = serde_json::Value::Null;
     let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
+        (e, k, _) if a.int8 => {
+            let k = k.unwrap_or(if a.pipelined || pipelining_pays(m) { DEFAULT_INT8_LOOKAHEAD } else { DEFAULT_INT8_DRAFT });
+            (e.unwrap_or(0), k, 0.0)
+        }
         (Some(e), k, _) if a.pipelined => (e, k.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
         (Some(e), Some(k), Some(g)) => (e, k, g),
         (e, k, g) => {
@@ -573,7 +585,10 @@ fn decode_pair(
         sampling: Sampling::Greedy,
         eos: None,
         lookup: a.lookup,
+        int8: a.int8,
     };
+    // The 8-bit drafter runs pipelined where a row keeps to one core, as `generate` runs it.
+    let pipelined = a.pipelined || a.int8 && pipelining_pays(m);
     let plain_one = |p: &[u32], r: &mut DecodeRun| -> Result<()> {
         let t = Instant::now();
         let ids = generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids;
@@ -583,7 +598,7 @@ fn decode_pair(
     };
     let spec_one = |p: &[u32], r: &mut DecodeRun| -> Result<()> {
         let t = Instant::now();
-        let g = match a.pipelined {
+        let g = match pipelined {
             true => generate_pipelined(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
             false => generate_speculative(m, p, &spec_opts, |_, _, _| ControlFlow::Continue(()))?,
         };
@@ -634,9 +649,13 @@ fn decode_pair(
     let acceptance = rate(accepted, drafted);
     let (lookup_acceptance, layer_acceptance) =
         (rate(lookup_accepted, lookup_drafted), rate(accepted - lookup_accepted, drafted - lookup_drafted));
+    let drafter = match a.int8 {
+        true => "the 8-bit copy".to_string(),
+        false => format!("layer {e}"),
+    };
     let sources = match a.lookup {
         true => format!(
-            "; from repeats {} ({lookup_accepted}/{lookup_drafted}), from layer {e} {} ({}/{})",
+            "; from repeats {} ({lookup_accepted}/{lookup_drafted}), from {drafter} {} ({}/{})",
             pct(lookup_acceptance),
             pct(layer_acceptance),
             accepted - lookup_accepted,
@@ -647,7 +666,20 @@ fn decode_pair(
     say(&format!(
         "  plain greedy: {:.0} tokens/s | {}: {:.0} tokens/s, acceptance {} ({accepted}/{drafted}{sources}), {:.2} tokens per full-depth pass | speedup {:.2}x (median of per-round ratios {:.2}x); output identical: {}",
         tokens as f64 / p,
-        match (a.pipelined, a.lookup) {
+        match (pipelined, a.lookup) {
+            _ if a.int8 => format!(
+                "{}speculative, the 8-bit copy drafting{}{}, up to {k} drafts{}",
+                if pipelined { "pipelined " } else { "" },
+                if e > 0 { format!(" after the model's blocks 1..{e}") } else { String::new() },
+                if a.lookup && pipelined {
+                    " and checking the repeats' drafts"
+                } else if a.lookup {
+                    " where the repeats do not"
+                } else {
+                    ""
+                },
+                if pipelined { " ahead" } else { "" }
+            ),
             (true, false) => format!("pipelined speculative, draft layer {e}, up to {k} drafts ahead"),
             (true, true) => format!("pipelined speculative, repeats or draft layer {e}, up to {k} drafts ahead"),
             (false, false) => format!("speculative, draft layer {e}, up to {k} drafts, confidence {gamma}"),
@@ -661,7 +693,8 @@ fn decode_pair(
         if same { "yes" } else { "NO" }
     ));
     Ok(serde_json::json!({
-        "pipelined": a.pipelined,
+        "pipelined": pipelined,
+        "int8": a.int8,
         "draft_layer": e,
         "draft": k,
         "draft_confidence": gamma,

@@ -119,6 +119,9 @@ fn bad_decoding_flags() {
     fails_with(&g(&["--pipelined"]), &["--pipelined needs --speculative or --early-exit"]);
     fails_with(&g(&["--lookup"]), &["--lookup needs --speculative"]);
     fails_with(&g(&["--speculative", "2", "--lookup", "--top-p", "0.9"]), &["--lookup", "greedy"]);
+    fails_with(&g(&["--speculative", "int8", "--top-p", "0.9"]), &["--speculative int8", "greedily"]);
+    fails_with(&g(&["--speculative", "int8", "--draft-confidence", "0.3"]), &["--speculative int8", "--draft-confidence"]);
+    fails_with(&g(&["--speculative", "int4"]), &["--speculative", "int8", "int4"]);
     // Greedy decoding would ignore them.
     fails_with(&g(&["--temperature", "0.7"]), &["--temperature applies to sampling", "--top-p", "--sample"]);
     fails_with(&g(&["--seed", "3"]), &["--seed applies to sampling"]);

@@ -43,6 +43,7 @@ fn spec_with(
         sampling: Sampling::Greedy,
         eos,
         lookup,
+        int8: false,
     };
     let mut seen = Vec::new();
     let g = generate_speculative(model, prompt, &opts, |t, _, _| {
@@ -54,13 +55,18 @@ fn spec_with(
     g
 }
 
-/// Pipelined speculative decoding (two threads), with `k` drafts in flight at most.
-fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
-    piped_with(model, prompt, e, k, max_new, eos, false)
-}
-
-/// [`piped`], with drafts from the text's repeats where they can (`lookup`).
-fn piped_with(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>, lookup: bool) -> SpeculativeGeneration {
+/// One-thread rounds with the 8-bit drafter where `int8`, greedy.
+#[allow(clippy::too_many_arguments)]
+fn spec_opts(
+    model: &Gpt2,
+    prompt: &[u32],
+    e: usize,
+    k: usize,
+    max_new: usize,
+    eos: Option<u32>,
+    lookup: bool,
+    int8: bool,
+) -> SpeculativeGeneration {
     let opts = SpeculativeOptions {
         draft_layer: e,
         draft_len: k,
@@ -69,6 +75,45 @@ fn piped_with(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, 
         sampling: Sampling::Greedy,
         eos,
         lookup,
+        int8,
+    };
+    let g = generate_speculative(model, prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
+    check_sources(&g, lookup);
+    g
+}
+
+/// Pipelined speculative decoding (two threads), with `k` drafts in flight at most.
+fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>) -> SpeculativeGeneration {
+    piped_with(model, prompt, e, k, max_new, eos, false)
+}
+
+/// [`piped`], with drafts from the text's repeats where they can (`lookup`).
+fn piped_with(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>, lookup: bool) -> SpeculativeGeneration {
+    piped_opts(model, prompt, e, k, max_new, eos, lookup, false)
+}
+
+/// [`piped_with`], the drafter running the blocks after `e` and the classifier through the
+/// model's 8-bit copies where `int8`.
+#[allow(clippy::too_many_arguments)]
+fn piped_opts(
+    model: &Gpt2,
+    prompt: &[u32],
+    e: usize,
+    k: usize,
+    max_new: usize,
+    eos: Option<u32>,
+    lookup: bool,
+    int8: bool,
+) -> SpeculativeGeneration {
+    let opts = SpeculativeOptions {
+        draft_layer: e,
+        draft_len: k,
+        draft_confidence: 0.0,
+        max_new_tokens: max_new,
+        sampling: Sampling::Greedy,
+        eos,
+        lookup,
+        int8,
     };
     let mut seen = Vec::new();
     let mut counts = (0, 0);
@@ -106,6 +151,17 @@ fn check_pipelined(model: &Gpt2, prompt: &[u32], want: &Generation, e: usize, k:
         repeats += g.lookup_drafted;
         assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
     }
+    // The 8-bit drafter, from the embeddings or from layer e, with or without the repeats.
+    let (from, lookup) = if (e + k).is_multiple_of(2) { (0, !k.is_multiple_of(2)) } else { (e, k.is_multiple_of(2)) };
+    let g = piped_opts(model, prompt, from, k, max_new, eos, lookup, true);
+    assert_eq!(
+        (&g.ids, g.stop),
+        (&want.ids, want.stop),
+        "8-bit drafter after layer {from}, {k} drafts ahead, lookup {lookup}, prompt of {} tokens",
+        prompt.len()
+    );
+    check_sources(&g, lookup);
+    assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
     repeats
 }
 
@@ -147,6 +203,11 @@ fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize
                     accepted += g.accepted;
                 }
             }
+            // The 8-bit drafter in rounds, from the embeddings or after layer e.
+            let from = if (e + k).is_multiple_of(2) { e } else { 0 };
+            let g = spec_opts(model, prompt, from, k, max_new, eos, k.is_multiple_of(3), true);
+            assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "8-bit drafter in rounds after layer {from}, {k} drafts");
+            assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
             check_pipelined(model, prompt, &want, e, k, max_new, eos);
         }
     }
@@ -247,6 +308,9 @@ fn greedy_drafts_through_a_wide_int8_head_are_identical() {
         assert_eq!(want.stop, StopReason::ContextFull);
         assert_eq!(spec(&model, &long, 2, 5, 0.0, 64, None).ids, want.ids);
         assert_eq!(piped(&model, &long, 2, 5, 64, None).ids, want.ids);
+        // The 8-bit drafter copies a wide classifier from its rows.
+        assert_eq!(piped_opts(&model, &long, 0, 5, 64, None, false, true).ids, want.ids);
+        assert_eq!(spec_opts(&model, &long, 0, 5, 64, None, false, true).ids, want.ids);
     }
     assert!(drafted > 0);
 }
@@ -327,9 +391,104 @@ fn drafts_from_the_repeats_are_used_and_lossless() {
         sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 },
         eos: None,
         lookup: true,
+        int8: false,
     };
     let err = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("--lookup"), "{err}");
+}
+
+/// The 8-bit drafter (`--speculative int8`: the model's own 8-bit copy drafts): on the
+/// shipped models its drafts are right nearly always, and the output is plain greedy
+/// decoding's — drafting from the embeddings or after a few exact blocks, with and without
+/// the repeats, to the last token, the end of the context and end-of-text. It is refused
+/// where it does not run: sampling, a draft confidence, and layer 0 without it.
+#[test]
+fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
+    for name in ["austen-aligned", "austen-standard"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints").join(name);
+        let ck = Checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
+        let m = &ck.model;
+        let (mut drafted, mut accepted) = (0, 0);
+        for prompt in prompts_from_text(&ck, &[1, 9, 24, 60]) {
+            let want = plain(m, &prompt, 96, None);
+            for (from, k, lookup) in [(0, 16, false), (0, 4, true), (4, 16, true), (0, 1, false)] {
+                let g = piped_opts(m, &prompt, from, k, 96, None, lookup, true);
+                assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: after layer {from}, {k} ahead, lookup {lookup}");
+                check_sources(&g, lookup);
+                drafted += g.drafted;
+                accepted += g.accepted;
+                // In rounds the repeats' drafts go unchecked, as with a draft layer: the
+                // copy's own drafts count.
+                let g = spec_opts(m, &prompt, from, k, 96, None, lookup, true);
+                assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds after layer {from}, {k} drafts, lookup {lookup}");
+                drafted += g.drafted - g.lookup_drafted;
+                accepted += g.accepted - g.lookup_accepted;
+            }
+        }
+        let rate = accepted as f64 / drafted as f64;
+        assert!(rate > 0.95, "{name}: the 8-bit copy's drafts accepted {rate}");
+        // Runs of repeats cut short by the last token.
+        let passage = prompts_from_text(&ck, &[0, 40]).remove(1);
+        let twice = [passage.clone(), passage].concat();
+        for max_new in [1, 2, 3, 5, 8] {
+            let want = plain(m, &twice, max_new, None);
+            for k in [1, 2, 16] {
+                let g = piped_opts(m, &twice, 0, k, max_new, None, true, true);
+                assert_eq!(g.ids, want.ids, "{name}: {max_new} tokens, {k} ahead");
+                let g = spec_opts(m, &twice, 0, k, max_new, None, true, true);
+                assert_eq!(g.ids, want.ids, "{name}: {max_new} tokens, rounds of {k}");
+            }
+        }
+        // To the end of the context (256 positions).
+        for prompt in prompts_from_text(&ck, &[200, 251, 255]) {
+            let want = plain(m, &prompt, 100, None);
+            assert_eq!(want.stop, StopReason::ContextFull);
+            for (k, lookup) in [(16, false), (3, true)] {
+                let g = piped_opts(m, &prompt, 0, k, 100, None, lookup, true);
+                assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: to the end of the context, {k} ahead");
+                let g = spec_opts(m, &prompt, 0, k, 100, None, lookup, true);
+                assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds to the end of the context, {k} drafts");
+            }
+        }
+        // End-of-text wherever it falls.
+        let prompt = prompts_from_text(&ck, &[12]).remove(0);
+        let free = plain(m, &prompt, 30, None);
+        for &eos in free.ids.iter().take(8) {
+            let want = plain(m, &prompt, 30, Some(eos));
+            let g = piped_opts(m, &prompt, 0, 16, 30, Some(eos), false, true);
+            assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: end-of-text {eos}");
+            let g = spec_opts(m, &prompt, 0, 8, 30, Some(eos), false, true);
+            assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds, end-of-text {eos}");
+        }
+    }
+    let ck = fixture();
+    let prompt = prompts_from_text(&ck, &[5]).remove(0);
+    let mut opts = SpeculativeOptions {
+        draft_layer: 0,
+        draft_len: 3,
+        draft_confidence: 0.0,
+        max_new_tokens: 10,
+        sampling: Sampling::Greedy,
+        eos: None,
+        lookup: false,
+        int8: true,
+    };
+    // In one-thread rounds too (models whose rows use every core take them).
+    let g = generate_speculative(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
+    assert_eq!(g.ids, plain(&ck.model, &prompt, 10, None).ids);
+    opts.sampling = Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 };
+    let err = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("greedy"), "{err}");
+    let err = generate_speculative(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("greedy"), "{err}");
+    opts.sampling = Sampling::Greedy;
+    opts.draft_confidence = 0.5;
+    let err = generate_speculative(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("confidence"), "{err}");
+    opts.draft_confidence = 0.0;
+    opts.int8 = false;
+    let err = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
 }
 
 /// Pipelined decoding is greedy only, and says so; one token needs no drafting thread.
@@ -345,6 +504,7 @@ fn pipelined_decoding_refuses_sampling() {
         sampling: Sampling::TopP { p: 0.9, temperature: 1.0, seed: 1 },
         eos: None,
         lookup: false,
+        int8: false,
     };
     let err = generate_pipelined(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("greedy only"), "{err}");
@@ -420,6 +580,7 @@ fn sampling_follows_the_full_model_distribution() {
             sampling: Sampling::TopP { p: top_p, temperature, seed },
             eos: None,
             lookup: false,
+            int8: false,
         };
         let g = generate_speculative(m, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
         counts[g.ids[1] as usize] += 1;

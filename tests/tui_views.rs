@@ -745,29 +745,46 @@ fn decoding_keys_set_the_method_and_ask_the_workers() {
     // v: speculative, drafting from the explorer's layer (3 after the Left above).
     h.press(KeyCode::Char('v'));
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4, lookup: false }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 4, lookup: false, int8: false }]);
     h.press(KeyCode::Char('-'));
     h.press(KeyCode::Left);
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: false }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: false, int8: false }]);
     // p: drafts from the text's repeats too (greedy), and off again.
     h.press(KeyCode::Char('p'));
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: true }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 3, lookup: true, int8: false }]);
     assert!(h.app.columns[0].decoded.as_ref().is_some_and(|d| d.tokens > 0));
     h.press(KeyCode::Char('p'));
+    h.settle();
+    // 8: the model's 8-bit copy drafts, from the embeddings, 16 ahead; scrubbing asks for
+    // nothing; 8 again goes back to the layer.
+    h.press(KeyCode::Char('8'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 0, draft_len: 16, lookup: false, int8: true }]);
+    assert!(h.app.columns[0].decoded.as_ref().is_some_and(|d| d.tokens > 0 && d.pipelined));
+    h.press(KeyCode::Right);
+    assert!(decode_cmds(&h.settle()).is_empty());
+    h.press(KeyCode::Left);
+    h.settle();
+    h.press(KeyCode::Char('8'));
+    let fx = h.settle();
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 2, draft_len: 4, lookup: false, int8: false }]);
+    h.press(KeyCode::Char('-'));
     h.settle();
     // The last layer cannot draft: the draft layer stays at L-1.
     h.press(KeyCode::End);
     let fx = h.settle();
-    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3, lookup: false }]);
+    assert_eq!(decode_cmds(&fx), [DecodeMethod::Speculative { draft_layer: 3, draft_len: 3, lookup: false, int8: false }]);
     // c outside early exit says so; v again leaves the mode; a goes to all layers.
     h.press(KeyCode::Char('c'));
     assert!(h.app.status.as_ref().unwrap().text.contains("press e"));
     h.press(KeyCode::Char('v'));
     assert_eq!(h.app.decoding.method, GenMethod::ExitLayer);
-    // p outside speculative decoding says so.
+    // p and 8 outside speculative decoding say so.
     h.press(KeyCode::Char('p'));
+    assert!(h.app.status.as_ref().unwrap().text.contains("press v"));
+    h.press(KeyCode::Char('8'));
     assert!(h.app.status.as_ref().unwrap().text.contains("press v"));
     h.press(KeyCode::Char('e'));
     h.press(KeyCode::Char('a'));
@@ -798,6 +815,16 @@ fn speculative_text_is_the_full_models() {
             assert!(d.pipelined, "draft layer {layer}");
         }
     }
+    // The 8-bit drafter's text is the full model's too.
+    h.press(KeyCode::Char('8'));
+    h.settle();
+    for (c, want) in h.app.columns.iter().zip(&full) {
+        let d = c.decoded.as_ref().unwrap();
+        let text: String = d.pieces.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(&text, want, "8-bit drafter");
+        assert!(d.pipelined && d.drafts.accepted <= d.drafts.drafted);
+    }
+    h.press(KeyCode::Char('8'));
     // Sampling decodes in one-thread rounds: a pass per round, its drafts accepted or not.
     h.press(KeyCode::Char('s'));
     h.settle();

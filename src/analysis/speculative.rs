@@ -25,7 +25,8 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct SpeculativeOptions {
-    /// Blocks `1..=draft_layer` draft (1..L-1).
+    /// Blocks `1..=draft_layer` draft (1..L-1; 0..L-1 with `int8`, 0 handing over the
+    /// embeddings).
     pub draft_layer: usize,
     /// Most tokens drafted per verification (at least 1).
     pub draft_len: usize,
@@ -38,8 +39,14 @@ pub struct SpeculativeOptions {
     pub eos: Option<u32>,
     /// Greedy only: where the context's last [`lookup::MIN_MATCH`] or more tokens occurred
     /// before, draft the token that followed them ([`lookup::lookup_draft`]) instead of the
-    /// draft layer's, and skip that draft's classifier.
+    /// draft layer's, and skip that draft's classifier. With `int8` pipelined, the repeats
+    /// propose and the 8-bit copy checks each of their tokens before it is handed over.
     pub lookup: bool,
+    /// Greedy only: drafts are the greedy tokens of the model run with blocks
+    /// `draft_layer + 1..L` and the classifier through their 8-bit copies
+    /// ([`decoder::QuantBlocks`]) — right nearly always — instead of the classifier's after
+    /// `draft_layer`.
+    pub int8: bool,
 }
 
 /// Where a generated token came from.
@@ -157,8 +164,14 @@ pub fn validate(model: &Gpt2, opts: &SpeculativeOptions) -> Result<()> {
     if n < 2 {
         bail!("speculative decoding needs at least 2 layers; the model has {n}")
     }
-    if opts.draft_layer == 0 || opts.draft_layer >= n {
+    if (opts.draft_layer == 0 && !opts.int8) || opts.draft_layer >= n {
         bail!("draft layer {} is out of range: choose 1..={} (the full model has {n})", opts.draft_layer, n - 1)
+    }
+    if opts.int8 && !matches!(opts.sampling, Sampling::Greedy) {
+        bail!("the 8-bit drafter is for greedy decoding: drop --top-p/--sample")
+    }
+    if opts.int8 && opts.draft_confidence > 0.0 {
+        bail!("the 8-bit drafter drafts every token: it takes no draft confidence")
     }
     if opts.draft_len == 0 {
         bail!("the draft length must be at least 1")
@@ -213,6 +226,16 @@ fn on_cpu_model<R>(model: &Gpt2, prompt: &[u32], opts: &SpeculativeOptions, f: i
 /// Default most drafts in flight ahead of the verified tokens in [`generate_pipelined`]:
 /// drafts that far ahead are rarely all right, and a wrong one voids those after it anyway.
 pub const DEFAULT_LOOKAHEAD: usize = 8;
+
+/// The same for the 8-bit drafter, whose drafts are nearly always right, so the verifier
+/// can take many rows per pass. How far matters little on the Austen models: `bench --what
+/// decode --int8 --lookup` on austen-aligned gave 1.94x, 1.93x and 2.07x with 8, 16 and 32
+/// ahead in consecutive runs (2026-11-30), within the machine's run-to-run spread.
+pub const DEFAULT_INT8_LOOKAHEAD: usize = 16;
+
+/// Default drafts per verification of the 8-bit drafter in one-thread rounds (models whose
+/// rows use every core): a pass over many rows costs little more than over one there.
+pub const DEFAULT_INT8_DRAFT: usize = 8;
 
 /// [`generate_speculative`] with drafting and verification on two threads that overlap
 /// (see `analysis/pipelined.rs`): greedy only; `draft_len` bounds how far the drafts run ahead
@@ -283,6 +306,10 @@ fn run(
     let start = Instant::now();
     let (n_layer, e, d) = (m.n_layer, opts.draft_layer, m.d);
     let mut dec = Decoder::new(m);
+    // With `int8`, the drafts come from the model's 8-bit copy of blocks E+1..L and its
+    // classifier, run on the rows at layer E (see `analysis/pipelined.rs`).
+    let quant = opts.int8.then(|| decoder::QuantBlocks::of(m, e));
+    let mut approx = quant.as_deref().map(|q| Decoder::approximate(m, q));
     let mut picker = Picker::new(&opts.sampling);
     let mut g = SpeculativeGeneration::start(opts);
     if opts.max_new_tokens == 0 {
@@ -291,7 +318,11 @@ fn run(
     // The prompt through the full model, exactly as plain decoding runs it.
     let mut logits = Vec::new();
     let mut x = dec.embed(prompt, 0)?;
-    dec.blocks(0, n_layer, &mut x, 0)?;
+    dec.blocks(0, e, &mut x, 0)?;
+    if let Some(a) = approx.as_mut() {
+        a.blocks(e, n_layer, &mut x.clone(), 0)?;
+    }
+    dec.blocks(e, n_layer, &mut x, 0)?;
     g.forward_passes += 1;
     dec.logits(&x[x.len() - d..], &mut logits);
     let (mut pending, _) = picker.draw(&logits);
@@ -302,6 +333,7 @@ fn run(
     let mut drafts: Vec<(u32, Option<Vec<f64>>, bool)> = Vec::new();
     let mut context: Vec<u32> = Vec::new();
     let greedy_drafts = greedy_token_drafts(opts);
+    let (mut scratch, mut rows_e) = (Vec::new(), Vec::new());
     while going {
         // `pending` is fed at position n; the round's rows are positions n..=n+k.
         if n >= m.n_positions {
@@ -317,6 +349,8 @@ fn run(
         // cost far less together than apart) when a draft needs the last row, or at the end.
         rows.clear();
         drafts.clear();
+        // The 8-bit copy has run the first `copied` of the round's rows.
+        let mut copied = 0;
         if opts.lookup {
             context.clear();
             context.extend_from_slice(prompt);
@@ -331,7 +365,13 @@ fn run(
             } else {
                 rows_through(&mut dec, e, n, &mut unrowed, &mut rows)?;
                 let x = &rows[rows.len() - d..];
-                if greedy_drafts {
+                if let (Some(a), Some(q)) = (approx.as_mut(), quant.as_deref()) {
+                    // The copy catches up with the rows of the round, and drafts after the last.
+                    let mut xa = rows[copied * d..].to_vec();
+                    a.blocks(e, n_layer, &mut xa, n + copied)?;
+                    copied = rows.len() / d;
+                    (q.greedy_tokens(m, &xa[xa.len() - d..], &mut scratch, &mut logits)[0], None)
+                } else if greedy_drafts {
                     (dec.greedy_token(x), None)
                 } else {
                     dec.logits(x, &mut logits);
@@ -350,6 +390,11 @@ fn run(
         }
         rows_through(&mut dec, e, n, &mut unrowed, &mut rows)?;
         let k = drafts.len();
+        if approx.is_some() {
+            // The rows the copy has not run yet, for the accepted ones among them.
+            rows_e.clear();
+            rows_e.extend_from_slice(&rows[copied * d..]);
+        }
         // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
         dec.blocks(e, n_layer, &mut rows, n)?;
         g.forward_passes += 1;
@@ -399,8 +444,16 @@ fn run(
         if going {
             going = g.emit(next, origin, opts, &mut on_token);
         }
-        // Keep positions n..=n+accepted (the fed token and the accepted drafts).
+        // Keep positions n..=n+accepted (the fed token and the accepted drafts); the copy
+        // runs those of them it has not.
         dec.truncate(n + accepted + 1);
+        if let Some(a) = approx.as_mut() {
+            a.truncate(n + accepted + 1);
+            if copied <= accepted {
+                let mut xa = rows_e[..(accepted + 1 - copied) * d].to_vec();
+                a.blocks(e, n_layer, &mut xa, n + copied)?;
+            }
+        }
         n += accepted + 1;
         pending = next;
     }

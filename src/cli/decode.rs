@@ -9,7 +9,8 @@ use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::speculative::{
-    Calibration, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate, generate_pipelined, generate_speculative,
+    Calibration, DEFAULT_INT8_DRAFT, DEFAULT_INT8_LOOKAHEAD, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate,
+    generate_pipelined, generate_speculative, pipelining_pays,
 };
 use crate::model::Checkpoint;
 use crate::paths::DEFAULT_EVAL_TEXT;
@@ -67,9 +68,18 @@ pub fn check_generate_flags(a: &GenerateArgs) -> Result<()> {
     }
     if let Some(s) = &a.speculative
         && s != "auto"
+        && s != "int8"
         && s.parse::<usize>().is_err()
     {
-        bail!("--speculative must be a draft layer (a number) or auto, got {s:?}")
+        bail!("--speculative must be a draft layer (a number), auto or int8, got {s:?}")
+    }
+    if a.speculative.as_deref() == Some("int8") {
+        if a.top_p.is_some() || a.sample {
+            bail!("--speculative int8 decodes greedily: it cannot be used with --top-p or --sample")
+        }
+        if a.draft_confidence.is_some_and(|g| g > 0.0) {
+            bail!("--speculative int8 drafts every token: it cannot be used with --draft-confidence")
+        }
     }
     if a.pipelined && (a.top_p.is_some() || a.sample) {
         bail!("--pipelined decodes greedily: it cannot be used with --top-p or --sample")
@@ -236,28 +246,42 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
     let m = &ck.model;
     let n_layer = m.n_layer();
     let spec = a.speculative.as_deref().expect("checked by the caller");
+    // The 8-bit drafter drafts from the embeddings, on two threads where a row keeps to one
+    // core (as the explorer decodes), else in one-thread rounds.
+    let int8 = spec == "int8";
+    let pipelined = a.pipelined || int8 && pipelining_pays(m);
     let greedy_tokens = sampling.greedy_tokens(a.max_new_tokens);
     let calibration: Option<Calibration> =
         if spec == "auto" { Some(calibrate(m, ids, CALIBRATION_TOKENS, greedy_tokens, a.lookup)?) } else { None };
     let draft_layer = match (&calibration, spec.parse::<usize>()) {
-        (Some(c), _) if a.pipelined => c.pipelined_layer,
+        _ if int8 => 0,
+        (Some(c), _) if pipelined => c.pipelined_layer,
         (Some(c), _) => c.draft_layer,
         (None, Ok(e)) if e >= 1 && e < n_layer => e,
         (None, Ok(e)) => {
             bail!("--speculative {e} is out of range: the draft layer must be in 1..={} (the model has {n_layer} layers)", n_layer - 1)
         }
-        (None, Err(_)) => bail!("--speculative must be a draft layer (a number) or auto, got {spec:?}"),
+        (None, Err(_)) => bail!("--speculative must be a draft layer (a number), auto or int8, got {spec:?}"),
     };
-    let (draft_len, draft_confidence) = match a.pipelined {
-        true => (a.draft.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
+    let (draft_len, draft_confidence) = match pipelined {
+        true => (a.draft.unwrap_or(if int8 { DEFAULT_INT8_LOOKAHEAD } else { DEFAULT_LOOKAHEAD }), 0.0),
+        false if int8 => (a.draft.unwrap_or(DEFAULT_INT8_DRAFT), 0.0),
         false => (
             a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT),
             a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0),
         ),
     };
-    let opts =
-        SpeculativeOptions { draft_layer, draft_len, draft_confidence, max_new_tokens: a.max_new_tokens, sampling, eos, lookup: a.lookup };
-    let g = match a.pipelined {
+    let opts = SpeculativeOptions {
+        draft_layer,
+        draft_len,
+        draft_confidence,
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        eos,
+        lookup: a.lookup,
+        int8,
+    };
+    let g = match pipelined {
         true => generate_pipelined(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
         false => generate_speculative(m, ids, &opts, |_, _, _| ControlFlow::Continue(()))?,
     };
@@ -278,7 +302,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
             "text": text,
             "stop": g.stop,
             "draft_layer": draft_layer,
-            "pipelined": a.pipelined,
+            "int8": int8,
+            "pipelined": pipelined,
             "draft": draft_len,
             "draft_confidence": draft_confidence,
             "drafted": g.drafted,
@@ -318,7 +343,7 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
         out(&v.to_string());
     } else {
         out(&format!("{}{}", a.prompt, text));
-        if let Some(c) = calibration.as_ref().filter(|_| a.pipelined) {
+        if let Some(c) = calibration.as_ref().filter(|_| pipelined) {
             out(&format!(
                 "-- auto: draft layer {} (calibrated on {} positions of the full model's continuation{}; predicted speedup {:.2}x{})",
                 c.pipelined_layer,
@@ -364,14 +389,22 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
                 }
             ));
         }
-        let mode = match a.pipelined {
+        let drafter = match int8 {
+            true => "the 8-bit copy".to_string(),
+            false => format!("layer {draft_layer}"),
+        };
+        let mode = match pipelined {
+            true if int8 => {
+                format!("pipelined, the model's 8-bit copy drafting, up to {} ahead", crate::util::count_of(draft_len, "draft"))
+            }
+            false if int8 => format!("the model's 8-bit copy drafting, up to {}", crate::util::count_of(draft_len, "draft")),
             true => format!("pipelined, draft layer {draft_layer} of {n_layer}, up to {} ahead", crate::util::count_of(draft_len, "draft")),
             false => format!("draft layer {draft_layer} of {n_layer}, up to {}", crate::util::count_of(draft_len, "draft")),
         };
         let pct = crate::util::percent;
         let sources = match g.lookup {
             true => format!(
-                " — {} from repeats ({} accepted, {}), {} from layer {draft_layer} ({})",
+                " — {} from repeats ({} accepted, {}), {} from {drafter} ({})",
                 g.lookup_drafted,
                 g.lookup_accepted,
                 pct(g.lookup_acceptance()),

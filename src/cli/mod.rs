@@ -165,7 +165,8 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = exit_measure_parser())]
     pub exit_measure: Option<ExitMeasure>,
     /// Lossless self-speculative decoding: draft with blocks 1..E and the shared head, verify
-    /// with the full model; E in 1..L-1, or auto (calibrated on this prompt)
+    /// with the full model; E in 1..L-1, or auto (calibrated on this prompt), or int8 (the
+    /// model's own 8-bit copy drafts; greedy, on two threads as with --pipelined)
     #[arg(long)]
     pub speculative: Option<String>,
     /// Speculative decoding: most tokens drafted per verification (default 4, or calibrated)
@@ -176,7 +177,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub draft_confidence: Option<f64>,
     /// Two threads (greedy only). With --speculative: drafting and verification overlap
-    /// (--draft then bounds how far the drafts run ahead of the verified tokens, default 8).
+    /// (--draft then bounds how far the drafts run ahead of the verified tokens, default 8;
+    /// 16 with int8).
     /// With --early-exit (max-prob): the checks run on the second thread while the blocks
     /// run on
     #[arg(long)]

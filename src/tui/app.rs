@@ -17,6 +17,7 @@ use super::view::{SimMetric, View};
 use super::worker::{DecodeMethod, ModelInfo, WorkerCommand, WorkerReply};
 use crate::analysis::early_exit::ExitMeasure;
 use crate::analysis::generate::Sampling;
+use crate::analysis::speculative::DEFAULT_INT8_LOOKAHEAD;
 use crate::train::follow::Launch;
 use crate::train::{TrainConfig, TrainEvent};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -94,6 +95,9 @@ pub struct GenSettings {
     pub draft_len: usize,
     /// Speculative decoding drafts from the text's repeats where it can (`--lookup`; greedy).
     pub lookup: bool,
+    /// Speculative decoding drafts with the model's own 8-bit copy (`--speculative int8`;
+    /// greedy) instead of the explorer's layer.
+    pub int8: bool,
 }
 
 impl GenSettings {
@@ -118,11 +122,15 @@ impl GenSettings {
         match self.method {
             GenMethod::ExitLayer => None,
             GenMethod::EarlyExit => Some(DecodeMethod::EarlyExit { threshold: self.threshold, measure: self.measure }),
-            GenMethod::Speculative if n_layer >= 2 => Some(DecodeMethod::Speculative {
-                draft_layer: layer.clamp(1, n_layer - 1),
-                draft_len: self.draft_len,
-                lookup: self.lookup && self.mode == SamplingMode::Greedy,
-            }),
+            GenMethod::Speculative if n_layer >= 2 => {
+                let int8 = self.int8 && self.mode == SamplingMode::Greedy;
+                Some(DecodeMethod::Speculative {
+                    draft_layer: if int8 { 0 } else { layer.clamp(1, n_layer - 1) },
+                    draft_len: self.draft_len,
+                    lookup: self.lookup && self.mode == SamplingMode::Greedy,
+                    int8,
+                })
+            }
             GenMethod::Speculative => None,
         }
     }
@@ -242,6 +250,7 @@ impl App {
                 measure: ExitMeasure::MaxProb,
                 draft_len: DEFAULT_DRAFT,
                 lookup: false,
+                int8: false,
             },
             gen_due: None,
             eval_data: opts.eval_data,
@@ -481,6 +490,18 @@ impl App {
                     self.restart_generation(now);
                 }
             }
+            Action::ToggleInt8 => {
+                if self.decoding.method != GenMethod::Speculative {
+                    self.hint("the 8-bit drafter is for speculative decoding: press v first");
+                } else if self.decoding.mode != SamplingMode::Greedy {
+                    self.hint("the 8-bit drafter is for greedy decoding: press s first");
+                } else {
+                    self.decoding.int8 = !self.decoding.int8;
+                    // Its drafts are nearly always right: it pays to run further ahead.
+                    self.decoding.draft_len = if self.decoding.int8 { DEFAULT_INT8_LOOKAHEAD.min(MAX_DRAFT) } else { DEFAULT_DRAFT };
+                    self.restart_generation(now);
+                }
+            }
             Action::ToggleSampling => {
                 self.decoding.mode = match self.decoding.mode {
                     SamplingMode::Greedy => SamplingMode::TopP,
@@ -555,7 +576,7 @@ impl App {
         // does not depend on it.
         let follows = match self.decoding.method {
             GenMethod::ExitLayer => !self.decoding.all_layers,
-            GenMethod::Speculative => true,
+            GenMethod::Speculative => !self.decoding.int8,
             GenMethod::EarlyExit => false,
         };
         if self.view == View::Generation && follows {

@@ -25,6 +25,7 @@ pub enum Action {
     ToggleEarlyExit,
     ToggleSpeculative,
     ToggleLookup,
+    ToggleInt8,
     RaiseSetting,
     LowerSetting,
     CycleExitMeasure,
@@ -152,6 +153,7 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(S::View(View::Generation), &[c('v')], "v", A::ToggleSpeculative, "speculative decoding from this layer: acceptance, speedup", "spec"),
     b(S::View(View::Generation), &[c('p')], "p", A::ToggleLookup, "speculative: drafts from the text's repeats too (greedy)", ""),
+    b(S::View(View::Generation), &[c('8')], "8", A::ToggleInt8, "speculative: the model's 8-bit copy drafts, not this layer (greedy)", ""),
     b(
         S::View(View::Generation),
         &[c('+'), c('=')],

@@ -77,7 +77,8 @@ pub enum DecodeMethod {
     /// Per-token early exit at `threshold` of `measure`.
     EarlyExit { threshold: f64, measure: ExitMeasure },
     /// Self-speculative decoding: drafts from blocks `1..=draft_layer`, `draft_len` at a time.
-    Speculative { draft_layer: usize, draft_len: usize, lookup: bool },
+    /// With `int8`, the model's own 8-bit copy drafts ([`SpeculativeOptions::int8`]).
+    Speculative { draft_layer: usize, draft_len: usize, lookup: bool, int8: bool },
 }
 
 /// Where a streamed token came from.
@@ -534,9 +535,9 @@ fn decode(
             generate_early_exit(&ck.model, prompt_ids, &opts, |t, layer| send(t, PieceKind::Exit(layer), DraftCounts::default()))
                 .map(|g| (g.ids.len(), g.stop, g.seconds, Some(g.speedup), None))
         }
-        DecodeMethod::Speculative { draft_layer, draft_len, lookup } => {
+        DecodeMethod::Speculative { draft_layer, draft_len, lookup, int8 } => {
             // Pipelined, `draft_len` bounds how far the drafts run ahead of the verified tokens.
-            let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos, lookup };
+            let opts = SpeculativeOptions { draft_layer, draft_len, draft_confidence: 0.0, max_new_tokens, sampling, eos, lookup, int8 };
             let on_token = |t, origin, counts| {
                 let kind = match origin {
                     TokenOrigin::Accepted => PieceKind::Accepted,

@@ -52,7 +52,40 @@ impl QuantLinear {
         let steps: Vec<f32> =
             x.chunks_exact(k).zip(xq.chunks_exact_mut(kp)).map(|(row, q)| crate::kernels::quantize_i16(row, self.xmax, q)).collect();
         let mut sums = vec![0i32; m * np];
-        crate::kernels::i16_i8_quad_rows(&xq, kp, &self.packed, &self.colsum, &mut sums);
+        let blocks = np / crate::kernels::I8_BLOCK;
+        if kp * np < super::PAR_MIN_WEIGHTS || blocks < 2 {
+            crate::kernels::i16_i8_quad_rows(&xq, kp, &self.packed, &self.colsum, &mut sums);
+        } else {
+            // Large layers (GPT-2-124M's; the Austen models' run on one core) are shared among
+            // the threads by blocks of outputs: reading the copy from memory bounds a draft
+            // there, and one core reads at half the rate two do.
+            let per = blocks.div_ceil(2 * rayon::current_num_threads().max(1));
+            let bytes = kp / 4 * crate::kernels::I8_BLOCK * 4;
+            let parts: Vec<(usize, Vec<i32>)> = (0..blocks)
+                .step_by(per)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|b0| {
+                    let b1 = (b0 + per).min(blocks);
+                    let cols = (b0 * crate::kernels::I8_BLOCK, b1 * crate::kernels::I8_BLOCK);
+                    let mut part = vec![0i32; m * (cols.1 - cols.0)];
+                    crate::kernels::i16_i8_quad_rows(
+                        &xq,
+                        kp,
+                        &self.packed[b0 * bytes..b1 * bytes],
+                        &self.colsum[cols.0..cols.1],
+                        &mut part,
+                    );
+                    (cols.0, part)
+                })
+                .collect();
+            for (c0, part) in parts {
+                let w = part.len() / m;
+                for r in 0..m {
+                    sums[r * np + c0..r * np + c0 + w].copy_from_slice(&part[r * w..(r + 1) * w]);
+                }
+            }
+        }
         y.clear();
         for (row, &step) in sums.chunks_exact(np).zip(&steps) {
             y.extend(row[..n].iter().zip(&self.scale).zip(&self.bias).map(|((&z, &s), &b)| z as f32 * (s * step) + b));

@@ -27,8 +27,9 @@ fn mode_text(app: &App, method: Option<DecodeMethod>) -> String {
                 ExitMeasure::Saturation => format!("early exit cos≥{threshold:.3}"),
             }
         }
-        (_, Some(DecodeMethod::Speculative { draft_layer, draft_len, lookup })) => {
-            format!("speculative L{draft_layer}×{draft_len}{}", if lookup { " +repeats" } else { "" })
+        (_, Some(DecodeMethod::Speculative { draft_layer, draft_len, lookup, int8 })) => {
+            let from = if int8 { "8-bit".to_string() } else { format!("L{draft_layer}") };
+            format!("speculative {from}×{draft_len}{}", if lookup { " +repeats" } else { "" })
         }
         (GenMethod::Speculative, None) => "speculative".to_string(),
         _ => "early exit".to_string(),
