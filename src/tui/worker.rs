@@ -507,6 +507,10 @@ fn decode(
         let checks = matches!(method, DecodeMethod::EarlyExit { measure: ExitMeasure::MaxProb, .. });
         let _ = crate::model::decoder::with_cpu_model(&ck.model, |m| {
             m.prepare_reduced_head(checks);
+            // So is the 8-bit drafter's copy (3-5 ms for an Austen model, once per process).
+            if let DecodeMethod::Speculative { int8: true, draft_layer, .. } = method {
+                crate::model::decoder::QuantBlocks::of(m, draft_layer);
+            }
             Ok(())
         });
     }
