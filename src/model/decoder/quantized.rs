@@ -53,12 +53,13 @@ impl QuantLinear {
             x.chunks_exact(k).zip(xq.chunks_exact_mut(kp)).map(|(row, q)| crate::kernels::quantize_i16(row, self.xmax, q)).collect();
         let mut sums = vec![0i32; m * np];
         let blocks = np / crate::kernels::I8_BLOCK;
-        if kp * np < super::PAR_MIN_WEIGHTS || blocks < 2 {
+        if !super::splits_linear(kp, np) || blocks < 2 {
             crate::kernels::i16_i8_quad_rows(&xq, kp, &self.packed, &self.colsum, &mut sums);
         } else {
-            // Large layers (GPT-2-124M's; the Austen models' run on one core) are shared among
-            // the threads by blocks of outputs: reading the copy from memory bounds a draft
-            // there, and one core reads at half the rate two do.
+            // Layers the f32 engine shares among the threads (GPT-2-124M's; the Austen
+            // models' and their classifier run on one core, beside the pipeline's other
+            // thread) are shared by blocks of outputs: reading the copy from memory bounds a
+            // draft there, and one core reads at about half the rate two do.
             let per = blocks.div_ceil(2 * rayon::current_num_threads().max(1));
             let bytes = kp / 4 * crate::kernels::I8_BLOCK * 4;
             let parts: Vec<(usize, Vec<i32>)> = (0..blocks)
