@@ -214,7 +214,8 @@ mod tests {
 
     /// Each 8-bit linear layer is the f32 one within its rounding: per output, at most half
     /// a weight step times the input's L1 norm plus half an input step times the weights'
-    /// (small relative to the outputs); over whole blocks the approximate residual stream
+    /// (small relative to the outputs), shared among the threads or not; over whole blocks
+    /// the approximate residual stream
     /// stays close to the exact one, and the copy's greedy token is the model's nearly always.
     #[test]
     fn the_copy_is_the_model_within_its_rounding() {
@@ -236,6 +237,25 @@ mod tests {
                         let bound = 0.5 * l.scale[j] * l1 + 0.5 * xstep * wl1 + 1e-5;
                         assert!((y[r * n + j] - exact).abs() <= bound, "row {r} output {j}: {} vs {exact} (bound {bound})", y[r * n + j]);
                     }
+                }
+            }
+            // A layer large enough to be shared among the threads: the same bound.
+            let (k, n) = (256, 1088);
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 2003) as f32 - 1000.0) * 1e-3).collect();
+            let b: Vec<f32> = (0..n).map(|j| j as f32 * 1e-3).collect();
+            let wide = QuantLinear::new(k, (&w, &b));
+            assert!(super::super::splits_linear(k, n));
+            let xs: Vec<f32> = (0..3 * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 300.0).collect();
+            let mut y = Vec::new();
+            wide.apply(&xs, &mut y);
+            for (r, xr) in xs.chunks_exact(k).enumerate() {
+                let l1: f32 = xr.iter().map(|v| v.abs()).sum();
+                let xstep = xr.iter().fold(0f32, |a, v| a.max(v.abs())) / wide.xmax;
+                for j in 0..n {
+                    let exact: f32 = b[j] + xr.iter().enumerate().map(|(i, v)| v * w[i * n + j]).sum::<f32>();
+                    let wl1: f32 = (0..k).map(|i| w[i * n + j].abs()).sum();
+                    let bound = 0.5 * wide.scale[j] * l1 + 0.5 * xstep * wl1 + 1e-3;
+                    assert!((y[r * n + j] - exact).abs() <= bound, "wide: row {r} output {j}: {} vs {exact}", y[r * n + j]);
                 }
             }
             // Through every block and the classifier, token after token.
