@@ -55,19 +55,10 @@ fn spec_with(
     g
 }
 
-/// One-thread rounds with the 8-bit drafter where `int8`, greedy.
-#[allow(clippy::too_many_arguments)]
-fn spec_opts(
-    model: &Gpt2,
-    prompt: &[u32],
-    e: usize,
-    k: usize,
-    max_new: usize,
-    eos: Option<u32>,
-    lookup: bool,
-    int8: bool,
-) -> SpeculativeGeneration {
-    let opts = SpeculativeOptions {
+/// Greedy speculative decoding from layer `e` (the 8-bit copy drafting after it where
+/// `int8`), `k` drafts, always drafting.
+fn greedy_opts(e: usize, k: usize, max_new: usize, eos: Option<u32>, lookup: bool, int8: bool) -> SpeculativeOptions {
+    SpeculativeOptions {
         draft_layer: e,
         draft_len: k,
         draft_confidence: 0.0,
@@ -76,9 +67,13 @@ fn spec_opts(
         eos,
         lookup,
         int8,
-    };
-    let g = generate_speculative(model, prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
-    check_sources(&g, lookup);
+    }
+}
+
+/// One-thread rounds with these options.
+fn rounds(model: &Gpt2, prompt: &[u32], opts: &SpeculativeOptions) -> SpeculativeGeneration {
+    let g = generate_speculative(model, prompt, opts, |_, _, _| ControlFlow::Continue(())).unwrap();
+    check_sources(&g, opts.lookup);
     g
 }
 
@@ -89,35 +84,14 @@ fn piped(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: 
 
 /// [`piped`], with drafts from the text's repeats where they can (`lookup`).
 fn piped_with(model: &Gpt2, prompt: &[u32], e: usize, k: usize, max_new: usize, eos: Option<u32>, lookup: bool) -> SpeculativeGeneration {
-    piped_opts(model, prompt, e, k, max_new, eos, lookup, false)
+    pipelined(model, prompt, &greedy_opts(e, k, max_new, eos, lookup, false))
 }
 
-/// [`piped_with`], the drafter running the blocks after `e` and the classifier through the
-/// model's 8-bit copies where `int8`.
-#[allow(clippy::too_many_arguments)]
-fn piped_opts(
-    model: &Gpt2,
-    prompt: &[u32],
-    e: usize,
-    k: usize,
-    max_new: usize,
-    eos: Option<u32>,
-    lookup: bool,
-    int8: bool,
-) -> SpeculativeGeneration {
-    let opts = SpeculativeOptions {
-        draft_layer: e,
-        draft_len: k,
-        draft_confidence: 0.0,
-        max_new_tokens: max_new,
-        sampling: Sampling::Greedy,
-        eos,
-        lookup,
-        int8,
-    };
+/// Pipelined decoding with these options, its callback checked.
+fn pipelined(model: &Gpt2, prompt: &[u32], opts: &SpeculativeOptions) -> SpeculativeGeneration {
     let mut seen = Vec::new();
     let mut counts = (0, 0);
-    let g = generate_pipelined(model, prompt, &opts, |t, origin, c| {
+    let g = generate_pipelined(model, prompt, opts, |t, origin, c| {
         seen.push((t, origin));
         assert!(c.accepted <= c.drafted && c.drafted >= counts.0 && c.accepted >= counts.1, "the counts only grow");
         counts = (c.drafted, c.accepted);
@@ -153,7 +127,7 @@ fn check_pipelined(model: &Gpt2, prompt: &[u32], want: &Generation, e: usize, k:
     }
     // The 8-bit drafter, from the embeddings or from layer e, with or without the repeats.
     let (from, lookup) = if (e + k).is_multiple_of(2) { (0, !k.is_multiple_of(2)) } else { (e, k.is_multiple_of(2)) };
-    let g = piped_opts(model, prompt, from, k, max_new, eos, lookup, true);
+    let g = pipelined(model, prompt, &greedy_opts(from, k, max_new, eos, lookup, true));
     assert_eq!(
         (&g.ids, g.stop),
         (&want.ids, want.stop),
@@ -205,7 +179,7 @@ fn check_identical(model: &Gpt2, prompt: &[u32], layers: &[usize], lens: &[usize
             }
             // The 8-bit drafter in rounds, from the embeddings or after layer e.
             let from = if (e + k).is_multiple_of(2) { e } else { 0 };
-            let g = spec_opts(model, prompt, from, k, max_new, eos, k.is_multiple_of(3), true);
+            let g = rounds(model, prompt, &greedy_opts(from, k, max_new, eos, k.is_multiple_of(3), true));
             assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "8-bit drafter in rounds after layer {from}, {k} drafts");
             assert!(g.forward_passes >= 1 && g.forward_passes <= g.ids.len());
             check_pipelined(model, prompt, &want, e, k, max_new, eos);
@@ -309,8 +283,8 @@ fn greedy_drafts_through_a_wide_int8_head_are_identical() {
         assert_eq!(spec(&model, &long, 2, 5, 0.0, 64, None).ids, want.ids);
         assert_eq!(piped(&model, &long, 2, 5, 64, None).ids, want.ids);
         // The 8-bit drafter copies a wide classifier from its rows.
-        assert_eq!(piped_opts(&model, &long, 0, 5, 64, None, false, true).ids, want.ids);
-        assert_eq!(spec_opts(&model, &long, 0, 5, 64, None, false, true).ids, want.ids);
+        assert_eq!(pipelined(&model, &long, &greedy_opts(0, 5, 64, None, false, true)).ids, want.ids);
+        assert_eq!(rounds(&model, &long, &greedy_opts(0, 5, 64, None, false, true)).ids, want.ids);
     }
     assert!(drafted > 0);
 }
@@ -412,14 +386,14 @@ fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
         for prompt in prompts_from_text(&ck, &[1, 9, 24, 60]) {
             let want = plain(m, &prompt, 96, None);
             for (from, k, lookup) in [(0, 16, false), (0, 4, true), (4, 16, true), (0, 1, false)] {
-                let g = piped_opts(m, &prompt, from, k, 96, None, lookup, true);
+                let g = pipelined(m, &prompt, &greedy_opts(from, k, 96, None, lookup, true));
                 assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: after layer {from}, {k} ahead, lookup {lookup}");
                 check_sources(&g, lookup);
                 drafted += g.drafted;
                 accepted += g.accepted;
                 // In rounds the repeats' drafts go unchecked, as with a draft layer: the
                 // copy's own drafts count.
-                let g = spec_opts(m, &prompt, from, k, 96, None, lookup, true);
+                let g = rounds(m, &prompt, &greedy_opts(from, k, 96, None, lookup, true));
                 assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds after layer {from}, {k} drafts, lookup {lookup}");
                 drafted += g.drafted - g.lookup_drafted;
                 accepted += g.accepted - g.lookup_accepted;
@@ -433,9 +407,9 @@ fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
         for max_new in [1, 2, 3, 5, 8] {
             let want = plain(m, &twice, max_new, None);
             for k in [1, 2, 16] {
-                let g = piped_opts(m, &twice, 0, k, max_new, None, true, true);
+                let g = pipelined(m, &twice, &greedy_opts(0, k, max_new, None, true, true));
                 assert_eq!(g.ids, want.ids, "{name}: {max_new} tokens, {k} ahead");
-                let g = spec_opts(m, &twice, 0, k, max_new, None, true, true);
+                let g = rounds(m, &twice, &greedy_opts(0, k, max_new, None, true, true));
                 assert_eq!(g.ids, want.ids, "{name}: {max_new} tokens, rounds of {k}");
             }
         }
@@ -444,9 +418,9 @@ fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
             let want = plain(m, &prompt, 100, None);
             assert_eq!(want.stop, StopReason::ContextFull);
             for (k, lookup) in [(16, false), (3, true)] {
-                let g = piped_opts(m, &prompt, 0, k, 100, None, lookup, true);
+                let g = pipelined(m, &prompt, &greedy_opts(0, k, 100, None, lookup, true));
                 assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: to the end of the context, {k} ahead");
-                let g = spec_opts(m, &prompt, 0, k, 100, None, lookup, true);
+                let g = rounds(m, &prompt, &greedy_opts(0, k, 100, None, lookup, true));
                 assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds to the end of the context, {k} drafts");
             }
         }
@@ -455,9 +429,9 @@ fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
         let free = plain(m, &prompt, 30, None);
         for &eos in free.ids.iter().take(8) {
             let want = plain(m, &prompt, 30, Some(eos));
-            let g = piped_opts(m, &prompt, 0, 16, 30, Some(eos), false, true);
+            let g = pipelined(m, &prompt, &greedy_opts(0, 16, 30, Some(eos), false, true));
             assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: end-of-text {eos}");
-            let g = spec_opts(m, &prompt, 0, 8, 30, Some(eos), false, true);
+            let g = rounds(m, &prompt, &greedy_opts(0, 8, 30, Some(eos), false, true));
             assert_eq!((&g.ids, g.stop), (&want.ids, want.stop), "{name}: rounds, end-of-text {eos}");
         }
     }

@@ -481,21 +481,13 @@ impl App {
                 }
             }
             Action::ToggleLookup => {
-                if self.decoding.method != GenMethod::Speculative {
-                    self.hint("drafts from the text's repeats are for speculative decoding: press v first");
-                } else if self.decoding.mode != SamplingMode::Greedy {
-                    self.hint("drafts from the text's repeats are for greedy decoding: press s first");
-                } else {
+                if self.greedy_speculation("drafts from the text's repeats are") {
                     self.decoding.lookup = !self.decoding.lookup;
                     self.restart_generation(now);
                 }
             }
             Action::ToggleInt8 => {
-                if self.decoding.method != GenMethod::Speculative {
-                    self.hint("the 8-bit drafter is for speculative decoding: press v first");
-                } else if self.decoding.mode != SamplingMode::Greedy {
-                    self.hint("the 8-bit drafter is for greedy decoding: press s first");
-                } else {
+                if self.greedy_speculation("the 8-bit drafter is") {
                     self.decoding.int8 = !self.decoding.int8;
                     // Its drafts are nearly always right: it pays to run further ahead.
                     self.decoding.draft_len = if self.decoding.int8 { DEFAULT_INT8_LOOKAHEAD.min(MAX_DRAFT) } else { DEFAULT_DRAFT };
@@ -612,6 +604,19 @@ impl App {
     }
 
     /// A hint about the key just pressed: it goes at the next key.
+    /// Whether greedy speculative decoding is on, for an option of it (`what` "is"/"are" for
+    /// it); when not, a hint says which key turns it on.
+    fn greedy_speculation(&mut self, what: &str) -> bool {
+        if self.decoding.method != GenMethod::Speculative {
+            self.hint(format!("{what} for speculative decoding: press v first"));
+        } else if self.decoding.mode != SamplingMode::Greedy {
+            self.hint(format!("{what} for greedy decoding: press s first"));
+        } else {
+            return true;
+        }
+        false
+    }
+
     fn hint(&mut self, text: impl Into<String>) {
         self.status = Some(StatusMessage { text: text.into(), error: false, hint: true });
     }
