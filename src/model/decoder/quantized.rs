@@ -1,9 +1,10 @@
-//! An 8-bit copy of the upper blocks' linear layers, for drafting: a decoder over it (see
-//! [`super::Decoder::approximate`]) runs those blocks reading a quarter of the bytes, and
-//! its greedy tokens agree with the full model's nearly always (99.5-99.7% along the
-//! Austen models' greedy continuations with the blocks after layer 4-6 in 8 bits, measured
-//! in PyTorch with the same rounding). Nothing it computes is ever emitted: the pipelined
-//! drafter picks drafts with it, and the full model's own blocks judge every draft.
+//! An 8-bit copy of a model's blocks (from a given one on) and of its classifier, for
+//! drafting: a decoder over it (see [`super::Decoder::approximate`]) runs those blocks
+//! reading a quarter of the bytes, and its greedy tokens agree with the full model's nearly
+//! always (99.3% along the Austen models' greedy continuations with every block in 8 bits
+//! and 16-bit inputs, measured in PyTorch with the same rounding). Nothing it computes is
+//! ever emitted: the speculative drafters pick drafts with it, and the full model's own
+//! blocks judge every draft.
 
 use super::CpuModel;
 use rayon::prelude::*;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 /// `q` `[k, n]` row-major like the checkpoint's f32 weights.
 pub(super) struct QuantLinear {
     k: usize,
-    /// `q` packed for [`crate::kernels::i16_i8_quad_cols`], its outputs padded to whole
+    /// `q` packed for [`crate::kernels::i16_i8_quad_rows`], its outputs padded to whole
     /// blocks, and each output's sum of weights.
     packed: Vec<i8>,
     colsum: Vec<i32>,
@@ -111,7 +112,7 @@ pub struct QuantBlocks {
 
 /// What recognises the weights a copy was made from: where each of their slices lies, its
 /// length, and a sample of its bits (every 1021st weight, and the last) — tens of microseconds
-/// where digesting every bit took two milliseconds a generation. Weights changed in place
+/// where digesting every bit took one to two milliseconds a generation. Weights changed in place
 /// (a training step changes nearly all of them) change the sample; a change the sample
 /// misses leaves a stale copy, which can only make drafts wrong more often: every emitted
 /// token is still the model's own.
