@@ -6,8 +6,7 @@
 use crate::analysis::generate::{GenerateOptions, Sampling, generate, generate_tensor};
 use crate::analysis::inspect::{LensAt, analyze};
 use crate::analysis::speculative::{
-    DEFAULT_INT8_DRAFT, DEFAULT_INT8_LOOKAHEAD, DEFAULT_LOOKAHEAD, SpeculativeOptions, calibrate, generate_pipelined, generate_speculative,
-    pipelining_pays,
+    DEFAULT_LOOKAHEAD, SpeculativeOptions, calibrate, default_int8_draft, generate_pipelined, generate_speculative, pipelining_pays,
 };
 use crate::model::{Checkpoint, Gpt2, Gpt2Config};
 use crate::train::loss::{Objective, aligned_weights, standard_weights};
@@ -456,10 +455,7 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
     say(&s.label);
     let mut calibration = serde_json::Value::Null;
     let (e, k, gamma) = match (a.draft_layer, a.draft, a.draft_confidence) {
-        (e, k, _) if a.int8 => {
-            let k = k.unwrap_or(if a.pipelined || pipelining_pays(m) { DEFAULT_INT8_LOOKAHEAD } else { DEFAULT_INT8_DRAFT });
-            (e.unwrap_or(0), k, 0.0)
-        }
+        (e, k, _) if a.int8 => (e.unwrap_or(0), k.unwrap_or(default_int8_draft(int8_pipelined(a, m))), 0.0),
         (Some(e), k, _) if a.pipelined => (e, k.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
         (Some(e), Some(k), Some(g)) => (e, k, g),
         (e, k, g) => {
@@ -549,6 +545,12 @@ fn bench_decode(s: &Subject, a: &BenchArgs, say: &dyn Fn(&str)) -> Result<serde_
     }))
 }
 
+/// Whether the 8-bit drafter (`--int8`) runs pipelined: asked for, or where a row keeps to
+/// one core, as `generate --speculative int8` runs it.
+fn int8_pipelined(a: &BenchArgs, m: &Gpt2) -> bool {
+    a.int8 && (a.pipelined || pipelining_pays(m))
+}
+
 /// Tokens of greedy continuation the decode benchmark calibrates on.
 const CALIBRATION_TOKENS: usize = 128;
 
@@ -587,8 +589,7 @@ fn decode_pair(
         lookup: a.lookup,
         int8: a.int8,
     };
-    // The 8-bit drafter runs pipelined where a row keeps to one core, as `generate` runs it.
-    let pipelined = a.pipelined || a.int8 && pipelining_pays(m);
+    let pipelined = a.pipelined || int8_pipelined(a, m);
     let plain_one = |p: &[u32], r: &mut DecodeRun| -> Result<()> {
         let t = Instant::now();
         let ids = generate(m, p, &plain_opts, |_| ControlFlow::Continue(()))?.ids;

@@ -237,6 +237,11 @@ pub const DEFAULT_INT8_LOOKAHEAD: usize = 16;
 /// rows use every core): a pass over many rows costs little more than over one there.
 pub const DEFAULT_INT8_DRAFT: usize = 8;
 
+/// The 8-bit drafter's default draft length: how far ahead when `pipelined`, else per round.
+pub fn default_int8_draft(pipelined: bool) -> usize {
+    if pipelined { DEFAULT_INT8_LOOKAHEAD } else { DEFAULT_INT8_DRAFT }
+}
+
 /// [`generate_speculative`] with drafting and verification on two threads that overlap
 /// (see `analysis/pipelined.rs`): greedy only; `draft_len` bounds how far the drafts run ahead
 /// of the verified tokens. The same tokens as plain greedy decoding.

@@ -9,8 +9,8 @@ use crate::analysis::exits::{ExitRow, trace_exits};
 use crate::analysis::generate::{GenerateOptions, Sampling, generate};
 use crate::analysis::quality::{coherence, diversity};
 use crate::analysis::speculative::{
-    Calibration, DEFAULT_INT8_DRAFT, DEFAULT_INT8_LOOKAHEAD, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate,
-    generate_pipelined, generate_speculative, pipelining_pays,
+    Calibration, DEFAULT_LOOKAHEAD, SpeculativeOptions, TokenOrigin, calibrate, default_int8_draft, generate_pipelined,
+    generate_speculative, pipelining_pays,
 };
 use crate::model::Checkpoint;
 use crate::paths::DEFAULT_EVAL_TEXT;
@@ -264,8 +264,8 @@ pub fn speculative_cmd(a: &GenerateArgs, ck: &Checkpoint, ids: &[u32], sampling:
         (None, Err(_)) => bail!("--speculative must be a draft layer (a number), auto or int8, got {spec:?}"),
     };
     let (draft_len, draft_confidence) = match pipelined {
-        true => (a.draft.unwrap_or(if int8 { DEFAULT_INT8_LOOKAHEAD } else { DEFAULT_LOOKAHEAD }), 0.0),
-        false if int8 => (a.draft.unwrap_or(DEFAULT_INT8_DRAFT), 0.0),
+        _ if int8 => (a.draft.unwrap_or(default_int8_draft(pipelined)), 0.0),
+        true => (a.draft.unwrap_or(DEFAULT_LOOKAHEAD), 0.0),
         false => (
             a.draft.or(calibration.as_ref().map(|c| c.draft_len)).unwrap_or(DEFAULT_DRAFT),
             a.draft_confidence.or(calibration.as_ref().map(|c| c.draft_confidence)).unwrap_or(0.0),

@@ -321,6 +321,23 @@ fn linear_assisted(assist: Option<&Assist>, x: &[f32], k: usize, wb: (&[f32], &[
     }
 }
 
+/// A block's linear layer: through its 8-bit copy where there is one (a drafter's
+/// [`Decoder::approximate`]), else [`linear_assisted`].
+fn linear_in(
+    copy: Option<&quantized::QuantLinear>,
+    assist: Option<&Assist>,
+    x: &[f32],
+    k: usize,
+    wb: (&[f32], &[f32]),
+    y: &mut Vec<f32>,
+    mine: &mut Vec<f32>,
+) {
+    match copy {
+        Some(c) => c.apply(x, y),
+        None => linear_assisted(assist, x, k, wb, y, mine),
+    }
+}
+
 /// Whether [`linear_cols`] shares a `[k, n]` layer among the threads. With no more than one
 /// chunk of rows there is nothing to share (the Austen head's transposed copy: 128 rows).
 fn splits_linear(k: usize, n: usize) -> bool {
@@ -732,10 +749,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         let mut clock = self.profile.as_ref().map(|_| Instant::now());
         layer_norm(x, w.ln_1.0, w.ln_1.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        match q {
-            Some(q) => q.attn.apply(&s.normed, &mut s.qkv),
-            None => linear_assisted(assist, &s.normed, d, w.attn, &mut s.qkv, &mut s.mine),
-        }
+        linear_in(q.map(|q| &q.attn), assist, &s.normed, d, w.attn, &mut s.qkv, &mut s.mine);
         self.store_kv(layer, &s.qkv, 3 * d, pos0);
         self.tick(&mut clock, BlockPart::Qkv, w.attn.0.len() + w.attn.1.len());
         if stop() {
@@ -748,10 +762,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
             self.s = s;
             return Ok(false);
         }
-        match q {
-            Some(q) => q.attn_proj.apply(&s.att, &mut s.proj),
-            None => linear_assisted(assist, &s.att, d, w.attn_proj, &mut s.proj, &mut s.mine),
-        }
+        linear_in(q.map(|q| &q.attn_proj), assist, &s.att, d, w.attn_proj, &mut s.proj, &mut s.mine);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::AttnProj, w.attn_proj.0.len() + w.attn_proj.1.len());
         if stop() {
@@ -760,10 +771,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         layer_norm(x, w.ln_2.0, w.ln_2.1, m.eps, &mut s.normed);
         self.tick(&mut clock, BlockPart::LayerNorm, 2 * d);
-        match q {
-            Some(q) => q.fc.apply(&s.normed, &mut s.hidden),
-            None => linear_assisted(assist, &s.normed, d, w.fc, &mut s.hidden, &mut s.mine),
-        }
+        linear_in(q.map(|q| &q.fc), assist, &s.normed, d, w.fc, &mut s.hidden, &mut s.mine);
         self.tick(&mut clock, BlockPart::Fc, w.fc.0.len() + w.fc.1.len());
         if stop() {
             self.s = s;
@@ -771,10 +779,7 @@ impl<'m, 'a> Decoder<'m, 'a> {
         }
         activate(m.activation, &mut s.hidden, &mut s.act);
         self.tick(&mut clock, BlockPart::Activation, 0);
-        match q {
-            Some(q) => q.fc_proj.apply(&s.hidden, &mut s.proj),
-            None => linear_assisted(assist, &s.hidden, inner, w.fc_proj, &mut s.proj, &mut s.mine),
-        }
+        linear_in(q.map(|q| &q.fc_proj), assist, &s.hidden, inner, w.fc_proj, &mut s.proj, &mut s.mine);
         x.iter_mut().zip(&s.proj).for_each(|(a, b)| *a += b);
         self.tick(&mut clock, BlockPart::FcProj, w.fc_proj.0.len() + w.fc_proj.1.len());
         debug_assert_eq!(s.proj.len(), rows * d);
