@@ -302,8 +302,16 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
             wall / steps as f64
         ));
         let profile = step_profile(&t, steps, wall, data_secs);
+        // The head beside each block's backward pass is timed as one section; steps with
+        // the two in turn give each section alone (the same result, a little slower).
+        let mut profile_in_turn = serde_json::Value::Null;
         if a.profile {
             print_profile(&profile, say);
+            if let Some((steps, wall)) = steps_in_turn(&t, &mut opt, &mut batch_data, &obj)? {
+                say(&format!("    each section alone (the head and the block backward in turn, {steps} steps):"));
+                profile_in_turn = step_profile(&t, steps, wall, 0.0);
+                print_profile(&profile_in_turn, say);
+            }
         }
         // Off the CPU's fused step (a GPU), the phases of a step, each timed alone.
         let device_profile = match a.profile && !crate::ops::cpu_fast_path(device) {
@@ -317,6 +325,7 @@ fn bench_train(s: Subject, a: &BenchArgs, device: &Device, batch: usize, say: &d
         };
         losses.push(serde_json::json!({
             "profile": profile,
+            "profile_in_turn": profile_in_turn,
             "device_profile": device_profile,
             "loss": name,
             "tokens_per_sec": toks / wall,
@@ -752,6 +761,35 @@ fn bench_tui(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Steps with the shared head and each block's backward pass in turn, their profile in
+/// the workspace: (steps, wall seconds), or `None` off the CPU's step.
+fn steps_in_turn(
+    t: &Trainable,
+    opt: &mut crate::train::optim::AdamW,
+    batch_data: &mut dyn FnMut() -> Result<Vec<(Tensor, Vec<u32>)>>,
+    obj: &Objective,
+) -> Result<Option<(usize, f64)>> {
+    let set = |on: bool| t.workspace.lock().map(|mut ws| ws.head_in_turn = on).is_ok();
+    if !crate::train::cpu_step::supports(&t.model) || !set(true) {
+        return Ok(None);
+    }
+    reset_profile(t);
+    const STEPS: usize = 3;
+    let mut wall = 0.0;
+    let mut run = || -> Result<()> {
+        for _ in 0..STEPS {
+            let batch = batch_data()?;
+            let w = Instant::now();
+            train_step(t, opt, &batch, obj, 1e-4, 1.0)?;
+            wall += w.elapsed().as_secs_f64();
+        }
+        Ok(())
+    };
+    let done = run();
+    set(false);
+    done.map(|()| Some((STEPS, wall)))
+}
+
 fn reset_profile(t: &Trainable) {
     if let Ok(mut ws) = t.workspace.lock() {
         ws.profile = Default::default();
@@ -792,6 +830,11 @@ fn print_profile(p: &serde_json::Value, say: &dyn Fn(&str)) {
     let wall = p["wall_secs_per_step"].as_f64().unwrap_or(f64::NAN);
     for s in sections {
         let secs = s["secs_per_step"].as_f64().unwrap_or(f64::NAN);
+        if secs == 0.0 {
+            // A section this kind of step has not run (ce-reg's cosine term; the head
+            // beside the block backward when they ran in turn).
+            continue;
+        }
         let busy = s["cores_busy"].as_f64().map(|b| format!("   cores {:>3.0}% busy", 100.0 * b)).unwrap_or_default();
         say(&format!("      {:<20} {:>8.1} ms/step {:>5.1}%{busy}", s["section"].as_str().unwrap_or("?"), 1e3 * secs, 100.0 * secs / wall));
     }

@@ -11,7 +11,8 @@
 //!
 //! The backward pass walks the blocks from the last to the first, carrying the gradient of
 //! the residual stream; when it reaches `h^l` it adds the shared head's gradient for layer
-//! `l` (aligned loss) or the cosine term's (ce-reg), so no per-layer gradient is kept.
+//! `l` (aligned loss) or the cosine term's (ce-reg), so only one per-layer gradient is kept:
+//! the head's at `h^l`, computed while block `l`'s backward pass runs.
 
 use super::loss::{LossValue, Objective, aligned_weights};
 use crate::kernels::blas::{Operand, sgemm};
@@ -46,10 +47,13 @@ pub enum Section {
     Cosine,
     /// Zeroing and accumulating gradients, gradient norm, AdamW.
     Optimizer,
+    /// The shared head at `h^l` and block `l`'s backward pass side by side (every exit
+    /// but the last): both streams' products, norms and softmax, timed together.
+    HeadBesideBlock,
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Embedding,
         Section::LayerNorm,
         Section::TrunkMatmul,
@@ -59,6 +63,7 @@ impl Section {
         Section::HeadSoftmax,
         Section::Cosine,
         Section::Optimizer,
+        Section::HeadBesideBlock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Section {
             Section::HeadSoftmax => "head softmax-CE",
             Section::Cosine => "cosine term",
             Section::Optimizer => "grad norm, AdamW",
+            Section::HeadBesideBlock => "head beside block bwd",
         }
     }
 }
@@ -80,9 +86,9 @@ impl Section {
 /// the matrix products.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    time: [Duration; 9],
+    time: [Duration; 10],
     /// `None` until the process CPU clock has been read around the section.
-    cpu: [Option<f64>; 9],
+    cpu: [Option<f64>; 10],
     /// Multiply-adds of the trunk's and the head's products.
     pub trunk_fmas: u64,
     pub head_fmas: u64,
@@ -186,11 +192,16 @@ pub struct Workspace {
     z_stats: Vec<f32>,
     dz: Vec<f32>,
     logits: Vec<f32>,
+    /// The head's gradient at `h^l`, computed beside block `l`'s backward pass.
+    head_dh: Vec<f32>,
     /// ce-reg: the cosine term's gradient for each layer `1..=L` (index = layer).
     cos_grad: Vec<Vec<f32>>,
     /// Gradients of every parameter, in [`Gpt2::params`] order.
     pub grads: Vec<Vec<f32>>,
     pub profile: Profile,
+    /// Run the head at `h^l` and block `l`'s backward pass one after the other instead of
+    /// side by side: the same result, and a profile that charges every section alone.
+    pub head_in_turn: bool,
 }
 
 impl Workspace {
@@ -232,6 +243,7 @@ impl Workspace {
         self.z = buf(n * d);
         self.z_stats = buf(2 * n);
         self.dz = buf(n * d);
+        self.head_dh = buf(n * d);
         self.logits = buf(head_chunk_rows(v).min(n) * v);
         self.cos_grad.clear();
     }
@@ -331,7 +343,25 @@ pub fn accumulate_loss_and_grads(
     let (lnf_w, lnf_b, head_w) = (p[2 + 12 * n_layer], p[3 + 12 * n_layer], p[head_index]);
     let block = |l: usize| BlockParams { p: &p[2 + 12 * l..2 + 12 * (l + 1)] };
     let eps = cfg.layer_norm_epsilon;
-    let Workspace { res, blocks, dres, dinner, dqkv, dnarrow, datt, z, z_stats, dz, logits, cos_grad, grads, profile, shape: _ } = ws;
+    let Workspace {
+        res,
+        blocks,
+        dres,
+        dinner,
+        dqkv,
+        dnarrow,
+        datt,
+        z,
+        z_stats,
+        dz,
+        logits,
+        head_dh,
+        cos_grad,
+        grads,
+        profile,
+        head_in_turn,
+        shape: _,
+    } = ws;
     let prof = profile;
 
     // ---- forward
@@ -358,7 +388,7 @@ pub fn accumulate_loss_and_grads(
         timed(prof, Section::Elementwise, || layers::gelu(&a.fc, &mut a.act));
         timed(prof, Section::TrunkMatmul, || linear(&a.act, w.get(MLP_W), w.get(MLP_B), Some(&a.mid), inner, d, out));
     }
-    prof.trunk_fmas += 3 * (n * d * (3 * d + d + 2 * inner) * n_layer) as u64;
+    prof.trunk_fmas += (n * d * (3 * d + d + 2 * inner) * n_layer) as u64;
 
     // ---- ce-reg's cosine term: its value now, its gradients kept for the backward pass
     let mut reg = 0.0;
@@ -379,96 +409,99 @@ pub fn accumulate_loss_and_grads(
         });
     }
 
-    // ---- backward, from the last block down, adding each layer's head gradient on the way
+    // ---- backward, from the last block down. The shared head at h^l needs only the
+    // forward pass, so it runs while block l's backward pass computes the gradient at
+    // h^l, and is added to it after: two streams of work, whose products' blocks either
+    // core takes, so neither waits for the other at the end of each product. Both write
+    // their own buffers and sum in the order of the sequential pass: the result is the
+    // same to the bit as running them in turn (`Workspace::head_in_turn`, tested).
     let mut layer_losses = vec![0.0; n_layer];
     let mut loss = 0.0;
-    let head_grad_index = head_index;
-    for l in (0..n_layer).rev() {
-        // At h^{l+1}: the head's CE of layer l + 1 (its gradient added to dres), or the
-        // monitoring CE of a zero-weight layer.
-        let weight = obj.layer_weights[l];
-        let head = HeadArgs { lnf_w, lnf_b, head_w, vocab, d, eps };
-        if weight != 0.0 {
-            let first = l + 1 == n_layer;
-            let (ce, dlnf_w, dlnf_b) = head_pass(
-                &head,
-                &res[l + 1],
-                batch.targets,
-                Some(weight * grad_scale / n as f64),
-                (z, z_stats, dz, logits),
-                &mut grads[head_grad_index],
-                dres,
-                !first,
-                prof,
-            );
-            add_into(&mut grads[2 + 12 * n_layer], &dlnf_w);
-            add_into(&mut grads[3 + 12 * n_layer], &dlnf_b);
-            layer_losses[l] = ce / n as f64;
-            loss += weight * layer_losses[l];
-            if cos_on {
-                timed(prof, Section::Cosine, || add_into(dres, &cos_grad[l + 1]));
-            }
-        } else {
-            let m = if obj.monitor_positions == 0 { n } else { obj.monitor_positions.min(n) };
-            let mut none = Vec::new();
-            let (ce, _, _) = head_pass(
-                &head,
-                &res[l + 1][..m * d],
-                &batch.targets[..m],
-                None,
-                (z, z_stats, dz, logits),
-                &mut none,
-                &mut [],
-                false,
-                prof,
-            );
-            layer_losses[l] = ce / m as f64;
-            if l + 1 == n_layer {
-                // No head gradient at the top: the backward pass starts from the cosine term
-                // alone (ce-reg with a zero last-layer weight) or from nothing.
-                timed(prof, Section::Cosine, || if cos_on { dres.copy_from_slice(&cos_grad[n_layer]) } else { dres.fill(0.0) });
-            } else if cos_on {
-                timed(prof, Section::Cosine, || add_into(dres, &cos_grad[l + 1]));
-            }
+    let head = HeadArgs { lnf_w, lnf_b, head_w, vocab, d, eps };
+    let in_turn = *head_in_turn;
+    {
+        let (weight, dhead) = (obj.layer_weights[n_layer - 1], &mut grads[head_index]);
+        let top =
+            head_at(&head, &res[n_layer], batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, (dres, false), prof);
+        if top.lnf_grads.is_none() {
+            // No head gradient at the top: the backward pass starts from the cosine term
+            // alone (ce-reg with a zero last-layer weight) or from nothing.
+            timed(prof, Section::Cosine, || if cos_on { dres.copy_from_slice(&cos_grad[n_layer]) } else { dres.fill(0.0) });
+        } else if cos_on {
+            timed(prof, Section::Cosine, || add_into(dres, &cos_grad[n_layer]));
         }
-        // dres is now d loss / d h^{l+1}: through block l to d loss / d h^l.
-        let (w, a) = (block(l), &blocks[l]);
-        let x = &res[l];
-        let g = &mut grads[2 + 12 * l..2 + 12 * (l + 1)];
+        top.add_to(&mut layer_losses[n_layer - 1], &mut loss, weight, grads, n_layer);
+    }
+    for l in (0..n_layer).rev() {
+        // dres is d loss / d h^{l+1}: through block l to d loss / d h^l, beside the head at h^l.
+        let (w, a, x) = (block(l), &blocks[l], &res[l]);
+        let (g, dhead) = block_and_head_grads(grads, l, head_index);
         let shape = AttentionShape { b, t, c: d, n_head: cfg.n_head, scale: model.blocks[l].attn.scale as f32 };
-        // out = mid + act @ W2 + b2
-        timed(prof, Section::TrunkMatmul, || {
-            linear_backward(&a.act, w.get(MLP_W), dres, inner, d, pair(g, MLP_W), Some(&mut dinner[..]));
-        });
-        // act = gelu(fc)
-        timed(prof, Section::Elementwise, || layers::gelu_backward_in_place(&a.fc, dinner));
-        // fc = ln2 @ W1 + b1
-        timed(prof, Section::TrunkMatmul, || {
-            linear_backward(&a.ln2, w.get(FC_W), dinner, d, inner, pair(g, FC_W), Some(&mut dnarrow[..]));
-        });
-        // ln2 = LN(mid); dres becomes d loss / d mid
-        timed(prof, Section::LayerNorm, || {
-            let (dw, db) = layers::layer_norm_backward(&a.mid, w.get(LN2_W), dnarrow, eps, Some(&a.ln2_stats), dres, true);
-            let (gw, gb) = pair(g, LN2_W);
-            add_into(gw, &dw);
-            add_into(gb, &db);
-        });
-        // mid = x + att @ Wp + bp
-        timed(prof, Section::TrunkMatmul, || {
-            linear_backward(&a.att, w.get(PROJ_W), dres, d, d, pair(g, PROJ_W), Some(&mut datt[..]));
-        });
-        timed(prof, Section::Attention, || layers::attention_backward(&shape, &a.qkv, datt, dqkv));
-        // qkv = ln1 @ Wa + ba
-        timed(prof, Section::TrunkMatmul, || {
-            linear_backward(&a.ln1, w.get(ATTN_W), dqkv, d, 3 * d, pair(g, ATTN_W), Some(&mut dnarrow[..]));
-        });
-        // ln1 = LN(x); dres becomes d loss / d x = d loss / d h^l
-        timed(prof, Section::LayerNorm, || {
-            let (dw, db) = layers::layer_norm_backward(x, w.get(LN1_W), dnarrow, eps, Some(&a.ln1_stats), dres, true);
-            let (gw, gb) = pair(g, LN1_W);
-            add_into(gw, &dw);
-            add_into(gb, &db);
-        });
+        let mut block_backward = |prof: &mut Profile| {
+            prof.trunk_fmas += 2 * (n * d * (3 * d + d + 2 * inner)) as u64;
+            // out = mid + act @ W2 + b2
+            timed(prof, Section::TrunkMatmul, || {
+                linear_backward(&a.act, w.get(MLP_W), dres, inner, d, pair(g, MLP_W), Some(&mut dinner[..]));
+            });
+            // act = gelu(fc)
+            timed(prof, Section::Elementwise, || layers::gelu_backward_in_place(&a.fc, dinner));
+            // fc = ln2 @ W1 + b1
+            timed(prof, Section::TrunkMatmul, || {
+                linear_backward(&a.ln2, w.get(FC_W), dinner, d, inner, pair(g, FC_W), Some(&mut dnarrow[..]));
+            });
+            // ln2 = LN(mid); dres becomes d loss / d mid
+            timed(prof, Section::LayerNorm, || {
+                let (dw, db) = layers::layer_norm_backward(&a.mid, w.get(LN2_W), dnarrow, eps, Some(&a.ln2_stats), dres, true);
+                let (gw, gb) = pair(g, LN2_W);
+                add_into(gw, &dw);
+                add_into(gb, &db);
+            });
+            // mid = x + att @ Wp + bp
+            timed(prof, Section::TrunkMatmul, || {
+                linear_backward(&a.att, w.get(PROJ_W), dres, d, d, pair(g, PROJ_W), Some(&mut datt[..]));
+            });
+            timed(prof, Section::Attention, || layers::attention_backward(&shape, &a.qkv, datt, dqkv));
+            // qkv = ln1 @ Wa + ba
+            timed(prof, Section::TrunkMatmul, || {
+                linear_backward(&a.ln1, w.get(ATTN_W), dqkv, d, 3 * d, pair(g, ATTN_W), Some(&mut dnarrow[..]));
+            });
+            // ln1 = LN(x); dres becomes d loss / d x = d loss / d h^l
+            timed(prof, Section::LayerNorm, || {
+                let (dw, db) = layers::layer_norm_backward(x, w.get(LN1_W), dnarrow, eps, Some(&a.ln1_stats), dres, true);
+                let (gw, gb) = pair(g, LN1_W);
+                add_into(gw, &dw);
+                add_into(gb, &db);
+            });
+        };
+        if l == 0 {
+            // h^0 (the embeddings) has no exit.
+            block_backward(prof);
+            continue;
+        }
+        // The head at h^l: layer l's CE, its gradient at h^l written into its own buffer.
+        let weight = obj.layer_weights[l - 1];
+        let mut head_at_l = |prof: &mut Profile| {
+            head_at(&head, x, batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, (head_dh, false), prof)
+        };
+        let exit = if in_turn {
+            let exit = head_at_l(prof);
+            block_backward(prof);
+            exit
+        } else {
+            // Timed as one section: the two streams' own sections overlap.
+            let (t0, c0) = (Instant::now(), crate::util::process_cpu_seconds());
+            let (mut p_block, mut p_head) = (Profile::default(), Profile::default());
+            let ((), exit) = rayon::join(|| block_backward(&mut p_block), || head_at_l(&mut p_head));
+            prof.add_since(Section::HeadBesideBlock, t0.elapsed(), c0);
+            exit
+        };
+        if exit.lnf_grads.is_some() {
+            timed(prof, Section::Elementwise, || add_into(dres, head_dh));
+        }
+        if cos_on {
+            timed(prof, Section::Cosine, || add_into(dres, &cos_grad[l]));
+        }
+        exit.add_to(&mut layer_losses[l - 1], &mut loss, weight, grads, n_layer);
     }
     // h^0 = wte[ids] + wpe[positions]
     timed(prof, Section::Embedding, || {
@@ -499,11 +532,17 @@ fn linear(x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>, k: usize, m
 /// the column sums of `dy` to `db`; writes `dy @ w^T` into `dx` when given.
 fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], k: usize, m: usize, (dw, db): (&mut [f32], &mut [f32]), dx: Option<&mut [f32]>) {
     let n = x.len() / k;
-    sgemm(k, m, n, 1.0, Operand::t(x, k), Operand::n(dy, m), true, dw, m, true);
+    // Side by side: the two products write their own outputs, and a core done with its
+    // blocks of one takes blocks of the other rather than wait.
+    rayon::join(
+        || sgemm(k, m, n, 1.0, Operand::t(x, k), Operand::n(dy, m), true, dw, m, true),
+        || {
+            if let Some(dx) = dx {
+                sgemm(n, k, m, 1.0, Operand::n(dy, m), Operand::t(w, m), false, dx, k, true);
+            }
+        },
+    );
     add_into(db, &layers::column_sums(dy, m));
-    if let Some(dx) = dx {
-        sgemm(n, k, m, 1.0, Operand::n(dy, m), Operand::t(w, m), false, dx, k, true);
-    }
 }
 
 /// The gradients of a weight and of the bias that follows it.
@@ -616,6 +655,69 @@ fn head_pass(
     (ce, dw, db)
 }
 
+/// The shared head at one exit `h^j` of the backward pass: its CE, and where the layer has
+/// a loss weight, its gradient.
+struct Exit {
+    /// Mean CE over the rows the head saw.
+    ce: f64,
+    /// `ln_f`'s parameter gradients, where the layer is weighted.
+    lnf_grads: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Exit {
+    /// Records the layer's CE and adds its weighted share to `loss`, and `ln_f`'s
+    /// gradients to theirs.
+    fn add_to(self, layer_loss: &mut f64, loss: &mut f64, weight: f64, grads: &mut [Vec<f32>], n_layer: usize) {
+        *layer_loss = self.ce;
+        if let Some((dw, db)) = self.lnf_grads {
+            add_into(&mut grads[2 + 12 * n_layer], &dw);
+            add_into(&mut grads[3 + 12 * n_layer], &db);
+            *loss += weight * self.ce;
+        }
+    }
+}
+
+/// The shared head at `h` (one exit) under the objective: with a loss weight, CE over every
+/// row and its gradient (the head matrix's added onto `dhead`, `ln_f`'s input gradient
+/// written or added into `dh`); without, the monitoring CE over the first
+/// `monitor_positions` rows alone.
+#[allow(clippy::too_many_arguments)]
+fn head_at(
+    head: &HeadArgs,
+    h: &[f32],
+    targets: &[u32],
+    weight: f64,
+    obj: &Objective,
+    grad_scale: f64,
+    scratch: (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+    dhead: &mut [f32],
+    (dh, accumulate): (&mut [f32], bool),
+    prof: &mut Profile,
+) -> Exit {
+    let n = h.len() / head.d;
+    if weight != 0.0 {
+        let (ce, dw, db) = head_pass(head, h, targets, Some(weight * grad_scale / n as f64), scratch, dhead, dh, accumulate, prof);
+        return Exit { ce: ce / n as f64, lnf_grads: Some((dw, db)) };
+    }
+    let m = if obj.monitor_positions == 0 { n } else { obj.monitor_positions.min(n) };
+    let (ce, _, _) = head_pass(head, &h[..m * head.d], &targets[..m], None, scratch, &mut [], &mut [], false, prof);
+    Exit { ce: ce / m as f64, lnf_grads: None }
+}
+
+/// The gradients of block `l`'s parameters and of the head matrix (the first parameter,
+/// tied to the embedding, or the last), borrowed together.
+fn block_and_head_grads(grads: &mut [Vec<f32>], l: usize, head_index: usize) -> (&mut [Vec<f32>], &mut Vec<f32>) {
+    let block = 2 + 12 * l..2 + 12 * (l + 1);
+    assert!(head_index < block.start || head_index >= block.end, "the head matrix is not a block parameter");
+    if head_index < block.start {
+        let (head, rest) = grads.split_at_mut(head_index + 1);
+        (&mut rest[block.start - head_index - 1..block.end - head_index - 1], &mut head[head_index])
+    } else {
+        let (rest, head) = grads.split_at_mut(head_index);
+        (&mut rest[block], &mut head[0])
+    }
+}
+
 /// Mean over rows of `cos(a_r, b_r) = a_r . b_r / (|a_r| |b_r| + 1e-12)`; adds
 /// `coef * d cos_r / d a_r` onto `ga` (overwriting) and onto `gb` (accumulating).
 fn cosine_term(a: &[f32], b: &[f32], d: usize, coef: f64, ga: &mut [f32], gb: &mut [f32]) -> f64 {
@@ -645,4 +747,66 @@ fn cosine_term(a: &[f32], b: &[f32], d: usize, coef: f64, ga: &mut [f32], gb: &m
         })
         .collect();
     per_row.iter().sum::<f64>() / per_row.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Gpt2Config;
+    use crate::train::loss::standard_weights;
+    use candle_core::Device;
+
+    fn model(tied: bool) -> Gpt2 {
+        let cfg: Gpt2Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 512, "n_positions": 64, "n_embd": 64, "n_layer": 4, "n_head": 4,
+            "tie_word_embeddings": tied,
+        }))
+        .unwrap();
+        Gpt2::random(cfg, 7, &Device::Cpu).unwrap()
+    }
+
+    /// Loss, per-layer losses and every gradient of two steps (accumulated), the head and
+    /// the block backward side by side or in turn.
+    fn run(model: &Gpt2, obj: &Objective, in_turn: bool) -> (Vec<f64>, Vec<Vec<f32>>) {
+        let (b, t, v) = (4, 64, model.config.vocab_size as u32);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i as u32 * 37 + 11) % v).collect();
+        let targets: Vec<u32> = (0..b * t).map(|i| (i as u32 * 101 + 5) % v).collect();
+        let mut ws = Workspace { head_in_turn: in_turn, ..Workspace::new() };
+        let mut losses = vec![];
+        for scale in [1.0, 0.5] {
+            let batch = MicroBatch { ids: &ids, targets: &targets, b, t };
+            let value = accumulate_loss_and_grads(model, &batch, obj, scale, &mut ws).unwrap();
+            losses.push(value.loss);
+            losses.extend(value.layer_losses);
+        }
+        (losses, std::mem::take(&mut ws.grads))
+    }
+
+    /// The head at h^l beside block l's backward pass gives the step run in turn, to the
+    /// bit: every objective's kind, tied and untied heads, any number of threads.
+    #[test]
+    fn head_beside_the_block_backward_is_the_step_in_turn() {
+        let objectives = [
+            Objective { layer_weights: aligned_weights(4), cos_beta: 0.0, monitor_positions: 0 },
+            Objective { layer_weights: standard_weights(4), cos_beta: 0.0, monitor_positions: 50 },
+            Objective { layer_weights: vec![0.5, 0.0, 0.5, 1.0], cos_beta: 0.3, monitor_positions: 0 },
+            Objective { layer_weights: vec![0.2, 0.3, 0.5, 0.0], cos_beta: 0.1, monitor_positions: 0 },
+            Objective { layer_weights: vec![1.0, 0.0, 0.0, 0.0], cos_beta: 0.0, monitor_positions: 0 },
+        ];
+        for tied in [true, false] {
+            let m = model(tied);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for obj in &objectives {
+                    let (beside, in_turn) = pool.install(|| (run(&m, obj, false), run(&m, obj, true)));
+                    let what = format!("weights {:?}, cos {}, tied {tied}, {threads} threads", obj.layer_weights, obj.cos_beta);
+                    assert_eq!(beside.0, in_turn.0, "losses: {what}");
+                    for (i, (a, b)) in beside.1.iter().zip(&in_turn.1).enumerate() {
+                        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "gradient {i}: {what}");
+                        assert!(a.iter().any(|&x| x != 0.0) || obj.layer_weights[3] == 0.0, "gradient {i} is zero: {what}");
+                    }
+                }
+            }
+        }
+    }
 }
