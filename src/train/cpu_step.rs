@@ -251,9 +251,7 @@ impl Workspace {
     /// Sets every gradient to zero (the start of an optimizer step).
     pub fn zero_grads(&mut self) {
         let (t, c) = (Instant::now(), crate::util::process_cpu_seconds());
-        for g in &mut self.grads {
-            g.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-        }
+        self.grads.par_iter_mut().for_each(|g| g.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0)));
         self.profile.add_since(Section::Optimizer, t.elapsed(), c);
     }
 }

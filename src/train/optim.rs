@@ -99,12 +99,11 @@ impl AdamW {
         if grads.len() != params.len() {
             bail!("{} gradients for {} parameters", grads.len(), params.len())
         }
+        use rayon::prelude::*;
         let k = self.begin_step(lr, grad_scale);
-        for (i, g) in grads.iter().enumerate() {
-            let decay = self.decay_factor(i, lr);
-            self.update_host(params, i, g, decay, &k)?;
-        }
-        Ok(())
+        // All parameters at once, each in chunks: one by one, the small ones (biases, norms)
+        // each ran on one core while the other waited.
+        grads.par_iter().enumerate().try_for_each(|(i, g)| self.update_host(params, i, g, self.decay_factor(i, lr), &k))
     }
 
     /// Counts the step and returns its constants.
@@ -173,12 +172,15 @@ struct StepConstants {
 /// f64 over fixed blocks, added in order.
 pub fn clip_coefficient_host(grads: &[Vec<f32>], max_norm: f64) -> (f64, f64) {
     use rayon::prelude::*;
-    let sq: f64 = grads
-        .iter()
+    // Every gradient at once (small ones alone would leave cores idle), the sums added in
+    // order, so the norm does not depend on the threads.
+    let per_grad: Vec<f64> = grads
+        .par_iter()
         .map(|g| {
             g.par_chunks(1 << 14).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).collect::<Vec<f64>>().iter().sum::<f64>()
         })
-        .sum();
+        .collect();
+    let sq: f64 = per_grad.iter().sum();
     let norm = sq.sqrt();
     let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
     (norm, coef)
