@@ -419,8 +419,7 @@ pub fn accumulate_loss_and_grads(
     let in_turn = *head_in_turn;
     {
         let (weight, dhead) = (obj.layer_weights[n_layer - 1], &mut grads[head_index]);
-        let top =
-            head_at(&head, &res[n_layer], batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, (dres, false), prof);
+        let top = head_at(&head, &res[n_layer], batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, dres, prof);
         if top.lnf_grads.is_none() {
             // No head gradient at the top: the backward pass starts from the cosine term
             // alone (ce-reg with a zero last-layer weight) or from nothing.
@@ -478,9 +477,8 @@ pub fn accumulate_loss_and_grads(
         }
         // The head at h^l: layer l's CE, its gradient at h^l written into its own buffer.
         let weight = obj.layer_weights[l - 1];
-        let mut head_at_l = |prof: &mut Profile| {
-            head_at(&head, x, batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, (head_dh, false), prof)
-        };
+        let mut head_at_l =
+            |prof: &mut Profile| head_at(&head, x, batch.targets, weight, obj, grad_scale, (z, z_stats, dz, logits), dhead, head_dh, prof);
         let exit = if in_turn {
             let exit = head_at_l(prof);
             block_backward(prof);
@@ -603,8 +601,7 @@ struct HeadArgs<'a> {
 /// CE of the shared head over the rows of `h` (summed), in chunks of logits. With
 /// `grad_scale` (the loss weight / rows), `grad_scale * (softmax - onehot)` is pushed
 /// back: the head matrix's gradient is added onto `dhead`, `ln_f`'s input gradient is
-/// written (or added, with `accumulate`) into `dh`, and `ln_f`'s parameter gradients are
-/// returned.
+/// written into `dh`, and `ln_f`'s parameter gradients are returned.
 #[allow(clippy::too_many_arguments)]
 fn head_pass(
     a: &HeadArgs,
@@ -614,7 +611,6 @@ fn head_pass(
     scratch: (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
     dhead: &mut [f32],
     dh: &mut [f32],
-    accumulate: bool,
     prof: &mut Profile,
 ) -> (f64, Vec<f32>, Vec<f32>) {
     let (z, z_stats, dz, logits) = scratch;
@@ -649,7 +645,7 @@ fn head_pass(
     if grad_scale.is_none() {
         return (ce, Vec::new(), Vec::new());
     }
-    let (dw, db) = timed(prof, Section::LayerNorm, || layers::layer_norm_backward(h, a.lnf_w, dz, a.eps, Some(z_stats), dh, accumulate));
+    let (dw, db) = timed(prof, Section::LayerNorm, || layers::layer_norm_backward(h, a.lnf_w, dz, a.eps, Some(z_stats), dh, false));
     (ce, dw, db)
 }
 
@@ -677,7 +673,7 @@ impl Exit {
 
 /// The shared head at `h` (one exit) under the objective: with a loss weight, CE over every
 /// row and its gradient (the head matrix's added onto `dhead`, `ln_f`'s input gradient
-/// written or added into `dh`); without, the monitoring CE over the first
+/// written into `dh`); without, the monitoring CE over the first
 /// `monitor_positions` rows alone.
 #[allow(clippy::too_many_arguments)]
 fn head_at(
@@ -689,16 +685,16 @@ fn head_at(
     grad_scale: f64,
     scratch: (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
     dhead: &mut [f32],
-    (dh, accumulate): (&mut [f32], bool),
+    dh: &mut [f32],
     prof: &mut Profile,
 ) -> Exit {
     let n = h.len() / head.d;
     if weight != 0.0 {
-        let (ce, dw, db) = head_pass(head, h, targets, Some(weight * grad_scale / n as f64), scratch, dhead, dh, accumulate, prof);
+        let (ce, dw, db) = head_pass(head, h, targets, Some(weight * grad_scale / n as f64), scratch, dhead, dh, prof);
         return Exit { ce: ce / n as f64, lnf_grads: Some((dw, db)) };
     }
     let m = if obj.monitor_positions == 0 { n } else { obj.monitor_positions.min(n) };
-    let (ce, _, _) = head_pass(head, &h[..m * head.d], &targets[..m], None, scratch, &mut [], &mut [], false, prof);
+    let (ce, _, _) = head_pass(head, &h[..m * head.d], &targets[..m], None, scratch, &mut [], &mut [], prof);
     Exit { ce: ce / m as f64, lnf_grads: None }
 }
 
