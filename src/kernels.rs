@@ -251,10 +251,18 @@ dispatch! {
     /// window of columns that stays in L1). Every output element adds its products in the
     /// same order whatever `m` and however the columns are split among threads: a row's
     /// result does not depend on the rows that come with it (what lets a batched
-    /// verification reproduce one-token-at-a-time decoding exactly).
+    /// verification reproduce one-token-at-a-time decoding exactly). Several rows on
+    /// AVX-512 take [`several_rows_avx512`], the same operations in registers.
     pub fn matrix_cols_accumulate(x: &[f32], k: usize, w: &[f32], n: usize, c0: usize, nb: usize, y: &mut [f32]) -> () {
         const WINDOW: usize = 1024;
         let m = y.len() / nb;
+        #[cfg(target_arch = "x86_64")]
+        if m >= 2 && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above); the shapes are the caller's,
+            // which the function checks as the loops below would (by slicing).
+            unsafe { several_rows_avx512(x, k, w, n, c0, nb, y) };
+            return;
+        }
         let mut j0 = 0;
         while j0 < nb {
             let t = WINDOW.min(nb - j0);
@@ -344,6 +352,128 @@ unsafe fn quantize_i16_avx512(x: &[f32], qmax: f32, q: &mut [i16]) -> f32 {
         *q = if v.is_finite() { (v * inv).round_ties_even().clamp(-qmax, qmax) as i16 } else { 0 };
     }
     step
+}
+
+/// [`matrix_cols_accumulate`] for several rows (a verification, a prompt) on AVX-512: each
+/// weight vector is loaded once for up to four rows, and the outputs stay in registers over
+/// sixteen weight rows instead of going through memory every four (sixteen at a time, so
+/// that the weights still stream in a few sequential runs). Per output the same products,
+/// rounded and added in the same order as the one-row loop: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn several_rows_avx512(x: &[f32], k: usize, w: &[f32], n: usize, c0: usize, nb: usize, y: &mut [f32]) {
+    const WINDOW: usize = 1024;
+    let m = y.len() / nb;
+    assert!(x.len() >= m * k && c0 + nb <= n && w.len() >= k * n, "several_rows_avx512: shapes do not fit");
+    let groups = k - k % 4;
+    let mut j0 = 0;
+    while j0 < nb {
+        let t = WINDOW.min(nb - j0);
+        let tiles = t - t % COL_TILE;
+        let mut i0 = 0;
+        while i0 < groups {
+            let i1 = (i0 + K_TILE).min(groups);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = 4.min(m - r0);
+                for c in (0..tiles).step_by(COL_TILE) {
+                    let at = TileAt { col: c0 + j0 + c, ycol: j0 + c, nb, r0, i0, i1 };
+                    // SAFETY: rows r0..r0 + rows < m of x and y, columns up to c0 + nb <= n of
+                    // w and nb of y, weight rows below k: inside the slices (asserted above).
+                    unsafe {
+                        match rows {
+                            4 => cols_tile::<4>(x, k, w, n, y, at),
+                            3 => cols_tile::<3>(x, k, w, n, y, at),
+                            2 => cols_tile::<2>(x, k, w, n, y, at),
+                            _ => cols_tile::<1>(x, k, w, n, y, at),
+                        }
+                    }
+                }
+                for r in r0..r0 + rows {
+                    let xr = &x[r * k..(r + 1) * k];
+                    for j in tiles..t {
+                        let wc = |i: usize| w[i * n + c0 + j0 + j];
+                        let yv = &mut y[r * nb + j0 + j];
+                        for i in (i0..i1).step_by(4) {
+                            *yv += xr[i] * wc(i) + xr[i + 1] * wc(i + 1) + xr[i + 2] * wc(i + 2) + xr[i + 3] * wc(i + 3);
+                        }
+                    }
+                }
+                r0 += rows;
+            }
+            i0 = i1;
+        }
+        for i in groups..k {
+            let wi = &w[i * n + c0 + j0..i * n + c0 + j0 + t];
+            for r in 0..m {
+                let a = x[r * k + i];
+                for (yv, &wv) in y[r * nb + j0..r * nb + j0 + t].iter_mut().zip(wi) {
+                    *yv += a * wv;
+                }
+            }
+        }
+        j0 += t;
+    }
+}
+
+/// Columns (two vectors) and weight rows per register tile of [`several_rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+const COL_TILE: usize = 32;
+#[cfg(target_arch = "x86_64")]
+const K_TILE: usize = 16;
+
+/// Where a [`cols_tile`] lies: its first column in the weights and in the output, the
+/// output's row length, its first row, its weight rows `i0..i1` (whole groups of four).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct TileAt {
+    col: usize,
+    ycol: usize,
+    nb: usize,
+    r0: usize,
+    i0: usize,
+    i1: usize,
+}
+
+/// Rows `r0..r0 + R` by [`COL_TILE`] columns over the weight rows `i0..i1`, in registers.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and the tile must lie inside `x` (`[.., k]`), `w` (`[k, n]`)
+/// and `y` (`[.., nb]`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cols_tile<const R: usize>(x: &[f32], k: usize, w: &[f32], n: usize, y: &mut [f32], at: TileAt) {
+    use std::arch::x86_64::*;
+    let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+    // SAFETY (every pointer below): inside the slices, the caller's guarantee.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let yr = yp.add((at.r0 + r) * at.nb + at.ycol);
+            *a = [_mm512_loadu_ps(yr), _mm512_loadu_ps(yr.add(16))];
+        }
+        for i in (at.i0..at.i1).step_by(4) {
+            let wrow = |d: usize, h: usize| _mm512_loadu_ps(wp.add((i + d) * n + at.col + 16 * h));
+            let wv = [[wrow(0, 0), wrow(0, 1)], [wrow(1, 0), wrow(1, 1)], [wrow(2, 0), wrow(2, 1)], [wrow(3, 0), wrow(3, 1)]];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xr = xp.add((at.r0 + r) * k + i);
+                let xs = [_mm512_set1_ps(*xr), _mm512_set1_ps(*xr.add(1)), _mm512_set1_ps(*xr.add(2)), _mm512_set1_ps(*xr.add(3))];
+                for h in 0..2 {
+                    // (((a0 w0 + a1 w1) + a2 w2) + a3 w3), each product rounded, then onto
+                    // the output: the one-row loop's operations.
+                    let mut s = _mm512_add_ps(_mm512_mul_ps(xs[0], wv[0][h]), _mm512_mul_ps(xs[1], wv[1][h]));
+                    s = _mm512_add_ps(s, _mm512_mul_ps(xs[2], wv[2][h]));
+                    s = _mm512_add_ps(s, _mm512_mul_ps(xs[3], wv[3][h]));
+                    a[h] = _mm512_add_ps(a[h], s);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let yr = yp.add((at.r0 + r) * at.nb + at.ycol);
+            _mm512_storeu_ps(yr, a[0]);
+            _mm512_storeu_ps(yr.add(16), a[1]);
+        }
+    }
 }
 
 /// What [`matrix_cols_accumulate`] adds up for one output, starting from `init` (the bias),
@@ -1160,22 +1290,34 @@ mod tests {
     }
 
     /// One output of the column product computed from its contiguous weights is the
-    /// column product's output, bit for bit, whatever the length's remainder mod 4.
+    /// column product's output, bit for bit, whatever the length's remainder mod 4, the
+    /// rows computed with it (one at a time or several: register tiles and their edges)
+    /// and the columns asked for.
     #[test]
     fn a_column_dot_is_the_column_product() {
         let val = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 97.0;
-        for k in [1, 3, 4, 5, 8, 127, 128, 130] {
-            let n = 37;
-            let x: Vec<f32> = (0..2 * k).map(|i| val(i + 5) * 0.3).collect();
-            let w: Vec<f32> = (0..k * n).map(val).collect();
-            let bias: Vec<f32> = (0..n).map(|j| val(j + 1) * 0.01).collect();
-            let mut y: Vec<f32> = bias.iter().chain(&bias).copied().collect();
-            super::matrix_cols_accumulate(&x, k, &w, n, 0, n, &mut y);
-            for r in 0..2 {
-                for j in 0..n {
-                    let col: Vec<f32> = (0..k).map(|i| w[i * n + j]).collect();
-                    let got = super::matrix_col_dot(&x[r * k..(r + 1) * k], &col, bias[j]);
-                    assert_eq!(got.to_bits(), y[r * n + j].to_bits(), "k {k}, row {r}, output {j}");
+        for (k, n, c0, nb) in [
+            (1, 37, 0, 37),
+            (3, 37, 0, 37),
+            (4, 64, 0, 64),
+            (5, 100, 3, 70),
+            (8, 37, 0, 37),
+            (127, 1100, 0, 1100),
+            (128, 37, 0, 37),
+            (130, 1100, 40, 1060),
+        ] {
+            for m in [1, 2, 3, 4, 5, 9] {
+                let x: Vec<f32> = (0..m * k).map(|i| val(i + 5) * 0.3).collect();
+                let w: Vec<f32> = (0..k * n).map(val).collect();
+                let bias: Vec<f32> = (0..nb).map(|j| val(j + 1) * 0.01).collect();
+                let mut y: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+                super::matrix_cols_accumulate(&x, k, &w, n, c0, nb, &mut y);
+                for r in 0..m {
+                    for j in 0..nb {
+                        let col: Vec<f32> = (0..k).map(|i| w[i * n + c0 + j]).collect();
+                        let got = super::matrix_col_dot(&x[r * k..(r + 1) * k], &col, bias[j]);
+                        assert_eq!(got.to_bits(), y[r * nb + j].to_bits(), "k {k}, {m} rows, row {r}, output {j}");
+                    }
                 }
             }
         }
