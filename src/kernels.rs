@@ -252,7 +252,7 @@ dispatch! {
     /// same order whatever `m` and however the columns are split among threads: a row's
     /// result does not depend on the rows that come with it (what lets a batched
     /// verification reproduce one-token-at-a-time decoding exactly). Several rows on
-    /// AVX-512 take [`several_rows_avx512`], the same operations in registers.
+    /// AVX-512 take `several_rows_avx512`, the same operations in registers.
     pub fn matrix_cols_accumulate(x: &[f32], k: usize, w: &[f32], n: usize, c0: usize, nb: usize, y: &mut [f32]) -> () {
         const WINDOW: usize = 1024;
         let m = y.len() / nb;
