@@ -914,6 +914,80 @@ pub fn i16_i8_cols(x: &[i16], packed: &[i8], y: &mut [i32]) {
     i16_i8_cols_plain(x, packed, y);
 }
 
+/// [`i16_i8_cols`] for `m` rows of inputs at once (`x`: `[m, k]`, `y`: `[m, n]`): on
+/// AVX-512BW each weight is loaded and widened once for up to five rows, so a wide
+/// classifier is read once for all of them. Exact integer sums: each row's are
+/// [`i16_i8_cols`]'s.
+pub fn i16_i8_cols_rows(x: &[i16], m: usize, packed: &[i8], y: &mut [i32]) {
+    assert!(m > 0 && x.len().is_multiple_of(m) && y.len().is_multiple_of(m), "i16_i8_cols_rows: shapes do not match");
+    let (k, n) = (x.len() / m, y.len() / m);
+    let k2 = k / 2;
+    assert!(k == 2 * k2 && n % I8_BLOCK == 0 && packed.len() == n / I8_BLOCK * k2 * I8_BLOCK * 2, "i16_i8_cols_rows: shapes do not match");
+    // Groups of at most five rows (20 registers of sums and 4 of weights), as even as can
+    // be: the classifier is read once per group.
+    let per_group = m.div_ceil(m.div_ceil(5));
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = per_group.min(m - r0);
+        let (xs, ys) = (&x[r0 * k..(r0 + rows) * k], &mut y[r0 * n..(r0 + rows) * n]);
+        #[cfg(target_arch = "x86_64")]
+        if rows > 1 && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512F and BW (checked above); the lengths match
+            // (asserted above).
+            unsafe {
+                match rows {
+                    5 => i16_i8_cols_rows_avx512::<5>(xs, packed, ys),
+                    4 => i16_i8_cols_rows_avx512::<4>(xs, packed, ys),
+                    3 => i16_i8_cols_rows_avx512::<3>(xs, packed, ys),
+                    _ => i16_i8_cols_rows_avx512::<2>(xs, packed, ys),
+                }
+            }
+            r0 += rows;
+            continue;
+        }
+        for (xr, yr) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(n)) {
+            i16_i8_cols(xr, packed, yr);
+        }
+        r0 += rows;
+    }
+}
+
+/// [`i16_i8_cols_rows`] for `R` rows on AVX-512: a block's 64 sums of each row in four
+/// registers, each widened weight vector multiplied into all `R` rows.
+///
+/// # Safety
+/// The CPU must have AVX-512F and BW; `x` is `R` rows of an even length `k`, `packed`
+/// holds `y.len() / R / I8_BLOCK` blocks of `k / 2 * I8_BLOCK * 2` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn i16_i8_cols_rows_avx512<const R: usize>(x: &[i16], packed: &[i8], y: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let (k, n) = (x.len() / R, y.len() / R);
+    let k2 = k / 2;
+    for b in 0..n / I8_BLOCK {
+        let qb = packed[b * k2 * I8_BLOCK * 2..(b + 1) * k2 * I8_BLOCK * 2].as_ptr();
+        let mut acc = [[_mm512_setzero_si512(); 4]; R];
+        for p in 0..k2 {
+            // SAFETY: the block holds k2 * 128 bytes; p < k2 and t * 32 + 32 <= 128.
+            let w: [__m512i; 4] = std::array::from_fn(|t| unsafe {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(qb.add(p * I8_BLOCK * 2 + t * 32) as *const __m256i))
+            });
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32(input_pair(&x[r * k..(r + 1) * k], p));
+                for t in 0..4 {
+                    a[t] = _mm512_add_epi32(a[t], _mm512_madd_epi16(w[t], xv));
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (t, v) in a.iter().enumerate() {
+                // SAFETY: row r's block b has 64 elements inside y; t * 16 + 16 <= 64.
+                unsafe { _mm512_storeu_si512(y.as_mut_ptr().add(r * n + b * I8_BLOCK + t * 16) as *mut _, *v) };
+            }
+        }
+    }
+}
+
 /// [`i16_i8_cols`] without vector instructions.
 fn i16_i8_cols_plain(x: &[i16], packed: &[i8], y: &mut [i32]) {
     let k2 = x.len() / 2;
@@ -1358,6 +1432,27 @@ mod tests {
             }
             for (name, got) in paths {
                 assert_eq!(got, want, "{name}, k {k}, n {n}");
+            }
+        }
+    }
+
+    /// Several rows at once give each row's own sums: groups of one to five rows, every
+    /// block, odd lengths padded.
+    #[test]
+    fn the_8_bit_column_product_of_several_rows_is_each_rows() {
+        for (k, n) in [(3, 64), (6, 65), (128, 4096), (129, 130)] {
+            let q: Vec<i8> = (0..k * n).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
+            let packed = super::pack_i8_pairs(&q, k, n);
+            let (kp, np) = (k.div_ceil(2) * 2, n.div_ceil(super::I8_BLOCK) * super::I8_BLOCK);
+            for m in [1, 2, 3, 4, 5, 6, 9, 11] {
+                let x: Vec<i16> = (0..m * kp).map(|i| if i % kp < k { ((i * 7919 % 65535) as i32 - 32767) as i16 } else { 0 }).collect();
+                let mut y = vec![7i32; m * np];
+                super::i16_i8_cols_rows(&x, m, &packed, &mut y);
+                for r in 0..m {
+                    let mut one = vec![0i32; np];
+                    super::i16_i8_cols(&x[r * kp..(r + 1) * kp], &packed, &mut one);
+                    assert_eq!(&y[r * np..(r + 1) * np], &one[..], "k {k}, n {n}, {m} rows, row {r}");
+                }
             }
         }
     }

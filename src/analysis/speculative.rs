@@ -338,6 +338,7 @@ fn run(
     let mut drafts: Vec<(u32, Option<Vec<f64>>, bool)> = Vec::new();
     let mut context: Vec<u32> = Vec::new();
     let greedy_drafts = greedy_token_drafts(opts);
+    let greedy_rows = matches!(opts.sampling, Sampling::Greedy) && opts.sampling.greedy_tokens(opts.max_new_tokens);
     let (mut scratch, mut rows_e) = (Vec::new(), Vec::new());
     while going {
         // `pending` is fed at position n; the round's rows are positions n..=n+k.
@@ -403,14 +404,22 @@ fn run(
         // Verify: blocks E+1..L on all k+1 rows at once, then the head on each row.
         dec.blocks(e, n_layer, &mut rows, n)?;
         g.forward_passes += 1;
-        dec.logits(&rows, &mut logits);
+        // Greedy, where plain decoding finds its tokens through the classifier's reduced
+        // copy: every row's token in one pass over it (the same tokens as the logits').
+        let tokens = match greedy_rows {
+            true => dec.greedy_tokens(&rows),
+            false => {
+                dec.logits(&rows, &mut logits);
+                Vec::new()
+            }
+        };
         let full = |i: usize| &logits[i * m.vocab..(i + 1) * m.vocab];
         let mut accepted = 0;
         let mut next = None;
         for (i, (t, q, _)) in drafts.iter().enumerate() {
             match (&mut picker, q) {
                 (Picker::Greedy, _) => {
-                    let want = decoder::argmax(full(i));
+                    let want = if greedy_rows { tokens[i] } else { decoder::argmax(full(i)) };
                     if want != *t {
                         next = Some((want, TokenOrigin::Corrected { rejected: *t }));
                         break;
@@ -432,7 +441,7 @@ fn run(
         let (next, origin) = match next {
             Some(n) => n,
             None => {
-                let (t, _) = picker.draw(full(k));
+                let t = if greedy_rows { tokens[k] } else { picker.draw(full(k)).0 };
                 (t, if k == 0 { TokenOrigin::Full } else { TokenOrigin::Bonus })
             }
         };

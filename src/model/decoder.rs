@@ -27,7 +27,7 @@ mod quantized;
 mod reduced_head;
 pub use assist::Assist;
 pub use quantized::QuantBlocks;
-use reduced_head::{Int8Head, bounded_argmax_i8, max_prob_check_i8, row_logit, uses_int8_head};
+use reduced_head::{Int8Head, bounded_argmax_i8, bounded_argmax_i8_rows, max_prob_check_i8, row_logit, uses_int8_head};
 pub use reduced_head::{MaxProbCheck, REDUCED_HEAD_MIN_TOKENS, greedy_head_bytes};
 
 /// Linear layers and the classifier with at least this many weights are split among the
@@ -421,6 +421,33 @@ impl CpuModel<'_> {
         let mut logits = Vec::new();
         self.classify_normed(&normed, &mut logits);
         argmax(&logits)
+    }
+
+    /// [`Self::greedy_token`] of each row of `h` (`[m, d]`), the classifier's 8-bit copy
+    /// read once for all of them (a verification's rows): per row the same token.
+    pub fn greedy_tokens(&self, h: &[f32]) -> Vec<u32> {
+        let d = self.d;
+        if h.len() <= d {
+            return h.chunks_exact(d).map(|row| self.greedy_token(row)).collect();
+        }
+        let mut normed = Vec::with_capacity(h.len());
+        layer_norm(h, self.ln_f.0, self.ln_f.1, self.eps, &mut normed);
+        let row = |i: usize| &normed[i * d..(i + 1) * d];
+        let found = match self.int8_head() {
+            Some(int8) => bounded_argmax_i8_rows(&normed, d, int8, |i, v| self.exact_logit(row(i), v)),
+            None => vec![None; h.len() / d],
+        };
+        let mut logits = Vec::new();
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.unwrap_or_else(|| {
+                    self.classify_normed(row(i), &mut logits);
+                    argmax(&logits)
+                })
+            })
+            .collect()
     }
 
     /// The classifier's 8-bit copy, made on the first call, where [`uses_int8_head`] says
@@ -871,6 +898,11 @@ impl<'m, 'a> Decoder<'m, 'a> {
     /// The greedy token of one row `h` (see [`CpuModel::greedy_token`]).
     pub fn greedy_token(&self, h: &[f32]) -> u32 {
         self.model.greedy_token(h)
+    }
+
+    /// [`CpuModel::greedy_tokens`]: the greedy token of each row of `h`.
+    pub fn greedy_tokens(&self, h: &[f32]) -> Vec<u32> {
+        self.model.greedy_tokens(h)
     }
 
     /// The max-prob early-exit check of one row `h` (see [`CpuModel::max_prob_check`]).

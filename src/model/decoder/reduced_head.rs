@@ -206,52 +206,91 @@ pub(super) fn bounded_argmax_i8(x: &[f32], int8: &Int8Head, logit: impl Fn(usize
 /// when given (twice the bytes, a bound about 250 times narrower where the weights'
 /// rounding dominates it). `None` when `x` is not finite.
 fn int8_bounds(x: &[f32], int8: &Int8Head, fine: Option<&FinePlane>) -> Option<(Vec<[f64; 2]>, f64)> {
-    use crate::kernels::{I8_BLOCK, i16_i8_cols};
-    let d = x.len();
+    int8_bounds_rows(x, x.len(), int8, fine).pop().flatten()
+}
+
+/// [`int8_bounds`] for each row of `xs` (`[m, d]`), the classifier read once for all of
+/// them (see [`crate::kernels::i16_i8_cols_rows`]): per row the same bounds.
+fn int8_bounds_rows(xs: &[f32], d: usize, int8: &Int8Head, fine: Option<&FinePlane>) -> Vec<Option<(Vec<[f64; 2]>, f64)>> {
+    use crate::kernels::{I8_BLOCK, i16_i8_cols_rows};
+    let m = xs.len() / d;
     let vocab = int8.scale.len();
-    let (mut l1, mut xmax) = (0f64, 0f64);
-    for &v in x {
-        l1 += (v as f64).abs();
-        xmax = xmax.max((v as f64).abs());
-    }
-    if !l1.is_finite() {
-        return None;
-    }
-    let step = xmax / int8.qmax;
-    let mut r = vec![0i16; d.div_ceil(2) * 2];
-    if step > 0.0 {
-        for (r, &v) in r.iter_mut().zip(x) {
-            *r = (v as f64 / step).round() as i16;
-        }
-    }
+    let bytes = d.div_ceil(2) * 2;
+    // Each row's inputs in 16 bits, and its L1 norm and step; a row that is not finite
+    // gets no bounds (its inputs are left at zero, and its sums unused).
+    let mut r = vec![0i16; m * bytes];
+    let mut consts: Vec<Option<[f64; 3]>> = Vec::with_capacity(m);
     // Each product that underflows in the f32 logit loses at most half the smallest
     // subnormal.
     let floor = (d + 1) as f64 * 2f64.powi(-149);
+    for (x, r) in xs.chunks_exact(d).zip(r.chunks_exact_mut(bytes)) {
+        let (mut l1, mut xmax) = (0f64, 0f64);
+        for &v in x {
+            l1 += (v as f64).abs();
+            xmax = xmax.max((v as f64).abs());
+        }
+        if !l1.is_finite() {
+            consts.push(None);
+            continue;
+        }
+        let step = xmax / int8.qmax;
+        if step > 0.0 {
+            for (r, &v) in r.iter_mut().zip(x) {
+                *r = (v as f64 / step).round() as i16;
+            }
+        }
+        consts.push(Some([l1, step, floor]));
+    }
     let (scale, err) = fine.map_or((&int8.scale, &int8.err), |f| (&f.scale, &f.err));
-    let mut bounds = vec![[0f64; 2]; vocab];
+    let mut bounds: Vec<Vec<[f64; 2]>> = (0..m).map(|_| vec![[0f64; 2]; vocab]).collect();
     // Tokens per task: all of them on one thread for narrow classifiers (see
     // `uses_int8_head`), a few tasks per thread for wide ones.
     let tasks = if d > SHORT_ROWS { rayon::current_num_threads().max(1) * 4 } else { 1 };
     let per = vocab.div_ceil(tasks).div_ceil(I8_BLOCK) * I8_BLOCK;
-    let bytes = d.div_ceil(2) * 2;
-    let task = |(t, out): (usize, &mut [[f64; 2]])| {
+    let task = |(t, mut outs): (usize, Vec<&mut [[f64; 2]]>)| -> Vec<f64> {
         let v0 = t * per;
-        let n = out.len().div_ceil(I8_BLOCK) * I8_BLOCK;
-        let mut sums = vec![0i32; n];
-        i16_i8_cols(&r, &int8.q[v0 * bytes..(v0 + n) * bytes], &mut sums);
+        let len = outs[0].len();
+        let n = len.div_ceil(I8_BLOCK) * I8_BLOCK;
+        let mut sums = vec![0i32; m * n];
+        i16_i8_cols_rows(&r, m, &int8.q[v0 * bytes..(v0 + n) * bytes], &mut sums);
         let mut fine_sums = Vec::new();
         if let Some(fine) = fine {
-            fine_sums.resize(n, 0);
-            i16_i8_cols(&r, &fine.r[v0 * bytes..(v0 + n) * bytes], &mut fine_sums);
+            fine_sums.resize(m * n, 0);
+            i16_i8_cols_rows(&r, m, &fine.r[v0 * bytes..(v0 + n) * bytes], &mut fine_sums);
         }
-        crate::kernels::bounded_estimates(&sums, &fine_sums, &scale[v0..], &err[v0..], [l1, step, floor], out)
+        let row_fine = |i: usize| if fine_sums.is_empty() { &fine_sums[..] } else { &fine_sums[i * n..(i + 1) * n] };
+        outs.iter_mut()
+            .enumerate()
+            .map(|(i, out)| match consts[i] {
+                Some(k) => crate::kernels::bounded_estimates(&sums[i * n..(i + 1) * n], row_fine(i), &scale[v0..], &err[v0..], k, out),
+                None => f64::NEG_INFINITY,
+            })
+            .collect()
     };
-    let lower = if tasks == 1 {
-        task((0, &mut bounds[..]))
-    } else {
-        bounds.par_chunks_mut(per).enumerate().map(task).reduce(|| f64::NEG_INFINITY, f64::max)
-    };
-    Some((bounds, lower))
+    let mut work: Vec<Vec<&mut [[f64; 2]]>> = (0..vocab.div_ceil(per)).map(|_| Vec::with_capacity(m)).collect();
+    for b in bounds.iter_mut() {
+        for (t, c) in b.chunks_mut(per).enumerate() {
+            work[t].push(c);
+        }
+    }
+    let lowers: Vec<Vec<f64>> =
+        if work.len() == 1 { vec![task((0, work.pop().expect("one task")))] } else { work.into_par_iter().enumerate().map(task).collect() };
+    bounds
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| consts[i].map(|_| (b, lowers.iter().map(|l| l[i]).fold(f64::NEG_INFINITY, f64::max))))
+        .collect()
+}
+
+/// [`bounded_argmax_i8`] for each row of `xs` (`[m, d]`), the classifier read once for
+/// all of them; `logit(i, v)` is row `i`'s f32 logit of token `v`. Per row the same
+/// answer.
+pub(super) fn bounded_argmax_i8_rows(xs: &[f32], d: usize, int8: &Int8Head, logit: impl Fn(usize, usize) -> f32) -> Vec<Option<u32>> {
+    int8_bounds_rows(xs, d, int8, None)
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| b.and_then(|(bounds, lower)| exact_argmax(&bounds, lower, |v| logit(i, v)).map(|(v, _)| v)))
+        .collect()
 }
 
 /// The first token with the largest f32 logit (`logit`), and that logit, computed for the
@@ -461,6 +500,38 @@ mod tests {
             let int8 = Int8Head::new(&head, d, vocab).unwrap();
             let got = bounded_argmax_i8(&x, &int8, |v| row_logit(&x, &head, v));
             assert_eq!(got, Some(argmax(&logits_of(&head))), "trial {trial}, d {d}");
+        }
+    }
+
+    /// Several rows' greedy tokens at once are each row's own: rows with planted ties, a
+    /// row that is not finite, any number of rows.
+    #[test]
+    fn bounded_argmax_i8_of_several_rows_is_each_rows() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (d, vocab) = (768, 3001);
+        let mut head: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0) * 0.05).collect();
+        let int8 = Int8Head::new(&head, d, vocab).unwrap();
+        let x0: Vec<f32> = (0..d).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let best = (0..vocab).max_by(|&a, &b| row_logit(&x0, &head, a).total_cmp(&row_logit(&x0, &head, b))).unwrap();
+        plant_ties(&mut head, d, best, 7, 1);
+        let int8_tied = Int8Head::new(&head, d, vocab).unwrap();
+        for (int8, name) in [(&int8, "random"), (&int8_tied, "ties")] {
+            for m in [2, 3, 5, 6, 9] {
+                let mut xs: Vec<f32> = x0.clone();
+                for _ in 1..m {
+                    xs.extend((0..d).map(|_| rng.random_range(-3.0f32..3.0)));
+                }
+                if m == 6 {
+                    xs[4 * d + 3] = f32::NAN;
+                }
+                let got = bounded_argmax_i8_rows(&xs, d, int8, |i, v| row_logit(&xs[i * d..(i + 1) * d], &head, v));
+                for (i, g) in got.iter().enumerate() {
+                    let x = &xs[i * d..(i + 1) * d];
+                    assert_eq!(*g, bounded_argmax_i8(x, int8, |v| row_logit(x, &head, v)), "{name}, {m} rows, row {i}");
+                }
+                assert_eq!(got[4 * (m == 6) as usize].is_none(), m == 6, "a row that is not finite has no token");
+            }
         }
     }
 
