@@ -437,16 +437,7 @@ fn the_8_bit_drafter_is_lossless_and_nearly_always_right() {
     }
     let ck = fixture();
     let prompt = prompts_from_text(&ck, &[5]).remove(0);
-    let mut opts = SpeculativeOptions {
-        draft_layer: 0,
-        draft_len: 3,
-        draft_confidence: 0.0,
-        max_new_tokens: 10,
-        sampling: Sampling::Greedy,
-        eos: None,
-        lookup: false,
-        int8: true,
-    };
+    let mut opts = greedy_opts(0, 3, 10, None, false, true);
     // In one-thread rounds too (models whose rows use every core take them).
     let g = generate_speculative(&ck.model, &prompt, &opts, |_, _, _| ControlFlow::Continue(())).unwrap();
     assert_eq!(g.ids, plain(&ck.model, &prompt, 10, None).ids);
